@@ -1,0 +1,92 @@
+"""The Sempart segmentation head (SPEC §2): coarse mask on the patch grid, fine mask at full size.
+
+Trainable on top of frozen backbone keys. For ViT-S/8 at 320×320 the coarse mask is 40×40; the fine
+branch upsamples by 2 log2(patch) times, concatenating the ImageNet-normalised image at each scale.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: qkv without bias, output projection with bias."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.to_qkv = nn.Linear(dim, 3 * heads * head_dim, bias=False)
+        self.to_out = nn.Linear(heads * head_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.to_qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-LayerNorm transformer layer: x + attn(LN(x)), then x + MLP(LN(x)) with GELU."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, head_dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+def conv_bn_act(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
+                         nn.LeakyReLU(0.01))
+
+
+class SempartHead(nn.Module):
+    """Coarse + fine mask head.
+
+    ``forward(features, image)``: features (B, in_dim, h, w) from the backbone, image (B, 3, h·p, w·p)
+    ImageNet-normalised. Returns ``{"coarse": (B,1,h,w), "fine": (B,1,h·p,w·p)}``, both sigmoids.
+    """
+
+    def __init__(self, in_dim: int, patch_size: int, dim: int = 64, depth: int = 2, heads: int = 2,
+                 head_dim: int = 64, mlp_dim: int = 64) -> None:
+        super().__init__()
+        stages = int(math.log2(patch_size))
+        if 2 ** stages != patch_size:
+            raise ValueError(f"patch size {patch_size} is not a power of two")
+        self.proj = nn.Conv2d(in_dim, dim, 1)
+        self.encoder = nn.ModuleList(EncoderLayer(dim, heads, head_dim, mlp_dim) for _ in range(depth))
+        self.coarse = nn.Conv2d(dim, 1, 1)
+        widths = [192] + [128] * (stages - 1)  # /8: 64→192→128→128; /16: one more 128 stage
+        c_in = dim
+        self.up = nn.ModuleList()
+        for c_out in widths:
+            self.up.append(conv_bn_act(c_in + 3, c_out))
+            c_in = c_out
+        # The /8 head has a second conv block at full resolution (SPEC §2); /16 does not.
+        self.refine = conv_bn_act(c_in, c_in) if patch_size == 8 else nn.Identity()
+        self.fine = nn.Conv2d(c_in + 3, 1, 1)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x = self.proj(features)
+        b, c, h, w = x.shape
+        tokens = x.flatten(2).transpose(1, 2)  # no positional encoding: the keys carry position
+        for layer in self.encoder:
+            tokens = layer(tokens)
+        x = tokens.transpose(1, 2).reshape(b, c, h, w)
+        coarse = torch.sigmoid(self.coarse(x))
+        for stage in self.up:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            guide = F.interpolate(image, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = stage(torch.cat([x, guide], dim=1))
+        x = self.refine(x)
+        fine = torch.sigmoid(self.fine(torch.cat([x, image], dim=1)))
+        return {"coarse": coarse, "fine": fine}

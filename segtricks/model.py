@@ -1,0 +1,45 @@
+"""Frozen backbone + trainable Sempart head, taking [0, 1] images."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+
+from segtricks.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
+from segtricks.config import Config
+from segtricks.head import SempartHead
+
+
+class SegmentationModel(nn.Module):
+    """``forward(images01)`` → ``{"coarse", "fine", "features"}``; only the head is trainable.
+
+    Images are (B, 3, H, W) in [0, 1] (the guided filter needs them unnormalised); the model
+    ImageNet-normalises them for the backbone and for the image concatenated inside the head.
+    """
+
+    def __init__(self, backbone: KeyBackbone, head: SempartHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        x = (images - self.mean) / self.std
+        with torch.no_grad():
+            features = self.backbone(x)
+        out = self.head(features, x)
+        out["features"] = features
+        return out
+
+
+def build_model(cfg: Config) -> SegmentationModel:
+    """Backbone (weights resolved per cfg.backbone) and a freshly initialised head."""
+    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights)
+    if cfg.data.image_size % backbone.patch_size:
+        raise ValueError(
+            f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
+            f"{backbone.patch_size} of backbone {cfg.backbone.name!r}"
+        )
+    return SegmentationModel(backbone, SempartHead(backbone.embed_dim, backbone.patch_size))

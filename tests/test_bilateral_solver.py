@@ -1,0 +1,89 @@
+"""The torch bilateral solver against an independent scipy build and solve of the same system.
+
+The reference below follows the numpy/scipy code that TokenCut, MOVE and FOUND ship (sparse splat
+and blur matrices, np.unique hashing); it shares no code with segtricks.bilateral_solver.
+"""
+import numpy as np
+import pytest
+import torch
+from scipy.sparse import csr_matrix, diags
+from scipy.sparse.linalg import cg, spsolve
+
+from segtricks.bilateral_solver import bilateral_solve, bilateral_solver_filter
+
+RGB_TO_YUV = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5],
+                       [0.5, -0.418688, -0.081312]])
+
+
+def reference_system(im, target, sigma_spatial=16, sigma_luma=16, sigma_chroma=8, lam=256.0):
+    """(A, b, S, y0) of the reference's BilateralGrid/BilateralSolver, in scipy."""
+    yuv = np.tensordot(im, RGB_TO_YUV, ([2], [1])) + np.array([0, 128.0, 128.0])
+    iy, ix = np.mgrid[: im.shape[0], : im.shape[1]]
+    coords = np.dstack(((ix / sigma_spatial).astype(int), (iy / sigma_spatial).astype(int),
+                        (yuv[..., 0] / sigma_luma).astype(int),
+                        (yuv[..., 1:] / sigma_chroma).astype(int))).reshape(-1, 5)
+    hash_vec = 255.0 ** np.arange(5)
+    hashes = coords @ hash_vec
+    unique, unique_idx, idx = np.unique(hashes, return_index=True, return_inverse=True)
+    ucoords = coords[unique_idx]
+    npix, nv = coords.shape[0], len(unique)
+    s = csr_matrix((np.ones(npix), (idx, np.arange(npix))), shape=(nv, npix))
+    blur = 10.0 * diags(np.ones(nv))
+    for d in range(5):
+        for off in (-1, 1):
+            nb = (ucoords + off * np.eye(5)[d]) @ hash_vec
+            locs = np.clip(np.searchsorted(unique, nb), 0, nv - 1)
+            valid = np.flatnonzero(unique[locs] == nb)
+            blur = blur + csr_matrix((np.ones(len(valid)), (valid, locs[valid])), shape=(nv, nv))
+    m = s @ np.ones(npix)
+    n = np.ones(nv)
+    for _ in range(10):
+        n = np.sqrt(n * m / (blur @ n))
+    m = n * (blur @ n)
+    c = np.full(npix, 0.999)
+    a = lam * (diags(m) - diags(n) @ blur @ diags(n)) + diags(s @ c)
+    b = s @ (c * target.reshape(-1))
+    return a.tocsr(), b, s, b / (s @ c)
+
+
+@pytest.fixture
+def small_case():
+    rng = np.random.default_rng(0)
+    h, w = 40, 56
+    im = np.zeros((h, w, 3))
+    im[:, : w // 2] = (200, 40, 40)  # two colour regions with an edge, plus noise
+    im[:, w // 2:] = (30, 90, 220)
+    im = np.clip(im + rng.normal(0, 12, im.shape), 0, 255)
+    target = (np.arange(w)[None, :] > w // 2 - 6).astype(float) * np.ones((h, 1))
+    target = np.clip(target + rng.normal(0, 0.2, target.shape), 0, 1)
+    return im, target
+
+
+def test_converged_solution_equals_direct_sparse_solve(small_case):
+    im, target = small_case
+    a, b, s, _ = reference_system(im, target)
+    direct = s.T @ spsolve(a, b)
+    ours = bilateral_solve(torch.from_numpy(target), torch.from_numpy(im).permute(2, 0, 1),
+                           cg_iterations=2000, cg_tol=1e-12)
+    np.testing.assert_allclose(ours.numpy().reshape(-1), direct, atol=1e-6)
+
+
+def test_25_iterations_match_scipy_pcg(small_case):
+    im, target = small_case
+    a, b, s, y0 = reference_system(im, target)
+    jacobi = diags(1.0 / np.maximum(a.diagonal(), 1e-5))
+    y, _ = cg(a, b, x0=y0, M=jacobi, maxiter=25, rtol=1e-5)
+    ours = bilateral_solve(torch.from_numpy(target), torch.from_numpy(im).permute(2, 0, 1))
+    np.testing.assert_allclose(ours.numpy().reshape(-1), s.T @ y, atol=1e-6)
+
+
+def test_smooths_noise_within_regions_and_keeps_the_colour_edge(small_case):
+    im, target = small_case
+    mask = torch.from_numpy(target).float()[None, None]
+    image = torch.from_numpy(im / 255).permute(2, 0, 1).float()[None]
+    out = bilateral_solver_filter(mask, image)[0, 0].numpy()
+    assert out.shape == target.shape and out.min() >= 0 and out.max() <= 1
+    # noise within each colour region shrinks
+    assert out[:, :20].std() < 0.5 * target[:, :20].std()
+    # the output follows the colour edge at w/2, not the target's edge 6 pixels left of it
+    assert out[:, 24:27].mean() < 0.3 and out[:, 30:].mean() > 0.7
