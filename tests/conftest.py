@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Tests never download weights: a missing file must fail at once, not after a network timeout."""
+    monkeypatch.setenv("SEGTRICKS_OFFLINE", "1")
+    monkeypatch.delenv("SEGTRICKS_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", os.environ.get("PYTEST_TORCH_HOME", "/nonexistent-torch-home"))
+
+
+def require_shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (real test data lives in ../shared/data beside the repo)")
+    return path

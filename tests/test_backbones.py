@@ -1,0 +1,124 @@
+import hashlib
+
+import pytest
+import torch
+
+from segtricks.backbones import (BACKBONES, CheckpointMismatchError, WeightsNotFoundError,
+                                 build_backbone)
+
+torch.set_grad_enabled(True)
+
+
+@pytest.fixture(scope="module")
+def backbones():
+    torch.manual_seed(0)
+    return {name: build_backbone(name, "random-init") for name in BACKBONES.names()}
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+@pytest.mark.parametrize("size", [(64, 64), (48, 96)])
+def test_key_features_shape_for_any_divisible_size(backbones, name, size):
+    bb = backbones[name]
+    p = bb.patch_size
+    h, w = (size[0] // p) * p or p, (size[1] // p) * p or p
+    feats = bb(torch.randn(2, 3, h, w))
+    assert feats.shape == (2, bb.embed_dim, h // p, w // p)
+    assert not feats.requires_grad and bb.weights_id == "random-init"
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_features_are_the_last_blocks_attention_keys(backbones, name):
+    """Independent route: a hook on timm's own forward captures qkv of the last block."""
+    bb = backbones[name]
+    captured = {}
+    hook = bb.vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.update(qkv=o))
+    x = torch.randn(1, 3, 2 * bb.patch_size, 3 * bb.patch_size)
+    with torch.no_grad():
+        bb.vit.forward_features(x)
+    hook.remove()
+    qkv = captured["qkv"]  # (1, 1 + 6, 3·C) for a 2×3 grid plus CLS
+    heads = bb.vit.blocks[-1].attn.num_heads
+    k = qkv.reshape(1, 7, 3, heads, -1)[:, 1:, 1].reshape(1, 6, -1)  # drop CLS, keys of all heads
+    ours = bb(x).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(ours, k)
+
+
+def test_indivisible_image_size_is_an_error(backbones):
+    with pytest.raises(ValueError, match="not divisible by the patch size 16"):
+        backbones["dino_vits16"](torch.randn(1, 3, 64, 72))
+
+
+def test_frozen_backbone_stays_in_eval_mode(backbones):
+    bb = backbones["demo_vit8"]
+    bb.train()
+    assert not bb.training and not bb.vit.training
+    assert not any(p.requires_grad for p in bb.parameters())
+
+
+def _same_features(a, b):
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(a(x), b(x))
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda sd: sd,
+    lambda sd: {"state_dict": {f"module.backbone.{k}": v for k, v in sd.items()}},  # iBOT-style
+    lambda sd: {"teacher": {f"backbone.{k}": v for k, v in sd.items()}, "epoch": 3},  # DINO training ckpt
+    lambda sd: {"model": {f"module.{k}": v for k, v in sd.items()}},
+])
+def test_checkpoint_layouts_load_and_are_identified_by_sha256(tmp_path, wrap):
+    torch.manual_seed(1)
+    src = build_backbone("demo_vit8", "random-init")
+    state = wrap(src.vit.state_dict())
+    if isinstance(state, dict) and "teacher" in state:
+        state["teacher"]["head.mlp.0.weight"] = torch.zeros(3)  # extra keys are fine
+    path = tmp_path / "ckpt.pth"
+    torch.save(state, path)
+    torch.manual_seed(2)
+    loaded = build_backbone("demo_vit8", str(path))
+    _same_features(src, loaded)
+    assert loaded.weights_id == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_checkpoint_of_another_architecture_is_an_error(tmp_path):
+    other = build_backbone("dino_vits16", "random-init")
+    path = tmp_path / "vits16.pth"
+    torch.save(other.vit.state_dict(), path)
+    with pytest.raises(CheckpointMismatchError, match="shape mismatch.*another architecture"):
+        build_backbone("demo_vit8", str(path))
+
+
+def test_checkpoint_matching_no_key_is_an_error_not_a_silent_no_op(tmp_path):
+    """The reference loaded iBOT with strict=False and an ignored key: nothing was loaded."""
+    src = build_backbone("demo_vit8", "random-init")
+    path = tmp_path / "encoder.pth"
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in src.vit.state_dict().items()}}, path)
+    with pytest.raises(CheckpointMismatchError, match="missing from it"):
+        build_backbone("demo_vit8", str(path))
+
+
+def test_missing_official_weights_name_file_url_and_place(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError) as err:
+        build_backbone("dino_vits8")
+    msg = str(err.value)
+    assert "dino_deitsmall8_pretrain.pth" in msg
+    assert "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/" in msg
+    assert str(tmp_path) in msg and "random-init" in msg
+    with pytest.raises(WeightsNotFoundError, match="ibot_vits16/checkpoint_teacher.pth"):
+        build_backbone("ibot_vits16")
+
+
+def test_missing_explicit_weights_file_is_an_error(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        build_backbone("dino_vits16", str(tmp_path / "nope.pth"))
+
+
+def test_official_file_is_found_under_segtricks_weights(tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    src = build_backbone("dino_vits16", "random-init")
+    torch.save(src.vit.state_dict(), tmp_path / "dino_deitsmall16_pretrain.pth")
+    monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path))
+    loaded = build_backbone("dino_vits16")
+    _same_features(src, loaded)
+    assert loaded.weights_id.startswith("sha256:")

@@ -1,0 +1,62 @@
+import pytest
+
+from segtricks.config import (Config, ConfigError, config_from_dict, config_hash, load_config,
+                              resolved_yaml, training_hash)
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    path = tmp_path / "cell.yaml"
+    path.write_text("backbone: {name: dino_vits16}\noptim:\n  lr: 3e-4\n  betas: [0.9, 0.95]\ntricks: [crop, gf]\n")
+    cfg = load_config(path, overrides={"crop.frac": 0.4, "seed": 3})
+    assert cfg.backbone.name == "dino_vits16" and cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.9, 0.95)
+    assert cfg.crop.frac == 0.4 and cfg.seed == 3 and cfg.tricks == ["crop", "gf"]
+    again = tmp_path / "resolved.yaml"
+    again.write_text(resolved_yaml(cfg))
+    assert load_config(again) == cfg
+
+
+def test_defaults_are_the_reference_defaults():
+    c = Config()
+    assert (c.optim.lr, c.optim.betas, c.optim.weight_decay, c.optim.batch_size, c.optim.epochs) == \
+        (1e-4, (0.9, 0.99), 0.0, 8, 30)
+    assert (c.loss.tau, c.loss.eps, c.crop.frac, c.crop.eq_weight, c.crop.ncut_weight) == (0.4, 1e-6, 0.5, 0.01, 0.01)
+    assert (c.gf.radius, c.gf.eps) == (9, 1e-3)
+    assert (c.bf.sigma_spatial, c.bf.sigma_luma, c.bf.sigma_chroma, c.bf.lam, c.bf.cg_iterations) == (16, 16, 8, 256, 25)
+    assert (c.data.image_size, c.data.resize_short) == (320, 355)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("optim: {lrr: 1}\n", r"cell.yaml: optim: unknown key\(s\) lrr"),
+    ("optim: {lr: fast}\n", "cell.yaml: optim.lr: expected float, got 'fast'"),
+    ("optim: {epochs: 2.5}\n", "optim.epochs: expected int"),
+    ("tricks: gf\n", "tricks: expected a list"),
+    ("optim: {lr: [1\n", "cell.yaml: not valid YAML"),
+    ("- 1\n- 2\n", "top level must be a mapping"),
+])
+def test_bad_yaml_names_the_file_and_key(tmp_path, text, match):
+    path = tmp_path / "cell.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("no/such/file.yaml")
+
+
+def test_training_hash_ignores_post_processing_and_epochs_only():
+    base = config_from_dict({"tricks": ["crop"]})
+    same = [
+        {"tricks": ["crop", "gf"], "gf": {"radius": 4}},
+        {"tricks": ["crop", "bf"], "optim": {"epochs": 60}, "output_dir": "elsewhere"},
+    ]
+    for d in same:
+        assert training_hash(config_from_dict(d)) == training_hash(base)
+    for d in ({"tricks": []}, {"tricks": ["crop"], "crop": {"frac": 0.3}},
+              {"tricks": ["crop"], "seed": 1}, {"tricks": ["crop"], "optim": {"lr": 2e-4}}):
+        assert training_hash(config_from_dict(d)) != training_hash(base)
+    # crop parameters do not matter while crop is off
+    assert training_hash(config_from_dict({"crop": {"frac": 0.3}})) == training_hash(config_from_dict({}))
+    # the full config hash does see post-processing
+    assert config_hash(config_from_dict({"tricks": ["crop", "gf"]})) != config_hash(base)
