@@ -182,9 +182,10 @@ class KeyBackbone(nn.Module):
     the input size (timm's ``dynamic_img_size``). The ViT stays in eval mode and never gets gradients.
     """
 
-    def __init__(self, vit: nn.Module, name: str, weights_id: str) -> None:
+    def __init__(self, vit: nn.Module, name: str, weights_id: str, unit_rms: bool = False) -> None:
         super().__init__()
         self.vit = vit
+        self.unit_rms = unit_rms
         self.name = name
         self.weights_id = weights_id
         self.patch_size = vit.patch_embed.patch_size[0]
@@ -212,18 +213,20 @@ class KeyBackbone(nn.Module):
         qkv = last.attn.qkv(last.norm1(tokens))  # (B, N, 3·C), laid out (3, heads, head_dim)
         n, c = qkv.shape[1], self.embed_dim
         keys = qkv.reshape(b, n, 3, c)[:, vit.num_prefix_tokens:, 1]
+        if self.unit_rms:  # scale only: cosine affinities are unchanged
+            keys = keys * torch.rsqrt(keys.pow(2).mean(-1, keepdim=True) + 1e-12)
         return keys.transpose(1, 2).reshape(b, c, h // p, w // p)
 
 
 def _build(timm_name: str, name: str, release: Optional[WeightsRelease], weights: Optional[str],
-           **timm_kwargs) -> KeyBackbone:
+           unit_rms: bool = False, **timm_kwargs) -> KeyBackbone:
     vit = timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True,
                             **timm_kwargs)
     if weights == RANDOM_INIT or release is None and weights is None:
-        return KeyBackbone(vit, name, RANDOM_INIT)
+        return KeyBackbone(vit, name, RANDOM_INIT, unit_rms)
     path = resolve_weights_file(release, weights)
     load_vit_checkpoint(vit, path, name)
-    return KeyBackbone(vit, name, f"sha256:{sha256_of(path)}")
+    return KeyBackbone(vit, name, f"sha256:{sha256_of(path)}", unit_rms)
 
 
 @BACKBONES.register()
@@ -246,8 +249,13 @@ def ibot_vits16(weights: Optional[str] = None) -> KeyBackbone:
 
 @BACKBONES.register()
 def demo_vit8(weights: Optional[str] = None) -> KeyBackbone:
-    """A 2-block, 96-wide ViT/8 for tests and the CPU demo; random-init unless given a file."""
-    return _build("vit_small_patch8_224", "demo_vit8", None, weights,
+    """A 2-block, 96-wide ViT/8 for tests and the CPU demo; random-init unless given a file.
+
+    Its keys are rescaled to unit RMS per token: random-init keys (timm's qkv init, std 0.02) are
+    about 5× smaller than that, which leaves the head's initial coarse mask nearly constant, the
+    stationary point of the soft NCut, and the demo would not learn on CPU in minutes.
+    """
+    return _build("vit_small_patch8_224", "demo_vit8", None, weights, unit_rms=True,
                   embed_dim=96, depth=2, num_heads=3)
 
 

@@ -37,6 +37,7 @@ class DatasetRef:
     root: Optional[str] = None  # dataset folder; None: $SEGTRICKS_DATA/<dataset's folder>
     split: str = "train"
     limit: Optional[int] = None  # use only the first N items (quick runs, tests)
+    on_error: str = "raise"  # "skip": log, count and leave out unreadable or inconsistent files
 
 
 @dataclass

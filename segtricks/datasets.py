@@ -1,72 +1,70 @@
 """Dataset registry and the views the trainer and evaluator read through.
 
-A registered dataset is ``fn(ref: DatasetRef) -> RawDataset``: a list of items, each loading as
-``(id, RGB PIL image, boolean mask array or None)``. ``TrainView`` applies SPEC §6's augmentations;
-``EvalView`` resizes the image to the prediction size and keeps the mask at its original size.
-Roots come from ``ref.root`` or ``$SEGTRICKS_DATA/<dataset folder>``.
+A registered dataset is ``fn(ref: DatasetRef) -> RawDataset``: a list of items, each loading as a
+``Sample`` (id, RGB PIL image, boolean mask or None, ground-truth boxes or None). ``TrainView``
+applies SPEC §6's augmentations; ``EvalView`` resizes the image to the prediction size and keeps
+the mask and boxes at the original size. Roots come from ``ref.root`` or
+``$SEGTRICKS_DATA/<release folder>``; each dataset's docstring gives its expected layout.
+
+Bad files (unreadable image, mask of another size, image without a mask) are errors naming the
+file; with ``on_error: skip`` in the dataset's config they are logged, counted and left out.
 """
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
+from scipy import ndimage
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from segtricks.config import DatasetRef
 from segtricks.registry import Registry
-from segtricks.synthetic import SyntheticShapes
+from segtricks.synthetic import SPLIT_SIZES, SPLIT_STREAMS, render
 
-DATASETS = Registry("dataset", contract="fn(ref: DatasetRef) -> RawDataset (len, load(i) -> (id, PIL RGB, bool mask | None))")
+DATASETS = Registry("dataset", contract="fn(ref: DatasetRef) -> RawDataset whose load(i) returns a Sample")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+DUTS_URL = "http://saliencydetection.net/duts/"
+DUT_OMRON_URL = "http://saliencydetection.net/dut-omron/"
+ECSSD_URL = "https://www.cse.cuhk.edu.hk/leojia/projects/hsaliency/dataset.html"
+VOC_URL = "http://host.robots.ox.ac.uk/pascal/VOC/"
+COCO_URL = "https://cocodataset.org/#download (images and annotations 2014) and the COCO20K list " \
+           "coco_20k_filenames.txt of https://github.com/valeoai/LOST"
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be read; the message names the folder or file and the fix."""
 
 
+@dataclass
+class Sample:
+    id: str
+    image: Image.Image
+    mask: Optional[np.ndarray] = None  # bool (H, W), foreground True
+    boxes: Optional[np.ndarray] = None  # (K, 4) float: x0, y0, x1, y1 in pixels, x1/y1 exclusive
+
+
 class RawDataset:
-    """Items as ``(id, image, mask)``; subclasses implement ``__len__`` and ``load``."""
+    """Items loading as ``Sample``; subclasses set ``has_masks``/``has_boxes`` and implement the rest."""
 
     has_masks: bool = False
+    has_boxes: bool = False
+    skipped: int = 0  # items left out while listing (on_error: skip)
 
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def load(self, index: int) -> Tuple[str, Image.Image, Optional[np.ndarray]]:
+    def load(self, index: int) -> Sample:
         raise NotImplementedError
-
-
-@dataclass
-class FilePairs(RawDataset):
-    """Image files with optional mask files (binary: > 127 is foreground)."""
-
-    items: List[Tuple[str, Path, Optional[Path]]]
-
-    def __post_init__(self) -> None:
-        self.has_masks = bool(self.items) and all(m is not None for _, _, m in self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def load(self, index: int) -> Tuple[str, Image.Image, Optional[np.ndarray]]:
-        item_id, image_path, mask_path = self.items[index]
-        image = _open(image_path, "RGB")
-        mask = None
-        if mask_path is not None:
-            mask = np.asarray(_open(mask_path, "L")) > 127
-            if mask.shape != (image.height, image.width):
-                raise DatasetError(
-                    f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]} but its image {image_path} is "
-                    f"{image.width}×{image.height}; masks must have their image's size"
-                )
-        return item_id, image, mask
 
 
 def _open(path: Path, mode: str) -> Image.Image:
@@ -77,7 +75,50 @@ def _open(path: Path, mode: str) -> Image.Image:
         raise DatasetError(f"cannot read {path}: {exc} (replace or remove the file)") from None
 
 
-def dataset_root(ref: DatasetRef, folder: str, published: str) -> Path:
+@dataclass
+class FilePairs(RawDataset):
+    """Image files with optional mask files (binary: > 127 is foreground)."""
+
+    items: List[Tuple[str, Path, Optional[Path]]]
+    skipped: int = 0
+
+    def __post_init__(self) -> None:
+        self.has_masks = bool(self.items) and all(m is not None for _, _, m in self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> Sample:
+        item_id, image_path, mask_path = self.items[index]
+        image = _open(image_path, "RGB")
+        mask = None
+        if mask_path is not None:
+            mask = np.asarray(_open(mask_path, "L")) > 127
+            if mask.shape != (image.height, image.width):
+                raise DatasetError(
+                    f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]} but its image {image_path} is "
+                    f"{image.width}×{image.height}; masks must have their image's size"
+                )
+        return Sample(item_id, image, mask)
+
+
+@dataclass
+class BoxedImages(RawDataset):
+    """Image files with ground-truth boxes, read lazily by ``read_boxes(id)``."""
+
+    items: List[Tuple[str, Path]]
+    read_boxes: Callable[[str], np.ndarray]
+    has_boxes: bool = True
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> Sample:
+        item_id, image_path = self.items[index]
+        return Sample(item_id, _open(image_path, "RGB"), boxes=self.read_boxes(item_id))
+
+
+def dataset_root(ref: DatasetRef, folder: str, published: str, layout: str) -> Path:
     """The dataset's folder: ``ref.root`` or ``$SEGTRICKS_DATA/<folder>``; an error if missing."""
     if ref.root:
         root = Path(ref.root).expanduser()
@@ -85,13 +126,17 @@ def dataset_root(ref: DatasetRef, folder: str, published: str) -> Path:
         root = Path(os.environ["SEGTRICKS_DATA"]) / folder
     else:
         raise DatasetError(
-            f"dataset {ref.name!r}: no root given; set its root in the config or $SEGTRICKS_DATA "
-            f"to the folder that holds {folder}/ (published at {published})"
+            f"dataset {ref.name!r}: no root; set data root in the config or $SEGTRICKS_DATA to the folder "
+            f"that holds {folder}/ (layout: {layout}; published at {published})"
         )
     if not root.is_dir():
-        raise DatasetError(f"dataset {ref.name!r}: folder {root} does not exist (expected the "
-                           f"{folder}/ release layout, published at {published})")
+        raise DatasetError(f"dataset {ref.name!r}: folder {root} does not exist (expected layout: {layout}; "
+                           f"published at {published})")
     return root
+
+
+def _report_skip(ref: DatasetRef, message: str) -> None:
+    warnings.warn(f"dataset {ref.name!r}: skipped: {message}", stacklevel=3)
 
 
 def image_mask_pairs(image_dir: Path, mask_dir: Optional[Path], ref: DatasetRef) -> FilePairs:
@@ -100,15 +145,21 @@ def image_mask_pairs(image_dir: Path, mask_dir: Optional[Path], ref: DatasetRef)
     images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise DatasetError(f"dataset {ref.name!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
-    items = []
+    if mask_dir is not None and not mask_dir.is_dir():
+        raise DatasetError(f"dataset {ref.name!r}: mask folder {mask_dir} does not exist")
+    items, skipped = [], 0
     for img in images:
         mask = None
         if mask_dir is not None:
             mask = mask_dir / f"{img.stem}.png"
             if not mask.is_file():
-                raise DatasetError(f"image {img} has no mask {mask}")
+                if ref.on_error != "skip":
+                    raise DatasetError(f"image {img} has no mask {mask} (add it, or set on_error: skip)")
+                _report_skip(ref, f"image {img} has no mask {mask}")
+                skipped += 1
+                continue
         items.append((img.stem, img, mask))
-    return FilePairs(items[: ref.limit] if ref.limit else items)
+    return FilePairs(items[: ref.limit] if ref.limit else items, skipped)
 
 
 @DATASETS.register()
@@ -125,8 +176,137 @@ def folder(ref: DatasetRef) -> RawDataset:
 @DATASETS.register()
 def duts_tr(ref: DatasetRef) -> RawDataset:
     """DUTS-TR training images, ``DUTS-TR/DUTS-TR-Image/*.jpg`` (labels are never used)."""
-    root = dataset_root(ref, "DUTS-TR", "http://saliencydetection.net/duts/")
+    root = dataset_root(ref, "DUTS-TR", DUTS_URL, "DUTS-TR/DUTS-TR-Image/*.jpg")
     return image_mask_pairs(root / "DUTS-TR-Image", None, ref)
+
+
+@DATASETS.register()
+def duts_te(ref: DatasetRef) -> RawDataset:
+    """DUTS-TE, ``DUTS-TE/DUTS-TE-Image/*.jpg`` + ``DUTS-TE/DUTS-TE-Mask/*.png`` (5,019 images)."""
+    root = dataset_root(ref, "DUTS-TE", DUTS_URL, "DUTS-TE/DUTS-TE-Image/*.jpg, DUTS-TE/DUTS-TE-Mask/*.png")
+    return image_mask_pairs(root / "DUTS-TE-Image", root / "DUTS-TE-Mask", ref)
+
+
+@DATASETS.register()
+def dut_omron(ref: DatasetRef) -> RawDataset:
+    """DUT-OMRON, ``DUT-OMRON/DUT-OMRON-image/*.jpg`` + ``DUT-OMRON/pixelwiseGT-new-PNG/*.png`` (5,168)."""
+    root = dataset_root(ref, "DUT-OMRON", DUT_OMRON_URL,
+                        "DUT-OMRON/DUT-OMRON-image/*.jpg, DUT-OMRON/pixelwiseGT-new-PNG/*.png")
+    return image_mask_pairs(root / "DUT-OMRON-image", root / "pixelwiseGT-new-PNG", ref)
+
+
+@DATASETS.register()
+def ecssd(ref: DatasetRef) -> RawDataset:
+    """ECSSD, ``ECSSD/images/*.jpg`` + ``ECSSD/ground_truth_mask/*.png`` (1,000 images)."""
+    root = dataset_root(ref, "ECSSD", ECSSD_URL, "ECSSD/images/*.jpg, ECSSD/ground_truth_mask/*.png")
+    return image_mask_pairs(root / "images", root / "ground_truth_mask", ref)
+
+
+def voc_boxes(xml_path: Path) -> np.ndarray:
+    """All object boxes of a Pascal VOC annotation, converted from 1-based inclusive pixels."""
+    try:
+        tree = ET.parse(xml_path)
+    except (ET.ParseError, OSError) as exc:
+        raise DatasetError(f"cannot read annotation {xml_path}: {exc}") from None
+    boxes = []
+    for obj in tree.getroot().iter("object"):
+        bb = obj.find("bndbox")
+        x0, y0, x1, y1 = (float(bb.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax"))
+        boxes.append((x0 - 1, y0 - 1, x1, y1))
+    if not boxes:
+        raise DatasetError(f"annotation {xml_path} has no object boxes")
+    return np.array(boxes, dtype=np.float64)
+
+
+def _voc(ref: DatasetRef, year: str) -> RawDataset:
+    layout = (f"VOCdevkit/VOC{year}/JPEGImages/*.jpg, VOCdevkit/VOC{year}/Annotations/*.xml, "
+              f"VOCdevkit/VOC{year}/ImageSets/Main/trainval.txt")
+    root = dataset_root(ref, "VOCdevkit", VOC_URL, layout) / f"VOC{year}"
+    split_file = root / "ImageSets" / "Main" / "trainval.txt"
+    if not split_file.is_file():
+        raise DatasetError(f"dataset {ref.name!r}: {split_file} does not exist (expected layout: {layout})")
+    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    ids = ids[: ref.limit] if ref.limit else ids
+    annotations = root / "Annotations"
+    items = [(i, root / "JPEGImages" / f"{i}.jpg") for i in ids]
+    for i, path in items:
+        if not path.is_file():
+            raise DatasetError(f"dataset {ref.name!r}: image {path} listed in {split_file} is missing")
+    return BoxedImages(items, lambda i: voc_boxes(annotations / f"{i}.xml"))
+
+
+@DATASETS.register()
+def voc07(ref: DatasetRef) -> RawDataset:
+    """Pascal VOC 2007 trainval with XML boxes (single-object discovery, CorLoc)."""
+    return _voc(ref, "2007")
+
+
+@DATASETS.register()
+def voc12(ref: DatasetRef) -> RawDataset:
+    """Pascal VOC 2012 trainval with XML boxes (single-object discovery, CorLoc)."""
+    return _voc(ref, "2012")
+
+
+@DATASETS.register()
+def coco20k(ref: DatasetRef) -> RawDataset:
+    """COCO20K: ``COCO/images/train2014/``, ``COCO/annotations/instances_train2014.json`` and LOST's
+    ``COCO/coco_20k_filenames.txt``; crowd boxes are left out."""
+    layout = ("COCO/images/train2014/*.jpg, COCO/annotations/instances_train2014.json, "
+              "COCO/coco_20k_filenames.txt")
+    root = dataset_root(ref, "COCO", COCO_URL, layout)
+    list_file, ann_file = root / "coco_20k_filenames.txt", root / "annotations" / "instances_train2014.json"
+    for f in (list_file, ann_file):
+        if not f.is_file():
+            raise DatasetError(f"dataset 'coco20k': {f} does not exist (expected layout: {layout}; from {COCO_URL})")
+    names = [Path(line.strip()).name for line in list_file.read_text().splitlines() if line.strip()]
+    names = names[: ref.limit] if ref.limit else names
+    try:
+        coco = json.loads(ann_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{ann_file} is not valid JSON: {exc}") from None
+    by_name = {im["file_name"]: im["id"] for im in coco["images"]}
+    boxes: Dict[int, List[Tuple[float, float, float, float]]] = {}
+    for ann in coco["annotations"]:
+        if not ann.get("iscrowd", 0):
+            x, y, w, h = ann["bbox"]
+            boxes.setdefault(ann["image_id"], []).append((x, y, x + w, y + h))
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DatasetError(f"dataset 'coco20k': {len(missing)} files of {list_file} are not in {ann_file} "
+                           f"(first: {missing[0]})")
+    items = [(Path(n).stem, root / "images" / "train2014" / n) for n in names]
+    ids = {Path(n).stem: by_name[n] for n in names}
+    return BoxedImages(items, lambda i: np.array(boxes.get(ids[i], []), dtype=np.float64).reshape(-1, 4))
+
+
+class SyntheticShapes(RawDataset):
+    """``SPLIT_SIZES[split]`` generated items (``limit`` takes the first N); see segtricks.synthetic."""
+
+    has_masks = True
+    has_boxes = True  # one box per connected component of the mask
+
+    def __init__(self, split: str = "train", limit: Optional[int] = None, size: int = 128, seed: int = 0) -> None:
+        if split not in SPLIT_SIZES:
+            raise DatasetError(f"synthetic split {split!r} unknown; choose one of {', '.join(SPLIT_SIZES)}")
+        self.split, self.size, self.seed = split, size, seed
+        self.length = min(limit, SPLIT_SIZES[split]) if limit else SPLIT_SIZES[split]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def load(self, index: int) -> Sample:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], index])
+        image, mask = render(rng, self.size)
+        return Sample(f"{self.split}_{index:05d}", Image.fromarray(image), mask, boxes_from_mask(mask))
+
+
+def boxes_from_mask(mask: np.ndarray) -> np.ndarray:
+    """One box (x0, y0, x1, y1; exclusive ends) per 8-connected component of a mask, (K, 4)."""
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+    boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(labels) if s]
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
 @DATASETS.register()
@@ -136,16 +316,29 @@ def synthetic(ref: DatasetRef) -> RawDataset:
 
 
 def build_dataset(ref: DatasetRef) -> RawDataset:
+    if ref.on_error not in ("raise", "skip"):
+        raise DatasetError(f"dataset {ref.name!r}: on_error must be 'raise' or 'skip', got {ref.on_error!r}")
     return DATASETS.get(ref.name)(ref)
+
+
+def load_or_skip(raw: RawDataset, index: int, on_error: str) -> Optional[Sample]:
+    """``raw.load(index)``; with ``on_error == "skip"`` a bad file is warned about and gives None."""
+    try:
+        return raw.load(index)
+    except DatasetError as exc:
+        if on_error != "skip":
+            raise
+        warnings.warn(f"skipped: {exc}")
+        return None
 
 
 class TrainView(Dataset):
     """Augmented training images (SPEC §6): shorter side → resize_short, random crop, flip, jitter."""
 
-    def __init__(self, raw: RawDataset, image_size: int, resize_short: int) -> None:
+    def __init__(self, raw: RawDataset, image_size: int, resize_short: int, on_error: str = "raise") -> None:
         if resize_short < image_size:
             raise ValueError(f"data.resize_short ({resize_short}) must be ≥ data.image_size ({image_size})")
-        self.raw = raw
+        self.raw, self.on_error = raw, on_error
         self.transform = T.Compose([
             T.Resize(resize_short),
             T.RandomCrop(image_size),
@@ -158,27 +351,47 @@ class TrainView(Dataset):
     def __len__(self) -> int:
         return len(self.raw)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(self.raw.load(index)[1])
+    def __getitem__(self, index: int) -> Optional[torch.Tensor]:
+        sample = load_or_skip(self.raw, index, self.on_error)
+        return None if sample is None else self.transform(sample.image)
+
+    @staticmethod
+    def collate(batch: List[Optional[torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([b for b in batch if b is not None])
+
+
+@dataclass
+class EvalBatch:
+    ids: List[str]
+    images: torch.Tensor  # (B, 3, S, S) in [0, 1], resized to the prediction size
+    originals: List[torch.Tensor] = field(default_factory=list)  # (3, H, W) in [0, 1]
+    masks: List[Optional[torch.Tensor]] = field(default_factory=list)  # (H, W) bool
+    boxes: List[Optional[np.ndarray]] = field(default_factory=list)
 
 
 class EvalView(Dataset):
-    """(id, image resized to image_size², mask at its original size) for evaluation."""
+    """Samples resized to the prediction size, with their originals, masks and boxes."""
 
-    def __init__(self, raw: RawDataset, image_size: int) -> None:
-        if not raw.has_masks:
-            raise DatasetError("evaluation needs a dataset with masks")
-        self.raw = raw
-        self.transform = T.Compose([T.Resize((image_size, image_size)), T.ToTensor()])
+    def __init__(self, raw: RawDataset, image_size: int, on_error: str = "raise") -> None:
+        if not (raw.has_masks or raw.has_boxes):
+            raise DatasetError("evaluation needs a dataset with masks or boxes")
+        self.raw, self.on_error, self.size = raw, on_error, image_size
+        self.to_tensor = T.ToTensor()
 
     def __len__(self) -> int:
         return len(self.raw)
 
-    def __getitem__(self, index: int):
-        item_id, image, mask = self.raw.load(index)
-        return item_id, self.transform(image), torch.from_numpy(mask)
+    def __getitem__(self, index: int) -> Optional[Sample]:
+        return load_or_skip(self.raw, index, self.on_error)
 
-    @staticmethod
-    def collate(batch):
-        ids, images, masks = zip(*batch)
-        return list(ids), torch.stack(images), list(masks)
+    def collate(self, batch: List[Optional[Sample]]) -> EvalBatch:
+        samples = [s for s in batch if s is not None]
+        originals = [self.to_tensor(s.image) for s in samples]
+        resized = [T.functional.resize(o, [self.size, self.size], antialias=True) for o in originals]
+        return EvalBatch(
+            ids=[s.id for s in samples],
+            images=torch.stack(resized) if resized else torch.empty(0, 3, self.size, self.size),
+            originals=originals,
+            masks=[None if s.mask is None else torch.from_numpy(s.mask) for s in samples],
+            boxes=[s.boxes for s in samples],
+        )

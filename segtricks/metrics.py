@@ -2,14 +2,17 @@
 
 ``SaliencyEvaluator.update(pred, gt)`` takes one soft prediction (H, W) in [0, 1] already at the
 ground truth's original size, on CPU or CUDA; memory does not grow with the dataset except for the
-per-image records (one row per image). Threshold sweeps are histograms (one ``bincount`` per image).
+per-image records (one row per image). Every threshold sweep comes from one 512-bin histogram per
+image: the map is quantised to 8 bits, q = round(255·pred), as saving it as a PNG would, so the
+thresholds below are exact for 8-bit maps (the published ones) and within half a level otherwise.
+S-measure, MAE and the object terms come from sums over the four centroid quadrants.
 
-Protocol names (β² = 0.3 everywhere; thresholds on the soft map):
+Protocol names (β² = 0.3 everywhere):
 
 | name | definition |
 |---|---|
-| ``acc`` | pixel accuracy of pred > 0.5, mean over images |
-| ``iou`` | IoU of pred > 0.5 (1 when both masks are empty), mean over images |
+| ``acc`` | pixel accuracy of q ≥ 128 (pred ≥ 0.5), mean over images |
+| ``iou`` | IoU of q ≥ 128 (1 when both masks are empty), mean over images |
 | ``max_fbeta`` | **the paper's** (TokenCut/MOVE): pred > k/255, k = 0…254; per-image F curve averaged over images; its max |
 | ``max_fbeta_per_image`` | SelfMask/FOUND style: each image's max F over pred ≥ t/255, t = 0…255 (≥ 0, "all foreground", included), averaged |
 | ``max_fbeta_pr_curve`` | classic SOD toolbox: pred ≥ t/255, t = 0…255; image-averaged precision and recall curves; F from them; its max |
@@ -41,62 +44,10 @@ def fbeta(precision: torch.Tensor, recall: torch.Tensor) -> torch.Tensor:
     return torch.where(num > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def _counts_above(pred: torch.Tensor, gt: torch.Tensor, thresholds: torch.Tensor,
-                  inclusive: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(TP, predicted-positive) counts per threshold for pred > t (or ≥ t), by one histogram."""
-    n = thresholds.numel()
-    # bucket b = number of thresholds below pred (strictly, or ≤ pred when inclusive)
-    bucket = torch.bucketize(pred.reshape(-1), thresholds, right=inclusive)
-    hist = torch.bincount(bucket + gt.reshape(-1).long() * (n + 1), minlength=2 * (n + 1))
-    hist = hist.reshape(2, n + 1).double().cpu()
-    # count of pixels with bucket > k, i.e. above threshold k: reverse cumulative sum from bucket k+1
-    above = hist.flip(1).cumsum(1).flip(1)[:, 1:]
-    return above[1], above[0] + above[1]
-
-
-def s_measure(pred: torch.Tensor, gt: torch.Tensor, alpha: float = 0.5) -> float:
-    """Structure measure of one map (float64 (H, W) in [0, 1]) against a boolean mask."""
-    y = gt.double().mean().item()
-    if y == 0:
-        return 1 - pred.mean().item()
-    if y == 1:
-        return pred.mean().item()
-
-    def s_object(x: torch.Tensor) -> float:
-        mean = x.mean().item()
-        std = x.std().item() if x.numel() > 1 else 0.0
-        return 2 * mean / (mean ** 2 + 1 + std + EPS)
-
-    obj = s_object(pred[gt]) * y + s_object((1 - pred)[~gt]) * (1 - y)
-    h, w = gt.shape
-    cy, cx = (int(v) + 1 for v in torch.nonzero(gt).double().mean(0).round().tolist())
-    g = gt.double()
-    region = 0.0
-    for ys, xs in ((slice(0, cy), slice(0, cx)), (slice(0, cy), slice(cx, w)),
-                   (slice(cy, h), slice(0, cx)), (slice(cy, h), slice(cx, w))):
-        p, q = pred[ys, xs], g[ys, xs]
-        n = p.numel()
-        if n == 0:
-            continue
-        mx, my = p.mean(), q.mean()
-        sx = ((p - mx) ** 2).sum() / (n - 1 + EPS)
-        sy = ((q - my) ** 2).sum() / (n - 1 + EPS)
-        sxy = ((p - mx) * (q - my)).sum() / (n - 1 + EPS)
-        a = (4 * mx * my * sxy).item()
-        b = ((mx ** 2 + my ** 2) * (sx + sy)).item()
-        score = a / (b + EPS) if a != 0 else (1.0 if b == 0 else 0.0)
-        region += score * n / (h * w)
-    return max(0.0, alpha * obj + (1 - alpha) * region)
-
-
-def e_measure_curve(tp: torch.Tensor, pos: torch.Tensor, n_gt: float, size: float) -> torch.Tensor:
-    """E-measure per threshold from (TP, predicted-positive) counts (pysodmetrics' closed form)."""
-    if n_gt == 0:
-        return (size - pos) / (size - 1 + EPS)
-    if n_gt == size:
-        return pos / (size - 1 + EPS)
-    fp = pos - tp
-    fn = n_gt - tp
+def e_measure_curves(tp: torch.Tensor, pos: torch.Tensor, n_gt: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """E-measure per image and threshold, (B, T), from (TP, predicted-positive) counts (B, T) and
+    per-image GT counts and sizes (B, 1): pysodmetrics' closed form, vectorised."""
+    fp, fn = pos - tp, n_gt - tp
     tn = size - pos - fn
     mean_pred, mean_gt = pos / size, n_gt / size
     total = torch.zeros_like(tp)
@@ -104,68 +55,177 @@ def e_measure_curve(tp: torch.Tensor, pos: torch.Tensor, n_gt: float, size: floa
                           (fn, -mean_pred, 1 - mean_gt), (tn, -mean_pred, -mean_gt)):
         align = 2 * dp * dg / (dp ** 2 + dg ** 2 + EPS)
         total = total + (align + 1) ** 2 / 4 * count
+    # an image with no object (or only object) scores the predicted background (foreground) share
+    total = torch.where(n_gt == 0, size - pos, torch.where(n_gt == size, pos, total))
     return total / (size - 1 + EPS)
 
 
+def _s_object(n: float, s1: float, s2: float) -> float:
+    """Fan et al.'s object score from count, sum and sum of squares (unbiased std)."""
+    if n == 0:
+        return 0.0
+    mean = s1 / n
+    std = max(s2 - s1 * s1 / n, 0.0) / (n - 1) if n > 1 else 0.0
+    return 2 * mean / (mean ** 2 + 1 + std ** 0.5 + EPS)
+
+
+def _ssim(n: float, sp: float, spp: float, sg: float, spg: float) -> float:
+    """The S-measure's region SSIM from sums over one quadrant (gt binary, so Σg² = Σg)."""
+    if n == 0:
+        return 0.0
+    mx, my = sp / n, sg / n
+    sx = (spp - n * mx * mx) / (n - 1 + EPS)
+    sy = (sg - n * my * my) / (n - 1 + EPS)
+    sxy = (spg - n * mx * my) / (n - 1 + EPS)
+    a = 4 * mx * my * sxy
+    b = (mx * mx + my * my) * (sx + sy)
+    return a / (b + EPS) if a != 0 else (1.0 if b == 0 else 0.0)
+
+
+def structure_sums(pred: torch.Tensor, gt: torch.Tensor) -> Tuple[List[List[float]], Tuple[int, int]]:
+    """Sums of (p, p², g, p·g, p²·g) over the four quadrants around the GT centroid (row-major)."""
+    h, w = gt.shape
+    g = gt.to(pred.dtype)
+    n_gt = g.sum()
+    if n_gt.item() == 0:
+        cy, cx = round(h / 2), round(w / 2)
+    else:  # centroid as numpy's argwhere(gt).mean(0).round() (half to even), plus one as in MATLAB
+        ys = torch.arange(h, dtype=pred.dtype, device=pred.device)
+        xs = torch.arange(w, dtype=pred.dtype, device=pred.device)
+        cy = int(torch.round((g.sum(1) * ys).sum() / n_gt).item())
+        cx = int(torch.round((g.sum(0) * xs).sum() / n_gt).item())
+    cy, cx = cy + 1, cx + 1
+    pg = pred * g
+    stack = torch.stack([pred, pred * pred, g, pg, pg * pred])
+    rows = torch.stack([stack[:, :cy].sum(1), stack[:, cy:].sum(1)], 1)  # (5, 2, W)
+    quads = torch.stack([rows[..., :cx].sum(-1), rows[..., cx:].sum(-1)], -1)  # (5, 2, 2)
+    return quads.reshape(5, 4).double().tolist(), (cy, cx)
+
+
+def s_measure_from_sums(q: List[List[float]], centre: Tuple[int, int], h: int, w: int,
+                        alpha: float = 0.5) -> float:
+    """Structure measure (Fan et al. 2017, α = 0.5) as pysodmetrics computes it."""
+    sp, spp, sg, spg, sppg = (sum(v) for v in q)
+    size = float(h * w)
+    y = sg / size
+    if y == 0:
+        return 1 - sp / size
+    if y == 1:
+        return sp / size
+    n_bg = size - sg
+    sp_bg, spp_bg = sp - spg, spp - sppg
+    obj = (_s_object(sg, spg, sppg) * y
+           + _s_object(n_bg, n_bg - sp_bg, n_bg - 2 * sp_bg + spp_bg) * (1 - y))  # on 1 − p over the background
+    cy, cx = centre
+    areas = (cy * cx, cy * (w - cx), (h - cy) * cx, (h - cy) * (w - cx))
+    region = sum(_ssim(areas[i], q[0][i], q[1][i], q[2][i], q[3][i]) * areas[i] / size for i in range(4))
+    return max(0.0, alpha * obj + (1 - alpha) * region)
+
+
 class SaliencyEvaluator:
-    """Streams per-image statistics; ``results()`` gives every protocol, ``records()`` the rows."""
+    """Streams per-image statistics; ``results()`` gives every protocol, ``records()`` the rows.
+
+    ``self.n`` counts images with a mask (saliency protocols); CorLoc counts images with boxes.
+    """
 
     def __init__(self, with_structure: bool = True) -> None:
         self.with_structure = with_structure  # S/E-measures; off for quick validation passes
         self.n = 0
-        self.paper_thresholds = torch.arange(255, dtype=torch.float64) / 255  # pred > k/255
-        self.classic_thresholds = torch.arange(256, dtype=torch.float64) / 255  # pred ≥ t/255
         self.sum_f_curve = torch.zeros(255, dtype=torch.float64)
         self.sum_p_curve = torch.zeros(256, dtype=torch.float64)
         self.sum_r_curve = torch.zeros(256, dtype=torch.float64)
         self.sum_e_curve = torch.zeros(256, dtype=torch.float64)
         self.rows: List[Dict[str, object]] = []
+        self.flush_every = 64  # images whose histograms wait for one batched curve computation
+        self._pending_hists: List[torch.Tensor] = []
+        self._pending_rows: List[Dict[str, object]] = []
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, gt: torch.Tensor, image_id: str = "", **extra: object) -> Dict[str, object]:
-        """Add one image: pred (H, W) soft in [0, 1], gt (H, W) bool, same size, same device."""
-        if pred.shape != gt.shape:
-            raise ValueError(f"{image_id}: prediction {tuple(pred.shape)} and mask {tuple(gt.shape)} differ in "
-                             f"size; resize the prediction to the mask's original size first")
-        pred = pred.double().clamp(0, 1)
-        gt = gt.bool()
-        size = float(gt.numel())
-        n_gt = gt.sum().item()
-        binary = pred > 0.5
-        inter = (binary & gt).sum().item()
-        union = (binary | gt).sum().item()
-        row: Dict[str, object] = {
-            "image_id": image_id,
-            "object_ratio": n_gt / size,
-            "acc": (binary == gt).double().mean().item(),
-            "iou": 1.0 if union == 0 else inter / union,
-            "mae": (pred - gt.double()).abs().mean().item(),
-        }
-        dev = pred.device
-        tp, pos = _counts_above(pred, gt, self.paper_thresholds.to(dev), inclusive=False)
-        self.sum_f_curve += fbeta(tp / pos.clamp(min=1), tp / max(n_gt, 1))
-        tp_c, pos_c = _counts_above(pred, gt, self.classic_thresholds.to(dev), inclusive=True)
-        precision, recall = tp_c / pos_c.clamp(min=1), tp_c / max(n_gt, 1)
-        self.sum_p_curve += precision
-        self.sum_r_curve += recall
-        row["max_fbeta_image"] = fbeta(precision, recall).max().item()  # this image's own best F
-        adaptive = pred >= min(2 * pred.mean().item(), 1.0)
-        a_tp, a_pos = (adaptive & gt).sum().item(), adaptive.sum().item()
-        row["fbeta_adaptive"] = fbeta(torch.tensor(a_tp / max(a_pos, 1)), torch.tensor(a_tp / max(n_gt, 1))).item()
-        if self.with_structure:
-            row["s_measure"] = s_measure(pred, gt)
-            self.sum_e_curve += e_measure_curve(tp_c, pos_c, n_gt, size)
+    def update(self, pred: torch.Tensor, gt: Optional[torch.Tensor] = None, image_id: str = "",
+               boxes: Optional[np.ndarray] = None, **extra: object) -> Dict[str, object]:
+        """Add one image: pred (H, W) soft in [0, 1]; gt (H, W) bool at the same size and/or GT boxes
+        (K, 4) for CorLoc. ``extra`` fields go into the image's record, which is returned; its
+        threshold-curve fields (acc, iou, max_fbeta_image) are filled in batches, at the latest by
+        ``records()`` or ``results()``."""
+        if not pred.is_floating_point():
+            raise TypeError(f"{image_id}: prediction must be a float map in [0, 1], got {pred.dtype}")
+        row: Dict[str, object] = {"image_id": image_id}
+        if gt is not None:
+            if pred.shape != gt.shape:
+                raise ValueError(f"{image_id}: prediction {tuple(pred.shape)} and mask {tuple(gt.shape)} differ "
+                                 f"in size; resize the prediction to the mask's original size first")
+            self._saliency(pred, gt.to(pred.device).bool(), row)
+        if boxes is not None:
+            binary = (pred >= 0.5).cpu().numpy()  # as q ≥ 128 of the saliency protocols
+            hit, box = corloc_hit(binary, boxes)
+            row.update(corloc_hit=hit, pred_box=box)
+            if gt is None:  # object size from the union of the GT boxes
+                cover = np.zeros(binary.shape, dtype=bool)
+                for x0, y0, x1, y1 in boxes:
+                    cover[int(y0):int(np.ceil(y1)), int(x0):int(np.ceil(x1))] = True
+                row["object_ratio"] = cover.mean()
         row.update(extra)
         self.rows.append(row)
-        self.n += 1
         return row
 
+    def _saliency(self, pred: torch.Tensor, gt: torch.Tensor, row: Dict[str, object]) -> None:
+        h, w = gt.shape
+        size = float(h * w)
+        p = pred.float().clamp_(0, 1)
+        # bin = q + 256·gt; built in int16 (much faster to form and count than int64 on CPU)
+        bins = (p * 255).round_().to(torch.int16) + gt.to(torch.int16) * 256
+        self._pending_hists.append(torch.bincount(bins.reshape(-1).long(), minlength=512))
+        quads, centre = structure_sums(p, gt)
+        sp, sg, spg = sum(quads[0]), sum(quads[2]), sum(quads[3])
+        adaptive = p >= min(2 * sp / size, 1.0)
+        a_tp, a_pos = (adaptive & gt).sum().item(), adaptive.sum().item()
+        row.update(
+            object_ratio=sg / size,
+            mae=(sp - 2 * spg + sg) / size,  # |p − g| summed: p on the background, 1 − p on the object
+            fbeta_adaptive=fbeta(torch.tensor(a_tp / max(a_pos, 1)), torch.tensor(a_tp / max(sg, 1))).item(),
+        )
+        if self.with_structure:
+            row["s_measure"] = s_measure_from_sums(quads, centre, h, w)
+        self._pending_rows.append(row)
+        self.n += 1
+        if len(self._pending_hists) == self.flush_every:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Threshold curves of the buffered images, as one (B, 256) computation."""
+        if not self._pending_hists:
+            return
+        hist = torch.stack(self._pending_hists).reshape(-1, 2, 256).double().cpu()
+        at_least = hist.flip(-1).cumsum(-1).flip(-1)  # [bg, fg] pixel counts with q ≥ t, t = 0…255
+        tp, pos = at_least[:, 1], at_least[:, 0] + at_least[:, 1]
+        n_gt, size = tp[:, :1], pos[:, :1]
+        # paper protocol: pred > k/255 ⇔ q ≥ k + 1, k = 0…254
+        self.sum_f_curve += fbeta(tp[:, 1:] / pos[:, 1:].clamp(min=1), tp[:, 1:] / n_gt.clamp(min=1)).sum(0)
+        precision, recall = tp / pos.clamp(min=1), tp / n_gt.clamp(min=1)
+        self.sum_p_curve += precision.sum(0)
+        self.sum_r_curve += recall.sum(0)
+        best_f = fbeta(precision, recall).max(-1).values
+        inter, pos_half = tp[:, 128], pos[:, 128]  # q ≥ 128 ⇔ pred ≥ 0.5
+        union = pos_half + n_gt[:, 0] - inter
+        acc = (size[:, 0] - pos_half - n_gt[:, 0] + 2 * inter) / size[:, 0]
+        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        if self.with_structure:
+            self.sum_e_curve += e_measure_curves(tp, pos, n_gt, size).sum(0)
+        for row, a, i, f in zip(self._pending_rows, acc.tolist(), iou.tolist(), best_f.tolist()):
+            row.update(acc=a, iou=i, max_fbeta_image=f)
+        self._pending_hists, self._pending_rows = [], []
+
     def results(self) -> Dict[str, float]:
-        if self.n == 0:
-            raise ValueError("no image was evaluated")
         df = self.records()
+        if df.empty:
+            raise ValueError("no image was evaluated")
+        out: Dict[str, float] = {"n_images": len(df)}
+        if "corloc_hit" in df:
+            out["corloc"] = 100.0 * df["corloc_hit"].dropna().astype(float).mean()
+        if self.n == 0:  # boxes only
+            return {k: float(v) for k, v in out.items()}
         p, r = self.sum_p_curve / self.n, self.sum_r_curve / self.n
-        out = {
+        out |= {
             "acc": df["acc"].mean(), "iou": df["iou"].mean(),
             "max_fbeta": (self.sum_f_curve / self.n).max().item(),
             "max_fbeta_per_image": df["max_fbeta_image"].mean(),
@@ -176,13 +236,11 @@ class SaliencyEvaluator:
         if self.with_structure:
             e = self.sum_e_curve / self.n
             out.update(s_measure=df["s_measure"].mean(), max_e_measure=e.max().item(), mean_e_measure=e.mean().item())
-        if "corloc_hit" in df:
-            out["corloc"] = 100.0 * df["corloc_hit"].mean()
-        out["n_images"] = self.n
         return {k: float(v) for k, v in out.items()}
 
     def records(self) -> pd.DataFrame:
         """One row per image: id, object ratio, IoU, Acc, MAE, F values, … (for object-size analysis)."""
+        self._flush()
         return pd.DataFrame(self.rows)
 
 

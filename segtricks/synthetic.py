@@ -8,10 +8,9 @@ object-size plots have content; about a fifth are thin bars or rings.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
-from PIL import Image
 
 SPLIT_SIZES = {"train": 2000, "val": 200, "test": 200}
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}  # disjoint random streams per split
@@ -74,26 +73,3 @@ def render(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]
             break
     image = np.where(mask[..., None], _texture(rng, x, y, fg_colour), _texture(rng, x, y, bg_colour))
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), mask
-
-
-class SyntheticShapes:
-    """A RawDataset of ``SPLIT_SIZES[split]`` generated items (``limit`` takes the first N)."""
-
-    has_masks = True
-
-    def __init__(self, split: str = "train", limit: Optional[int] = None, size: int = 128,
-                 seed: int = 0) -> None:
-        if split not in SPLIT_SIZES:
-            raise ValueError(f"synthetic split {split!r} unknown; choose one of {', '.join(SPLIT_SIZES)}")
-        self.split, self.size, self.seed = split, size, seed
-        self.length = min(limit, SPLIT_SIZES[split]) if limit else SPLIT_SIZES[split]
-
-    def __len__(self) -> int:
-        return self.length
-
-    def load(self, index: int) -> Tuple[str, Image.Image, np.ndarray]:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], index])
-        image, mask = render(rng, self.size)
-        return f"{self.split}_{index:05d}", Image.fromarray(image), mask

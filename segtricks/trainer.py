@@ -105,12 +105,12 @@ def check_finite(terms: Dict[str, torch.Tensor], epoch: int, step: int) -> None:
 @torch.no_grad()
 def validation_iou(model: SegmentationModel, view: EvalView, cfg: Config, device: torch.device) -> float:
     """Mean per-image IoU at 0.5 of the raw fine mask, at the ground truth's original size."""
-    loader = DataLoader(view, batch_size=cfg.optim.batch_size, collate_fn=EvalView.collate,
+    loader = DataLoader(view, batch_size=cfg.optim.batch_size, collate_fn=view.collate,
                         num_workers=cfg.data.num_workers)
     ious = []
-    for _, images, masks in loader:
-        soft = predict_masks(model, images.to(device), cfg)
-        for pred, gt in zip(resize_to(soft, [m.shape for m in masks]), masks):
+    for batch in loader:
+        soft = predict_masks(model, batch.images.to(device), cfg)
+        for pred, gt in zip(resize_to(soft, [m.shape for m in batch.masks]), batch.masks):
             ious.append(binary_iou(pred.cpu() > 0.5, gt))
     return float(np.mean(ious))
 
@@ -133,8 +133,13 @@ def train(cfg: Config, on_epoch_end: Optional[Callable[[int, Dict[str, float]], 
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
-    train_set = TrainView(build_dataset(cfg.data.train), cfg.data.image_size, cfg.data.resize_short)
-    val_view = EvalView(build_dataset(cfg.data.val), cfg.data.image_size) if cfg.data.val else None
+    train_set = TrainView(build_dataset(cfg.data.train), cfg.data.image_size, cfg.data.resize_short,
+                          cfg.data.train.on_error)
+    val_view = None
+    if cfg.data.val:
+        val_view = EvalView(build_dataset(cfg.data.val), cfg.data.image_size, cfg.data.val.on_error)
+        if not val_view.raw.has_masks:
+            raise ValueError(f"validation dataset {cfg.data.val.name!r} has no masks; model selection needs them")
     identity = training_hash(cfg)
     history: List[Dict[str, float]] = []
     start, best_score, best_epoch = 0, -float("inf"), -1
@@ -157,6 +162,7 @@ def train(cfg: Config, on_epoch_end: Optional[Callable[[int, Dict[str, float]], 
         seed_everything(seed)
         loader = DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=True,
                             num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(seed),
+                            collate_fn=TrainView.collate,
                             pin_memory=cuda, persistent_workers=False)
         crop_generator = torch.Generator().manual_seed(seed)
         steps = len(loader) if cfg.optim.steps_per_epoch is None else min(len(loader), cfg.optim.steps_per_epoch)

@@ -1,0 +1,99 @@
+"""Score saliency maps or a trained run on a dataset, print a table, optionally save per-image records.
+
+    python -m segtricks.evaluate --maps DIR --dataset folder --root ../shared/data/sod300 [--post gf]
+    python -m segtricks.evaluate --run outputs/demo_cell --dataset synthetic --split test [--post gf]
+
+``--post`` names post-processing tricks (gf, bf) applied in order; ``--out FILE.csv|.parquet``
+writes one row per image (id, object ratio, IoU, Acc, predicted box, CorLoc hit, …).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from segtricks import checkpoint
+from segtricks.config import Config, ConfigError, DatasetRef, load_config
+from segtricks.evaluation import evaluate_maps, evaluate_model
+from segtricks.metrics import PROTOCOLS
+from segtricks.model import SegmentationModel, build_model
+from segtricks.trainer import resolve_device
+
+
+def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Config]:
+    """The model of a training folder (``config.yaml`` + ``best.pt`` or ``last.pt``)."""
+    cfg_path, ckpt_path = run_dir / "config.yaml", run_dir / f"{which}.pt"
+    for path in (cfg_path, ckpt_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training folder?")
+    cfg = load_config(cfg_path)
+    model = build_model(cfg)
+    state = checkpoint.load(ckpt_path)
+    if state["weights_id"] != model.backbone.weights_id:
+        raise ValueError(f"{ckpt_path} was trained on backbone weights {state['weights_id']}, but "
+                         f"{cfg.backbone.name} resolves to {model.backbone.weights_id} here")
+    model.head.load_state_dict(state["head"])
+    return model, cfg
+
+
+def format_table(results: Dict[str, float]) -> str:
+    names = [p for p in PROTOCOLS + ("corloc",) if p in results]
+    lines = ["| protocol | value |", "|---|---|"]
+    lines += [f"| {n} | {results[n]:.2f} |" if n == "corloc" else f"| {n} | {results[n]:.4f} |" for n in names]
+    lines.append(f"| n_images | {int(results['n_images'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--maps", type=Path, help="folder of <image id>.png saliency maps")
+    source.add_argument("--run", type=Path, help="training folder (config.yaml + best.pt)")
+    ap.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    ap.add_argument("--dataset", required=True, help="registered dataset name")
+    ap.add_argument("--root", help="dataset folder (default: $SEGTRICKS_DATA/<release folder>)")
+    ap.add_argument("--split", default="test", help="split for datasets that have several (synthetic)")
+    ap.add_argument("--limit", type=int, help="only the first N images")
+    ap.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or inconsistent files")
+    ap.add_argument("--post", nargs="*", default=[], help="post-processing tricks, in order (gf, bf)")
+    ap.add_argument("--out", type=Path, help="per-image records, .csv or .parquet")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    ref = DatasetRef(args.dataset, args.root, args.split, args.limit, "skip" if args.skip_bad else "raise")
+    try:
+        if args.maps:
+            cfg = Config()
+            evaluator = evaluate_maps(args.maps, cfg, ref, args.post)
+            weights = f"maps from {args.maps}"
+        else:
+            model, cfg = load_run(args.run, args.checkpoint)
+            device = resolve_device(args.device)
+            evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device)
+            weights = f"{cfg.backbone.name} ({model.backbone.weights_id})"
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results = evaluator.results()
+    print(f"\n{args.dataset} ({ref.split if args.dataset == 'synthetic' else ref.root or '$SEGTRICKS_DATA'}), "
+          f"{weights}, post-processing: {', '.join(args.post) or 'none'}\n")
+    print(format_table(results))
+    if args.out:
+        records = evaluator.records()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.out.suffix == ".parquet":
+            records.to_parquet(args.out)
+        elif args.out.suffix == ".csv":
+            records.to_csv(args.out, index=False)
+        else:
+            print(f"error: --out {args.out}: use a .csv or .parquet file name", file=sys.stderr)
+            return 2
+        print(f"\nper-image records: {args.out} ({len(records)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    sys.exit(main())

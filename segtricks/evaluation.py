@@ -1,0 +1,96 @@
+"""Evaluate a model, or a folder of saliency maps, on a dataset: SPEC §7's protocol.
+
+Predictions are made at the configured size; each soft mask is resized to its ground truth's
+original size; foreground is chosen per image. Post-processing tricks (GF, BF) run on the mask at
+the prediction size for models, and at full size for precomputed maps. Returns the streaming
+``SaliencyEvaluator`` (``results()``, ``records()``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from segtricks.config import Config, DatasetRef
+from segtricks.datasets import IMAGE_SUFFIXES, DatasetError, EvalView, build_dataset, load_or_skip
+from segtricks.metrics import SaliencyEvaluator
+from segtricks.model import SegmentationModel
+from segtricks.predict import predict_masks, resize_to
+from segtricks.tricks import TRICKS, get_tricks, postprocess
+
+
+def _check_post(tricks: Sequence[str]) -> None:
+    for trick in get_tricks(tricks):
+        if trick.stage != "post":
+            post = [n for n in TRICKS.names() if TRICKS.get(n).stage == "post"]
+            raise ValueError(f"trick {trick.name!r} is a training trick; evaluation applies only "
+                             f"post-processing tricks ({', '.join(post)})")
+
+
+@torch.no_grad()
+def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
+                   device: Optional[torch.device] = None, with_structure: bool = True,
+                   progress: bool = True) -> SaliencyEvaluator:
+    """Score ``model`` on dataset ``ref`` with the post-processing ``tricks`` applied in order."""
+    _check_post(tricks)
+    device = device or next(model.head.parameters()).device
+    view = EvalView(build_dataset(ref), cfg.data.image_size, ref.on_error)
+    loader = DataLoader(view, batch_size=cfg.optim.batch_size, collate_fn=view.collate,
+                        num_workers=cfg.data.num_workers)
+    evaluator = SaliencyEvaluator(with_structure=with_structure)
+    for batch in tqdm(loader, desc=f"evaluate {ref.name}", disable=not progress, leave=False):
+        if not batch.ids:
+            continue
+        soft = predict_masks(model, batch.images.to(device), cfg, tricks)
+        sizes = [o.shape[-2:] for o in batch.originals]
+        for image_id, pred, mask, boxes in zip(batch.ids, resize_to(soft, sizes), batch.masks, batch.boxes):
+            evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=boxes)
+    return evaluator
+
+
+def find_map(maps_dir: Path, image_id: str) -> Path:
+    for suffix in (".png",) + IMAGE_SUFFIXES:
+        path = maps_dir / f"{image_id}{suffix}"
+        if path.is_file():
+            return path
+    raise DatasetError(f"no saliency map for image {image_id!r} in {maps_dir} (expected {image_id}.png)")
+
+
+def evaluate_maps(maps_dir: str | Path, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
+                  with_structure: bool = True, progress: bool = True) -> SaliencyEvaluator:
+    """Score a folder of grayscale maps ``<id>.png`` (0–255, the ground truth's size) on ``ref``."""
+    _check_post(tricks)
+    maps_dir = Path(maps_dir)
+    if not maps_dir.is_dir():
+        raise DatasetError(f"maps folder {maps_dir} does not exist")
+    raw = build_dataset(ref)
+    if not (raw.has_masks or raw.has_boxes):
+        raise DatasetError(f"dataset {ref.name!r} has neither masks nor boxes to evaluate against")
+    evaluator = SaliencyEvaluator(with_structure=with_structure)
+    for index in tqdm(range(len(raw)), desc=f"evaluate {maps_dir.name} on {ref.name}", disable=not progress):
+        sample = load_or_skip(raw, index, ref.on_error)
+        if sample is None:
+            continue
+        try:
+            path = find_map(maps_dir, sample.id)
+            from PIL import Image  # local: only this path reads maps
+
+            with Image.open(path) as im:
+                soft = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float64) / 255.0)
+            if soft.shape != (sample.image.height, sample.image.width):
+                raise DatasetError(f"map {path} is {soft.shape[1]}×{soft.shape[0]} but image {sample.id} is "
+                                   f"{sample.image.width}×{sample.image.height}; maps must have their image's size")
+        except DatasetError:
+            if ref.on_error != "skip":
+                raise
+            continue
+        if tricks:
+            image = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+            soft = postprocess(soft[None, None].float(), image[None], tricks, cfg)[0, 0].double()
+        mask = None if sample.mask is None else torch.from_numpy(sample.mask)
+        evaluator.update(soft, mask, sample.id, boxes=sample.boxes)
+    return evaluator

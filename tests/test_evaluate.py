@@ -1,0 +1,65 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import require_shared
+from segtricks.config import Config, DatasetRef, config_from_dict
+from segtricks.evaluate import main
+from segtricks.evaluation import evaluate_maps
+from segtricks.trainer import train
+
+
+def test_maps_cli_prints_table_and_writes_records(tmp_path, capsys):
+    root = require_shared("sod300")
+    out = tmp_path / "records.csv"
+    assert main(["--maps", str(root / "maps" / "DSS"), "--dataset", "folder", "--root", str(root),
+                 "--limit", "20", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| max_fbeta_pr_curve |" in text and "| s_measure |" in text and "| n_images | 20 |" in text
+    rec = pd.read_csv(out)
+    assert len(rec) == 20 and {"image_id", "object_ratio", "iou", "acc", "mae"} <= set(rec.columns)
+
+
+@pytest.mark.parametrize("post", [["gf"], ["bf"]])
+def test_post_processing_of_other_methods_maps(post):
+    """Paper Table 5: GF/BF applied to precomputed maps changes the scores (and needs no model)."""
+    root = require_shared("sod300")
+    ref = DatasetRef("folder", root=str(root), limit=8)
+    plain = evaluate_maps(root / "maps" / "Amulet", Config(), ref, progress=False, with_structure=False)
+    filtered = evaluate_maps(root / "maps" / "Amulet", Config(), ref, post, progress=False, with_structure=False)
+    assert plain.results()["mae"] != filtered.results()["mae"]
+    assert 0.3 < filtered.results()["iou"] <= 1
+
+
+def test_map_of_wrong_size_and_missing_map_are_clear_errors(tmp_path, capsys):
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i in range(2):
+        Image.new("RGB", (20, 10)).save(root / "images" / f"a{i}.jpg")
+        Image.new("L", (20, 10)).save(root / "masks" / f"a{i}.png")
+    Image.new("L", (10, 10)).save(maps / "a0.png")
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
+    assert "a0.png is 10×10 but image a0 is 20×10" in capsys.readouterr().err
+    Image.new("L", (20, 10)).save(maps / "a0.png")
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
+    assert "no saliency map for image 'a1'" in capsys.readouterr().err
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root), "--skip-bad"]) == 0
+    assert "| n_images | 1 |" in capsys.readouterr().out
+
+
+def test_run_cli_scores_a_trained_model_with_corloc(tmp_path, capsys):
+    cfg = config_from_dict({
+        "backbone": {"name": "demo_vit8"},
+        "data": {"train": {"name": "synthetic", "limit": 8}, "image_size": 32, "resize_short": 36, "num_workers": 0},
+        "optim": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 1}, "output_dir": str(tmp_path / "run")})
+    train(cfg)
+    assert main(["--run", str(tmp_path / "run"), "--dataset", "synthetic", "--split", "test", "--limit", "6",
+                 "--post", "gf"]) == 0
+    text = capsys.readouterr().out
+    assert "demo_vit8 (random-init)" in text and "| corloc |" in text and "| n_images | 6 |" in text
+    assert main(["--run", str(tmp_path / "run"), "--dataset", "synthetic", "--post", "crop"]) == 2
+    assert "training trick" in capsys.readouterr().err
