@@ -2,6 +2,7 @@
 
     python -m segtricks.evaluate --maps DIR --dataset folder --root ../shared/data/sod300 [--post gf]
     python -m segtricks.evaluate --run outputs/demo_cell --dataset synthetic --split test [--post gf]
+    python -m segtricks.evaluate --centre-prior --dataset synthetic --split test
 
 ``--post`` names post-processing tricks (gf, bf) applied in order; ``--out FILE.csv|.parquet``
 writes one row per image (id, object ratio, IoU, Acc, predicted box, CorLoc hit, …).
@@ -52,6 +53,7 @@ def main(argv: List[str] | None = None) -> int:
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--maps", type=Path, help="folder of <image id>.png saliency maps")
     source.add_argument("--run", type=Path, help="training folder (config.yaml + best.pt)")
+    source.add_argument("--centre-prior", action="store_true", help="score a centred Gaussian map (σ = 0.25)")
     ap.add_argument("--checkpoint", default="best", choices=["best", "last"])
     ap.add_argument("--dataset", required=True, help="registered dataset name")
     ap.add_argument("--root", help="dataset folder (default: $SEGTRICKS_DATA/<release folder>)")
@@ -64,10 +66,10 @@ def main(argv: List[str] | None = None) -> int:
     args = ap.parse_args(argv)
     ref = DatasetRef(args.dataset, args.root, args.split, args.limit, "skip" if args.skip_bad else "raise")
     try:
-        if args.maps:
+        if args.maps or args.centre_prior:
             cfg = Config()
             evaluator = evaluate_maps(args.maps, cfg, ref, args.post)
-            weights = f"maps from {args.maps}"
+            weights = f"maps from {args.maps}" if args.maps else "centred Gaussian prior (σ = 0.25)"
         else:
             model, cfg = load_run(args.run, args.checkpoint)
             device = resolve_device(args.device)

@@ -12,11 +12,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from segtricks.config import Config, DatasetRef
-from segtricks.datasets import IMAGE_SUFFIXES, DatasetError, EvalView, build_dataset, load_or_skip
+from segtricks.datasets import IMAGE_SUFFIXES, DatasetError, EvalView, Sample, build_dataset, load_or_skip
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
 from segtricks.predict import predict_masks, resize_to
@@ -60,30 +61,36 @@ def find_map(maps_dir: Path, image_id: str) -> Path:
     raise DatasetError(f"no saliency map for image {image_id!r} in {maps_dir} (expected {image_id}.png)")
 
 
-def evaluate_maps(maps_dir: str | Path, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
+def centre_prior(h: int, w: int, sigma: float = 0.25) -> torch.Tensor:
+    """A centred Gaussian map exp(−d²/2σ²), d the distance to the centre in units of each side."""
+    y = (torch.arange(h, dtype=torch.float64) + 0.5) / h - 0.5
+    x = (torch.arange(w, dtype=torch.float64) + 0.5) / w - 0.5
+    return torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2))
+
+
+def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
                   with_structure: bool = True, progress: bool = True) -> SaliencyEvaluator:
-    """Score a folder of grayscale maps ``<id>.png`` (0–255, the ground truth's size) on ``ref``."""
+    """Score a folder of grayscale maps ``<id>.png`` (0–255, the ground truth's size) on ``ref``.
+
+    ``maps_dir=None`` scores the centred Gaussian prior instead (the no-learning baseline).
+    """
     _check_post(tricks)
-    maps_dir = Path(maps_dir)
-    if not maps_dir.is_dir():
-        raise DatasetError(f"maps folder {maps_dir} does not exist")
+    if maps_dir is not None:
+        maps_dir = Path(maps_dir)
+        if not maps_dir.is_dir():
+            raise DatasetError(f"maps folder {maps_dir} does not exist")
     raw = build_dataset(ref)
     if not (raw.has_masks or raw.has_boxes):
         raise DatasetError(f"dataset {ref.name!r} has neither masks nor boxes to evaluate against")
     evaluator = SaliencyEvaluator(with_structure=with_structure)
-    for index in tqdm(range(len(raw)), desc=f"evaluate {maps_dir.name} on {ref.name}", disable=not progress):
+    label = maps_dir.name if maps_dir is not None else "centre prior"
+    for index in tqdm(range(len(raw)), desc=f"evaluate {label} on {ref.name}", disable=not progress):
         sample = load_or_skip(raw, index, ref.on_error)
         if sample is None:
             continue
         try:
-            path = find_map(maps_dir, sample.id)
-            from PIL import Image  # local: only this path reads maps
-
-            with Image.open(path) as im:
-                soft = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float64) / 255.0)
-            if soft.shape != (sample.image.height, sample.image.width):
-                raise DatasetError(f"map {path} is {soft.shape[1]}×{soft.shape[0]} but image {sample.id} is "
-                                   f"{sample.image.width}×{sample.image.height}; maps must have their image's size")
+            soft = (centre_prior(sample.image.height, sample.image.width) if maps_dir is None
+                    else read_map(maps_dir, sample))
         except DatasetError:
             if ref.on_error != "skip":
                 raise
@@ -94,3 +101,14 @@ def evaluate_maps(maps_dir: str | Path, cfg: Config, ref: DatasetRef, tricks: Se
         mask = None if sample.mask is None else torch.from_numpy(sample.mask)
         evaluator.update(soft, mask, sample.id, boxes=sample.boxes)
     return evaluator
+
+
+def read_map(maps_dir: Path, sample: Sample) -> torch.Tensor:
+    """The sample's map as float64 in [0, 1]; a missing map or one of another size is an error."""
+    path = find_map(maps_dir, sample.id)
+    with Image.open(path) as im:
+        soft = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float64) / 255.0)
+    if soft.shape != (sample.image.height, sample.image.width):
+        raise DatasetError(f"map {path} is {soft.shape[1]}×{soft.shape[0]} but image {sample.id} is "
+                           f"{sample.image.width}×{sample.image.height}; maps must have their image's size")
+    return soft

@@ -3,8 +3,10 @@
 Pretrained weights and the paper's datasets cannot be downloaded on an offline machine, and
 weight-free ViT features do not segment real photos, so the demo and the tests train on this.
 Every item is a pure function of (seed, split, index): nothing is stored, and two machines see the
-same images. Objects span a wide range of sizes (object ratio ≈ 0.005–0.6, log-uniform), so the
-object-size plots have content; about a fifth are thin bars or rings.
+same images. Objects span a wide range of sizes (target object ratio log-uniform in
+[AREA_MIN, AREA_MAX]; bars and rings come out thinner), so the object-size plots have content;
+two fifths are thin bars or rings. Object and background colours differ clearly and the background
+texture is milder than the object's, so that the task is one NCut on weight-free features can learn.
 """
 from __future__ import annotations
 
@@ -15,12 +17,14 @@ import numpy as np
 SPLIT_SIZES = {"train": 2000, "val": 200, "test": 200}
 SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}  # disjoint random streams per split
 SHAPES = ("ellipse", "rectangle", "polygon", "bar", "ring")
+AREA_MIN, AREA_MAX = 0.03, 0.6
 
 
-def _texture(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, colour: np.ndarray) -> np.ndarray:
+def _texture(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, colour: np.ndarray,
+             max_amp: float) -> np.ndarray:
     """A colour with oriented stripes of random frequency and a little pixel noise, (H, W, 3)."""
     theta, freq, phase = rng.uniform(0, np.pi), rng.uniform(2, 14), rng.uniform(0, 2 * np.pi)
-    amp = rng.uniform(0.0, 0.2)
+    amp = rng.uniform(0.0, max_amp)
     stripes = amp * np.sin(2 * np.pi * freq * (x * np.cos(theta) + y * np.sin(theta)) + phase)
     tint = rng.uniform(-1, 1, 3)
     noise = rng.normal(0, 0.03, x.shape + (3,))
@@ -64,12 +68,12 @@ def render(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, np.ndarray]
     bg_colour = rng.uniform(0.05, 0.95, 3)
     while True:  # the object's colour must differ clearly from the background's
         fg_colour = rng.uniform(0.05, 0.95, 3)
-        if np.linalg.norm(fg_colour - bg_colour) > 0.45:
+        if np.linalg.norm(fg_colour - bg_colour) > 0.5:
             break
     kind = SHAPES[rng.integers(len(SHAPES))]
     for _ in range(20):  # redraw the rare shape that falls almost entirely outside the image
-        mask = _shape_mask(rng, kind, x, y, float(np.exp(rng.uniform(np.log(0.005), np.log(0.6)))))
+        mask = _shape_mask(rng, kind, x, y, float(np.exp(rng.uniform(np.log(AREA_MIN), np.log(AREA_MAX)))))
         if mask.sum() >= 9:
             break
-    image = np.where(mask[..., None], _texture(rng, x, y, fg_colour), _texture(rng, x, y, bg_colour))
+    image = np.where(mask[..., None], _texture(rng, x, y, fg_colour, 0.2), _texture(rng, x, y, bg_colour, 0.1))
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), mask

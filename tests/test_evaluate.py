@@ -63,3 +63,13 @@ def test_run_cli_scores_a_trained_model_with_corloc(tmp_path, capsys):
     assert "demo_vit8 (random-init)" in text and "| corloc |" in text and "| n_images | 6 |" in text
     assert main(["--run", str(tmp_path / "run"), "--dataset", "synthetic", "--post", "crop"]) == 2
     assert "training trick" in capsys.readouterr().err
+
+
+def test_centre_prior_baseline_matches_the_issue_measurement(capsys):
+    """The issue measured a centred Gaussian prior at mean IoU .33 on SOD300."""
+    root = require_shared("sod300")
+    assert main(["--centre-prior", "--dataset", "folder", "--root", str(root)]) == 0
+    text = capsys.readouterr().out
+    iou = float(next(line for line in text.splitlines() if line.startswith("| iou |")).split("|")[2])
+    assert iou == pytest.approx(0.33, abs=0.01)
+    assert "centred Gaussian prior" in text
