@@ -39,8 +39,8 @@ def test_features_are_the_last_blocks_attention_keys(backbones, name):
     qkv = captured["qkv"]  # (1, 1 + 6, 3·C) for a 2×3 grid plus CLS
     heads = bb.vit.blocks[-1].attn.num_heads
     k = qkv.reshape(1, 7, 3, heads, -1)[:, 1:, 1].reshape(1, 6, -1)  # drop CLS, keys of all heads
-    if bb.unit_rms:  # the demo backbone rescales each token (directions, hence cosines, unchanged)
-        k = k / k.pow(2).mean(-1, keepdim=True).sqrt()
+    if bb.rms is not None:  # the demo backbone rescales each token (directions, hence cosines, unchanged)
+        k = k * bb.rms / k.pow(2).mean(-1, keepdim=True).sqrt()
     ours = bb(x).flatten(2).transpose(1, 2)
     torch.testing.assert_close(ours, k)
 
@@ -51,7 +51,7 @@ def test_indivisible_image_size_is_an_error(backbones):
 
 
 def test_frozen_backbone_stays_in_eval_mode(backbones):
-    bb = backbones["demo_vit8"]
+    bb = backbones["demo_vit4"]
     bb.train()
     assert not bb.training and not bb.vit.training
     assert not any(p.requires_grad for p in bb.parameters())
@@ -62,6 +62,14 @@ def _same_features(a, b):
     torch.testing.assert_close(a(x), b(x))
 
 
+def _perturbed(backbone):
+    """A backbone whose weights differ from the (deterministic) random init, as trained ones do."""
+    with torch.no_grad():
+        for p in backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return backbone
+
+
 @pytest.mark.parametrize("wrap", [
     lambda sd: sd,
     lambda sd: {"state_dict": {f"module.backbone.{k}": v for k, v in sd.items()}},  # iBOT-style
@@ -70,15 +78,16 @@ def _same_features(a, b):
 ])
 def test_checkpoint_layouts_load_and_are_identified_by_sha256(tmp_path, wrap):
     torch.manual_seed(1)
-    src = build_backbone("demo_vit8", "random-init")
+    src = _perturbed(build_backbone("demo_vit4", "random-init"))
     state = wrap(src.vit.state_dict())
     if isinstance(state, dict) and "teacher" in state:
         state["teacher"]["head.mlp.0.weight"] = torch.zeros(3)  # extra keys are fine
     path = tmp_path / "ckpt.pth"
     torch.save(state, path)
-    torch.manual_seed(2)
-    loaded = build_backbone("demo_vit8", str(path))
+    loaded = build_backbone("demo_vit4", str(path))
     _same_features(src, loaded)
+    with pytest.raises(AssertionError):  # the load did something: random init differs
+        _same_features(src, build_backbone("demo_vit4", "random-init"))
     assert loaded.weights_id == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -87,16 +96,16 @@ def test_checkpoint_of_another_architecture_is_an_error(tmp_path):
     path = tmp_path / "vits16.pth"
     torch.save(other.vit.state_dict(), path)
     with pytest.raises(CheckpointMismatchError, match="shape mismatch.*another architecture"):
-        build_backbone("demo_vit8", str(path))
+        build_backbone("demo_vit4", str(path))
 
 
 def test_checkpoint_matching_no_key_is_an_error_not_a_silent_no_op(tmp_path):
     """The reference loaded iBOT with strict=False and an ignored key: nothing was loaded."""
-    src = build_backbone("demo_vit8", "random-init")
+    src = build_backbone("demo_vit4", "random-init")
     path = tmp_path / "encoder.pth"
     torch.save({"state_dict": {f"encoder.{k}": v for k, v in src.vit.state_dict().items()}}, path)
     with pytest.raises(CheckpointMismatchError, match="missing from it"):
-        build_backbone("demo_vit8", str(path))
+        build_backbone("demo_vit4", str(path))
 
 
 def test_missing_official_weights_name_file_url_and_place(tmp_path, monkeypatch):
@@ -118,9 +127,19 @@ def test_missing_explicit_weights_file_is_an_error(tmp_path):
 
 def test_official_file_is_found_under_segtricks_weights(tmp_path, monkeypatch):
     torch.manual_seed(3)
-    src = build_backbone("dino_vits16", "random-init")
+    src = _perturbed(build_backbone("dino_vits16", "random-init"))
     torch.save(src.vit.state_dict(), tmp_path / "dino_deitsmall16_pretrain.pth")
     monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path))
     loaded = build_backbone("dino_vits16")
     _same_features(src, loaded)
     assert loaded.weights_id.startswith("sha256:")
+
+
+def test_random_init_names_one_set_of_weights():
+    """Reloading a random-init run must rebuild the backbone it trained on, whatever the global RNG."""
+    torch.manual_seed(123)
+    a = build_backbone("demo_vit4", "random-init")
+    torch.rand(10)
+    b = build_backbone("demo_vit4", "random-init")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k

@@ -129,7 +129,7 @@ def test_synthetic_is_deterministic_and_varied():
     assert np.array_equal(np.asarray(sa.image), np.asarray(sb.image)) and np.array_equal(sa.mask, sb.mask)
     assert not np.array_equal(SyntheticShapes("test").load(3).mask, sa.mask)  # splits are disjoint streams
     ratios = np.array([a.load(i).mask.mean() for i in range(100)])
-    assert ratios.min() < 0.02 and ratios.max() > 0.3  # widely varying object sizes
+    assert ratios.min() < 0.03 and ratios.max() > 0.3  # object sizes over more than a decade
     assert len(SyntheticShapes("train")) == 2000 and len(SyntheticShapes("train", limit=5)) == 5
     with pytest.raises(DatasetError, match="synthetic split 'dev' unknown"):
         SyntheticShapes("dev")

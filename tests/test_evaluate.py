@@ -53,14 +53,14 @@ def test_map_of_wrong_size_and_missing_map_are_clear_errors(tmp_path, capsys):
 
 def test_run_cli_scores_a_trained_model_with_corloc(tmp_path, capsys):
     cfg = config_from_dict({
-        "backbone": {"name": "demo_vit8"},
+        "backbone": {"name": "demo_vit4"},
         "data": {"train": {"name": "synthetic", "limit": 8}, "image_size": 32, "resize_short": 36, "num_workers": 0},
         "optim": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 1}, "output_dir": str(tmp_path / "run")})
     train(cfg)
     assert main(["--run", str(tmp_path / "run"), "--dataset", "synthetic", "--split", "test", "--limit", "6",
                  "--post", "gf"]) == 0
     text = capsys.readouterr().out
-    assert "demo_vit8 (random-init)" in text and "| corloc |" in text and "| n_images | 6 |" in text
+    assert "demo_vit4 (random-init)" in text and "| corloc |" in text and "| n_images | 6 |" in text
     assert main(["--run", str(tmp_path / "run"), "--dataset", "synthetic", "--post", "crop"]) == 2
     assert "training trick" in capsys.readouterr().err
 

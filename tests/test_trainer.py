@@ -11,7 +11,7 @@ from segtricks.trainer import ConfigMismatchError, NonFiniteLossError, train
 
 def tiny(tmp_path, name="run", **over):
     d = {
-        "backbone": {"name": "demo_vit8"},
+        "backbone": {"name": "demo_vit4"},
         "data": {"train": {"name": "synthetic", "limit": 16},
                  "val": {"name": "synthetic", "split": "val", "limit": 8},
                  "image_size": 32, "resize_short": 36, "num_workers": 0},
@@ -79,7 +79,7 @@ def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
     best = checkpoint.load(result.best_checkpoint)
     assert best["epoch"] == result.best_epoch == ious.index(max(ious))
     assert best["weights_id"] == "random-init"
-    assert (result.output_dir / "config.yaml").read_text().count("demo_vit8") == 1
+    assert (result.output_dir / "config.yaml").read_text().count("demo_vit4") == 1
 
 
 def test_output_dir_of_another_config_is_refused(tmp_path):
@@ -97,7 +97,7 @@ def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
 @pytest.mark.parametrize("over,error,match", [
     ({"tricks": ["crop", "sharpen"]}, UnknownNameError, "unknown trick 'sharpen'; registered tricks: bf, crop, gf"),
     ({"backbone__name": "dino_vitz8"}, UnknownNameError, "registered backbones: .*dino_vits8"),
-    ({"data__image_size": 36, "data__resize_short": 40}, ValueError, "36 is not divisible by the patch size 8"),
+    ({"data__image_size": 34, "data__resize_short": 40}, ValueError, "34 is not divisible by the patch size 4"),
 ])
 def test_bad_cell_fails_before_training(tmp_path, over, error, match):
     with pytest.raises(error, match=match):
