@@ -43,9 +43,3 @@ def resize_to(masks: torch.Tensor, sizes: List[torch.Size]) -> List[torch.Tensor
     """Upsample each soft mask (1, H, W) to its ground truth's original size (bilinear)."""
     return [F.interpolate(m[None], size=tuple(s), mode="bilinear", align_corners=False)[0, 0]
             for m, s in zip(masks, sizes)]
-
-
-def binary_iou(pred: torch.Tensor, gt: torch.Tensor) -> float:
-    """IoU of two boolean masks; 1.0 when both are empty."""
-    union = (pred | gt).sum().item()
-    return 1.0 if union == 0 else (pred & gt).sum().item() / union

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from segtricks import checkpoint, losses
 from segtricks.config import Config, resolved_yaml, training_hash
 from segtricks.crop_consistency import sample_crop_boxes
-from segtricks.datasets import EvalView, TrainView, build_dataset
+from segtricks.datasets import TrainView, build_dataset
+from segtricks.evaluation import evaluate_model
 from segtricks.model import SegmentationModel, build_model
-from segtricks.predict import binary_iou, predict_masks, resize_to
 from segtricks.tricks import get_tricks
 
 
@@ -102,19 +102,6 @@ def check_finite(terms: Dict[str, torch.Tensor], epoch: int, step: int) -> None:
         )
 
 
-@torch.no_grad()
-def validation_iou(model: SegmentationModel, view: EvalView, cfg: Config, device: torch.device) -> float:
-    """Mean per-image IoU at 0.5 of the raw fine mask, at the ground truth's original size."""
-    loader = DataLoader(view, batch_size=cfg.optim.batch_size, collate_fn=view.collate,
-                        num_workers=cfg.data.num_workers)
-    ious = []
-    for batch in loader:
-        soft = predict_masks(model, batch.images.to(device), cfg)
-        for pred, gt in zip(resize_to(soft, [m.shape for m in batch.masks]), batch.masks):
-            ious.append(binary_iou(pred.cpu() > 0.5, gt))
-    return float(np.mean(ious))
-
-
 def train(cfg: Config, on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]] = None) -> TrainResult:
     """Train (or resume, or return a finished) training of ``cfg``.
 
@@ -135,11 +122,8 @@ def train(cfg: Config, on_epoch_end: Optional[Callable[[int, Dict[str, float]], 
                                   weight_decay=cfg.optim.weight_decay)
     train_set = TrainView(build_dataset(cfg.data.train), cfg.data.image_size, cfg.data.resize_short,
                           cfg.data.train.on_error)
-    val_view = None
-    if cfg.data.val:
-        val_view = EvalView(build_dataset(cfg.data.val), cfg.data.image_size, cfg.data.val.on_error)
-        if not val_view.raw.has_masks:
-            raise ValueError(f"validation dataset {cfg.data.val.name!r} has no masks; model selection needs them")
+    if cfg.data.val and not build_dataset(cfg.data.val).has_masks:  # fail before training, not after
+        raise ValueError(f"validation dataset {cfg.data.val.name!r} has no masks; model selection needs them")
     identity = training_hash(cfg)
     history: List[Dict[str, float]] = []
     start, best_score, best_epoch = 0, -float("inf"), -1
@@ -187,8 +171,9 @@ def train(cfg: Config, on_epoch_end: Optional[Callable[[int, Dict[str, float]], 
         bar.close()
         metrics = {f"train/{k}": v / max(steps, 1) for k, v in sums.items()}
         score = float(epoch)  # without a validation split the latest epoch is the best
-        if val_view is not None:
-            metrics["val/iou"] = score = validation_iou(model, val_view, cfg, device)
+        if cfg.data.val is not None:
+            metrics["val/iou"] = score = evaluate_model(model, cfg, cfg.data.val, device=device,
+                                                        with_structure=False, progress=False).results()["iou"]
         metrics["epoch"] = epoch
         history.append(metrics)
         improved = score > best_score
