@@ -105,6 +105,8 @@ class Config:
     crop: CropConfig = field(default_factory=CropConfig)
     gf: GFConfig = field(default_factory=GFConfig)
     bf: BFConfig = field(default_factory=BFConfig)
+    eval: List[DatasetRef] = field(default_factory=list)  # datasets the cell is evaluated on
+    maps: Optional[str] = None  # evaluate precomputed maps <maps>/<dataset>/<id>.png instead of a model
     output_dir: str = "outputs/run"
     device: str = "auto"  # auto: CUDA when present, else CPU
 
@@ -213,7 +215,7 @@ def training_hash(cfg: Config) -> str:
     trick's parameter section counts only when that trick is on.
     """
     d = to_dict(cfg)
-    for key in ("output_dir", "device"):
+    for key in ("output_dir", "device", "eval", "maps"):
         d.pop(key)
     d["data"].pop("num_workers")
     d["optim"].pop("epochs")

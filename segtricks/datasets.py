@@ -173,11 +173,29 @@ def folder(ref: DatasetRef) -> RawDataset:
     return image_mask_pairs(root / "images", masks if masks.is_dir() else None, ref)
 
 
+DUTS_TR_VAL = 500  # the last images (sorted by name) are held out for model selection
+
+
 @DATASETS.register()
 def duts_tr(ref: DatasetRef) -> RawDataset:
-    """DUTS-TR training images, ``DUTS-TR/DUTS-TR-Image/*.jpg`` (labels are never used)."""
-    root = dataset_root(ref, "DUTS-TR", DUTS_URL, "DUTS-TR/DUTS-TR-Image/*.jpg")
-    return image_mask_pairs(root / "DUTS-TR-Image", None, ref)
+    """DUTS-TR, ``DUTS-TR/DUTS-TR-Image/*.jpg`` (+ ``DUTS-TR-Mask/*.png`` for ``split: val``).
+
+    ``split: train`` is every image but the last 500 (their labels are never used); ``split: val`` is
+    those 500 with their masks: the validation set for model selection, disjoint from all test sets.
+    """
+    if ref.split not in ("train", "val"):
+        raise DatasetError(f"dataset 'duts_tr': split {ref.split!r} unknown; use train or val")
+    layout = "DUTS-TR/DUTS-TR-Image/*.jpg (and DUTS-TR/DUTS-TR-Mask/*.png for the val split)"
+    root = dataset_root(ref, "DUTS-TR", DUTS_URL, layout)
+    full = DatasetRef(ref.name, ref.root, ref.split, None, ref.on_error)
+    if ref.split == "train":
+        pairs = image_mask_pairs(root / "DUTS-TR-Image", None, full)
+        pairs.items = pairs.items[:-DUTS_TR_VAL]
+    else:
+        pairs = image_mask_pairs(root / "DUTS-TR-Image", root / "DUTS-TR-Mask", full)
+        pairs.items = pairs.items[-DUTS_TR_VAL:]
+    pairs.items = pairs.items[: ref.limit] if ref.limit else pairs.items
+    return pairs
 
 
 @DATASETS.register()
