@@ -27,13 +27,17 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-HEARTBEAT_S = 15.0
-STALE_AFTER_S = 90.0
+# A claim is refreshed every HEARTBEAT_S and expires STALE_AFTER_S after the last refresh.
+HEARTBEAT_S = float(os.environ.get("SEGTRICKS_HEARTBEAT_S", 15))
+STALE_AFTER_S = float(os.environ.get("SEGTRICKS_STALE_AFTER_S", 90))
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 def tracking_uri(explicit: Optional[str] = None) -> str:
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """The store to use; the default SQLite file is made absolute (MLflow caches stores by URI, and
+    workers must all reach the same file)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

@@ -1,0 +1,149 @@
+"""The ablation runner end to end on CPU: a reduced demo grid, in a scratch tracking store."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from segtricks import checkpoint
+from segtricks.ablate import main
+from segtricks.config import ConfigError
+from segtricks.grid import load_grid
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "optim.steps_per_epoch=2", "--set", "optim.batch_size=4", "--set", "data.train.limit=8",
+        "--set", "data.val.limit=4", "--set", "eval=[{name: synthetic, split: test, limit: 4}]"]
+
+
+def write_grid(tmp_path, entries, epochs=1, name="mini"):
+    lines = [f"name: {name}", f"base: {REPO / 'experiments' / 'demo_cell.yaml'}",
+             f"set: {{optim.epochs: {epochs}}}", "axes:", "  tricks:"]
+    lines += [f"    - {e}" for e in entries]
+    path = tmp_path / f"{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def runs(tmp_path, grid="mini"):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(grid)
+    return client, client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_demo_grid_runs_tags_metrics_and_rerun_creates_nothing(in_tmp, capsys):
+    assert main(["--grid", "demo", "--set", "optim.epochs=1", *TINY]) == 0
+    client, rs = runs(in_tmp, "demo")
+    assert len(rs) == 4 and all(r.info.status == "FINISHED" for r in rs)
+    by_cell = {r.data.tags["cell"]: r for r in rs}
+    assert set(by_cell) == {"demo_vit4/baseline", "demo_vit4/crop", "demo_vit4/gf", "demo_vit4/crop+gf"}
+    base = by_cell["demo_vit4/baseline"]
+    tags = base.data.tags
+    assert tags["grid"] == "demo" and tags["backbone"] == "demo_vit4" and tags["weights"] == "random-init"
+    assert len(tags["config_hash"]) == 64 and tags["role"] == "train"
+    assert by_cell["demo_vit4/gf"].data.tags["model_from_run"] == base.info.run_id  # train once, evaluate many
+    assert "role" not in by_cell["demo_vit4/gf"].data.tags
+    for key in ("synthetic.iou", "synthetic.acc", "synthetic.max_fbeta", "synthetic.corloc", "train.loss"):
+        assert key in base.data.metrics, key
+    assert "train.crop_eq" in by_cell["demo_vit4/crop"].data.metrics
+    assert base.data.params["backbone.name"] == "demo_vit4"
+    arts = {a.path for a in client.list_artifacts(base.info.run_id)}
+    assert {"config.yaml", "environment.json", "predictions_synthetic.png", "records"} <= arts
+    out = capsys.readouterr().out
+    assert "4 cells: 4 run, 0 skipped, 0 failed" in out
+    # rerunning a finished grid does no work and creates no runs
+    assert main(["--grid", "demo", "--set", "optim.epochs=1", *TINY]) == 0
+    assert len(runs(in_tmp, "demo")[1]) == 4
+    assert "4 cells: 0 run, 4 skipped, 0 failed" in capsys.readouterr().out
+
+
+def test_failed_cell_is_recorded_and_the_grid_goes_on(in_tmp, capsys):
+    grid = write_grid(in_tmp, ["{name: ok, set: {tricks: []}}",
+                               "{name: broken, set: {tricks: [gf], eval: [{name: folder, root: /nonexistent}]}}"])
+    assert main(["--grid", str(grid), *TINY[:-2]]) == 1
+    client, rs = runs(in_tmp)
+    status = {r.data.tags["cell"]: r for r in rs}
+    assert status["ok"].info.status == "FINISHED" and status["broken"].info.status == "FAILED"
+    tb = client.download_artifacts(status["broken"].info.run_id, "traceback.txt", str(in_tmp))
+    assert "DatasetError" in Path(tb).read_text()
+    assert "1 failed" in capsys.readouterr().out
+    # --rerun-failed touches only the failed cell (and it fails again, still recorded)
+    assert main(["--grid", str(grid), "--rerun-failed", *TINY[:-2]]) == 1
+    rs = runs(in_tmp)[1]
+    assert sum(r.data.tags["cell"] == "ok" for r in rs) == 1 and sum(r.data.tags["cell"] == "broken" for r in rs) == 2
+
+
+def test_bad_grid_input_fails_before_anything_runs(in_tmp, capsys):
+    grid = write_grid(in_tmp, ["{name: a, set: {optim.lrr: 1}}"])
+    assert main(["--grid", str(grid)]) == 2
+    assert "mini.yaml" in capsys.readouterr().err
+    grid = write_grid(in_tmp, ["{name: a, set: {tricks: [sharpen]}}"])
+    with pytest.raises(ConfigError, match=r"mini.yaml \(cell a\): unknown trick 'sharpen'"):
+        load_grid(str(grid))
+    bad = in_tmp / "bad.yaml"
+    bad.write_text("name: bad\naxes:\n  tricks:\n    - {name: a, sett: {}}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:4: axis 'tricks' entry 0"):
+        load_grid(str(bad))
+    with pytest.raises(ConfigError, match="unknown grid 'tabel3'; grids in .*: demo, table1"):
+        load_grid("tabel3")
+    assert not (in_tmp / "mlflow.db").exists() or not runs(in_tmp)[1]
+
+
+def test_dry_run_shows_the_plan(in_tmp, capsys):
+    assert main(["--grid", "table3", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "12 cells, 6 trainings" in out
+    assert out.count("train+evaluate") == 6 and "model of dino_s8/crop" in out
+
+
+def _env(tmp_path):
+    return {**os.environ, "SEGTRICKS_HEARTBEAT_S": "0.5", "SEGTRICKS_STALE_AFTER_S": "4",
+            "PYTHONPATH": str(REPO), "SEGTRICKS_OFFLINE": "1"}
+
+
+def test_killed_training_resumes_in_the_same_run(in_tmp):
+    grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"], epochs=3)
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY[:-2]]
+    proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = next(iter(in_tmp.glob("outputs/trainings/*")), None)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        last = next(iter(in_tmp.glob("outputs/trainings/*/last.pt")), None)
+        if last is not None:
+            break
+        time.sleep(0.2)
+    assert last is not None, "training never wrote a checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)  # kill -9 during the second epoch
+    proc.wait()
+    done_epoch = checkpoint.load(last)["epoch"]
+    assert done_epoch < 2
+    time.sleep(4.5)  # let the dead worker's claim expire
+    assert subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True).returncode == 0
+    client, rs = runs(in_tmp)
+    assert len(rs) == 1 and rs[0].info.status == "FINISHED"  # the same run, resumed
+    steps = [m.step for m in client.get_metric_history(rs[0].info.run_id, "train.loss")]
+    assert sorted(steps) == [0, 1, 2]  # epochs before the kill were not trained again
+
+
+def test_two_concurrent_invocations_train_each_cell_once(in_tmp):
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}",
+                               "{name: bf, set: {tricks: [bf]}}"])
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY[:-2], "--workers", "2"]
+    result = subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client, rs = runs(in_tmp)
+    assert sorted(r.data.tags["cell"] for r in rs) == ["base", "bf", "gf"]  # one run per cell
+    assert all(r.info.status == "FINISHED" for r in rs)
+    trainers = [r for r in rs if r.data.tags.get("role") == "train"]
+    assert len(trainers) == 1  # three cells, one shared training, trained once
+    assert len(client.get_metric_history(trainers[0].info.run_id, "train.loss")) == 1
