@@ -168,7 +168,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
              device: str = "auto") -> List[dict]:
     """One worker's pass(es) over the grid until no cell is left that it may take."""
     client = tracking.MlflowClient(uri)
-    exp_id = tracking.experiment_id(client, grid.name)
+    exp_id = tracking.experiment_id(client, grid.name, grid.description)
     dev = resolve_device(device)
     summary: Dict[str, dict] = {}
     forced = set()
@@ -185,6 +185,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                 time.sleep(5)  # other workers hold cells; wait for them to finish or die
                 continue
             break
+        progressed = False
         bar = tqdm(todo, desc=f"grid {grid.name}", unit="cell")
         for step in bar:
             bar.set_postfix_str(step.cell.name)
@@ -203,6 +204,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                 if run_id is None:
                     continue  # another worker claimed this cell first
             forced.add(step.cell.name)
+            progressed = True
             with tracking.Heartbeat(client, run_id):
                 try:
                     results = execute(client, grid, step, run_id, dev)
@@ -218,6 +220,8 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                     if fail_fast:
                         return list(summary.values())
         bar.close()
+        if not progressed:  # every remaining cell waits on another worker's training or claim
+            time.sleep(5)
     return list(summary.values())
 
 
@@ -278,7 +282,7 @@ def main(argv: List[str] | None = None) -> int:
         return 2
     uri = tracking.tracking_uri(args.tracking_uri)
     client = tracking.MlflowClient(uri)
-    exp_id = tracking.experiment_id(client, grid.name)  # created once, before any worker starts
+    exp_id = tracking.experiment_id(client, grid.name, grid.description)  # before any worker starts
     if args.dry_run:
         print_plan(grid, plan(grid, tracking.runs_by_hash(client, exp_id), args.force, args.rerun_failed))
         return 0

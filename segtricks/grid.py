@@ -53,6 +53,7 @@ class Grid:
     name: str
     path: Path
     cells: List[Cell]
+    description: str = ""
 
 
 def grid_path(name_or_path: str) -> Path:
@@ -163,4 +164,4 @@ def load_grid(name_or_path: str, cli_overrides: Optional[Dict[str, Any]] = None,
         if cell.name in seen:
             raise ConfigError(f"{path}: two cells are both named {cell.name!r}; axis entry names must differ")
         seen[cell.name] = cell
-    return Grid(name, path, cells)
+    return Grid(name, path, cells, str(data.get("description", "")).strip())

@@ -40,8 +40,13 @@ def tracking_uri(explicit: Optional[str] = None) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
-    """The experiment named after the grid, created with artifacts under ./mlruns if new."""
+def experiment_id(client: MlflowClient, name: str, description: str = "") -> str:
+    """The experiment named after the grid, created with artifacts under ./mlruns if new.
+
+    Tagged as a model-training experiment, so that ``mlflow ui`` opens on its runs table (MLflow 3
+    otherwise shows its GenAI overview), with the grid's description as the experiment note.
+    """
+    tags = {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": description}
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -49,7 +54,7 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     if client.tracking_uri.startswith("sqlite:"):
         location = (Path.cwd() / "mlruns").resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=tags)
     except mlflow.exceptions.MlflowException:  # created by a concurrent worker just now
         return client.get_experiment_by_name(name).experiment_id
 
