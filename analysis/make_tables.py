@@ -1,0 +1,109 @@
+"""Regenerate the paper's tables and IoU-vs-object-size figures from logged MLflow runs.
+
+    python -m analysis.make_tables                      # every grid found in the store
+    python -m analysis.make_tables --grid table3 --format latex
+    python -m analysis.make_tables --grid demo --tracking-uri sqlite:///mlflow.db --out-dir results
+
+Writes ``<out-dir>/<grid>.{md,tex,csv}`` and ``<out-dir>/figures/<grid>_size*.{png,pdf}``, prints
+the Markdown table, and logs tables and figures to an ``analysis`` run of the grid's experiment.
+Nothing is recomputed: numbers come from FINISHED runs found by their tags.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from mlflow.tracking import MlflowClient
+
+from analysis.figures import plot_iou_vs_size
+from analysis.paper import LAYOUTS
+from analysis.runs import NoRunsError, load_records, load_runs
+from analysis.tables import build_table, layout_for, to_latex, to_markdown
+from segtricks import tracking
+
+
+def analysis_run(client: MlflowClient, grid: str, experiment: Optional[str]) -> str:
+    """The grid's ``analysis`` run (created once; it carries no cell tags, so cells never see it)."""
+    exp = client.get_experiment_by_name(experiment or grid)
+    found = client.search_runs([exp.experiment_id], "tags.`segtricks.analysis` = 'true'")
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp.experiment_id, tags={"segtricks.analysis": "true", "grid": grid},
+                            run_name="analysis")
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Optional[str],
+         log: bool = True) -> str:
+    runs = load_runs(grid, uri, experiment)
+    table, notes, cap = build_table(grid, runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(table, notes, cap)
+    written = [out_dir / f"{grid}.md"]
+    written[0].write_text(md)
+    if fmt == "latex":
+        written.append(out_dir / f"{grid}.tex")
+        written[-1].write_text(to_latex(table, notes, cap))
+    elif fmt == "csv":
+        written.append(out_dir / f"{grid}.csv")
+        table.to_csv(written[-1], index=False)
+    layout = layout_for(grid, runs)
+    records = {d: load_records(grid, d, runs, uri) for d in layout.datasets if "corloc" not in layout.metrics
+               or d == "synthetic"}
+    records = {d: r for d, r in records.items() if len(r)}
+    if records:
+        groups = {}
+        for cell in layout.rows:
+            groups.setdefault(cell.split("/")[0] if "/" in cell else grid, []).append(cell)
+        for group, cells in groups.items():
+            present = [c for c in cells if any(c in set(r.cell) for r in records.values())]
+            if not present:
+                continue
+            fig = plot_iou_vs_size(records, present, f"{grid}: mean IoU against object size ({group})")
+            stem = out_dir / "figures" / (f"{grid}_size" + (f"_{group}" if group != grid else ""))
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            for ext in (".png", ".pdf"):
+                fig.savefig(stem.with_suffix(ext), dpi=130)
+                written.append(stem.with_suffix(ext))
+    if log:
+        client = MlflowClient(tracking.tracking_uri(uri))
+        run_id = analysis_run(client, grid, experiment)
+        for path in written:
+            client.log_artifact(run_id, str(path), "figures" if path.parent.name == "figures" else "tables")
+        client.set_tag(run_id, "updated", time.strftime("%Y-%m-%d %H:%M:%S"))
+    return md
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", action="append", help="grid name (repeatable); default: every known grid in the store")
+    ap.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="file format beside the Markdown")
+    ap.add_argument("--out-dir", type=Path, default=Path("results"))
+    ap.add_argument("--experiment", help="MLflow experiment name (default: the grid's name)")
+    ap.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    ap.add_argument("--no-log", action="store_true", help="do not log tables and figures back to MLflow")
+    args = ap.parse_args(argv)
+    grids = args.grid or list(LAYOUTS)
+    found = 0
+    for grid in grids:
+        try:
+            print(make(grid, args.format, args.out_dir, args.tracking_uri, args.experiment, not args.no_log))
+            found += 1
+        except NoRunsError as exc:
+            if args.grid:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+    if not found:
+        print(f"error: no grid of {', '.join(grids)} has runs in {tracking.tracking_uri(args.tracking_uri)}",
+              file=sys.stderr)
+        return 2
+    print(f"tables and figures written to {args.out_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Read a grid's cell runs from MLflow into tidy DataFrames (nothing is recomputed)."""
+from __future__ import annotations
+
+import tempfile
+from typing import Optional
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from segtricks import tracking
+
+
+class NoRunsError(LookupError):
+    """The experiment does not exist in the chosen store."""
+
+
+def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = None) -> pd.DataFrame:
+    """One row per cell run: cell, status (FINISHED/FAILED/RUNNING/KILLED; a RUNNING run whose
+    worker died reads 'stale'), run_id, backbone, weights, seed, and one column per metric."""
+    uri = tracking.tracking_uri(uri)
+    client = MlflowClient(uri)
+    name = experiment or grid
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise NoRunsError(f"no experiment {name!r} in {uri}; run `python -m segtricks.ablate --grid {grid}` "
+                          f"first, or pass --experiment/--tracking-uri")
+    rows = []
+    for run in client.search_runs([exp.experiment_id], max_results=50_000):
+        tags = run.data.tags
+        if "cell" not in tags:  # the analysis run itself, or foreign runs
+            continue
+        status = run.info.status
+        if status == "RUNNING" and not tracking.is_live(run):
+            status = "stale"
+        rows.append({"cell": tags["cell"], "status": status, "run_id": run.info.run_id,
+                     "backbone": tags.get("backbone", ""), "weights": tags.get("weights", "unknown"),
+                     "seed": run.data.params.get("seed", ""), **run.data.metrics})
+    return pd.DataFrame(rows)
+
+
+def load_records(grid: str, dataset: str, runs: pd.DataFrame, uri: Optional[str] = None) -> pd.DataFrame:
+    """Per-image records of every FINISHED run for one dataset, with a ``cell`` column."""
+    client = MlflowClient(tracking.tracking_uri(uri))
+    frames = []
+    for _, run in runs[runs.status == "FINISHED"].iterrows():
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = client.download_artifacts(run.run_id, f"records/{dataset}.csv", tmp)
+            except Exception:  # this cell was not evaluated on that dataset
+                continue
+            df = pd.read_csv(path)
+        df["cell"] = run.cell
+        df["run_id"] = run.run_id
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

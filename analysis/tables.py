@@ -1,0 +1,127 @@
+"""Paper tables from cell runs: ours (mean ± std over seeds), the published value, the difference."""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import numpy as np
+import pandas as pd
+
+from analysis.paper import DATASET_LABELS, LAYOUTS, METRIC_LABELS, PUBLISHED, TableLayout
+
+PROTOCOL_NOTES = {
+    "acc": "`acc` (pixel accuracy at 0.5)",
+    "iou": "`iou` (per-image IoU at 0.5, mean over images)",
+    "max_fbeta": "`max_fbeta` (β²=0.3; max over 255 thresholds of the image-averaged F curve, TokenCut/MOVE)",
+    "corloc": "`corloc` (% images whose largest component's box has IoU ≥ 0.5 with a GT box)",
+}
+MISSING = "—"
+
+
+def layout_for(grid: str, runs: pd.DataFrame) -> TableLayout:
+    """The paper's layout for known grids; otherwise rows = cells, columns = logged datasets."""
+    if grid in LAYOUTS:
+        return LAYOUTS[grid]
+    metrics = [c for c in runs.columns if "." in c and not c.startswith(("train.", "val."))]
+    datasets = tuple(sorted({c.split(".")[0] for c in metrics}))
+    return TableLayout(f"Grid {grid}", tuple(sorted(runs.cell.unique())), datasets, ("iou",))
+
+
+def build_table(grid: str, runs: pd.DataFrame) -> Tuple[pd.DataFrame, List[str], str]:
+    """Long-form table (cell, dataset, metric, mean, std, n, paper, diff, status), footnotes, caption."""
+    layout = layout_for(grid, runs)
+    cells = list(layout.rows) + sorted(set(runs.cell) - set(layout.rows)) if len(runs) else list(layout.rows)
+    rows, notes = [], []
+    for cell in cells:
+        mine = runs[runs.cell == cell] if len(runs) else runs
+        done = mine[mine.status == "FINISHED"] if len(mine) else mine
+        status = "ok"
+        if done.empty:
+            states = set(mine.status) if len(mine) else set()
+            status = ("running" if "RUNNING" in states else "failed" if "FAILED" in states
+                      else "stale (worker died; rerun the grid to resume)" if "stale" in states else "not run")
+            notes.append(f"{cell}: {status}")
+        for d in layout.datasets:
+            for m in layout.metrics:
+                col = f"{d}.{m}"
+                values = done[col].dropna().to_numpy() if (len(done) and col in done) else np.array([])
+                paper = PUBLISHED.get((grid, cell, d, m))
+                mean = float(values.mean()) if values.size else np.nan
+                rows.append({"cell": cell, "dataset": d, "metric": m, "mean": mean,
+                             "std": float(values.std(ddof=1)) if values.size > 1 else np.nan,
+                             "n": int(values.size), "paper": paper if paper is not None else np.nan,
+                             "diff": mean - paper if paper is not None and values.size else np.nan,
+                             "status": status})
+    return pd.DataFrame(rows), notes, caption(grid, layout, runs)
+
+
+def caption(grid: str, layout: TableLayout, runs: pd.DataFrame) -> str:
+    weights = {}
+    if len(runs):
+        for _, r in runs[runs.status == "FINISHED"].iterrows():
+            weights.setdefault(r.backbone or "maps", set()).add(r.weights)
+    parts = [f"**{layout.title}.**"]
+    if weights:
+        parts.append("Weights: " + "; ".join(f"{b}: {', '.join(sorted(w))}" for b, w in sorted(weights.items())) + ".")
+    if any("random-init" in w for ws in weights.values() for w in ws):
+        parts.append("**Built from random-init backbones: these are NOT paper results.**")
+    parts.append("Datasets: " + ", ".join(DATASET_LABELS.get(d, d) for d in layout.datasets) + ".")
+    parts.append("Protocols: " + "; ".join(PROTOCOL_NOTES.get(m, f"`{m}`") for m in layout.metrics) + ".")
+    published = any(key[0] == grid for key in PUBLISHED)
+    parts.append("Ours: mean ± std over seeds (n runs) where several"
+                 + ("; paper: published value; Δ = ours − paper." if published else "; no published values."))
+    return " ".join(parts)
+
+
+def _fmt(metric: str, value: float, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return MISSING
+    spec = "+.1f" if metric == "corloc" and signed else ".1f" if metric == "corloc" else "+.3f" if signed else ".3f"
+    return format(value, spec)
+
+
+def wide(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell; for each dataset × metric the columns ours, paper, Δ (ours alone when the
+    paper publishes nothing for this grid)."""
+    with_paper = table["paper"].notna().any()
+    out: Dict[str, Dict[str, str]] = {}
+    for _, r in table.iterrows():
+        ours = _fmt(r.metric, r["mean"])
+        if r.n > 1:
+            ours += f" ± {_fmt(r.metric, r['std'])} (n={r.n})"
+        head = f"{DATASET_LABELS.get(r.dataset, r.dataset)} {METRIC_LABELS.get(r.metric, r.metric)}"
+        row = out.setdefault(r.cell, {})
+        if not with_paper:
+            row[head] = ours
+            continue
+        row[f"{head} ours"] = ours
+        row[f"{head} paper"] = _fmt(r.metric, r.paper)
+        row[f"{head} Δ"] = _fmt(r.metric, r["diff"], signed=True)
+    df = pd.DataFrame.from_dict(out, orient="index")
+    df.index.name = "cell"
+    return df
+
+
+def to_markdown(table: pd.DataFrame, notes: List[str], cap: str) -> str:
+    w = wide(table).reset_index()
+    lines = [cap, "", "| " + " | ".join(w.columns) + " |", "|" + "---|" * len(w.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in w.itertuples(index=False)]
+    if notes:
+        lines += ["", "Missing cells (—): " + "; ".join(notes) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(table: pd.DataFrame, notes: List[str], cap: str) -> str:
+    w = wide(table).reset_index()
+
+    def esc(s: str) -> str:
+        return (str(s).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("%", r"\%")
+                .replace("&", r"\&").replace("#", r"\#").replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+                .replace("β", r"$\beta$").replace("—", "---").replace("**", ""))
+
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (len(w.columns) - 1) + "}",
+             r"\toprule", " & ".join(esc(c) for c in w.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in w.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    note = f" Missing cells (---): {esc('; '.join(notes))}." if notes else ""
+    lines += [r"\caption{" + esc(cap) + note + "}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
