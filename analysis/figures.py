@@ -50,3 +50,44 @@ def plot_iou_vs_size(records_by_dataset: Dict[str, pd.DataFrame], cells: List[st
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def read_samples(path: str) -> Dict[str, tuple]:
+    """``samples/<dataset>.npz`` of a run → {image id: (image uint8 HWC, gt bool, prediction uint8)}."""
+    with np.load(path) as z:
+        return {str(i): (z[f"image_{k}"], z[f"gt_{k}"], z[f"pred_{k}"]) for k, i in enumerate(z["ids"])}
+
+
+def pick_examples(records: pd.DataFrame, baseline: str, full: str, ids: List[str], n: int = 2) -> List[tuple]:
+    """The selection rule of the qualitative figures: among ``ids`` (the images every run kept), the
+    ``n`` with the largest IoU gain of ``full`` over ``baseline``, then the ``n`` with the largest loss."""
+    iou = records[records.image_id.astype(str).isin(ids)].pivot_table(index="image_id", columns="cell", values="iou")
+    if baseline not in iou or full not in iou:
+        return []
+    gain = (iou[full] - iou[baseline]).sort_values()
+    best = list(gain.index[::-1][:n])
+    worst = [i for i in gain.index[:n] if i not in best]
+    return [(str(i), f"gain {gain[i]:+.2f}") for i in best] + [(str(i), f"loss {gain[i]:+.2f}") for i in worst]
+
+
+def plot_qualitative(samples: Dict[str, Dict[str, tuple]], records: pd.DataFrame, cells: List[str],
+                     chosen: List[tuple], title: str) -> plt.Figure:
+    """Rows: chosen images; columns: image, ground truth, then each cell's prediction with its IoU."""
+    cols = 2 + len(cells)
+    fig, axes = plt.subplots(len(chosen), cols, figsize=(2.3 * cols, 2.3 * len(chosen) + 0.6), squeeze=False)
+    iou = records.assign(image_id=records.image_id.astype(str)).set_index(["cell", "image_id"])["iou"]
+    for row, (image_id, label) in enumerate(chosen):
+        image, gt, _ = samples[cells[0]][image_id]
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_title(f"{image_id}\n{label}", fontsize=8)
+        axes[row, 1].imshow(gt, cmap="gray", vmin=0, vmax=1)
+        axes[row, 1].set_title("ground truth", fontsize=8)
+        for col, cell in enumerate(cells, start=2):
+            axes[row, col].imshow(samples[cell][image_id][2], cmap="gray", vmin=0, vmax=255)
+            axes[row, col].set_title(f"{cell.split('/')[-1]} (IoU {iou.get((cell, image_id), float('nan')):.2f})",
+                                     fontsize=8)
+        for ax in axes[row]:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

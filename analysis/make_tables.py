@@ -4,21 +4,29 @@
     python -m analysis.make_tables --grid table3 --format latex
     python -m analysis.make_tables --grid demo --tracking-uri sqlite:///mlflow.db --out-dir results
 
-Writes ``<out-dir>/<grid>.{md,tex,csv}`` and ``<out-dir>/figures/<grid>_size*.{png,pdf}``, prints
+Writes ``<out-dir>/<grid>.{md,tex,csv}``, ``<out-dir>/figures/<grid>_size*.{png,pdf}`` (IoU against
+object size, 20 bins) and ``<grid>_qualitative*_<dataset>.{png,pdf}``, prints
 the Markdown table, and logs tables and figures to an ``analysis`` run of the grid's experiment.
 Nothing is recomputed: numbers come from FINISHED runs found by their tags.
+
+Qualitative figures: among the first 16 images of a dataset (kept with every run), the two with the
+largest IoU gain of the group's last trick combination (e.g. crop+gf) over its baseline, and the two
+with the largest loss; columns are the image, the ground truth and each cell's prediction.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
 from mlflow.tracking import MlflowClient
 
-from analysis.figures import plot_iou_vs_size
+import matplotlib.pyplot as plt
+
+from analysis.figures import pick_examples, plot_iou_vs_size, plot_qualitative, read_samples
 from analysis.paper import LAYOUTS
 from analysis.runs import NoRunsError, load_records, load_runs
 from analysis.tables import build_table, layout_for, to_latex, to_markdown
@@ -35,6 +43,28 @@ def analysis_run(client: MlflowClient, grid: str, experiment: Optional[str]) -> 
                             run_name="analysis")
     client.set_terminated(run.info.run_id)
     return run.info.run_id
+
+
+def save(fig, stem: Path) -> List[Path]:
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def run_samples(runs, cell: str, dataset: str, uri: Optional[str]) -> dict:
+    """The kept sample predictions of a cell's first FINISHED run ({} when it has none)."""
+    done = runs[(runs.cell == cell) & (runs.status == "FINISHED")]
+    if done.empty:
+        return {}
+    client = MlflowClient(tracking.tracking_uri(uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return read_samples(client.download_artifacts(done.run_id.iloc[0], f"samples/{dataset}.npz", tmp))
+        except Exception:  # runs logged before samples were kept
+            return {}
 
 
 def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Optional[str],
@@ -63,12 +93,22 @@ def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Opt
             present = [c for c in cells if any(c in set(r.cell) for r in records.values())]
             if not present:
                 continue
+            suffix = f"_{group}" if group != grid else ""
             fig = plot_iou_vs_size(records, present, f"{grid}: mean IoU against object size ({group})")
-            stem = out_dir / "figures" / (f"{grid}_size" + (f"_{group}" if group != grid else ""))
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            for ext in (".png", ".pdf"):
-                fig.savefig(stem.with_suffix(ext), dpi=130)
-                written.append(stem.with_suffix(ext))
+            written += save(fig, out_dir / "figures" / f"{grid}_size{suffix}")
+            if len(present) < 2:
+                continue
+            for dataset, recs in records.items():
+                samples = {c: s for c in present if (s := run_samples(runs, c, dataset, uri))}
+                if len(samples) < len(present):
+                    continue
+                ids = sorted(set.intersection(*(set(s) for s in samples.values())))
+                chosen = pick_examples(recs, present[0], present[-1], ids)
+                if chosen:
+                    fig = plot_qualitative(samples, recs, present, chosen,
+                                           f"{grid} on {dataset}: largest IoU gains and losses of "
+                                           f"{present[-1].split('/')[-1]} over {present[0].split('/')[-1]}")
+                    written += save(fig, out_dir / "figures" / f"{grid}_qualitative{suffix}_{dataset}")
     if log:
         client = MlflowClient(tracking.tracking_uri(uri))
         run_id = analysis_run(client, grid, experiment)

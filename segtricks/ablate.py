@@ -13,13 +13,16 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from segtricks import checkpoint, tracking
@@ -27,14 +30,14 @@ from segtricks.config import ConfigError, DatasetRef, resolved_yaml, to_dict
 from segtricks.evaluation import evaluate_maps, evaluate_model
 from segtricks.grid import Cell, Grid, load_grid
 from segtricks.model import build_model
-from segtricks.predict import predict_masks, resize_to
 from segtricks.tricks import get_tricks
 from segtricks.train import parse_overrides
 from segtricks.trainer import resolve_device, train
-from segtricks.datasets import EvalView, build_dataset
 from segtricks import figures
 
 SUMMARY_METRICS = ("iou", "max_fbeta", "corloc")
+SAMPLES = 16  # first images of each evaluation dataset kept with a run, for qualitative figures
+SAMPLE_SIDE = 192
 
 
 @dataclass
@@ -112,16 +115,30 @@ def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:
             "training_hash": cell.training_hash, "mlflow.runName": cell.name}
 
 
-def log_figure(client, run_id: str, model, cell: Cell, ref: DatasetRef, device: torch.device) -> None:
-    view = EvalView(build_dataset(DatasetRef(ref.name, ref.root, ref.split, 4, ref.on_error)),
-                    cell.cfg.data.image_size, ref.on_error)
-    batch = view.collate([view[i] for i in range(len(view))])
-    if not batch.ids:
+def log_samples(client, run_id: str, cell: Cell, ref: DatasetRef, samples: list) -> None:
+    """Keep the evaluation's first images with this cell's predictions: ``samples/<dataset>.npz``
+    (longer side ≤ SAMPLE_SIDE px; what analysis' qualitative figures read) and a figure of four."""
+    if not samples:
         return
-    soft = predict_masks(model, batch.images.to(device), cell.cfg, post_tricks(cell))
-    preds = [p.cpu() for p in resize_to(soft, [o.shape[-2:] for o in batch.originals])]
-    fig = figures.sample_predictions(batch.ids, batch.originals, batch.masks, preds,
-                                     f"{cell.name} on {ref.name} ({model.backbone.weights_id[:20]})")
+    ids, images, gts, preds = [], [], [], []
+    for image_id, image, gt, pred in samples:
+        scale = min(1.0, SAMPLE_SIDE / max(image.shape[-2:]))
+        size = [max(1, round(v * scale)) for v in image.shape[-2:]]
+        ids.append(image_id)
+        images.append((F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0] * 255)
+                      .round().byte().permute(1, 2, 0).numpy())
+        preds.append((F.interpolate(pred[None, None].float(), size=size, mode="bilinear")[0, 0] * 255)
+                     .round().byte().numpy())
+        gts.append(np.zeros(size, bool) if gt is None else
+                   F.interpolate(gt[None, None].float(), size=size, mode="nearest")[0, 0].bool().numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{ref.name}.npz"
+        np.savez_compressed(path, ids=np.array(ids), **{f"image_{i}": a for i, a in enumerate(images)},
+                            **{f"gt_{i}": a for i, a in enumerate(gts)}, **{f"pred_{i}": a for i, a in enumerate(preds)})
+        client.log_artifact(run_id, str(path), "samples")
+    first = samples[:4]
+    fig = figures.sample_predictions([s[0] for s in first], [s[1] for s in first], [s[2] for s in first],
+                                     [s[3] for s in first], f"{cell.name} on {ref.name}")
     client.log_figure(run_id, fig, f"predictions_{ref.name}.png")
     figures.close(fig)
 
@@ -148,18 +165,16 @@ def execute(client, grid: Grid, step: Step, run_id: str, device: torch.device) -
         client.set_tag(run_id, "weights", result.weights_id)
         model = build_model(cfg).to(device)
         model.head.load_state_dict(checkpoint.load(result.best_checkpoint)["head"])
-        for ref in cfg.eval:
-            ev = evaluate_model(model, cfg, ref, post, device)
-            results.update({f"{ref.name}/{k}": v for k, v in ev.results().items()})
-            client.log_text(run_id, ev.records().to_csv(index=False), f"records/{ref.name}.csv")
-        if cfg.eval:
-            log_figure(client, run_id, model, cell, cfg.eval[0], device)
     else:
         client.set_tag(run_id, "weights", f"maps:{cfg.maps}")
-        for ref in cfg.eval:
-            ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post)
-            results.update({f"{ref.name}/{k}": v for k, v in ev.results().items()})
-            client.log_text(run_id, ev.records().to_csv(index=False), f"records/{ref.name}.csv")
+    for ref in cfg.eval:
+        if cell.trains:
+            ev = evaluate_model(model, cfg, ref, post, device, keep_samples=SAMPLES)
+        else:
+            ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=SAMPLES)
+        results.update({f"{ref.name}/{k}": v for k, v in ev.results().items()})
+        client.log_text(run_id, ev.records().to_csv(index=False), f"records/{ref.name}.csv")
+        log_samples(client, run_id, cell, ref, ev.samples)
     tracking.log_metrics(client, run_id, results)
     return results
 

@@ -35,8 +35,10 @@ def _check_post(tricks: Sequence[str]) -> None:
 @torch.no_grad()
 def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
                    device: Optional[torch.device] = None, with_structure: bool = True,
-                   progress: bool = True) -> SaliencyEvaluator:
-    """Score ``model`` on dataset ``ref`` with the post-processing ``tricks`` applied in order."""
+                   progress: bool = True, keep_samples: int = 0) -> SaliencyEvaluator:
+    """Score ``model`` on dataset ``ref`` with the post-processing ``tricks`` applied in order.
+
+    The first ``keep_samples`` (id, image, mask, prediction) are kept in ``evaluator.samples``."""
     _check_post(tricks)
     device = device or next(model.head.parameters()).device
     view = EvalView(build_dataset(ref), cfg.data.image_size, ref.on_error)
@@ -48,8 +50,11 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
             continue
         soft = predict_masks(model, batch.images.to(device), cfg, tricks)
         sizes = [o.shape[-2:] for o in batch.originals]
-        for image_id, pred, mask, boxes in zip(batch.ids, resize_to(soft, sizes), batch.masks, batch.boxes):
+        for image_id, image, pred, mask, boxes in zip(batch.ids, batch.originals, resize_to(soft, sizes),
+                                                      batch.masks, batch.boxes):
             evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=boxes)
+            if len(evaluator.samples) < keep_samples:
+                evaluator.samples.append((image_id, image, mask, pred.cpu()))
     return evaluator
 
 
@@ -69,7 +74,7 @@ def centre_prior(h: int, w: int, sigma: float = 0.25) -> torch.Tensor:
 
 
 def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
-                  with_structure: bool = True, progress: bool = True) -> SaliencyEvaluator:
+                  with_structure: bool = True, progress: bool = True, keep_samples: int = 0) -> SaliencyEvaluator:
     """Score a folder of grayscale maps ``<id>.png`` (0–255, the ground truth's size) on ``ref``.
 
     ``maps_dir=None`` scores the centred Gaussian prior instead (the no-learning baseline).
@@ -95,11 +100,13 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
             if ref.on_error != "skip":
                 raise
             continue
+        image = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         if tricks:
-            image = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
             soft = postprocess(soft[None, None].float(), image[None], tricks, cfg)[0, 0].double()
         mask = None if sample.mask is None else torch.from_numpy(sample.mask)
         evaluator.update(soft, mask, sample.id, boxes=sample.boxes)
+        if len(evaluator.samples) < keep_samples:
+            evaluator.samples.append((sample.id, image, mask, soft.float()))
     return evaluator
 
 

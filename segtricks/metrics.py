@@ -136,6 +136,8 @@ class SaliencyEvaluator:
         self.sum_r_curve = torch.zeros(256, dtype=torch.float64)
         self.sum_e_curve = torch.zeros(256, dtype=torch.float64)
         self.rows: List[Dict[str, object]] = []
+        # (id, image (3,H,W), mask or None, prediction) of the first images, kept by the caller for figures
+        self.samples: List[Tuple[str, torch.Tensor, Optional[torch.Tensor], torch.Tensor]] = []
         self.flush_every = 64  # images whose histograms wait for one batched curve computation
         self._pending_hists: List[torch.Tensor] = []
         self._pending_rows: List[Dict[str, object]] = []

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.figures import plot_iou_vs_size, size_bins
+from analysis.figures import pick_examples, plot_iou_vs_size, size_bins
 from analysis.make_tables import main as make_tables
 from analysis.runs import load_records, load_runs
 from analysis.tables import build_table, to_latex, to_markdown, wide
@@ -58,6 +58,7 @@ def test_cli_writes_formats_and_logs_an_analysis_run(demo_store, tmp_path, capsy
     assert make_tables(["--grid", "demo", "--tracking-uri", uri, "--out-dir", str(out), "--format", "csv"]) == 0
     assert (out / "demo.md").is_file() and (out / "demo.csv").is_file()
     assert (out / "figures" / "demo_size_demo_vit4.png").is_file() and (out / "figures" / "demo_size_demo_vit4.pdf").is_file()
+    assert (out / "figures" / "demo_qualitative_demo_vit4_synthetic.png").is_file()
     csv = pd.read_csv(out / "demo.csv")
     assert {"cell", "dataset", "metric", "mean", "std", "n", "paper", "diff"} <= set(csv.columns)
     client = MlflowClient(uri)
@@ -110,3 +111,11 @@ def test_seeds_are_averaged_and_compared_with_the_paper():
     assert "NOT paper results" not in cap and "dino_vits8: sha256:ab" in cap
     tex = to_latex(table, notes, cap)
     assert r"\begin{tabular}" in tex and r"$\pm$" in tex and r"dino\_s8/baseline" in tex
+
+
+def test_qualitative_selection_rule_by_hand():
+    records = pd.DataFrame({"cell": ["b"] * 4 + ["f"] * 4, "image_id": ["1", "2", "3", "4"] * 2,
+                            "iou": [0.5, 0.5, 0.5, 0.5, 0.9, 0.6, 0.2, 0.45]})
+    chosen = pick_examples(records, "b", "f", ["1", "2", "3", "4"], n=1)
+    assert chosen == [("1", "gain +0.40"), ("3", "loss -0.30")]
+    assert pick_examples(records, "b", "f", ["1", "2"], n=2) == [("1", "gain +0.40"), ("2", "gain +0.10")]
