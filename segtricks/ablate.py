@@ -143,7 +143,7 @@ def log_samples(client, run_id: str, cell: Cell, ref: DatasetRef, samples: list)
     figures.close(fig)
 
 
-def execute(client, grid: Grid, step: Step, run_id: str, device: torch.device) -> Dict[str, float]:
+def execute(client, step: Step, run_id: str, device: torch.device) -> Dict[str, float]:
     """Train (or reuse a training), evaluate on every eval dataset, log everything to ``run_id``."""
     cell, cfg = step.cell, step.cell.cfg
     client.log_text(run_id, resolved_yaml(cfg), "config.yaml")
@@ -222,7 +222,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
             progressed = True
             with tracking.Heartbeat(client, run_id):
                 try:
-                    results = execute(client, grid, step, run_id, dev)
+                    results = execute(client, step, run_id, dev)
                     tracking.finish(client, run_id, ok=True)
                     summary[step.cell.name] = {"cell": step.cell.name, "status": "FINISHED", "run_id": run_id,
                                                **results}
