@@ -1,0 +1,163 @@
+"""Hyperparameter study definitions (``experiments/study_<name>.yaml``), validated before any trial.
+
+    name: demo
+    base: demo_cell.yaml                      # relative to the study file
+    set: {optim.epochs: 3}                    # overrides for every trial
+    objective: {dataset: {name: synthetic, split: val}, metric: iou, direction: maximize}
+    search_space:
+      crop.eq_weight: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
+      gf.radius: {type: int, low: 2, high: 12}
+    sampler: {name: tpe, seed: 0}             # tpe | random
+    pruner: {name: median, n_warmup_steps: 1} # median | threshold (lower/upper) | none
+    n_trials: 8                               # total, across every resumption
+
+The objective is a validation metric: a test split or a test dataset is refused. Parameters are
+config keys; which of them need retraining follows from ``training_hash`` (post-processing keys
+such as ``gf.radius`` never do).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import optuna
+import yaml
+
+from segtricks.config import Config, ConfigError, DatasetRef, config_from_dict, set_dotted
+from segtricks.grid import EXPERIMENTS, validate_names
+from segtricks.metrics import PROTOCOLS
+
+TEST_DATASETS = ("duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k")
+
+
+@dataclass
+class StudySpec:
+    name: str
+    path: Path
+    base: Dict[str, Any]
+    objective_ref: DatasetRef
+    metric: str
+    direction: str
+    space: Dict[str, Dict[str, Any]]
+    sampler: Dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
+    pruner: Dict[str, Any] = field(default_factory=lambda: {"name": "median", "n_warmup_steps": 1})
+    n_trials: int = 8
+
+    def config(self, params: Dict[str, Any]) -> Config:
+        """The trial's config: base + set + the sampled parameters."""
+        data = copy.deepcopy(self.base)
+        for key, value in params.items():
+            set_dotted(data, key, value)
+        return config_from_dict(data, f"{self.path} (params {params})")
+
+    def suggest(self, trial: optuna.Trial) -> Dict[str, Any]:
+        out = {}
+        for key, p in self.space.items():
+            if p["type"] == "float":
+                out[key] = trial.suggest_float(key, p["low"], p["high"], log=p.get("log", False))
+            elif p["type"] == "int":
+                out[key] = trial.suggest_int(key, p["low"], p["high"], log=p.get("log", False))
+            else:
+                out[key] = trial.suggest_categorical(key, p["choices"])
+        return out
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        kind, seed = self.sampler.get("name", "tpe"), self.sampler.get("seed")
+        return optuna.samplers.RandomSampler(seed=seed) if kind == "random" else optuna.samplers.TPESampler(seed=seed)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        kind = self.pruner.get("name", "median")
+        if kind == "none":
+            return optuna.pruners.NopPruner()
+        if kind == "threshold":  # stop any trial whose validation metric leaves [lower, upper]
+            return optuna.pruners.ThresholdPruner(lower=self.pruner.get("lower"), upper=self.pruner.get("upper"),
+                                                  n_warmup_steps=self.pruner.get("n_warmup_steps", 0))
+        return optuna.pruners.MedianPruner(n_startup_trials=self.pruner.get("n_startup_trials", 1),
+                                           n_warmup_steps=self.pruner.get("n_warmup_steps", 1))
+
+
+def study_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"study file {path} does not exist")
+        return path
+    path = EXPERIMENTS / f"study_{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem[len("study_"):] for p in EXPERIMENTS.glob("study_*.yaml"))
+        raise ConfigError(f"unknown study {name_or_path!r}; studies in {EXPERIMENTS}: {', '.join(known)}")
+    return path
+
+
+def _check_param(path: Path, key: str, p: Any) -> None:
+    where = f"{path}: search_space.{key}"
+    if not isinstance(p, dict) or p.get("type") not in ("float", "int", "categorical"):
+        raise ConfigError(f"{where}: expected {{type: float|int|categorical, ...}}, got {p!r}")
+    if p["type"] == "categorical":
+        if not p.get("choices"):
+            raise ConfigError(f"{where}: a categorical parameter needs a non-empty 'choices' list")
+        return
+    try:
+        low, high = float(p["low"]), float(p["high"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"{where}: needs numeric 'low' and 'high'") from None
+    if not low < high:
+        raise ConfigError(f"{where}: empty or inverted range [{p['low']}, {p['high']}]; 'low' must be below 'high'")
+    if p.get("log") and low <= 0:
+        raise ConfigError(f"{where}: a log-scale range must be positive, got low={p['low']}")
+    p["low"], p["high"] = (int(low), int(high)) if p["type"] == "int" else (low, high)
+
+
+def load_study(name_or_path: str, overrides: Optional[Dict[str, Any]] = None) -> StudySpec:
+    path = study_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    valid = {"name", "description", "base", "set", "objective", "search_space", "sampler", "pruner", "n_trials"}
+    if set(data) - valid:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(set(data) - valid))}; valid: {', '.join(sorted(valid))}")
+    base: Dict[str, Any] = {}
+    if "base" in data:
+        base_path = path.parent / data["base"]
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: base config {base_path} does not exist")
+        base = yaml.safe_load(base_path.read_text()) or {}
+    for key, value in {**(data.get("set") or {}), **(overrides or {})}.items():
+        set_dotted(base, key, value)
+    obj = data.get("objective") or {}
+    ref_data = obj.get("dataset") or {}
+    try:
+        ref = DatasetRef(**ref_data)
+    except TypeError:
+        raise ConfigError(f"{path}: objective.dataset {ref_data!r} is not a dataset reference") from None
+    if ref.split == "test" or ref.name in TEST_DATASETS:
+        raise ConfigError(f"{path}: objective.dataset {ref.name} (split {ref.split}) is a test set; tune on a "
+                          f"validation split (e.g. synthetic split val, duts_tr split val)")
+    metric, direction = obj.get("metric", "iou"), obj.get("direction", "maximize")
+    if metric not in PROTOCOLS:
+        raise ConfigError(f"{path}: objective.metric {metric!r} unknown; one of {', '.join(PROTOCOLS)}")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"{path}: objective.direction must be maximize or minimize, got {direction!r}")
+    space = data.get("search_space") or {}
+    if not space:
+        raise ConfigError(f"{path}: search_space is empty")
+    for key, p in space.items():
+        _check_param(path, key, p)
+    base.setdefault("data", {})["val"] = ref_data  # pruning reports the same validation split
+    spec = StudySpec(data.get("name", path.stem), path, base, ref, metric, direction, space,
+                     data.get("sampler") or {"name": "tpe", "seed": 0},
+                     data.get("pruner") or {"name": "median", "n_warmup_steps": 1}, int(data.get("n_trials", 8)))
+    cfg = spec.config({})  # the base and its overrides, before any parameter is blamed
+    for key, p in space.items():  # an unknown parameter fails here, naming the key
+        probe = p["choices"][0] if p["type"] == "categorical" else p["low"]
+        try:
+            cfg = spec.config({key: probe})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: search_space.{key} is not a valid config key or value: {exc}") from None
+    validate_names(cfg, str(path))
+    return spec

@@ -1,0 +1,221 @@
+"""Optuna studies over the tricks' hyperparameters: ``python -m segtricks.tune --study demo``.
+
+    python -m segtricks.tune --study NAME [--n-trials N] [--storage URL] [--tracking-uri URI]
+    python -m segtricks.tune --study NAME --best      # best parameters as a --set / grid override
+
+Default storage ``sqlite:///optuna.db`` in the working directory; ``--storage postgresql://…``
+lets workers on several machines share one study (Optuna's distributed mode: start the same command
+on each). ``n_trials`` is the study's total: rerunning continues it up to that count. Trials of a
+killed worker stop heart-beating and are failed and retried once. Each trial reports its validation
+metric every epoch, so unpromising trials are pruned. Trainings are shared by training hash with the
+ablation runner, so a trial that changes only post-processing parameters (GF radius, eps) reuses an
+equal training instead of training again. MLflow: one parent run per study, one nested run per trial.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import yaml  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from segtricks import checkpoint, tracking  # noqa: E402
+from segtricks.config import ConfigError, training_hash  # noqa: E402
+from segtricks.evaluation import evaluate_model  # noqa: E402
+from segtricks.model import build_model  # noqa: E402
+from segtricks.study import StudySpec, load_study  # noqa: E402
+from segtricks.train import parse_overrides  # noqa: E402
+from segtricks.trainer import resolve_device, train  # noqa: E402
+from segtricks.tricks import get_tricks  # noqa: E402
+
+HEARTBEAT_S = int(os.environ.get("SEGTRICKS_OPTUNA_HEARTBEAT_S", 60))
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class StorageError(RuntimeError):
+    """The study storage cannot be reached or opened."""
+
+
+def default_storage() -> str:
+    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+def open_study(spec: StudySpec, url: str) -> optuna.Study:
+    try:
+        storage = optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+                                   sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
+    except Exception as exc:  # SQLAlchemy/driver errors of every kind end in the same advice
+        raise StorageError(f"cannot open study storage {url}: {type(exc).__name__}: {exc}. Check the URL, that the "
+                           f"database server is running and reachable, and its driver is installed "
+                           f"(PostgreSQL: pip install 'psycopg[binary]')") from None
+
+
+def mlflow_parent(client: MlflowClient, spec: StudySpec) -> str:
+    exp_id = tracking.experiment_id(client, f"study-{spec.name}", f"Optuna study {spec.name} ({spec.path})")
+    found = client.search_runs([exp_id], f"tags.study = '{spec.name}' and tags.role = 'study'")
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(exp_id, tags={"study": spec.name, "role": "study"}, run_name=f"study {spec.name}")
+    tracking.log_params(client, run.info.run_id, {"objective": f"{spec.objective_ref.name}/{spec.objective_ref.split}"
+                                                  f".{spec.metric}", "direction": spec.direction,
+                                                  "n_trials": str(spec.n_trials)})
+    return run.info.run_id
+
+
+def objective_fn(spec: StudySpec, client: MlflowClient, parent: str, output_root: str, device: str):
+    exp_id = client.get_run(parent).info.experiment_id
+
+    def objective(trial: optuna.Trial) -> float:
+        params = spec.suggest(trial)
+        cfg = spec.config(params)
+        th = training_hash(cfg)
+        cfg.output_dir = str(Path(output_root) / "trainings" / th[:16])
+        trial.set_user_attr("training_hash", th)
+        run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, "study": spec.name,
+                                              "trial": str(trial.number), "training_hash": th},
+                                run_name=f"trial {trial.number}")
+        rid = run.info.run_id
+        tracking.log_params(client, rid, {k: str(v) for k, v in params.items()})
+        epochs_run: List[int] = []
+
+        def report(epoch: int, metrics: Dict[str, float]) -> None:
+            epochs_run.append(epoch)
+            tracking.log_metrics(client, rid, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
+            trial.report(metrics["val/iou"], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} (validation IoU {metrics['val/iou']:.3f})")
+
+        try:
+            result = train(cfg, on_epoch_end=report)
+            trial.set_user_attr("trained", bool(epochs_run))
+            dev = resolve_device(device)
+            model = build_model(cfg).to(dev)
+            model.head.load_state_dict(checkpoint.load(result.best_checkpoint)["head"])
+            post = [t.name for t in get_tricks(cfg.tricks) if t.stage == "post"]
+            ev = evaluate_model(model, cfg, spec.objective_ref, post, dev,
+                                with_structure=spec.metric in ("s_measure", "max_e_measure", "mean_e_measure"),
+                                progress=False)
+            value = ev.results()[spec.metric]
+        except optuna.TrialPruned:
+            trial.set_user_attr("trained", bool(epochs_run))
+            tracking.set_tags(client, rid, {"optuna.state": "PRUNED", "pruned": "true"})
+            tracking.finish(client, rid, ok=True)
+            raise
+        except Exception:
+            tracking.set_tags(client, rid, {"optuna.state": "FAIL"})
+            tracking.finish(client, rid, ok=False)
+            raise
+        tracking.log_metrics(client, rid, {f"objective.{spec.metric}": value})
+        tracking.set_tags(client, rid, {"optuna.state": "COMPLETE", "pruned": "false",
+                                        "trained": str(bool(epochs_run)).lower()})
+        tracking.finish(client, rid, ok=True)
+        return value
+
+    return objective
+
+
+def log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
+    """Best parameters and the study's plots on the parent run."""
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    tracking.log_metrics(client, parent, {"n_complete": len(complete), "n_pruned": sum(
+        t.state == TrialState.PRUNED for t in study.trials)})
+    if not complete:
+        return
+    tracking.set_tags(client, parent, {f"best.{k}": v for k, v in study.best_params.items()})
+    tracking.log_metrics(client, parent, {"best_value": study.best_value})
+    plots = {"optimization_history": optuna.visualization.matplotlib.plot_optimization_history,
+             "slice": optuna.visualization.matplotlib.plot_slice}
+    if len(complete) >= 2 and len(study.best_params) >= 2:
+        plots["param_importances"] = optuna.visualization.matplotlib.plot_param_importances
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, plot in plots.items():
+            try:
+                ax = plot(study)
+            except (ValueError, RuntimeError) as exc:  # e.g. importances of constant objectives
+                print(f"note: {name} plot skipped: {exc}", file=sys.stderr)
+                continue
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            path = Path(tmp) / f"{name}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            client.log_artifact(parent, str(path), "plots")
+
+
+def best_override(study: optuna.Study) -> str:
+    """YAML that `segtricks.ablate --set` (one line each) or a grid's `set:` block accepts."""
+    best = study.best_params
+    lines = [f"# best {study.direction.name.lower()} value {study.best_value:.4f} (trial {study.best_trial.number})",
+             yaml.safe_dump({"set": best}, sort_keys=True).strip(), "# as command-line overrides:",
+             "# " + " ".join(f"--set {k}={v}" for k, v in sorted(best.items()))]
+    return "\n".join(lines)
+
+
+def tune(spec: StudySpec, storage: str, n_trials: Optional[int] = None, tracking_uri: Optional[str] = None,
+         output_root: str = "outputs", device: str = "auto",
+         enqueue: Optional[List[Dict[str, Any]]] = None) -> optuna.Study:
+    study = open_study(spec, storage)
+    for params in enqueue or []:
+        study.enqueue_trial(params, skip_if_exists=True)
+    total = n_trials if n_trials is not None else spec.n_trials
+    done = sum(t.state in DONE for t in study.trials)
+    client = MlflowClient(tracking.tracking_uri(tracking_uri))
+    parent = mlflow_parent(client, spec)
+    if done < total:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study.optimize(objective_fn(spec, client, parent, output_root, device), n_trials=total - done,
+                       callbacks=[optuna.study.MaxTrialsCallback(total, states=DONE)], catch=(RuntimeError,),
+                       show_progress_bar=True)
+    log_study(client, parent, study)
+    return study
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--study", required=True, help="study name (experiments/study_<name>.yaml) or a YAML path")
+    ap.add_argument("--n-trials", type=int, help="total trials of the study (default: its n_trials)")
+    ap.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db in this folder)")
+    ap.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every trial")
+    ap.add_argument("--best", action="store_true", help="print the best parameters as an override and exit")
+    ap.add_argument("--output-root", default="outputs")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args(argv)
+    storage = args.storage or default_storage()
+    try:
+        spec = load_study(args.study, parse_overrides(args.set))
+        if args.best:
+            study = open_study(spec, storage)
+            if not any(t.state == TrialState.COMPLETE for t in study.trials):
+                print(f"error: study {spec.name!r} in {storage} has no completed trial yet", file=sys.stderr)
+                return 2
+            print(best_override(study))
+            return 0
+        study = tune(spec, storage, args.n_trials, args.tracking_uri, args.output_root, args.device)
+    except (ConfigError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    states = [t.state.name for t in study.trials]
+    print(f"study {spec.name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
+          f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed) in {storage}")
+    if states.count("COMPLETE"):
+        print(best_override(study))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

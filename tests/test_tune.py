@@ -1,0 +1,109 @@
+"""Optuna studies end to end on CPU: a tiny study on synthetic data, scratch SQLite stores."""
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from segtricks.config import ConfigError, config_from_dict
+from segtricks.study import load_study
+from segtricks.tune import main, tune
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_study(tmp_path, name="tiny", pruner="{name: none}", space=None, **extra):
+    space = space or {"crop.eq_weight": "{type: float, low: 1.0e-3, high: 1.0e-1, log: true}",
+                      "gf.radius": "{type: int, low: 1, high: 6}"}
+    lines = [f"name: {name}", f"base: {REPO / 'experiments' / 'demo_cell.yaml'}",
+             "set: {optim.epochs: 2, optim.steps_per_epoch: 2, optim.batch_size: 4, data.train.limit: 8,",
+             "      tricks: [crop, gf]}",
+             "objective: {dataset: {name: synthetic, split: val, limit: 4}, metric: iou, direction: maximize}",
+             "search_space:"] + [f"  {k}: {v}" for k, v in space.items()]
+    lines += [f"pruner: {pruner}", "sampler: {name: random, seed: 0}", f"n_trials: {extra.get('n_trials', 2)}"]
+    path = tmp_path / f"study_{name}.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_study_end_to_end_resume_and_best_export(in_tmp, capsys):
+    path = write_study(in_tmp)
+    assert main(["--study", str(path)]) == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{in_tmp / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("study-tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and len(trials) == 2
+    assert all("objective.iou" in r.data.metrics and "gf.radius" in r.data.params for r in trials)
+    assert "best_value" in parent[0].data.metrics
+    plots = {a.path for a in client.list_artifacts(parent[0].info.run_id, "plots")}
+    assert "plots/optimization_history.png" in plots
+    capsys.readouterr()
+    # rerunning continues the study up to its total, not n_trials more
+    assert main(["--study", str(path), "--n-trials", "3"]) == 0
+    assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{in_tmp / 'optuna.db'}").trials) == 3
+    assert main(["--study", str(path), "--n-trials", "3"]) == 0
+    assert len(optuna.load_study(study_name="tiny", storage=f"sqlite:///{in_tmp / 'optuna.db'}").trials) == 3
+    capsys.readouterr()
+    # --best prints an override that a config (and so ablate --set / a grid's set:) accepts
+    assert main(["--study", str(path), "--best"]) == 0
+    best = yaml.safe_load(capsys.readouterr().out)["set"]
+    assert set(best) == {"crop.eq_weight", "gf.radius"}
+    data = {}
+    for key, value in best.items():
+        head, leaf = key.split(".")
+        data.setdefault(head, {})[leaf] = value
+    assert config_from_dict(data).gf.radius == best["gf.radius"]
+
+
+def test_pruned_trial_is_recorded_as_pruned(in_tmp):
+    path = write_study(in_tmp, name="prune", pruner="{name: threshold, lower: 2.0}")  # IoU < 2 always
+    assert main(["--study", str(path)]) == 0
+    study = optuna.load_study(study_name="prune", storage=f"sqlite:///{in_tmp / 'optuna.db'}")
+    assert {t.state.name for t in study.trials} == {"PRUNED"}
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("study-prune")
+    trials = [r for r in client.search_runs([exp.experiment_id]) if "trial" in r.data.tags]
+    assert trials and all(r.data.tags["pruned"] == "true" for r in trials)
+    assert all(len(client.get_metric_history(r.info.run_id, "train.loss")) == 1 for r in trials)  # stopped early
+
+
+def test_gf_only_trial_reuses_the_training(in_tmp):
+    spec = load_study(str(write_study(in_tmp, name="reuse")))
+    first = {"crop.eq_weight": 0.01, "gf.radius": 2}
+    study = tune(spec, f"sqlite:///{in_tmp / 'optuna.db'}", n_trials=2, enqueue=[first, {**first, "gf.radius": 5}])
+    a, b = study.trials
+    assert a.params["gf.radius"] == 2 and b.params["gf.radius"] == 5
+    assert a.user_attrs["trained"] is True and b.user_attrs["trained"] is False
+    assert a.user_attrs["training_hash"] == b.user_attrs["training_hash"]
+
+
+@pytest.mark.parametrize("space,match", [
+    ({"gf.radius": "{type: int, low: 9, high: 2}"}, "empty or inverted range"),
+    ({"crop.eq_weight": "{type: float, low: 0.0, high: 0.1, log: true}"}, "log-scale range must be positive"),
+    ({"gf.radiuss": "{type: int, low: 1, high: 3}"}, r"search_space.gf.radiuss is not a valid config key"),
+])
+def test_bad_search_space_is_a_clear_error(in_tmp, space, match):
+    with pytest.raises(ConfigError, match=match):
+        load_study(str(write_study(in_tmp, space=space)))
+
+
+def test_test_split_objective_and_unreachable_storage_are_refused(in_tmp, capsys):
+    path = write_study(in_tmp)
+    path.write_text(path.read_text().replace("split: val", "split: test"))
+    with pytest.raises(ConfigError, match="is a test set"):
+        load_study(str(path))
+    good = write_study(in_tmp, name="ok")
+    assert main(["--study", str(good), "--storage", "sqlite:////nonexistent/dir/optuna.db"]) == 2
+    assert "cannot open study storage sqlite:////nonexistent/dir/optuna.db" in capsys.readouterr().err
