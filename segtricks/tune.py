@@ -38,7 +38,6 @@ from segtricks.train import parse_overrides  # noqa: E402
 from segtricks.trainer import resolve_device, train  # noqa: E402
 from segtricks.tricks import get_tricks  # noqa: E402
 
-HEARTBEAT_S = int(os.environ.get("SEGTRICKS_OPTUNA_HEARTBEAT_S", 60))
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -51,9 +50,10 @@ def default_storage() -> str:
 
 
 def open_study(spec: StudySpec, url: str) -> optuna.Study:
+    heartbeat = int(os.environ.get("SEGTRICKS_OPTUNA_HEARTBEAT_S", 60))  # a trial is stale after 2 missed beats
     try:
         storage = optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S,
+            url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
         return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
                                    sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)

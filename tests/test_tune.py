@@ -107,3 +107,33 @@ def test_test_split_objective_and_unreachable_storage_are_refused(in_tmp, capsys
     good = write_study(in_tmp, name="ok")
     assert main(["--study", str(good), "--storage", "sqlite:////nonexistent/dir/optuna.db"]) == 2
     assert "cannot open study storage sqlite:////nonexistent/dir/optuna.db" in capsys.readouterr().err
+
+
+def test_trial_of_a_killed_worker_is_failed_and_retried(in_tmp, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = write_study(in_tmp, name="killed", n_trials=1)
+    path.write_text(path.read_text().replace("optim.epochs: 2", "optim.epochs: 30"))  # long enough to kill
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SEGTRICKS_OFFLINE": "1", "SEGTRICKS_OPTUNA_HEARTBEAT_S": "1"}
+    storage = f"sqlite:///{in_tmp / 'optuna.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "segtricks.tune", "--study", str(path), "--storage", storage],
+                            cwd=in_tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and not list(in_tmp.glob("outputs/trainings/*/last.pt")):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)  # the trial is left RUNNING
+    proc.wait()
+    study = optuna.load_study(study_name="killed", storage=storage)
+    assert [t.state.name for t in study.trials] == ["RUNNING"]
+    time.sleep(2.5)  # its heartbeat goes stale (grace period 2 s)
+    monkeypatch.setenv("SEGTRICKS_OPTUNA_HEARTBEAT_S", "1")
+    spec = load_study(str(path), {"optim.epochs": 1})
+    study = tune(spec, storage, n_trials=1)
+    states = [t.state.name for t in study.trials]
+    assert states[0] == "FAIL" and "COMPLETE" in states[1:]  # detected, failed, and its parameters retried
+    retried = [t for t in study.trials[1:] if t.state.name == "COMPLETE"][0]
+    assert retried.params == study.trials[0].params
