@@ -7,7 +7,7 @@ if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
 fi
 version=$(ls /usr/lib/postgresql | sort -n | tail -1)
 pg_lsclusters -h | grep -q "^$version main" || pg_createcluster "$version" main >/dev/null
-pg_ctlcluster "$version" main start 2>/dev/null || true
+pg_ctlcluster "$version" main start >/dev/null 2>&1 || true  # "already running" is fine
 for _ in $(seq 1 20); do pg_isready -q && break; sleep 0.5; done
 su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='segtricks'\"" | grep -q 1 ||
   su postgres -c "psql -qc \"CREATE ROLE segtricks LOGIN PASSWORD 'segtricks'\"" >/dev/null
