@@ -143,6 +143,11 @@ def log_samples(client, run_id: str, cell: Cell, ref: DatasetRef, samples: list)
     figures.close(fig)
 
 
+def training_shared(client, run_id: str) -> bool:
+    """Whether this run reuses another run's training (its losses belong to that run)."""
+    return "model_from_run" in client.get_run(run_id).data.tags
+
+
 def execute(client, step: Step, run_id: str, device: torch.device) -> Dict[str, float]:
     """Train (or reuse a training), evaluate on every eval dataset, log everything to ``run_id``."""
     cell, cfg = step.cell, step.cell.cfg
@@ -162,6 +167,12 @@ def execute(client, step: Step, run_id: str, device: torch.device) -> Dict[str, 
                 client.set_tag(run_id, "model_from_run", trainer[0].info.run_id)
         result = train(cfg, on_epoch_end=lambda e, m: tracking.log_metrics(
             client, run_id, {k: v for k, v in m.items() if k != "epoch"}, step=e))
+        # A kill between an epoch's checkpoint and its logging loses that epoch's metrics: the
+        # checkpoint's history has them, so log every epoch the run does not show yet.
+        logged = {m.step for m in client.get_metric_history(run_id, "train.loss")}
+        for h in [] if training_shared(client, run_id) else result.history:
+            if h["epoch"] not in logged:
+                tracking.log_metrics(client, run_id, {k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
         client.set_tag(run_id, "weights", result.weights_id)
         model = build_model(cfg).to(device)
         model.head.load_state_dict(checkpoint.load(result.best_checkpoint)["head"])
