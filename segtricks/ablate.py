@@ -29,8 +29,8 @@ from segtricks import checkpoint, tracking
 from segtricks.config import ConfigError, DatasetRef, resolved_yaml, to_dict
 from segtricks.evaluation import evaluate_maps, evaluate_model
 from segtricks.grid import Cell, Grid, load_grid
-from segtricks.model import build_model
-from segtricks.tricks import get_tricks
+from segtricks.model import load_trained
+from segtricks.tricks import post_trick_names
 from segtricks.train import parse_overrides
 from segtricks.trainer import resolve_device, train
 from segtricks import figures
@@ -51,7 +51,7 @@ class Step:
 
 
 def post_tricks(cell: Cell) -> List[str]:
-    return [t.name for t in get_tricks(cell.cfg.tricks) if t.stage == "post"]
+    return post_trick_names(cell.cfg.tricks)
 
 
 def training_complete(cell: Cell) -> bool:
@@ -174,8 +174,7 @@ def execute(client, step: Step, run_id: str, device: torch.device) -> Dict[str, 
             if h["epoch"] not in logged:
                 tracking.log_metrics(client, run_id, {k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"])
         client.set_tag(run_id, "weights", result.weights_id)
-        model = build_model(cfg).to(device)
-        model.head.load_state_dict(checkpoint.load(result.best_checkpoint)["head"])
+        model = load_trained(cfg, result.best_checkpoint).to(device)
     else:
         client.set_tag(run_id, "weights", f"maps:{cfg.maps}")
     for ref in cfg.eval:

@@ -16,11 +16,10 @@ from typing import Dict, List
 
 import torch
 
-from segtricks import checkpoint
 from segtricks.config import Config, ConfigError, DatasetRef, load_config
 from segtricks.evaluation import evaluate_maps, evaluate_model
 from segtricks.metrics import PROTOCOLS
-from segtricks.model import SegmentationModel, build_model
+from segtricks.model import SegmentationModel, load_trained
 from segtricks.trainer import resolve_device
 
 
@@ -31,13 +30,7 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Con
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training folder?")
     cfg = load_config(cfg_path)
-    model = build_model(cfg)
-    state = checkpoint.load(ckpt_path)
-    if state["weights_id"] != model.backbone.weights_id:
-        raise ValueError(f"{ckpt_path} was trained on backbone weights {state['weights_id']}, but "
-                         f"{cfg.backbone.name} resolves to {model.backbone.weights_id} here")
-    model.head.load_state_dict(state["head"])
-    return model, cfg
+    return load_trained(cfg, ckpt_path), cfg
 
 
 def format_table(results: Dict[str, float]) -> str:

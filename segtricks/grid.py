@@ -22,7 +22,7 @@ import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
@@ -56,17 +56,22 @@ class Grid:
     description: str = ""
 
 
-def grid_path(name_or_path: str) -> Path:
-    """``table3`` → experiments/table3.yaml; a path is taken as is. Unknown names list the grids."""
+def experiment_file(name_or_path: str, kind: str, plural: str, prefix: str, known: Callable[[], List[str]]) -> Path:
+    """``NAME`` → experiments/<prefix>NAME.yaml; a .yaml path is taken as is. Unknown names list ``known()``."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise ConfigError(f"grid file {path} does not exist")
+            raise ConfigError(f"{kind} file {path} does not exist")
         return path
-    path = EXPERIMENTS / f"{name_or_path}.yaml"
+    path = EXPERIMENTS / f"{prefix}{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown grid {name_or_path!r}; grids in {EXPERIMENTS}: {', '.join(list_grids())}")
+        raise ConfigError(f"unknown {kind} {name_or_path!r}; {plural} in {EXPERIMENTS}: {', '.join(known())}")
     return path
+
+
+def grid_path(name_or_path: str) -> Path:
+    """``table3`` → experiments/table3.yaml."""
+    return experiment_file(name_or_path, "grid", "grids", "", list_grids)
 
 
 def list_grids() -> List[str]:

@@ -1,11 +1,13 @@
 """Frozen backbone + trainable Sempart head, taking [0, 1] images."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict
 
 import torch
 from torch import nn
 
+from segtricks import checkpoint
 from segtricks.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
 from segtricks.config import Config
 from segtricks.head import SempartHead
@@ -43,3 +45,14 @@ def build_model(cfg: Config) -> SegmentationModel:
             f"{backbone.patch_size} of backbone {cfg.backbone.name!r}"
         )
     return SegmentationModel(backbone, SempartHead(backbone.embed_dim, backbone.patch_size))
+
+
+def load_trained(cfg: Config, checkpoint_path: Path) -> SegmentationModel:
+    """The model of a training checkpoint; its backbone must resolve to the weights it trained on."""
+    model = build_model(cfg)
+    state = checkpoint.load(checkpoint_path)
+    if state["weights_id"] != model.backbone.weights_id:
+        raise ValueError(f"{checkpoint_path} was trained on backbone weights {state['weights_id']}, but "
+                         f"{cfg.backbone.name} resolves to {model.backbone.weights_id} here")
+    model.head.load_state_dict(state["head"])
+    return model

@@ -26,7 +26,7 @@ import optuna
 import yaml
 
 from segtricks.config import Config, ConfigError, DatasetRef, config_from_dict, set_dotted
-from segtricks.grid import EXPERIMENTS, validate_names
+from segtricks.grid import EXPERIMENTS, experiment_file, validate_names
 from segtricks.metrics import PROTOCOLS
 
 TEST_DATASETS = ("duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k")
@@ -79,16 +79,9 @@ class StudySpec:
 
 
 def study_path(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.is_file():
-            raise ConfigError(f"study file {path} does not exist")
-        return path
-    path = EXPERIMENTS / f"study_{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem[len("study_"):] for p in EXPERIMENTS.glob("study_*.yaml"))
-        raise ConfigError(f"unknown study {name_or_path!r}; studies in {EXPERIMENTS}: {', '.join(known)}")
-    return path
+    """``demo`` → experiments/study_demo.yaml."""
+    return experiment_file(name_or_path, "study", "studies", "study_",
+                           lambda: sorted(p.stem[len("study_"):] for p in EXPERIMENTS.glob("study_*.yaml")))
 
 
 def _check_param(path: Path, key: str, p: Any) -> None:

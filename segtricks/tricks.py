@@ -62,6 +62,11 @@ def get_tricks(names: Sequence[str]) -> List[Trick]:
     return [TRICKS.get(n) for n in names]
 
 
+def post_trick_names(names: Sequence[str]) -> List[str]:
+    """The post-processing tricks among ``names``, in order (those that never need retraining)."""
+    return [t.name for t in get_tricks(names) if t.stage == "post"]
+
+
 def postprocess(mask: torch.Tensor, image: torch.Tensor, names: Sequence[str], cfg) -> torch.Tensor:
     """Apply the config's post-processing tricks in the order they are listed."""
     for trick in get_tricks(names):

@@ -29,14 +29,14 @@ import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from segtricks import checkpoint, tracking  # noqa: E402
+from segtricks import tracking  # noqa: E402
 from segtricks.config import ConfigError, training_hash  # noqa: E402
 from segtricks.evaluation import evaluate_model  # noqa: E402
-from segtricks.model import build_model  # noqa: E402
+from segtricks.model import load_trained  # noqa: E402
 from segtricks.study import StudySpec, load_study  # noqa: E402
 from segtricks.train import parse_overrides  # noqa: E402
 from segtricks.trainer import resolve_device, train  # noqa: E402
-from segtricks.tricks import get_tricks  # noqa: E402
+from segtricks.tricks import post_trick_names  # noqa: E402
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -102,10 +102,8 @@ def objective_fn(spec: StudySpec, client: MlflowClient, parent: str, output_root
             result = train(cfg, on_epoch_end=report)
             trial.set_user_attr("trained", bool(epochs_run))
             dev = resolve_device(device)
-            model = build_model(cfg).to(dev)
-            model.head.load_state_dict(checkpoint.load(result.best_checkpoint)["head"])
-            post = [t.name for t in get_tricks(cfg.tricks) if t.stage == "post"]
-            ev = evaluate_model(model, cfg, spec.objective_ref, post, dev,
+            model = load_trained(cfg, result.best_checkpoint).to(dev)
+            ev = evaluate_model(model, cfg, spec.objective_ref, post_trick_names(cfg.tricks), dev,
                                 with_structure=spec.metric in ("s_measure", "max_e_measure", "mean_e_measure"),
                                 progress=False)
             value = ev.results()[spec.metric]

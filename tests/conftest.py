@@ -14,6 +14,14 @@ def offline(monkeypatch):
     monkeypatch.setenv("TORCH_HOME", os.environ.get("PYTEST_TORCH_HOME", "/nonexistent-torch-home"))
 
 
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """A scratch working directory: default mlflow.db, optuna.db and outputs/ land there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
 def require_shared(sub: str) -> Path:
     path = SHARED_DATA / sub
     if not path.is_dir():

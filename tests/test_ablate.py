@@ -34,13 +34,6 @@ def runs(tmp_path, grid="mini"):
     return client, client.search_runs([exp.experiment_id]) if exp else []
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def test_demo_grid_runs_tags_metrics_and_rerun_creates_nothing(in_tmp, capsys):
     assert main(["--grid", "demo", "--set", "optim.epochs=1", *TINY]) == 0
     client, rs = runs(in_tmp, "demo")

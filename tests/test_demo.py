@@ -3,8 +3,7 @@ from pathlib import Path
 
 from segtricks.config import DatasetRef, load_config
 from segtricks.evaluation import evaluate_maps, evaluate_model
-from segtricks.model import build_model
-from segtricks import checkpoint
+from segtricks.model import load_trained
 from segtricks.trainer import train
 
 DEMO = Path(__file__).resolve().parents[1] / "experiments" / "demo_cell.yaml"
@@ -13,8 +12,7 @@ DEMO = Path(__file__).resolve().parents[1] / "experiments" / "demo_cell.yaml"
 def test_demo_cell_beats_the_centre_prior_on_the_test_split(tmp_path):
     cfg = load_config(DEMO, {"output_dir": str(tmp_path / "demo")})  # the README's demo cell as is
     result = train(cfg)
-    model = build_model(cfg)
-    model.head.load_state_dict(checkpoint.load(result.best_checkpoint)["head"])
+    model = load_trained(cfg, result.best_checkpoint)
     test = DatasetRef("synthetic", split="test")
     learned = evaluate_model(model, cfg, test, with_structure=False, progress=False).results()["iou"]
     prior = evaluate_maps(None, cfg, test, with_structure=False, progress=False).results()["iou"]

@@ -27,13 +27,6 @@ def write_study(tmp_path, name="tiny", pruner="{name: none}", space=None, **extr
     return path
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
-
-
 def test_study_end_to_end_resume_and_best_export(in_tmp, capsys):
     path = write_study(in_tmp)
     assert main(["--study", str(path)]) == 0
