@@ -16,7 +16,8 @@ class NoRunsError(LookupError):
 
 def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = None) -> pd.DataFrame:
     """One row per cell run: cell, status (FINISHED/FAILED/RUNNING/KILLED; a RUNNING run whose
-    worker died reads 'stale'), run_id, backbone, weights, seed, and one column per metric."""
+    worker died reads 'stale'), run_id, backbone, weights, eval_protocol, seed, and one column per
+    metric (``<dataset>.<metric>``; ``<dataset>.reference.<metric>`` under the reference protocol)."""
     uri = tracking.tracking_uri(uri)
     client = MlflowClient(uri)
     name = experiment or grid
@@ -34,6 +35,7 @@ def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = 
             status = "stale"
         rows.append({"cell": tags["cell"], "status": status, "run_id": run.info.run_id,
                      "backbone": tags.get("backbone", ""), "weights": tags.get("weights", "unknown"),
+                     "eval_protocol": tags.get("eval_protocol", "ours"),
                      "seed": run.data.params.get("seed", ""), **run.data.metrics})
     return pd.DataFrame(rows)
 

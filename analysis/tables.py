@@ -15,19 +15,26 @@ PROTOCOL_NOTES = {
     "corloc": "`corloc` (% images whose largest component's box has IoU ≥ 0.5 with a GT box)",
 }
 MISSING = "—"
+OUR_PROTOCOL = ("Evaluation protocol: ours (BatchNorm in eval mode, foreground chosen per image, metrics "
+                "against the original-size ground truth)")
+REFERENCE_PROTOCOL = ("'ref. protocol': the same runs scored under the reference implementation's protocol "
+                      "(BatchNorm in train mode, inversion per batch of 8, metrics on a centre crop of the resized "
+                      "ground truth), the one the paper's numbers were produced with")
 
 
 def layout_for(grid: str, runs: pd.DataFrame) -> TableLayout:
     """The paper's layout for known grids; otherwise rows = cells, columns = logged datasets."""
     if grid in LAYOUTS:
         return LAYOUTS[grid]
-    metrics = [c for c in runs.columns if "." in c and not c.startswith(("train.", "val."))]
+    metrics = [c for c in runs.columns if "." in c and not c.startswith(("train.", "val."))
+               and ".reference." not in c]
     datasets = tuple(sorted({c.split(".")[0] for c in metrics}))
     return TableLayout(f"Grid {grid}", tuple(sorted(runs.cell.unique())), datasets, ("iou",))
 
 
 def build_table(grid: str, runs: pd.DataFrame) -> Tuple[pd.DataFrame, List[str], str]:
-    """Long-form table (cell, dataset, metric, mean, std, n, paper, diff, status), footnotes, caption."""
+    """Long-form table (cell, dataset, metric, mean, std, n, reference, paper, diff, status), footnotes,
+    caption; ``reference`` is the mean under the reference's protocol (NaN where not scored)."""
     layout = layout_for(grid, runs)
     cells = list(layout.rows) + sorted(set(runs.cell) - set(layout.rows)) if len(runs) else list(layout.rows)
     rows, notes = [], []
@@ -42,19 +49,22 @@ def build_table(grid: str, runs: pd.DataFrame) -> Tuple[pd.DataFrame, List[str],
             notes.append(f"{cell}: {status}")
         for d in layout.datasets:
             for m in layout.metrics:
-                col = f"{d}.{m}"
-                values = done[col].dropna().to_numpy() if (len(done) and col in done) else np.array([])
+                values, ref_values = (done[col].dropna().to_numpy() if (len(done) and col in done) else np.array([])
+                                      for col in (f"{d}.{m}", f"{d}.reference.{m}"))
                 paper = PUBLISHED.get((grid, cell, d, m))
                 mean = float(values.mean()) if values.size else np.nan
                 rows.append({"cell": cell, "dataset": d, "metric": m, "mean": mean,
                              "std": float(values.std(ddof=1)) if values.size > 1 else np.nan,
-                             "n": int(values.size), "paper": paper if paper is not None else np.nan,
+                             "n": int(values.size),
+                             "reference": float(ref_values.mean()) if ref_values.size else np.nan,
+                             "paper": paper if paper is not None else np.nan,
                              "diff": mean - paper if paper is not None and values.size else np.nan,
                              "status": status})
-    return pd.DataFrame(rows), notes, caption(grid, layout, runs)
+    table = pd.DataFrame(rows)
+    return table, notes, caption(grid, layout, runs, table["reference"].notna().any() if len(table) else False)
 
 
-def caption(grid: str, layout: TableLayout, runs: pd.DataFrame) -> str:
+def caption(grid: str, layout: TableLayout, runs: pd.DataFrame, with_reference: bool = False) -> str:
     weights = {}
     if len(runs):
         for _, r in runs[runs.status == "FINISHED"].iterrows():
@@ -66,6 +76,7 @@ def caption(grid: str, layout: TableLayout, runs: pd.DataFrame) -> str:
         parts.append("**Built from random-init backbones: these are NOT paper results.**")
     parts.append("Datasets: " + ", ".join(DATASET_LABELS.get(d, d) for d in layout.datasets) + ".")
     parts.append("Protocols: " + "; ".join(PROTOCOL_NOTES.get(m, f"`{m}`") for m in layout.metrics) + ".")
+    parts.append(OUR_PROTOCOL + ("; " + REFERENCE_PROTOCOL if with_reference else "") + ".")
     published = any(key[0] == grid for key in PUBLISHED)
     parts.append("Ours: mean ± std over seeds (n runs) where several"
                  + ("; paper: published value; Δ = ours − paper." if published else "; no published values."))
@@ -80,9 +91,11 @@ def _fmt(metric: str, value: float, signed: bool = False) -> str:
 
 
 def wide(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell; for each dataset × metric the columns ours, paper, Δ (ours alone when the
-    paper publishes nothing for this grid)."""
+    """One row per cell; for each dataset × metric the columns ours, [ref. protocol,] paper, Δ (ours
+    alone when the paper publishes nothing for this grid and no run was scored under the reference's
+    protocol)."""
     with_paper = table["paper"].notna().any()
+    with_reference = "reference" in table and table["reference"].notna().any()
     out: Dict[str, Dict[str, str]] = {}
     for _, r in table.iterrows():
         ours = _fmt(r.metric, r["mean"])
@@ -90,10 +103,14 @@ def wide(table: pd.DataFrame) -> pd.DataFrame:
             ours += f" ± {_fmt(r.metric, r['std'])} (n={r.n})"
         head = f"{DATASET_LABELS.get(r.dataset, r.dataset)} {METRIC_LABELS.get(r.metric, r.metric)}"
         row = out.setdefault(r.cell, {})
-        if not with_paper:
+        if not (with_paper or with_reference):
             row[head] = ours
             continue
         row[f"{head} ours"] = ours
+        if with_reference:
+            row[f"{head} ref. protocol"] = _fmt(r.metric, r.reference)
+        if not with_paper:
+            continue
         row[f"{head} paper"] = _fmt(r.metric, r.paper)
         row[f"{head} Δ"] = _fmt(r.metric, r["diff"], signed=True)
     df = pd.DataFrame.from_dict(out, orient="index")

@@ -111,7 +111,8 @@ def print_plan(grid: Grid, steps: List[Step]) -> None:
 
 def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:
     return {"grid": grid.name, "cell": cell.name, "backbone": cell.cfg.backbone.name,
-            "tricks": ",".join(cell.cfg.tricks) or "none", "config_hash": cell.config_hash,
+            "tricks": ",".join(cell.cfg.tricks) or "none", "eval_protocol": cell.cfg.eval_protocol,
+            "config_hash": cell.config_hash,
             "training_hash": cell.training_hash, "mlflow.runName": cell.name}
 
 
@@ -177,14 +178,20 @@ def execute(client, step: Step, run_id: str, device: torch.device) -> Dict[str, 
         model = load_trained(cfg, result.best_checkpoint).to(device)
     else:
         client.set_tag(run_id, "weights", f"maps:{cfg.maps}")
+    # Our protocol always; with eval_protocol "reference" also the reference's, under
+    # <dataset>.reference.<metric> and records/<dataset>.reference.csv
+    protocols = ("ours", "reference") if cfg.eval_protocol == "reference" else ("ours",)
     for ref in cfg.eval:
-        if cell.trains:
-            ev = evaluate_model(model, cfg, ref, post, device, keep_samples=SAMPLES)
-        else:
-            ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=SAMPLES)
-        results.update({f"{ref.name}/{k}": v for k, v in ev.results().items()})
-        client.log_text(run_id, ev.records().to_csv(index=False), f"records/{ref.name}.csv")
-        log_samples(client, run_id, cell, ref, ev.samples)
+        for protocol in protocols:
+            keep = SAMPLES if protocol == "ours" else 0
+            if cell.trains:
+                ev = evaluate_model(model, cfg, ref, post, device, keep_samples=keep, protocol=protocol)
+            else:
+                ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=keep, protocol=protocol)
+            name = ref.name if protocol == "ours" else f"{ref.name}.reference"
+            results.update({f"{name}/{k}": v for k, v in ev.results().items()})
+            client.log_text(run_id, ev.records().to_csv(index=False), f"records/{name}.csv")
+            log_samples(client, run_id, cell, ref, ev.samples)
     tracking.log_metrics(client, run_id, results)
     return results
 

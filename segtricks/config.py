@@ -25,6 +25,13 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the file and the key."""
 
 
+# How a trained model is scored (SPEC §7, §8.2–8.4). "ours": BatchNorm in eval mode, foreground
+# chosen per image, metrics against the original-size ground truth. "reference": additionally score
+# under the reference implementation's protocol (BatchNorm in train mode, inversion per batch of 8,
+# metrics on a centre crop of the resized ground truth), to tell protocol gaps from model gaps.
+EVAL_PROTOCOLS = ("ours", "reference")
+
+
 @dataclass
 class BackboneConfig:
     name: str = "dino_vits8"
@@ -107,6 +114,7 @@ class Config:
     bf: BFConfig = field(default_factory=BFConfig)
     eval: List[DatasetRef] = field(default_factory=list)  # datasets the cell is evaluated on
     maps: Optional[str] = None  # evaluate precomputed maps <maps>/<dataset>/<id>.png instead of a model
+    eval_protocol: str = "ours"  # one of EVAL_PROTOCOLS; "reference" scores under both protocols
     output_dir: str = "outputs/run"
     device: str = "auto"  # auto: CUDA when present, else CPU
 
@@ -159,9 +167,13 @@ def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
 def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from nested dicts; missing keys keep their defaults."""
     try:
-        return _build(Config, data or {}, "")
+        cfg = _build(Config, data or {}, "")
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if cfg.eval_protocol not in EVAL_PROTOCOLS:
+        raise ConfigError(f"{source}: eval_protocol: expected one of {', '.join(EVAL_PROTOCOLS)}, "
+                          f"got {cfg.eval_protocol!r}")
+    return cfg
 
 
 def load_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> Config:
@@ -210,12 +222,12 @@ def config_hash(cfg: Config) -> str:
 def training_hash(cfg: Config) -> str:
     """sha256 of what determines the trained weights.
 
-    Left out: post-processing tricks and their parameter sections, output paths, the device,
-    data-loader workers and the epoch budget (a longer run continues a shorter one). A training
-    trick's parameter section counts only when that trick is on.
+    Left out: post-processing tricks and their parameter sections, the evaluation datasets and
+    protocol, output paths, the device, data-loader workers and the epoch budget (a longer run
+    continues a shorter one). A training trick's parameter section counts only when that trick is on.
     """
     d = to_dict(cfg)
-    for key in ("output_dir", "device", "eval", "maps"):
+    for key in ("output_dir", "device", "eval", "maps", "eval_protocol"):
         d.pop(key)
     d["data"].pop("num_workers")
     d["optim"].pop("epochs")

@@ -6,6 +6,9 @@
 
 ``--post`` names post-processing tricks (gf, bf) applied in order; ``--out FILE.csv|.parquet``
 writes one row per image (id, object ratio, IoU, Acc, predicted box, CorLoc hit, …).
+``--eval-protocol reference`` scores as the reference implementation did (BatchNorm in train mode,
+inversion per batch of 8, metrics on a centre crop of the resized ground truth; SPEC §8.2–8.4)
+instead of our protocol (SPEC §7), to compare with the paper's tables.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Dict, List
 
 import torch
 
-from segtricks.config import Config, ConfigError, DatasetRef, load_config
+from segtricks.config import EVAL_PROTOCOLS, Config, ConfigError, DatasetRef, load_config
 from segtricks.evaluation import evaluate_maps, evaluate_model
 from segtricks.metrics import PROTOCOLS
 from segtricks.model import SegmentationModel, load_trained
@@ -55,25 +58,28 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or inconsistent files")
     ap.add_argument("--post", nargs="*", default=[], help="post-processing tricks, in order (gf, bf)")
     ap.add_argument("--out", type=Path, help="per-image records, .csv or .parquet")
+    ap.add_argument("--eval-protocol", choices=EVAL_PROTOCOLS, default="ours",
+                    help="ours (SPEC §7, default) or the reference implementation's (SPEC §8.2–8.4)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     ref = DatasetRef(args.dataset, args.root, args.split, args.limit, "skip" if args.skip_bad else "raise")
     try:
         if args.maps or args.centre_prior:
             cfg = Config()
-            evaluator = evaluate_maps(args.maps, cfg, ref, args.post)
+            evaluator = evaluate_maps(args.maps, cfg, ref, args.post, protocol=args.eval_protocol)
             weights = f"maps from {args.maps}" if args.maps else "centred Gaussian prior (σ = 0.25)"
         else:
             model, cfg = load_run(args.run, args.checkpoint)
             device = resolve_device(args.device)
-            evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device)
+            evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device, protocol=args.eval_protocol)
             weights = f"{cfg.backbone.name} ({model.backbone.weights_id})"
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results = evaluator.results()
     print(f"\n{args.dataset} ({ref.split if args.dataset == 'synthetic' else ref.root or '$SEGTRICKS_DATA'}), "
-          f"{weights}, post-processing: {', '.join(args.post) or 'none'}\n")
+          f"{weights}, post-processing: {', '.join(args.post) or 'none'}, "
+          f"evaluation protocol: {args.eval_protocol}\n")
     print(format_table(results))
     if args.out:
         records = evaluator.records()

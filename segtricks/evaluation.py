@@ -1,9 +1,17 @@
-"""Evaluate a model, or a folder of saliency maps, on a dataset: SPEC §7's protocol.
+"""Evaluate a model, or a folder of saliency maps, on a dataset: SPEC §7's protocol, or the reference's.
 
-Predictions are made at the configured size; each soft mask is resized to its ground truth's
-original size; foreground is chosen per image. Post-processing tricks (GF, BF) run on the mask at
-the prediction size for models, and at full size for precomputed maps. Returns the streaming
-``SaliencyEvaluator`` (``results()``, ``records()``).
+Ours (``protocol="ours"``, the default): predictions are made at the configured size; each soft mask
+is resized to its ground truth's original size; foreground is chosen per image with BatchNorm in eval
+mode. Post-processing tricks (GF, BF) run on the mask at the prediction size for models, and at full
+size for precomputed maps.
+
+The reference's (``protocol="reference"``, SPEC §8.2–8.4, for comparison with the paper's tables):
+image, ground truth and GT boxes are resized so that the shorter side is the configured size and
+centre-cropped to a square of that size; the model predicts on batches of ``REFERENCE_BATCH`` with
+BatchNorm in train mode and one inversion decision per batch; metrics are computed on the crop.
+Precomputed maps get the same crop (BatchNorm and inversion do not apply to them).
+
+Both return the streaming ``SaliencyEvaluator`` (``results()``, ``records()``).
 """
 from __future__ import annotations
 
@@ -12,16 +20,49 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from segtricks.config import Config, DatasetRef
+from segtricks.config import EVAL_PROTOCOLS, Config, DatasetRef
 from segtricks.datasets import IMAGE_SUFFIXES, DatasetError, EvalView, Sample, build_dataset, load_or_skip
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
 from segtricks.predict import predict_masks, resize_to
 from segtricks.tricks import TRICKS, get_tricks, postprocess
+
+
+REFERENCE_BATCH = 8  # the reference evaluated in batches of 8, and inverted per batch (SPEC §8.3)
+
+
+def reference_view(image: torch.Tensor, size: int) -> torch.Tensor:
+    """(C, H, W) resized so that its shorter side is ``size`` (bilinear), then centre-cropped to
+    size × size, as the reference's evaluation transform (torchvision Resize(size) + CenterCrop)."""
+    return TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+
+
+def reference_mask(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """The ground truth (H, W) in the reference's view: resized bilinearly, ≥ 0.5, centre-cropped."""
+    return reference_view(mask[None].float(), size)[0] >= 0.5
+
+
+def reference_boxes(boxes: Optional[np.ndarray], height: int, width: int, size: int) -> Optional[np.ndarray]:
+    """GT boxes (K, 4) mapped into the reference's view (same resize and crop), clipped to it; boxes
+    left empty by the crop are dropped."""
+    if boxes is None:
+        return None
+    # torchvision's Resize(int): the shorter side becomes size, the longer int(size · long / short)
+    new_h, new_w = (size, int(size * width / height)) if height <= width else (int(size * height / width), size)
+    top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))  # as torchvision's crop
+    scaled = np.asarray(boxes, dtype=np.float64) * [new_w / width, new_h / height, new_w / width, new_h / height]
+    moved = np.clip(scaled - [left, top, left, top], 0, size)
+    return moved[(moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])]
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in EVAL_PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {protocol!r}; use one of {', '.join(EVAL_PROTOCOLS)}")
 
 
 def _check_post(tricks: Sequence[str]) -> None:
@@ -35,24 +76,35 @@ def _check_post(tricks: Sequence[str]) -> None:
 @torch.no_grad()
 def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
                    device: Optional[torch.device] = None, with_structure: bool = True,
-                   progress: bool = True, keep_samples: int = 0) -> SaliencyEvaluator:
-    """Score ``model`` on dataset ``ref`` with the post-processing ``tricks`` applied in order.
+                   progress: bool = True, keep_samples: int = 0, protocol: str = "ours") -> SaliencyEvaluator:
+    """Score ``model`` on dataset ``ref`` with the post-processing ``tricks`` applied in order, under
+    ``protocol`` ("ours" or "reference", see the module docstring).
 
     The first ``keep_samples`` (id, image, mask, prediction) are kept in ``evaluator.samples``."""
     _check_post(tricks)
+    _check_protocol(protocol)
     device = device or next(model.head.parameters()).device
-    view = EvalView(build_dataset(ref), cfg.data.image_size, ref.on_error)
-    loader = DataLoader(view, batch_size=cfg.optim.batch_size, collate_fn=view.collate,
-                        num_workers=cfg.data.num_workers)
+    size = cfg.data.image_size
+    view = EvalView(build_dataset(ref), size, ref.on_error)
+    batch_size = REFERENCE_BATCH if protocol == "reference" else cfg.optim.batch_size
+    loader = DataLoader(view, batch_size=batch_size, collate_fn=view.collate, num_workers=cfg.data.num_workers)
     evaluator = SaliencyEvaluator(with_structure=with_structure)
-    for batch in tqdm(loader, desc=f"evaluate {ref.name}", disable=not progress, leave=False):
+    desc = f"evaluate {ref.name}" + (" (reference protocol)" if protocol == "reference" else "")
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         if not batch.ids:
             continue
-        soft = predict_masks(model, batch.images.to(device), cfg, tricks)
-        sizes = [o.shape[-2:] for o in batch.originals]
-        for image_id, image, pred, mask, boxes in zip(batch.ids, batch.originals, resize_to(soft, sizes),
-                                                      batch.masks, batch.boxes):
-            evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=boxes)
+        if protocol == "reference":
+            images = [reference_view(o, size) for o in batch.originals]
+            masks = [None if m is None else reference_mask(m, size) for m in batch.masks]
+            boxes = [reference_boxes(b, *o.shape[-2:], size) for b, o in zip(batch.boxes, batch.originals)]
+            soft = predict_masks(model, torch.stack(images).to(device), cfg, tricks, protocol)
+            preds = list(soft[:, 0])
+        else:
+            images, masks, boxes = batch.originals, batch.masks, batch.boxes
+            soft = predict_masks(model, batch.images.to(device), cfg, tricks)
+            preds = resize_to(soft, [o.shape[-2:] for o in images])
+        for image_id, image, pred, mask, box in zip(batch.ids, images, preds, masks, boxes):
+            evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=box)
             if len(evaluator.samples) < keep_samples:
                 evaluator.samples.append((image_id, image, mask, pred.cpu()))
     return evaluator
@@ -74,12 +126,15 @@ def centre_prior(h: int, w: int, sigma: float = 0.25) -> torch.Tensor:
 
 
 def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
-                  with_structure: bool = True, progress: bool = True, keep_samples: int = 0) -> SaliencyEvaluator:
+                  with_structure: bool = True, progress: bool = True, keep_samples: int = 0,
+                  protocol: str = "ours") -> SaliencyEvaluator:
     """Score a folder of grayscale maps ``<id>.png`` (0–255, the ground truth's size) on ``ref``.
 
-    ``maps_dir=None`` scores the centred Gaussian prior instead (the no-learning baseline).
+    ``maps_dir=None`` scores the centred Gaussian prior instead (the no-learning baseline). Under the
+    reference protocol map, image and ground truth are scored in the reference's centre-crop view.
     """
     _check_post(tricks)
+    _check_protocol(protocol)
     if maps_dir is not None:
         maps_dir = Path(maps_dir)
         if not maps_dir.is_dir():
@@ -89,6 +144,7 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
         raise DatasetError(f"dataset {ref.name!r} has neither masks nor boxes to evaluate against")
     evaluator = SaliencyEvaluator(with_structure=with_structure)
     label = maps_dir.name if maps_dir is not None else "centre prior"
+    size = cfg.data.image_size
     for index in tqdm(range(len(raw)), desc=f"evaluate {label} on {ref.name}", disable=not progress):
         sample = load_or_skip(raw, index, ref.on_error)
         if sample is None:
@@ -101,10 +157,15 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
                 raise
             continue
         image = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        mask = None if sample.mask is None else torch.from_numpy(sample.mask)
+        boxes = sample.boxes
+        if protocol == "reference":
+            boxes = reference_boxes(boxes, *image.shape[-2:], size)
+            soft, image = reference_view(soft[None], size)[0], reference_view(image, size)
+            mask = None if mask is None else reference_mask(mask, size)
         if tricks:
             soft = postprocess(soft[None, None].float(), image[None], tricks, cfg)[0, 0].double()
-        mask = None if sample.mask is None else torch.from_numpy(sample.mask)
-        evaluator.update(soft, mask, sample.id, boxes=sample.boxes)
+        evaluator.update(soft, mask, sample.id, boxes=boxes)
         if len(evaluator.samples) < keep_samples:
             evaluator.samples.append((sample.id, image, mask, soft.float()))
     return evaluator

@@ -71,8 +71,9 @@ class SempartHead(nn.Module):
         for c_out in widths:
             self.up.append(conv_bn_act(c_in + 3, c_out))
             c_in = c_out
-        # The /8 head has a second conv block at full resolution (SPEC §2); /16 does not.
-        self.refine = conv_bn_act(c_in, c_in) if patch_size == 8 else nn.Identity()
+        # The last stage has a second conv block at full resolution, for every patch size (SPEC §2:
+        # "the final upsampling block comprises two convolutional blocks").
+        self.refine = conv_bn_act(c_in, c_in)
         self.fine = nn.Conv2d(c_in + 3, 1, 1)
 
     def forward(self, features: torch.Tensor, image: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -10,8 +10,10 @@ from typing import Callable, Tuple
 import torch
 import torch.nn.functional as F
 
-# The 8-neighbourhood as four undirected offsets (dy, dx): right, down, down-right, down-left.
-NEIGHBOUR_OFFSETS: Tuple[Tuple[int, int], ...] = ((0, 1), (1, 0), (1, 1), (1, -1))
+# The 8 directed neighbour offsets (dy, dx) of a pixel: each undirected edge is counted twice,
+# as the reference computes graph-TV (SPEC §3).
+NEIGHBOURS: Tuple[Tuple[int, int], ...] = tuple(
+    (dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
 
 
 def thresholded_affinity(features: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
@@ -35,41 +37,42 @@ def ncut_loss(mask: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
     return (cut / assoc_fg + cut / assoc_bg).mean()
 
 
-def _neighbour_pairs(t: torch.Tensor, dy: int, dx: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(t_p, t_q) for every pixel p whose neighbour q = p + (dy, dx) lies inside the image."""
-    h, w = t.shape[-2:]
-    x0, x1 = (0, w - dx) if dx >= 0 else (-dx, w)
-    return t[..., : h - dy, x0:x1], t[..., dy:, x0 + dx: x1 + dx]
-
-
 def graph_tv(mask: torch.Tensor, guide: torch.Tensor,
              edge_weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Weighted total variation over the 8-neighbourhood: Σ_edges w_pq |s_p − s_q| / #pixels.
+    """Graph-TV as the reference computes it (SPEC §3): mean over (b, 8, h, w) of w_pq·(s_p − s_q)².
 
-    ``edge_weight(g_p, g_q)`` maps the guide values of both ends (B, C, …) to weights (B, 1, …).
-    Averaged over pixels (not summed), so the value does not grow with the resolution.
+    Every pixel p has 8 directed neighbours q; at the border mask and guide are reflect-padded
+    (mirrored without repeating the edge pixel), so border pixels have 8 neighbours too.
+    ``edge_weight(g_p, g_q)`` maps the guide values of both ends (B, C, h, w) to weights (B, 1, h, w).
+    Squared differences make a constant mask a stationary point (value 0, gradient 0).
     """
-    total = mask.new_zeros(mask.shape[0])
-    for dy, dx in NEIGHBOUR_OFFSETS:
-        m_p, m_q = _neighbour_pairs(mask, dy, dx)
-        g_p, g_q = _neighbour_pairs(guide, dy, dx)
-        total = total + (edge_weight(g_p, g_q) * (m_p - m_q).abs()).sum(dim=(1, 2, 3))
-    return (total / mask[0, 0].numel()).mean()
+    b, _, h, w = mask.shape
+    mask_pad = F.pad(mask, (1, 1, 1, 1), mode="reflect")
+    guide_pad = F.pad(guide, (1, 1, 1, 1), mode="reflect")
+    total = mask.new_zeros(())
+    for dy, dx in NEIGHBOURS:
+        window = (..., slice(1 + dy, 1 + dy + h), slice(1 + dx, 1 + dx + w))
+        total = total + (edge_weight(guide, guide_pad[window]) * (mask - mask_pad[window]) ** 2).sum()
+    return total / (b * len(NEIGHBOURS) * h * w)
 
 
 def fine_graph_tv(fine: torch.Tensor, image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Graph-TV of the fine mask, edges weighted exp(−‖I_p − I_q‖² / σ²) on the normalised image."""
+    """Graph-TV of the fine mask, edges weighted exp(−D_I / σ), D_I = Σ_c (I_c(p) − I_c(q))², on the
+    ImageNet-normalised image. σ, not σ²: the reference's definition (they agree only at σ = 1)."""
     return graph_tv(fine.float(), image.float(),
-                    lambda a, b: torch.exp(-((a - b) ** 2).sum(1, keepdim=True) / sigma ** 2))
+                    lambda a, b: torch.exp(-((a - b) ** 2).sum(1, keepdim=True) / sigma))
 
 
 def coarse_graph_tv(coarse: torch.Tensor, features: torch.Tensor, tau: float,
                     eps: float) -> torch.Tensor:
-    """Graph-TV of the coarse mask, edge weight 1 where cos(f_p, f_q) > tau, else eps."""
+    """Graph-TV of the coarse mask, edge weight 1 where cos(f_p, f_q) > tau, else eps.
+
+    With f unit-normalised per position, cos(f_p, f_q) = 1 − ‖f_p − f_q‖²/2, as the reference computes it.
+    """
     f = F.normalize(features.float(), dim=1)
 
     def weight(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        cos = (a * b).sum(1, keepdim=True)
+        cos = 1 - ((a - b) ** 2).sum(1, keepdim=True) / 2
         return torch.where(cos > tau, torch.ones_like(cos), torch.full_like(cos, eps))
 
     return graph_tv(coarse.float(), f, weight)

@@ -2,10 +2,16 @@
 
 ``SaliencyEvaluator.update(pred, gt)`` takes one soft prediction (H, W) in [0, 1] already at the
 ground truth's original size, on CPU or CUDA; memory does not grow with the dataset except for the
-per-image records (one row per image). Every threshold sweep comes from one 512-bin histogram per
-image: the map is quantised to 8 bits, q = round(255·pred), as saving it as a PNG would, so the
-thresholds below are exact for 8-bit maps (the published ones) and within half a level otherwise.
-S-measure, MAE and the object terms come from sums over the four centroid quadrants.
+per-image records (one row per image). Every threshold sweep comes from a 512-bin histogram per
+image; S-measure, MAE and the object terms come from sums over the four centroid quadrants.
+
+Two families of protocols see the map differently (SPEC §7):
+- **paper** protocols (acc, iou, max_fbeta, max_fbeta_per_image) score the soft mask as predicted,
+  quantised to q = round(255·pred) as saving it as a PNG would (exact for 8-bit maps);
+- **SOD-toolbox** protocols (max_fbeta_pr_curve, mean_fbeta_adaptive, mae, s_measure, the
+  e-measures) first rescale each map by its own min and max (when it is not constant), then
+  threshold it at q = floor(255·rescaled) ≥ t, as the public toolboxes and pysodmetrics do. A map
+  that does not span 0–255 scores as in the published figures only with that rescaling.
 
 Protocol names (β² = 0.3 everywhere):
 
@@ -15,11 +21,11 @@ Protocol names (β² = 0.3 everywhere):
 | ``iou`` | IoU of q ≥ 128 (1 when both masks are empty), mean over images |
 | ``max_fbeta`` | **the paper's** (TokenCut/MOVE): pred > k/255, k = 0…254; per-image F curve averaged over images; its max |
 | ``max_fbeta_per_image`` | SelfMask/FOUND style: each image's max F over pred ≥ t/255, t = 0…255 (≥ 0, "all foreground", included), averaged |
-| ``max_fbeta_pr_curve`` | classic SOD toolbox: pred ≥ t/255, t = 0…255; image-averaged precision and recall curves; F from them; its max |
-| ``mean_fbeta_adaptive`` | F of pred ≥ min(2·mean(pred), 1) per image, averaged |
-| ``mae`` | mean |pred − gt| per image, averaged |
-| ``s_measure`` | structure measure (Fan et al. 2017), α = 0.5, as pysodmetrics defines it |
-| ``max_e_measure`` / ``mean_e_measure`` | enhanced-alignment measure (Fan et al. 2018) over pred ≥ t/255, image-averaged curve, max / mean |
+| ``max_fbeta_pr_curve`` | toolbox (rescaled): r ≥ t/255, t = 0…255; image-averaged precision and recall curves; F from them; its max |
+| ``mean_fbeta_adaptive`` | toolbox (rescaled): F of r ≥ min(2·mean(r), 1) per image, averaged |
+| ``mae`` | toolbox (rescaled): mean |r − gt| per image, averaged |
+| ``s_measure`` | toolbox (rescaled): structure measure (Fan et al. 2017), α = 0.5, as pysodmetrics defines it |
+| ``max_e_measure`` / ``mean_e_measure`` | toolbox (rescaled): enhanced-alignment measure (Fan et al. 2018) over r ≥ t/255, image-averaged curve, max / mean |
 | ``corloc`` | % of images whose largest connected component's box has IoU ≥ 0.5 with any GT box |
 """
 from __future__ import annotations
@@ -35,6 +41,16 @@ BETA2 = 0.3
 EPS = float(np.spacing(1))  # MATLAB's eps, as the S/E-measure reference code uses
 PROTOCOLS = ("acc", "iou", "max_fbeta", "max_fbeta_per_image", "max_fbeta_pr_curve",
              "mean_fbeta_adaptive", "mae", "s_measure", "max_e_measure", "mean_e_measure")
+# The protocols that rescale each map to its own [min, max] first, as the SOD toolboxes do.
+TOOLBOX_PROTOCOLS = ("max_fbeta_pr_curve", "mean_fbeta_adaptive", "mae", "s_measure", "max_e_measure",
+                     "mean_e_measure")
+
+
+def toolbox_rescale(pred: torch.Tensor) -> torch.Tensor:
+    """The map rescaled by its own min and max to [0, 1] (unchanged when constant), as pysodmetrics'
+    and the SOD toolboxes' data preparation does, in the map's own precision."""
+    lo, hi = pred.min(), pred.max()
+    return (pred - lo) / (hi - lo) if hi > lo else pred
 
 
 def fbeta(precision: torch.Tensor, recall: torch.Tensor) -> torch.Tensor:
@@ -173,17 +189,23 @@ class SaliencyEvaluator:
     def _saliency(self, pred: torch.Tensor, gt: torch.Tensor, row: Dict[str, object]) -> None:
         h, w = gt.shape
         size = float(h * w)
-        p = pred.float().clamp_(0, 1)
-        # bin = q + 256·gt; built in int16 (much faster to form and count than int64 on CPU)
-        bins = (p * 255).round_().to(torch.int16) + gt.to(torch.int16) * 256
-        self._pending_hists.append(torch.bincount(bins.reshape(-1).long(), minlength=512))
-        quads, centre = structure_sums(p, gt)
-        sp, sg, spg = sum(quads[0]), sum(quads[2]), sum(quads[3])
-        adaptive = p >= min(2 * sp / size, 1.0)
+        # float64 maps (read from PNGs) stay float64, so the toolbox quantisation equals pysodmetrics'
+        p = (pred if pred.dtype == torch.float64 else pred.float()).clamp(0, 1)
+        r = toolbox_rescale(p)
+        g16 = gt.to(torch.int16) * 256
+        # bin = level + 256·gt, built in int16 (much faster to form and count than int64 on CPU):
+        # paper levels round(255·p), toolbox levels floor(255·r) (pysodmetrics' uint8 cast)
+        paper = (p * 255).round_().to(torch.int16) + g16
+        toolbox = (r * 255).floor_().clamp_(max=255).to(torch.int16) + g16
+        self._pending_hists.append(torch.stack([torch.bincount(paper.reshape(-1).long(), minlength=512),
+                                                torch.bincount(toolbox.reshape(-1).long(), minlength=512)]))
+        quads, centre = structure_sums(r, gt)
+        sr, sg, srg = sum(quads[0]), sum(quads[2]), sum(quads[3])
+        adaptive = r >= min(2 * sr / size, 1.0)
         a_tp, a_pos = (adaptive & gt).sum().item(), adaptive.sum().item()
         row.update(
             object_ratio=sg / size,
-            mae=(sp - 2 * spg + sg) / size,  # |p − g| summed: p on the background, 1 − p on the object
+            mae=(sr - 2 * srg + sg) / size,  # |r − g| summed: r on the background, 1 − r on the object
             fbeta_adaptive=fbeta(torch.tensor(a_tp / max(a_pos, 1)), torch.tensor(a_tp / max(sg, 1))).item(),
         )
         if self.with_structure:
@@ -194,23 +216,23 @@ class SaliencyEvaluator:
             self._flush()
 
     def _flush(self) -> None:
-        """Threshold curves of the buffered images, as one (B, 256) computation."""
+        """Threshold curves of the buffered images, as one (B, 256) computation per protocol family."""
         if not self._pending_hists:
             return
-        hist = torch.stack(self._pending_hists).reshape(-1, 2, 256).double().cpu()
-        at_least = hist.flip(-1).cumsum(-1).flip(-1)  # [bg, fg] pixel counts with q ≥ t, t = 0…255
-        tp, pos = at_least[:, 1], at_least[:, 0] + at_least[:, 1]
+        hist = torch.stack(self._pending_hists).reshape(-1, 2, 2, 256).double().cpu()
+        at_least = hist.flip(-1).cumsum(-1).flip(-1)  # [bg, fg] pixel counts with level ≥ t, t = 0…255
+        tp, pos = at_least[:, 0, 1], at_least[:, 0, 0] + at_least[:, 0, 1]  # paper: the map as predicted
         n_gt, size = tp[:, :1], pos[:, :1]
         # paper protocol: pred > k/255 ⇔ q ≥ k + 1, k = 0…254
         self.sum_f_curve += fbeta(tp[:, 1:] / pos[:, 1:].clamp(min=1), tp[:, 1:] / n_gt.clamp(min=1)).sum(0)
-        precision, recall = tp / pos.clamp(min=1), tp / n_gt.clamp(min=1)
-        self.sum_p_curve += precision.sum(0)
-        self.sum_r_curve += recall.sum(0)
-        best_f = fbeta(precision, recall).max(-1).values
+        best_f = fbeta(tp / pos.clamp(min=1), tp / n_gt.clamp(min=1)).max(-1).values
         inter, pos_half = tp[:, 128], pos[:, 128]  # q ≥ 128 ⇔ pred ≥ 0.5
         union = pos_half + n_gt[:, 0] - inter
         acc = (size[:, 0] - pos_half - n_gt[:, 0] + 2 * inter) / size[:, 0]
         iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        tp, pos = at_least[:, 1, 1], at_least[:, 1, 0] + at_least[:, 1, 1]  # toolbox: the rescaled map
+        self.sum_p_curve += (tp / pos.clamp(min=1)).sum(0)
+        self.sum_r_curve += (tp / n_gt.clamp(min=1)).sum(0)
         if self.with_structure:
             self.sum_e_curve += e_measure_curves(tp, pos, n_gt, size).sum(0)
         for row, a, i, f in zip(self._pending_rows, acc.tolist(), iou.tolist(), best_f.tolist()):

@@ -1,7 +1,14 @@
-"""Foreground masks from a trained model: eval mode, per-image inversion, optional post-processing."""
+"""Foreground masks from a trained model, under our evaluation protocol or the reference's.
+
+Ours (SPEC §7): BatchNorm uses its running statistics (eval mode), and each mask whose mean is above
+0.5 is inverted on its own. The reference's (SPEC §8.2–8.3), reproduced on request only: BatchNorm
+normalises with the test batch's statistics (train mode), and one inversion decision is taken for
+the whole batch.
+"""
 from __future__ import annotations
 
-from typing import List, Sequence
+from contextlib import contextmanager
+from typing import Iterator, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,31 +19,45 @@ from segtricks.tricks import postprocess
 
 
 def select_foreground(mask: torch.Tensor) -> torch.Tensor:
-    """Invert each mask (B, 1, H, W) whose mean is above 0.5: the object is the smaller side.
-
-    Decided per image (the reference decided per batch of 8: SPEC §8.3).
-    """
+    """Invert each mask (B, 1, H, W) whose mean is above 0.5: the object is the smaller side."""
     flip = mask.mean(dim=(1, 2, 3), keepdim=True) > 0.5
     return torch.where(flip, 1 - mask, mask)
 
 
-@torch.no_grad()
-def predict_masks(model: SegmentationModel, images: torch.Tensor, cfg: Config,
-                  tricks: Sequence[str] = ()) -> torch.Tensor:
-    """Soft foreground masks (B, 1, H, W) in [0, 1] at the input size.
+def select_foreground_per_batch(mask: torch.Tensor) -> torch.Tensor:
+    """The reference's inversion (SPEC §8.3): invert every mask of the batch when the batch mean is
+    above 0.5, so an image can be flipped because of its neighbours in the batch."""
+    return 1 - mask if mask.mean() > 0.5 else mask
 
-    BatchNorm uses its running statistics (eval mode), never the test batch's (SPEC §8.2); the
-    caller's train/eval mode is restored afterwards. ``tricks`` names post-processing tricks.
-    """
+
+@contextmanager
+def evaluation_mode(model: SegmentationModel, protocol: str) -> Iterator[None]:
+    """Eval mode (ours), or train mode with the BatchNorm buffers restored afterwards (reference):
+    the reference's test-batch statistics must not leak into the model's running statistics."""
     was_training = model.training
-    model.eval()
+    saved = [b.clone() for b in model.head.buffers()] if protocol == "reference" else []
+    model.train(protocol == "reference")
     try:
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.is_cuda):
-            fine = model(images)["fine"]
-        mask = select_foreground(fine.float())
-        return postprocess(mask, images, tricks, cfg)
+        yield
     finally:
         model.train(was_training)
+        for buffer, value in zip(model.head.buffers(), saved):
+            buffer.copy_(value)
+
+
+@torch.no_grad()
+def predict_masks(model: SegmentationModel, images: torch.Tensor, cfg: Config,
+                  tricks: Sequence[str] = (), protocol: str = "ours") -> torch.Tensor:
+    """Soft foreground masks (B, 1, H, W) in [0, 1] at the input size.
+
+    ``protocol`` "ours" or "reference" (see the module docstring); the caller's train/eval mode is
+    restored afterwards. ``tricks`` names post-processing tricks, applied after foreground selection.
+    """
+    with evaluation_mode(model, protocol):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.is_cuda):
+            fine = model(images)["fine"]
+    select = select_foreground_per_batch if protocol == "reference" else select_foreground
+    return postprocess(select(fine.float()), images, tricks, cfg)
 
 
 def resize_to(masks: torch.Tensor, sizes: List[torch.Size]) -> List[torch.Tensor]:

@@ -140,3 +140,21 @@ def test_two_concurrent_invocations_train_each_cell_once(in_tmp):
     trainers = [r for r in rs if r.data.tags.get("role") == "train"]
     assert len(trainers) == 1  # three cells, one shared training, trained once
     assert len(client.get_metric_history(trainers[0].info.run_id, "train.loss")) == 1
+
+
+def test_reference_protocol_cell_logs_both_protocols_and_the_table_shows_both(in_tmp):
+    from analysis.runs import load_runs
+    from analysis.tables import build_table, to_markdown
+    path = write_grid(in_tmp, ["{name: baseline, set: {tricks: []}}"])
+    assert main(["--grid", str(path), "--set", "eval_protocol=reference", *TINY]) == 0
+    client, (run,) = runs(in_tmp)
+    assert run.data.tags["eval_protocol"] == "reference"
+    m = run.data.metrics
+    assert {"synthetic.iou", "synthetic.reference.iou", "synthetic.reference.max_fbeta"} <= set(m)
+    assert m["synthetic.iou"] != m["synthetic.reference.iou"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "records")} == {
+        "records/synthetic.csv", "records/synthetic.reference.csv"}
+    table, notes, cap = build_table("mini", load_runs("mini", f"sqlite:///{in_tmp / 'mlflow.db'}"))
+    md = to_markdown(table, notes, cap)
+    assert "Synthetic (test) IoU ref. protocol" in md and f"{m['synthetic.reference.iou']:.3f}" in md
+    assert "inversion per batch of 8" in cap and "Evaluation protocol: ours" in cap

@@ -16,12 +16,12 @@ STAGE_67_192, STAGE_195_128, STAGE_131_128, STAGE_128_128 = 116_352, 225_024, 15
 
 @pytest.mark.parametrize("patch,expected", [
     (8, PROJ + ENCODER + COARSE + STAGE_67_192 + STAGE_195_128 + STAGE_131_128 + STAGE_128_128 + FINE),
-    (16, PROJ + ENCODER + COARSE + STAGE_67_192 + STAGE_195_128 + 2 * STAGE_131_128 + FINE),
+    (16, PROJ + ENCODER + COARSE + STAGE_67_192 + STAGE_195_128 + 2 * STAGE_131_128 + STAGE_128_128 + FINE),
 ])
 def test_trainable_parameter_count(patch, expected):
     head = SempartHead(384, patch)
     assert sum(p.numel() for p in head.parameters() if p.requires_grad) == expected
-    assert expected == {8: 748_165, 16: 751_621}[patch]
+    assert expected == {8: 748_165, 16: 899_461}[patch]
 
 
 @pytest.mark.parametrize("patch", [8, 16])
@@ -35,11 +35,13 @@ def test_output_shapes_and_ranges(patch):
         assert v.min() >= 0 and v.max() <= 1
 
 
-def test_architecture_details():
-    head = SempartHead(384, 8)
+@pytest.mark.parametrize("patch,channels_in", [(8, [67, 195, 131, 128]), (16, [67, 195, 131, 131, 128])])
+def test_architecture_details(patch, channels_in):
+    head = SempartHead(384, patch)
     layer = head.encoder[0]
     assert layer.attn.to_qkv.bias is None and layer.attn.to_out.bias is not None
-    assert [s[0].in_channels for s in head.up] + [head.refine[0].in_channels] == [67, 195, 131, 128]
+    # the last stage's second 128→128 block exists for every patch size (SPEC §2)
+    assert [s[0].in_channels for s in head.up] + [head.refine[0].in_channels] == channels_in
     assert head.fine.in_channels == 131
     assert not hasattr(head, "final_norm")
     with pytest.raises(ValueError, match="power of two"):

@@ -1,4 +1,6 @@
 """Metrics against independent truth: published SOD scores, pysodmetrics, hand-built cases."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -44,23 +46,73 @@ def test_published_dss_scores_on_sod(dss_results, protocol, published):
     assert dss_results.results()[protocol] == pytest.approx(published, abs=0.002)
 
 
-def test_agrees_with_pysodmetrics_on_the_dss_maps(sod_dss, dss_results):
+def pysodmetrics_scores(pairs):
+    """pysodmetrics on 0–255 maps with its default data preparation (per-map min–max rescaling)."""
     psm = pytest.importorskip("py_sod_metrics", reason="pysodmetrics is the second implementation")
-    fm, mae, sm, em = psm.FmeasureV2(metric_handlers={"fm": psm.FmeasureHandler(with_dynamic=True, with_adaptive=True, beta=0.3)}), psm.MAE(), psm.Smeasure(), psm.Emeasure()
+    with warnings.catch_warnings():  # Fmeasure (deprecated for FmeasureV2) is the one with the PR curves
+        warnings.simplefilter("ignore")
+        fm = psm.Fmeasure(beta=0.3)
+    mae, sm, em = psm.MAE(), psm.Smeasure(), psm.Emeasure()
+    for _, pred, gt in pairs:
+        g = gt.astype(np.uint8) * 255
+        for metric in (fm, mae, sm, em):
+            metric.step(pred, g)
+    f, curve = fm.get_results(), em.get_results()["em"]["curve"]
+    p, r = f["pr"]["p"], f["pr"]["r"]
+    classic = np.where(p + r > 0, 1.3 * p * r / np.maximum(0.3 * p + r, 1e-300), 0).max()
+    return {"max_fbeta_pr_curve": classic, "mean_fbeta_adaptive": f["fm"]["adp"], "mae": mae.get_results()["mae"],
+            "s_measure": sm.get_results()["sm"], "max_e_measure": curve.max(), "mean_e_measure": curve.mean()}
+
+
+def ours_on(pairs):
+    ev = SaliencyEvaluator()
+    for image_id, pred, gt in pairs:
+        ev.update(torch.from_numpy(pred / 255.0), torch.from_numpy(gt), image_id)
+    return ev.results()
+
+
+TOOLBOX_TOLERANCE = {"max_fbeta_pr_curve": 1e-9, "mean_fbeta_adaptive": 1e-6, "mae": 1e-9, "s_measure": 1e-6,
+                     "max_e_measure": 1e-6, "mean_e_measure": 1e-6}
+
+
+def test_toolbox_protocols_equal_pysodmetrics_on_the_dss_maps(sod_dss, dss_results):
+    theirs, ours = pysodmetrics_scores(sod_dss), dss_results.results()
+    for name, tol in TOOLBOX_TOLERANCE.items():
+        assert ours[name] == pytest.approx(theirs[name], abs=tol), name
+
+
+def test_paper_max_fbeta_agrees_with_pysodmetrics_dynamic_f(sod_dss, dss_results):
+    psm = pytest.importorskip("py_sod_metrics", reason="pysodmetrics is the second implementation")
+    fm = psm.FmeasureV2(metric_handlers={"fm": psm.FmeasureHandler(with_dynamic=True, with_adaptive=False, beta=0.3)})
     for _, pred, gt in sod_dss:
-        p, g = pred / 255.0, gt
-        fm.step(p, g, normalize=False)
-        mae.step(p, g, normalize=False)
-        sm.step(p, g, normalize=False)
-        em.step(p, g, normalize=False)
-    ours = dss_results.results()
-    assert ours["max_fbeta"] == pytest.approx(fm.get_results()["fm"]["dynamic"].max(), abs=1e-3)
-    assert ours["mean_fbeta_adaptive"] == pytest.approx(fm.get_results()["fm"]["adaptive"], abs=1e-6)
-    assert ours["mae"] == pytest.approx(mae.get_results()["mae"], abs=1e-7)  # float32 sums
-    assert ours["s_measure"] == pytest.approx(sm.get_results()["sm"], abs=1e-6)
-    curve = em.get_results()["em"]["curve"]
-    assert ours["max_e_measure"] == pytest.approx(curve.max(), abs=2e-3)
-    assert ours["mean_e_measure"] == pytest.approx(curve.mean(), abs=2e-3)
+        fm.step(pred / 255.0, gt, normalize=False)  # the paper's protocol scores the map as it is
+    # pysodmetrics thresholds at ≥ t, t = 0…255; the paper's protocol at > k/255, k = 0…254
+    assert dss_results.results()["max_fbeta"] == pytest.approx(fm.get_results()["fm"]["dynamic"].max(), abs=1e-3)
+
+
+@pytest.mark.parametrize("method,narrow", [
+    ("DSS", lambda m: m * 0.7),                     # maximum 178: the map never reaches 255
+    ("PiCANet", lambda m: np.minimum(m + 40, 255)),  # minimum 40: the background is never 0
+    ("Amulet", lambda m: 30 + m * 0.5),             # both ends narrowed, non-integer levels
+])
+def test_toolbox_protocols_rescale_narrowed_maps_as_pysodmetrics(method, narrow):
+    root = require_shared("sod300")
+    pairs = [(mask.stem, narrow(load_gray(root / "maps" / method / mask.name).astype(np.float64)),
+              load_gray(mask) > 128) for mask in sorted((root / "masks").glob("*.png"))]
+    theirs, ours = pysodmetrics_scores(pairs), ours_on(pairs)
+    for name, tol in TOOLBOX_TOLERANCE.items():
+        assert ours[name] == pytest.approx(theirs[name], abs=tol), name
+    # the paper's protocols score the map as predicted: narrowing the range changes them
+    full = ours_on([(i, load_gray(root / "maps" / method / f"{i}.png").astype(np.float64), g) for i, _, g in pairs])
+    assert abs(full["max_fbeta"] - ours["max_fbeta"]) > 1e-3 or abs(full["iou"] - ours["iou"]) > 1e-3
+
+
+def test_a_constant_map_is_not_rescaled():
+    gt = torch.zeros(6, 6, dtype=torch.bool)
+    gt[:3] = True
+    ev = SaliencyEvaluator()
+    ev.update(torch.full((6, 6), 0.25, dtype=torch.float64), gt, "c")
+    assert ev.results()["mae"] == pytest.approx((18 * 0.25 + 18 * 0.75) / 36)
 
 
 def test_binary_iou_and_accuracy_equal_pysodmetrics(sod_dss):
@@ -90,7 +142,8 @@ def test_hand_computed_small_case():
     ev.records()  # completes the batched fields
     assert row["iou"] == pytest.approx(4 / 6)
     assert row["acc"] == pytest.approx(14 / 16)
-    assert row["mae"] == pytest.approx((4 * 0.1 + 2 * 0.9) / 16)
+    # MAE is a toolbox protocol: the map {0, 0.9} is rescaled to {0, 1} first, leaving the 2 FP pixels
+    assert row["mae"] == pytest.approx(2 / 16)
     assert row["object_ratio"] == 0.25
     p, r = 4 / 6, 1.0
     f = 1.3 * p * r / (0.3 * p + r)
