@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from mlflow.tracking import MlflowClient
-
 import matplotlib.pyplot as plt
 
 from analysis.figures import pick_examples, plot_iou_vs_size, plot_qualitative, read_samples
@@ -33,16 +31,15 @@ from analysis.tables import build_table, layout_for, to_latex, to_markdown
 from segtricks import tracking
 
 
-def analysis_run(client: MlflowClient, grid: str, experiment: Optional[str]) -> str:
+def analysis_run(store: tracking.Store, grid: str, experiment: Optional[str]) -> tracking.RunLog:
     """The grid's ``analysis`` run (created once; it carries no cell tags, so cells never see it)."""
-    exp = client.get_experiment_by_name(experiment or grid)
-    found = client.search_runs([exp.experiment_id], "tags.`segtricks.analysis` = 'true'")
+    exp_id = store.experiment(experiment or grid, create=False)
+    found = store.runs(exp_id, "tags.`segtricks.analysis` = 'true'")
     if found:
-        return found[0].info.run_id
-    run = client.create_run(exp.experiment_id, tags={"segtricks.analysis": "true", "grid": grid},
-                            run_name="analysis")
-    client.set_terminated(run.info.run_id)
-    return run.info.run_id
+        return store.run(found[0].info.run_id)
+    run = store.start(exp_id, "analysis", {"segtricks.analysis": "true", "grid": grid})
+    run.finish()
+    return run
 
 
 def save(fig, stem: Path) -> List[Path]:
@@ -59,12 +56,9 @@ def run_samples(runs, cell: str, dataset: str, uri: Optional[str]) -> dict:
     done = runs[(runs.cell == cell) & (runs.status == "FINISHED")]
     if done.empty:
         return {}
-    client = MlflowClient(tracking.tracking_uri(uri))
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            return read_samples(client.download_artifacts(done.run_id.iloc[0], f"samples/{dataset}.npz", tmp))
-        except Exception:  # runs logged before samples were kept
-            return {}
+        path = tracking.Store(uri).download(done.run_id.iloc[0], f"samples/{dataset}.npz", tmp)
+        return {} if path is None else read_samples(path)  # None: runs logged before samples were kept
 
 
 def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Optional[str],
@@ -110,11 +104,10 @@ def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Opt
                                            f"{present[-1].split('/')[-1]} over {present[0].split('/')[-1]}")
                     written += save(fig, out_dir / "figures" / f"{grid}_qualitative{suffix}_{dataset}")
     if log:
-        client = MlflowClient(tracking.tracking_uri(uri))
-        run_id = analysis_run(client, grid, experiment)
+        run = analysis_run(tracking.Store(uri), grid, experiment)
         for path in written:
-            client.log_artifact(run_id, str(path), "figures" if path.parent.name == "figures" else "tables")
-        client.set_tag(run_id, "updated", time.strftime("%Y-%m-%d %H:%M:%S"))
+            run.log_file(path, "figures" if path.parent.name == "figures" else "tables")
+        run.set_tags({"updated": time.strftime("%Y-%m-%d %H:%M:%S")})
     return md
 
 

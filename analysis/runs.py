@@ -5,7 +5,6 @@ import tempfile
 from typing import Optional
 
 import pandas as pd
-from mlflow.tracking import MlflowClient
 
 from segtricks import tracking
 
@@ -18,15 +17,14 @@ def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = 
     """One row per cell run: cell, status (FINISHED/FAILED/RUNNING/KILLED; a RUNNING run whose
     worker died reads 'stale'), run_id, backbone, weights, eval_protocol, seed, and one column per
     metric (``<dataset>.<metric>``; ``<dataset>.reference.<metric>`` under the reference protocol)."""
-    uri = tracking.tracking_uri(uri)
-    client = MlflowClient(uri)
+    store = tracking.Store(uri)
     name = experiment or grid
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        raise NoRunsError(f"no experiment {name!r} in {uri}; run `python -m segtricks.ablate --grid {grid}` "
+    exp_id = store.experiment(name, create=False)
+    if exp_id is None:
+        raise NoRunsError(f"no experiment {name!r} in {store.uri}; run `python -m segtricks.ablate --grid {grid}` "
                           f"first, or pass --experiment/--tracking-uri")
     rows = []
-    for run in client.search_runs([exp.experiment_id], max_results=50_000):
+    for run in store.runs(exp_id):
         tags = run.data.tags
         if "cell" not in tags:  # the analysis run itself, or foreign runs
             continue
@@ -42,13 +40,12 @@ def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = 
 
 def load_records(grid: str, dataset: str, runs: pd.DataFrame, uri: Optional[str] = None) -> pd.DataFrame:
     """Per-image records of every FINISHED run for one dataset, with a ``cell`` column."""
-    client = MlflowClient(tracking.tracking_uri(uri))
+    store = tracking.Store(uri)
     frames = []
     for _, run in runs[runs.status == "FINISHED"].iterrows():
         with tempfile.TemporaryDirectory() as tmp:
-            try:
-                path = client.download_artifacts(run.run_id, f"records/{dataset}.csv", tmp)
-            except Exception:  # this cell was not evaluated on that dataset
+            path = store.download(run.run_id, f"records/{dataset}.csv", tmp)
+            if path is None:  # this cell was not evaluated on that dataset
                 continue
             df = pd.read_csv(path)
         df["cell"] = run.cell

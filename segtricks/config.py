@@ -1,12 +1,16 @@
-"""The run configuration: nested dataclasses, strict YAML loading, canonical hashing.
+"""The run configuration: nested dataclasses, one merge path for every source of values, hashing.
 
-One ``Config`` describes one ablation cell. Loading is strict: an unknown key or a value of the
-wrong type is an error naming the file and the key path, before anything runs. ``resolved_yaml``
-is what every run logs; ``training_hash`` identifies the trained weights (post-processing, output
-paths and the epoch budget are left out, so cells that differ only in those share a training).
+One ``Config`` describes one ablation cell. Every source of values is a ``Layer`` (a mapping of
+dotted keys, and where it came from): a YAML file, a grid's ``set:`` and axis entries, a study's
+``set:`` and sampled parameters, each ``--set key=value`` flag. ``compose(layers)`` merges them in
+order and validates strictly: an unknown key or a value of the wrong type is an error naming the
+layer that set it (file and line where there is one, or the flag) and the key path, before anything
+runs. ``resolved_yaml`` is what every run logs; ``config_hash`` identifies a cell (the training's
+identity is ``segtricks.training.training_hash``).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -14,15 +18,20 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from segtricks.tricks import TRICKS, get_tricks
-
 
 class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file and the key."""
+    """A config that cannot be used; the message names the source and the key.
+
+    ``key`` is the dotted key path at fault where there is one (used to blame the layer that set it).
+    """
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 # How a trained model is scored (SPEC §7, §8.2–8.4). "ours": BatchNorm in eval mode, foreground
@@ -130,17 +139,17 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return _convert(value, inner, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}", where)
         return _build(tp, value, where)
     if origin in (list, List):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {value!r}", where)
         (inner,) = typing.get_args(tp)
         return [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (tuple, Tuple):
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}", where)
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -151,7 +160,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             pass
     if tp in (int, str, bool) and type(value) is tp:
         return value
-    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}", where)
 
 
 def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
@@ -159,37 +168,95 @@ def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}",
+                          f"{where}.{unknown[0]}" if where else unknown[0])
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
 
-def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:
-    """Build a Config from nested dicts; missing keys keep their defaults."""
+@dataclass
+class Layer:
+    """One source of config values: ``values`` maps dotted keys (``optim.lr``) or top-level keys to
+    values, each replacing what earlier layers set there; ``source`` names it in errors."""
+
+    values: Dict[str, Any]
+    source: str
+
+
+def _blame(origin: Dict[str, str], key: str, default: str) -> str:
+    """The source of the layer that last set ``key`` or the nearest key above it."""
+    best = ""
+    for k in origin:
+        if (key == k or key.startswith(k + ".") or key.startswith(k + "[")) and len(k) > len(best):
+            best = k
+    return origin.get(best, default)
+
+
+def compose(layers: Sequence[Layer]) -> Config:
+    """Merge ``layers`` in order over the defaults and validate the result (see the module docstring)."""
+    data: Dict[str, Any] = {}
+    origin: Dict[str, str] = {}
+    for layer in layers:
+        for key, value in layer.values.items():
+            key = str(key)
+            set_dotted(data, key, copy.deepcopy(value))
+            for k in [k for k in origin if k.startswith(key + ".")]:
+                del origin[k]  # replaced together with the mapping above them
+            origin[key] = layer.source
+    default = layers[0].source if layers else "<defaults>"
     try:
-        cfg = _build(Config, data or {}, "")
+        cfg = _build(Config, data, "")
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{_blame(origin, exc.key, default)}: {exc}", exc.key) from None
     if cfg.eval_protocol not in EVAL_PROTOCOLS:
-        raise ConfigError(f"{source}: eval_protocol: expected one of {', '.join(EVAL_PROTOCOLS)}, "
-                          f"got {cfg.eval_protocol!r}")
+        raise ConfigError(f"{_blame(origin, 'eval_protocol', default)}: eval_protocol: expected one of "
+                          f"{', '.join(EVAL_PROTOCOLS)}, got {cfg.eval_protocol!r}", "eval_protocol")
     return cfg
 
 
-def load_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None) -> Config:
-    """Read a YAML config file (optionally with dotted-key overrides applied on top)."""
+def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:
+    """Build a Config from nested dicts; missing keys keep their defaults."""
+    return compose([Layer(data or {}, source)])
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> Dict[str, Any]:
+    """A YAML file whose top level is a mapping; a missing file or bad YAML is one clear error."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
-    for key, value in (overrides or {}).items():
-        set_dotted(data, key, value)
-    return config_from_dict(data, str(path))
+    return data
+
+
+def load_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None, flags: Sequence[str] = ()) -> Config:
+    """A YAML config file, then ``overrides`` (dotted keys), then ``--set key=value`` flags."""
+    layers = [Layer(read_yaml_mapping(path), str(path))]
+    if overrides:
+        layers.append(Layer(overrides, f"overrides of {path}"))
+    return compose([*layers, *set_flag_layers(flags)])
+
+
+def set_flag_layers(flags: Sequence[str]) -> List[Layer]:
+    """``["optim.lr=1e-3", "tricks=[crop,gf]"]`` → one layer per flag (values parsed as YAML), each
+    named ``--set <flag>`` in errors."""
+    layers = []
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {flag!r}: expected key=value, e.g. --set optim.lr=1e-3")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {flag!r}: the value is not valid YAML: {exc}") from None
+        layers.append(Layer({key.strip(): parsed}, f"--set {flag}"))
+    return layers
 
 
 def set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:
@@ -208,7 +275,8 @@ def resolved_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=True)
 
 
-def _sha256(obj: Any) -> str:
+def canonical_sha256(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no spaces)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -216,24 +284,4 @@ def config_hash(cfg: Config) -> str:
     """sha256 of the canonical resolved config (everything but where outputs go)."""
     d = to_dict(cfg)
     d.pop("output_dir")
-    return _sha256(d)
-
-
-def training_hash(cfg: Config) -> str:
-    """sha256 of what determines the trained weights.
-
-    Left out: post-processing tricks and their parameter sections, the evaluation datasets and
-    protocol, output paths, the device, data-loader workers and the epoch budget (a longer run
-    continues a shorter one). A training trick's parameter section counts only when that trick is on.
-    """
-    d = to_dict(cfg)
-    for key in ("output_dir", "device", "eval", "maps", "eval_protocol"):
-        d.pop(key)
-    d["data"].pop("num_workers")
-    d["optim"].pop("epochs")
-    tricks = get_tricks(cfg.tricks)
-    d["tricks"] = sorted(t.name for t in tricks if t.stage == "train")
-    for name in TRICKS:
-        if name in d and name not in d["tricks"]:
-            d.pop(name)
-    return _sha256(d)
+    return canonical_sha256(d)

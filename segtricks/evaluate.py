@@ -22,8 +22,9 @@ import torch
 from segtricks.config import EVAL_PROTOCOLS, Config, ConfigError, DatasetRef, load_config
 from segtricks.evaluation import evaluate_maps, evaluate_model
 from segtricks.metrics import PROTOCOLS
-from segtricks.model import SegmentationModel, load_trained
+from segtricks.model import SegmentationModel
 from segtricks.trainer import resolve_device
+from segtricks.training import Training
 
 
 def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Config]:
@@ -33,7 +34,7 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Con
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training folder?")
     cfg = load_config(cfg_path)
-    return load_trained(cfg, ckpt_path), cfg
+    return Training(cfg, run_dir).model(which=which), cfg
 
 
 def format_table(results: Dict[str, float]) -> str:

@@ -11,28 +11,37 @@ A grid file (``experiments/<name>.yaml``)::
       tricks:
         - {name: baseline, set: {tricks: []}}
         - {name: crop+gf, set: {tricks: [crop, gf]}}
+    table: {...}                 # optional: the paper table it regenerates (``analysis.layouts``)
 
-A cell's name joins its axis values (``dino_s8/crop+gf``); its config is base + ``set`` + the axis
-overrides + command-line ``--set``. Every cell is validated (keys, types, registered backbone,
-trick and dataset names) before anything runs; errors name the file and line.
+A cell's name joins its axis values (``dino_s8/crop+gf``); its config is composed from the layers
+base file, ``set``, the axis entries and command-line ``--set`` flags (``segtricks.config.compose``).
+Every cell is validated (keys, types, registered backbone, trick and dataset names) before anything
+runs; errors name the file and line, or the flag. Cells of one training hash share one ``Training``.
 """
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
 from segtricks.backbones import BACKBONES
-from segtricks.config import Config, ConfigError, config_from_dict, config_hash, set_dotted, training_hash
+from segtricks.config import Config, ConfigError, Layer, compose, config_hash, read_yaml_mapping, set_flag_layers
 from segtricks.datasets import DATASETS
 from segtricks.registry import UnknownNameError
+from segtricks.training import Training
 from segtricks.tricks import TRICKS
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+GRID_KEYS = ("name", "description", "base", "set", "axes", "table")
+
+
+def experiments_dir() -> Path:
+    """``./experiments`` when the working directory has one (a user's own grids), else the one
+    beside the package (a source checkout)."""
+    here = Path.cwd() / "experiments"
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "experiments"
 
 
 @dataclass
@@ -40,12 +49,16 @@ class Cell:
     name: str
     cfg: Config
     config_hash: str
-    training_hash: str
+    training: Optional[Training]  # None for cells that score precomputed maps
 
     @property
     def trains(self) -> bool:
         """Whether the cell needs a trained model (cells scoring precomputed maps do not)."""
-        return self.cfg.maps is None
+        return self.training is not None
+
+    @property
+    def training_hash(self) -> str:
+        return self.training.hash if self.training else ""
 
 
 @dataclass
@@ -54,6 +67,7 @@ class Grid:
     path: Path
     cells: List[Cell]
     description: str = ""
+    table: Optional[Dict[str, Any]] = None  # the paper table's layout and published values
 
 
 def experiment_file(name_or_path: str, kind: str, plural: str, prefix: str, known: Callable[[], List[str]]) -> Path:
@@ -63,9 +77,10 @@ def experiment_file(name_or_path: str, kind: str, plural: str, prefix: str, know
         if not path.is_file():
             raise ConfigError(f"{kind} file {path} does not exist")
         return path
-    path = EXPERIMENTS / f"{prefix}{name_or_path}.yaml"
+    folder = experiments_dir()
+    path = folder / f"{prefix}{name_or_path}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown {kind} {name_or_path!r}; {plural} in {EXPERIMENTS}: {', '.join(known())}")
+        raise ConfigError(f"unknown {kind} {name_or_path!r}; {plural} in {folder}: {', '.join(known())}")
     return path
 
 
@@ -75,7 +90,16 @@ def grid_path(name_or_path: str) -> Path:
 
 
 def list_grids() -> List[str]:
-    return sorted(p.stem for p in EXPERIMENTS.glob("*.yaml") if "axes:" in p.read_text())
+    """Names of the grid files in the experiments folder (YAML mappings with ``axes``)."""
+    names = []
+    for path in sorted(experiments_dir().glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            continue  # reported when that grid is loaded, not while listing the others
+        if isinstance(data, dict) and "axes" in data:
+            names.append(path.stem)
+    return names
 
 
 def _line_of(node: yaml.Node, keys: List[Any]) -> Optional[int]:
@@ -94,21 +118,14 @@ def _line_of(node: yaml.Node, keys: List[Any]) -> Optional[int]:
 
 
 def _read_yaml(path: Path) -> tuple[Dict[str, Any], yaml.Node]:
-    try:
-        text = path.read_text()
-        data, node = yaml.safe_load(text), yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return data, node
+    data = read_yaml_mapping(path, "grid file")
+    return data, yaml.compose(path.read_text())
 
 
-def _apply(data: Dict[str, Any], overrides: Any, where: str) -> None:
+def _set_layer(overrides: Any, where: str) -> Layer:
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where}: 'set' must be a mapping of dotted keys to values, got {overrides!r}")
-    for key, value in overrides.items():
-        set_dotted(data, str(key), copy.deepcopy(value))
+    return Layer({str(k): v for k, v in overrides.items()}, where)
 
 
 def validate_names(cfg: Config, where: str) -> None:
@@ -123,50 +140,51 @@ def validate_names(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def load_grid(name_or_path: str, cli_overrides: Optional[Dict[str, Any]] = None,
-              output_root: str = "outputs") -> Grid:
-    """Expand a grid file into validated cells (errors name the file, line and key)."""
+def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs") -> Grid:
+    """Expand a grid file into validated cells (errors name the file, line and key, or the flag)."""
     path = grid_path(name_or_path)
     data, node = _read_yaml(path)
-    unknown = sorted(set(data) - {"name", "description", "base", "set", "axes"})
+    unknown = sorted(set(data) - set(GRID_KEYS))
     if unknown:
         raise ConfigError(f"{path}:{_line_of(node, [unknown[0]])}: unknown grid key(s) {', '.join(unknown)}; "
-                          f"valid: name, description, base, set, axes")
-    name = data.get("name", path.stem)
-    base: Dict[str, Any] = {}
+                          f"valid: {', '.join(GRID_KEYS)}")
+    layers: List[Layer] = []
     if "base" in data:
         base_path = path.parent / data["base"]
         if not base_path.is_file():
             raise ConfigError(f"{path}:{_line_of(node, ['base'])}: base config {base_path} does not exist")
-        base, _ = _read_yaml(base_path)
-    _apply(base, data.get("set", {}), f"{path}:{_line_of(node, ['set'])}")
+        layers.append(Layer(read_yaml_mapping(base_path), str(base_path)))
+    layers.append(_set_layer(data.get("set", {}), f"{path}:{_line_of(node, ['set'])}"))
     axes = data.get("axes") or {}
     if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
         raise ConfigError(f"{path}:{_line_of(node, ['axes'])}: 'axes' must map axis names to non-empty lists "
                           f"of {{name, set}} entries")
-    cells = []
+    flag_layers = set_flag_layers(flags)
+    cells, trainings = [], {}
     for combo in itertools.product(*[list(enumerate(v)) for v in axes.values()]):
-        cell_data = copy.deepcopy(base)
-        names = []
+        names, axis_layers = [], []
         for axis, (i, entry) in zip(axes, combo):
             where = f"{path}:{_line_of(node, ['axes', axis, i])}"
             if not isinstance(entry, dict) or "name" not in entry or set(entry) - {"name", "set"}:
                 raise ConfigError(f"{where}: axis {axis!r} entry {i} must be {{name: ..., set: {{...}}}}, got {entry!r}")
             names.append(str(entry["name"]))
-            _apply(cell_data, entry.get("set", {}), where)
+            axis_layers.append(_set_layer(entry.get("set", {}), where))
         cell_name = "/".join(names)
-        for key, value in (cli_overrides or {}).items():
-            set_dotted(cell_data, key, copy.deepcopy(value))
-        source = f"{path} (cell {cell_name})"
-        cfg = config_from_dict(cell_data, source)
-        validate_names(cfg, source)
-        th = training_hash(cfg)
-        # Trainings live by training hash, so cells differing only in post-processing share one.
-        cfg.output_dir = str(Path(output_root) / "trainings" / th[:16])
-        cells.append(Cell(cell_name, cfg, config_hash(cfg), th))
+        try:
+            cfg = compose([*layers, *axis_layers, *flag_layers])
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (cell {cell_name})", exc.key) from None
+        validate_names(cfg, f"{path} (cell {cell_name})")
+        training = None
+        if cfg.maps is None:  # trainings live by training hash: cells differing only in post-processing share one
+            training = Training.in_root(cfg, output_root)
+            training = trainings.setdefault(training.hash, training)
+            cfg.output_dir = str(training.dir)
+        cells.append(Cell(cell_name, cfg, config_hash(cfg), training))
     seen = {}
     for cell in cells:
         if cell.name in seen:
             raise ConfigError(f"{path}: two cells are both named {cell.name!r}; axis entry names must differ")
         seen[cell.name] = cell
-    return Grid(name, path, cells, str(data.get("description", "")).strip())
+    return Grid(data.get("name", path.stem), path, cells, str(data.get("description", "")).strip(),
+                data.get("table"))

@@ -20,7 +20,7 @@ class UnknownNameError(KeyError):
 
 
 class Registry:
-    """A name → callable table with loud duplicate and unknown-name errors."""
+    """A name → callable (or object) table with loud duplicate and unknown-name errors."""
 
     def __init__(self, kind: str, contract: str) -> None:
         self.kind = kind
@@ -33,10 +33,9 @@ class Registry:
         def deco(fn: T) -> T:
             key = name or fn.__name__
             if key in self._entries:
-                raise ValueError(
-                    f"{self.kind} {key!r} is already registered "
-                    f"(by {self._entries[key].__module__}.{self._entries[key].__qualname__})"
-                )
+                old = self._entries[key]
+                owner = getattr(old, "__qualname__", type(old).__qualname__)
+                raise ValueError(f"{self.kind} {key!r} is already registered (by {old.__module__}.{owner})")
             self._entries[key] = fn
             return fn
 

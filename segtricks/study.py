@@ -17,16 +17,14 @@ such as ``gf.radius`` never do).
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Sequence
 
 import optuna
-import yaml
 
-from segtricks.config import Config, ConfigError, DatasetRef, config_from_dict, set_dotted
-from segtricks.grid import EXPERIMENTS, experiment_file, validate_names
+from segtricks.config import Config, ConfigError, DatasetRef, Layer, compose, read_yaml_mapping, set_flag_layers
+from segtricks.grid import experiment_file, experiments_dir, validate_names
 from segtricks.metrics import PROTOCOLS
 
 TEST_DATASETS = ("duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k")
@@ -36,7 +34,7 @@ TEST_DATASETS = ("duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k")
 class StudySpec:
     name: str
     path: Path
-    base: Dict[str, Any]
+    layers: List[Layer]  # base file, set, objective dataset as validation split, --set flags
     objective_ref: DatasetRef
     metric: str
     direction: str
@@ -46,11 +44,8 @@ class StudySpec:
     n_trials: int = 8
 
     def config(self, params: Dict[str, Any]) -> Config:
-        """The trial's config: base + set + the sampled parameters."""
-        data = copy.deepcopy(self.base)
-        for key, value in params.items():
-            set_dotted(data, key, value)
-        return config_from_dict(data, f"{self.path} (params {params})")
+        """The trial's config: the study's layers, then the sampled parameters."""
+        return compose([*self.layers, Layer(params, f"{self.path} (params {params})")])
 
     def suggest(self, trial: optuna.Trial) -> Dict[str, Any]:
         out = {}
@@ -81,7 +76,7 @@ class StudySpec:
 def study_path(name_or_path: str) -> Path:
     """``demo`` → experiments/study_demo.yaml."""
     return experiment_file(name_or_path, "study", "studies", "study_",
-                           lambda: sorted(p.stem[len("study_"):] for p in EXPERIMENTS.glob("study_*.yaml")))
+                           lambda: sorted(p.stem[len("study_"):] for p in experiments_dir().glob("study_*.yaml")))
 
 
 def _check_param(path: Path, key: str, p: Any) -> None:
@@ -103,25 +98,19 @@ def _check_param(path: Path, key: str, p: Any) -> None:
     p["low"], p["high"] = (int(low), int(high)) if p["type"] == "int" else (low, high)
 
 
-def load_study(name_or_path: str, overrides: Optional[Dict[str, Any]] = None) -> StudySpec:
+def load_study(name_or_path: str, flags: Sequence[str] = ()) -> StudySpec:
     path = study_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
+    data = read_yaml_mapping(path, "study file")
     valid = {"name", "description", "base", "set", "objective", "search_space", "sampler", "pruner", "n_trials"}
     if set(data) - valid:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(set(data) - valid))}; valid: {', '.join(sorted(valid))}")
-    base: Dict[str, Any] = {}
+    layers: List[Layer] = []
     if "base" in data:
         base_path = path.parent / data["base"]
         if not base_path.is_file():
             raise ConfigError(f"{path}: base config {base_path} does not exist")
-        base = yaml.safe_load(base_path.read_text()) or {}
-    for key, value in {**(data.get("set") or {}), **(overrides or {})}.items():
-        set_dotted(base, key, value)
+        layers.append(Layer(read_yaml_mapping(base_path), str(base_path)))
+    layers.append(Layer(data.get("set") or {}, f"{path}: set"))
     obj = data.get("objective") or {}
     ref_data = obj.get("dataset") or {}
     try:
@@ -141,8 +130,8 @@ def load_study(name_or_path: str, overrides: Optional[Dict[str, Any]] = None) ->
         raise ConfigError(f"{path}: search_space is empty")
     for key, p in space.items():
         _check_param(path, key, p)
-    base.setdefault("data", {})["val"] = ref_data  # pruning reports the same validation split
-    spec = StudySpec(data.get("name", path.stem), path, base, ref, metric, direction, space,
+    layers.append(Layer({"data.val": ref_data}, f"{path}: objective.dataset"))  # pruning sees the same split
+    spec = StudySpec(data.get("name", path.stem), path, [*layers, *set_flag_layers(flags)], ref, metric, direction, space,
                      data.get("sampler") or {"name": "tpe", "seed": 0},
                      data.get("pruner") or {"name": "median", "n_warmup_steps": 1}, int(data.get("n_trials", 8)))
     cfg = spec.config({})  # the base and its overrides, before any parameter is blamed

@@ -1,8 +1,12 @@
-"""MLflow bookkeeping for ablation cells: store set-up, run lookup by config hash, claims, logging.
+"""The one MLflow interface of the project: a ``Store`` of experiments and runs, and ``RunLog``, one run.
 
-Default store: ``sqlite:///mlflow.db`` in the working directory, artifacts under ``./mlruns``
-(``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows them). ``--tracking-uri`` or
-``$MLFLOW_TRACKING_URI`` selects a tracking server instead.
+``ablate``, ``tune`` and ``analysis`` call only this module. Default store: ``sqlite:///mlflow.db``
+in the working directory, artifacts under ``./mlruns`` (``mlflow ui --backend-store-uri
+sqlite:///mlflow.db`` shows them). ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI`` selects a server.
+
+Metric names, one scheme everywhere: ``train.<term>`` and ``val.iou`` per epoch (step = epoch),
+``<dataset>.<metric>`` for evaluations under our protocol and ``<dataset>.reference.<metric>`` under
+the reference's, ``objective.<metric>`` for a study trial. Names with ``/`` are logged with ``.``.
 
 Claims: a worker owns a cell's run while its ``heartbeat`` tag (unix seconds, refreshed by a
 background thread) is fresh; a RUNNING run whose heartbeat is older than ``STALE_AFTER_S`` belongs
@@ -16,8 +20,10 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -26,7 +32,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+from segtricks.config import Config, resolved_yaml, to_dict
+from segtricks.trainer import Hook, LoopState
+
 # A claim is refreshed every HEARTBEAT_S and expires STALE_AFTER_S after the last refresh.
 HEARTBEAT_S = float(os.environ.get("SEGTRICKS_HEARTBEAT_S", 15))
 STALE_AFTER_S = float(os.environ.get("SEGTRICKS_STALE_AFTER_S", 90))
@@ -38,36 +46,6 @@ def tracking_uri(explicit: Optional[str] = None) -> str:
     workers must all reach the same file)."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def experiment_id(client: MlflowClient, name: str, description: str = "") -> str:
-    """The experiment named after the grid, created with artifacts under ./mlruns if new.
-
-    Tagged as a model-training experiment, so that ``mlflow ui`` opens on its runs table (MLflow 3
-    otherwise shows its GenAI overview), with the grid's description as the experiment note.
-    """
-    tags = {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": description}
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = None
-    if client.tracking_uri.startswith("sqlite:"):
-        location = (Path.cwd() / "mlruns").resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location, tags=tags)
-    except mlflow.exceptions.MlflowException:  # created by a concurrent worker just now
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def runs_by_hash(client: MlflowClient, exp_id: str) -> Dict[str, list]:
-    """Every run of the experiment grouped by its ``config_hash`` tag, oldest first."""
-    runs = client.search_runs([exp_id], max_results=50_000, order_by=["attributes.start_time ASC"])
-    out: Dict[str, list] = {}
-    for run in runs:
-        h = run.data.tags.get("config_hash")
-        if h:
-            out.setdefault(h, []).append(run)
-    return out
 
 
 def is_live(run) -> bool:
@@ -85,19 +63,6 @@ def flatten(d: Dict, prefix: str = "") -> Dict[str, str]:
         else:
             out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
     return out
-
-
-def log_params(client: MlflowClient, run_id: str, params: Dict[str, str]) -> None:
-    items = [Param(k, v[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i:i + 100])
-
-
-def log_metrics(client: MlflowClient, run_id: str, metrics: Dict[str, float], step: int = 0) -> None:
-    now = int(time.time() * 1000)
-    items = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
-    for i in range(0, len(items), 500):
-        client.log_batch(run_id, metrics=items[i:i + 500])
 
 
 def environment() -> Dict[str, str]:
@@ -120,23 +85,106 @@ def environment() -> Dict[str, str]:
     return env
 
 
+class RunLog:
+    """One MLflow run: tags, params, metrics, artifacts and its lifecycle."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.id = client, run_id
+
+    def tags(self) -> Dict[str, str]:
+        return self.client.get_run(self.id).data.tags
+
+    def experiment_id(self) -> str:
+        return self.client.get_run(self.id).info.experiment_id
+
+    def set_tags(self, tags: Dict[str, object]) -> None:
+        self.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, params: Dict[str, str]) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.id, params=items[i:i + 100])
+
+    def log_config(self, cfg: Config, params: bool = True) -> None:
+        """The resolved config (``config.yaml``), ``environment.json`` and, unless already logged
+        (a resumed run), the flattened config as params."""
+        self.client.log_text(self.id, resolved_yaml(cfg), "config.yaml")
+        self.client.log_dict(self.id, environment(), "environment.json")
+        if params:
+            self.log_params(flatten(to_dict(cfg)))
+
+    def log_metrics(self, metrics: Dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.id, metrics=items[i:i + 500])
+
+    def logged_steps(self, metric: str) -> set:
+        return {m.step for m in self.client.get_metric_history(self.id, metric)}
+
+    def log_epochs(self, history: List[Dict[str, float]]) -> None:
+        """Every epoch of a training history that the run does not show yet (a kill between an
+        epoch's checkpoint and its logging would otherwise lose it)."""
+        logged = self.logged_steps("train.loss")
+        for h in history:
+            if h["epoch"] not in logged:
+                self.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=int(h["epoch"]))
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.id, text, path)
+
+    def log_figure(self, fig, path: str) -> None:
+        self.client.log_figure(self.id, fig, path)
+
+    def log_file(self, path: Path, folder: Optional[str] = None) -> None:
+        self.client.log_artifact(self.id, str(path), folder)
+
+    def log_bytes(self, name: str, write, folder: Optional[str] = None) -> None:
+        """An artifact written by ``write(path)`` into a temporary file called ``name``."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            write(path)
+            self.client.log_artifact(self.id, str(path), folder)
+
+    def finish(self) -> None:
+        self.client.set_terminated(self.id, RunStatus.to_string(RunStatus.FINISHED))
+
+    def fail(self) -> None:
+        """FAILED, with the current exception's traceback as ``traceback.txt``."""
+        self.client.log_text(self.id, traceback.format_exc(), "traceback.txt")
+        self.client.set_terminated(self.id, RunStatus.to_string(RunStatus.FAILED))
+
+    def heartbeat(self) -> "Heartbeat":
+        return Heartbeat(self)
+
+
+class EpochLogger(Hook):
+    """Training hook: each finished epoch's metrics to the run, at step = epoch."""
+
+    def __init__(self, run: RunLog) -> None:
+        self.run = run
+
+    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
+        self.run.log_metrics(metrics, step=state.epoch)
+
+
 class Heartbeat:
     """Refreshes a run's ``heartbeat`` tag in the background while a worker holds the cell."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
+    def __init__(self, run: RunLog) -> None:
+        self.run = run
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                self.client.set_tag(self.run_id, "heartbeat", str(time.time()))
+                self.run.set_tags({"heartbeat": time.time()})
             except Exception:  # a missed beat only risks a takeover after STALE_AFTER_S
                 pass
 
     def __enter__(self) -> "Heartbeat":
-        self.client.set_tag(self.run_id, "heartbeat", str(time.time()))
+        self.run.set_tags({"heartbeat": time.time(), "worker": WORKER})
         self._thread.start()
         return self
 
@@ -145,27 +193,65 @@ class Heartbeat:
         self._thread.join()
 
 
-def create_claimed_run(client: MlflowClient, exp_id: str, name: str, tags: Dict[str, str]) -> Optional[str]:
-    """Create a RUNNING run for a cell, or None when another worker's run for it won the race."""
-    tags = {**tags, "heartbeat": str(time.time()), "worker": WORKER}
-    run = client.create_run(exp_id, tags=tags, run_name=name)
-    rival = [r for r in client.search_runs([exp_id], f"tags.config_hash = '{tags['config_hash']}'",
-                                           order_by=["attributes.start_time ASC"])
-             if r.info.status in ("RUNNING", "FINISHED")]
-    rival.sort(key=lambda r: (r.info.start_time, r.info.run_id))
-    if rival and rival[0].info.run_id != run.info.run_id:
-        client.delete_run(run.info.run_id)
-        return None
-    return run.info.run_id
+class Store:
+    """A tracking store (``uri``): experiments, and the runs of this project in them."""
 
+    def __init__(self, uri: Optional[str] = None) -> None:
+        self.uri = tracking_uri(uri)
+        self.client = MlflowClient(self.uri)
 
-def finish(client: MlflowClient, run_id: str, ok: bool) -> None:
-    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+    def experiment(self, name: str, description: str = "", create: bool = True) -> Optional[str]:
+        """The id of the experiment ``name``, created (artifacts under ./mlruns for SQLite) if new.
 
+        Tagged as a model-training experiment, so that ``mlflow ui`` opens on its runs table (MLflow 3
+        otherwise shows its GenAI overview), with ``description`` as the experiment note.
+        """
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None or not create:
+            return None if exp is None else exp.experiment_id
+        tags = {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": description}
+        location = (Path.cwd() / "mlruns").resolve().as_uri() if self.uri.startswith("sqlite:") else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location, tags=tags)
+        except mlflow.exceptions.MlflowException:  # created by a concurrent worker just now
+            return self.client.get_experiment_by_name(name).experiment_id
 
-def set_tags(client: MlflowClient, run_id: str, tags: Dict[str, str]) -> None:
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    def runs(self, exp_id: str, where: str = "") -> list:
+        """Runs of an experiment matching an MLflow filter (``tags.x = 'y'``), oldest first."""
+        return self.client.search_runs([exp_id], where, max_results=50_000, order_by=["attributes.start_time ASC"])
 
+    def runs_by_hash(self, exp_id: str) -> Dict[str, list]:
+        """Every cell run of the experiment grouped by its ``config_hash`` tag, oldest first."""
+        out: Dict[str, list] = {}
+        for run in self.runs(exp_id):
+            h = run.data.tags.get("config_hash")
+            if h:
+                out.setdefault(h, []).append(run)
+        return out
 
-def finished_runs(runs: List) -> List:
-    return [r for r in runs if r.info.status == "FINISHED"]
+    def run(self, run_id: str) -> RunLog:
+        return RunLog(self.client, run_id)
+
+    def start(self, exp_id: str, name: str, tags: Dict[str, str], parent: Optional[str] = None) -> RunLog:
+        """A new RUNNING run (nested under ``parent`` when given)."""
+        tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
+        return RunLog(self.client, self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id)
+
+    def claim(self, exp_id: str, name: str, tags: Dict[str, str]) -> Optional[RunLog]:
+        """A RUNNING run for a cell, or None when another worker's run for it won the race."""
+        run = self.start(exp_id, name, {**tags, "heartbeat": str(time.time()), "worker": WORKER})
+        rival = [r for r in self.runs(exp_id, f"tags.config_hash = '{tags['config_hash']}'")
+                 if r.info.status in ("RUNNING", "FINISHED")]
+        rival.sort(key=lambda r: (r.info.start_time, r.info.run_id))
+        if rival and rival[0].info.run_id != run.id:
+            self.client.delete_run(run.id)
+            return None
+        return run
+
+    def download(self, run_id: str, path: str, folder: str) -> Optional[str]:
+        """A run's artifact downloaded into ``folder``, or None when the run has no such artifact."""
+        parent = str(Path(path).parent) if "/" in path else None
+        names = {a.path for a in self.client.list_artifacts(run_id, parent)}
+        if path not in names:
+            return None
+        return self.client.download_artifacts(run_id, path, folder)

@@ -6,23 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Dict, List
-
-import yaml
+from typing import List
 
 from segtricks.config import ConfigError, load_config
-from segtricks.trainer import train
-
-
-def parse_overrides(pairs: List[str]) -> Dict[str, object]:
-    """``["optim.lr=1e-3", "tricks=[crop,gf]"]`` → {"optim.lr": 0.001, "tricks": ["crop", "gf"]}."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set optim.lr=1e-3")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+from segtricks.training import ConfigMismatchError, CorruptTrainingError, Training
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -32,17 +19,17 @@ def main(argv: List[str] | None = None) -> int:
                         help="override a config key (dotted path), repeatable")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config, parse_overrides(args.set))
-    except ConfigError as exc:
+        training = Training(load_config(args.config, flags=args.set))
+        status = training.run()
+    except (ConfigError, ConfigMismatchError, CorruptTrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result = train(cfg)
-    last = result.history[-1] if result.history else {}
-    print(f"weights: {cfg.backbone.name} ({result.weights_id})")
-    print(f"best checkpoint: {result.best_checkpoint} (epoch {result.best_epoch + 1})")
-    if "val/iou" in last:
-        best = max(h["val/iou"] for h in result.history)
-        print(f"validation IoU: best {best:.3f}, last {last['val/iou']:.3f}")
+    history = training.history()
+    print(f"weights: {training.cfg.backbone.name} ({status.weights_id})")
+    print(f"best checkpoint: {training.best_path} (epoch {status.best_epoch + 1})")
+    if history and "val.iou" in history[-1]:
+        best = max(h["val.iou"] for h in history)
+        print(f"validation IoU: best {best:.3f}, last {history[-1]['val.iou']:.3f}")
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -26,16 +25,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import yaml  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from segtricks import tracking  # noqa: E402
-from segtricks.config import ConfigError, training_hash  # noqa: E402
+from segtricks.config import ConfigError  # noqa: E402
 from segtricks.evaluation import evaluate_model  # noqa: E402
-from segtricks.model import load_trained  # noqa: E402
 from segtricks.study import StudySpec, load_study  # noqa: E402
-from segtricks.train import parse_overrides  # noqa: E402
-from segtricks.trainer import resolve_device, train  # noqa: E402
+from segtricks.trainer import Hook, LoopState, resolve_device  # noqa: E402
+from segtricks.training import Training  # noqa: E402
 from segtricks.tricks import post_trick_names  # noqa: E402
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -63,95 +60,92 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
                            f"(PostgreSQL: pip install 'psycopg[binary]')") from None
 
 
-def mlflow_parent(client: MlflowClient, spec: StudySpec) -> str:
-    exp_id = tracking.experiment_id(client, f"study-{spec.name}", f"Optuna study {spec.name} ({spec.path})")
-    found = client.search_runs([exp_id], f"tags.study = '{spec.name}' and tags.role = 'study'")
+def mlflow_parent(store: tracking.Store, spec: StudySpec) -> tracking.RunLog:
+    exp_id = store.experiment(f"study-{spec.name}", f"Optuna study {spec.name} ({spec.path})")
+    found = store.runs(exp_id, f"tags.study = '{spec.name}' and tags.role = 'study'")
     if found:
-        return found[0].info.run_id
-    run = client.create_run(exp_id, tags={"study": spec.name, "role": "study"}, run_name=f"study {spec.name}")
-    tracking.log_params(client, run.info.run_id, {"objective": f"{spec.objective_ref.name}/{spec.objective_ref.split}"
-                                                  f".{spec.metric}", "direction": spec.direction,
-                                                  "n_trials": str(spec.n_trials)})
-    return run.info.run_id
+        return store.run(found[0].info.run_id)
+    run = store.start(exp_id, f"study {spec.name}", {"study": spec.name, "role": "study"})
+    run.log_params({"objective": f"{spec.objective_ref.name}/{spec.objective_ref.split}.{spec.metric}",
+                    "direction": spec.direction, "n_trials": str(spec.n_trials)})
+    return run
 
 
-def objective_fn(spec: StudySpec, client: MlflowClient, parent: str, output_root: str, device: str):
-    exp_id = client.get_run(parent).info.experiment_id
+class Pruning(Hook):
+    """Training hook: reports each epoch's validation IoU to the trial and stops a trial the pruner
+    rejects (the epoch's checkpoint is already saved, so an equal later trial resumes it)."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.epochs_run: List[int] = []
+
+    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
+        self.epochs_run.append(state.epoch)
+        self.trial.report(metrics["val.iou"], state.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {state.epoch + 1} (validation IoU {metrics['val.iou']:.3f})")
+
+
+def objective_fn(spec: StudySpec, store: tracking.Store, parent: tracking.RunLog, output_root: str, device: str):
+    exp_id = parent.experiment_id()
 
     def objective(trial: optuna.Trial) -> float:
         params = spec.suggest(trial)
-        cfg = spec.config(params)
-        th = training_hash(cfg)
-        cfg.output_dir = str(Path(output_root) / "trainings" / th[:16])
-        trial.set_user_attr("training_hash", th)
-        run = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, "study": spec.name,
-                                              "trial": str(trial.number), "training_hash": th},
-                                run_name=f"trial {trial.number}")
-        rid = run.info.run_id
-        tracking.log_params(client, rid, {k: str(v) for k, v in params.items()})
-        epochs_run: List[int] = []
-
-        def report(epoch: int, metrics: Dict[str, float]) -> None:
-            epochs_run.append(epoch)
-            tracking.log_metrics(client, rid, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
-            trial.report(metrics["val/iou"], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch + 1} (validation IoU {metrics['val/iou']:.3f})")
-
+        training = Training.in_root(spec.config(params), output_root)
+        cfg = training.cfg
+        trial.set_user_attr("training_hash", training.hash)
+        run = store.start(exp_id, f"trial {trial.number}", {"study": spec.name, "trial": str(trial.number),
+                                                             "training_hash": training.hash}, parent=parent.id)
+        run.log_params({k: str(v) for k, v in params.items()})
+        pruning = Pruning(trial)
         try:
-            result = train(cfg, on_epoch_end=report)
-            trial.set_user_attr("trained", bool(epochs_run))
+            training.run([tracking.EpochLogger(run), pruning])
+            trial.set_user_attr("trained", bool(pruning.epochs_run))
             dev = resolve_device(device)
-            model = load_trained(cfg, result.best_checkpoint).to(dev)
-            ev = evaluate_model(model, cfg, spec.objective_ref, post_trick_names(cfg.tricks), dev,
+            ev = evaluate_model(training.model(dev), cfg, spec.objective_ref, post_trick_names(cfg.tricks), dev,
                                 with_structure=spec.metric in ("s_measure", "max_e_measure", "mean_e_measure"),
                                 progress=False)
             value = ev.results()[spec.metric]
         except optuna.TrialPruned:
-            trial.set_user_attr("trained", bool(epochs_run))
-            tracking.set_tags(client, rid, {"optuna.state": "PRUNED", "pruned": "true"})
-            tracking.finish(client, rid, ok=True)
+            trial.set_user_attr("trained", bool(pruning.epochs_run))
+            run.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
+            run.finish()
             raise
         except Exception:
-            tracking.set_tags(client, rid, {"optuna.state": "FAIL"})
-            tracking.finish(client, rid, ok=False)
+            run.set_tags({"optuna.state": "FAIL"})
+            run.fail()
             raise
-        tracking.log_metrics(client, rid, {f"objective.{spec.metric}": value})
-        tracking.set_tags(client, rid, {"optuna.state": "COMPLETE", "pruned": "false",
-                                        "trained": str(bool(epochs_run)).lower()})
-        tracking.finish(client, rid, ok=True)
+        run.log_metrics({f"objective.{spec.metric}": value})
+        run.set_tags({"optuna.state": "COMPLETE", "pruned": "false", "trained": str(bool(pruning.epochs_run)).lower()})
+        run.finish()
         return value
 
     return objective
 
 
-def log_study(client: MlflowClient, parent: str, study: optuna.Study) -> None:
+def log_study(parent: tracking.RunLog, study: optuna.Study) -> None:
     """Best parameters and the study's plots on the parent run."""
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    tracking.log_metrics(client, parent, {"n_complete": len(complete), "n_pruned": sum(
-        t.state == TrialState.PRUNED for t in study.trials)})
+    parent.log_metrics({"n_complete": len(complete), "n_pruned": sum(t.state == TrialState.PRUNED for t in study.trials)})
     if not complete:
         return
-    tracking.set_tags(client, parent, {f"best.{k}": v for k, v in study.best_params.items()})
-    tracking.log_metrics(client, parent, {"best_value": study.best_value})
+    parent.set_tags({f"best.{k}": v for k, v in study.best_params.items()})
+    parent.log_metrics({"best_value": study.best_value})
     plots = {"optimization_history": optuna.visualization.matplotlib.plot_optimization_history,
              "slice": optuna.visualization.matplotlib.plot_slice}
     if len(complete) >= 2 and len(study.best_params) >= 2:
         plots["param_importances"] = optuna.visualization.matplotlib.plot_param_importances
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, plot in plots.items():
-            try:
-                ax = plot(study)
-            except (ValueError, RuntimeError) as exc:  # e.g. importances of constant objectives
-                print(f"note: {name} plot skipped: {exc}", file=sys.stderr)
-                continue
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-            fig.set_size_inches(8, 5)
-            fig.tight_layout()
-            path = Path(tmp) / f"{name}.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            client.log_artifact(parent, str(path), "plots")
+    for name, plot in plots.items():
+        try:
+            ax = plot(study)
+        except (ValueError, RuntimeError) as exc:  # e.g. importances of constant objectives
+            print(f"note: {name} plot skipped: {exc}", file=sys.stderr)
+            continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+        fig.set_size_inches(8, 5)
+        fig.tight_layout()
+        parent.log_bytes(f"{name}.png", lambda path: fig.savefig(path, dpi=120), "plots")
+        plt.close(fig)
 
 
 def best_override(study: optuna.Study) -> str:
@@ -171,14 +165,14 @@ def tune(spec: StudySpec, storage: str, n_trials: Optional[int] = None, tracking
         study.enqueue_trial(params, skip_if_exists=True)
     total = n_trials if n_trials is not None else spec.n_trials
     done = sum(t.state in DONE for t in study.trials)
-    client = MlflowClient(tracking.tracking_uri(tracking_uri))
-    parent = mlflow_parent(client, spec)
+    store = tracking.Store(tracking_uri)
+    parent = mlflow_parent(store, spec)
     if done < total:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective_fn(spec, client, parent, output_root, device), n_trials=total - done,
+        study.optimize(objective_fn(spec, store, parent, output_root, device), n_trials=total - done,
                        callbacks=[optuna.study.MaxTrialsCallback(total, states=DONE)], catch=(RuntimeError,),
                        show_progress_bar=True)
-    log_study(client, parent, study)
+    log_study(parent, study)
     return study
 
 
@@ -195,7 +189,7 @@ def main(argv: List[str] | None = None) -> int:
     args = ap.parse_args(argv)
     storage = args.storage or default_storage()
     try:
-        spec = load_study(args.study, parse_overrides(args.set))
+        spec = load_study(args.study, args.set)
         if args.best:
             study = open_study(spec, storage)
             if not any(t.state == TrialState.COMPLETE for t in study.trials):

@@ -1,7 +1,7 @@
 import pytest
 
-from segtricks.config import (Config, ConfigError, config_from_dict, config_hash, load_config,
-                              resolved_yaml, training_hash)
+from segtricks.config import Config, ConfigError, config_from_dict, config_hash, load_config, resolved_yaml
+from segtricks.training import training_hash
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):

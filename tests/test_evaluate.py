@@ -6,7 +6,7 @@ from conftest import require_shared
 from segtricks.config import Config, DatasetRef, config_from_dict
 from segtricks.evaluate import main
 from segtricks.evaluation import evaluate_maps
-from segtricks.trainer import train
+from segtricks.training import Training
 
 
 def test_maps_cli_prints_table_and_writes_records(tmp_path, capsys):
@@ -55,7 +55,7 @@ def test_run_cli_scores_a_trained_model_with_corloc(tmp_path, capsys):
         "backbone": {"name": "demo_vit4"},
         "data": {"train": {"name": "synthetic", "limit": 8}, "image_size": 32, "resize_short": 36, "num_workers": 0},
         "optim": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 1}, "output_dir": str(tmp_path / "run")})
-    train(cfg)
+    Training(cfg).run()
     assert main(["--run", str(tmp_path / "run"), "--dataset", "synthetic", "--split", "test", "--limit", "6",
                  "--post", "gf"]) == 0
     text = capsys.readouterr().out

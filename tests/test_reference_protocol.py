@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segtricks.config import ConfigError, DatasetRef, config_from_dict, training_hash
+from segtricks.config import ConfigError, DatasetRef, config_from_dict
+from segtricks.training import training_hash
 from segtricks.evaluate import main
 from segtricks.evaluation import evaluate_maps, evaluate_model, reference_boxes, reference_mask
 from segtricks.model import build_model

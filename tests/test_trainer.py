@@ -6,7 +6,8 @@ from segtricks import checkpoint, losses
 from segtricks.config import config_from_dict
 from segtricks.predict import predict_masks, select_foreground
 from segtricks.registry import UnknownNameError
-from segtricks.trainer import ConfigMismatchError, NonFiniteLossError, train
+from segtricks.trainer import Hook, NonFiniteLossError
+from segtricks.training import ConfigMismatchError, Training
 
 
 def tiny(tmp_path, name="run", **over):
@@ -32,8 +33,24 @@ class Interrupt(Exception):
     pass
 
 
+class OnEpoch(Hook):
+    """Calls fn(epoch, metrics) after each epoch (after the checkpoint)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def after_epoch(self, state, metrics):
+        self.fn(state.epoch, metrics)
+
+
+def trained(cfg, *hooks):
+    training = Training(cfg)
+    training.run(hooks)
+    return training
+
+
 def test_resumed_training_ends_with_the_same_weights(tmp_path):
-    full = train(tiny(tmp_path, "full"))
+    full = trained(tiny(tmp_path, "full"))
 
     def stop_after_first_epoch(epoch, metrics):
         if epoch == 0:
@@ -41,23 +58,23 @@ def test_resumed_training_ends_with_the_same_weights(tmp_path):
 
     cfg = tiny(tmp_path, "resumed")
     with pytest.raises(Interrupt):
-        train(cfg, on_epoch_end=stop_after_first_epoch)
+        trained(cfg, OnEpoch(stop_after_first_epoch))
     assert checkpoint.load(cfg.output_dir + "/last.pt")["epoch"] == 0
     seen = []
-    resumed = train(cfg, on_epoch_end=lambda e, m: seen.append(e))
+    resumed = trained(cfg, OnEpoch(lambda e, m: seen.append(e)))
     assert seen == [1]  # only the second epoch ran
-    a = checkpoint.load(full.last_checkpoint)["head"]
-    b = checkpoint.load(resumed.last_checkpoint)["head"]
+    a = checkpoint.load(full.last_path)["head"]
+    b = checkpoint.load(resumed.last_path)["head"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert full.history == resumed.history
+    assert full.history() == resumed.history()
 
 
 def test_training_changes_the_head_and_is_deterministic(tmp_path):
     cfg = tiny(tmp_path, "a", optim__epochs=1)
-    first = checkpoint.load(train(cfg).last_checkpoint)["head"]
-    second = checkpoint.load(train(tiny(tmp_path, "b", optim__epochs=1)).last_checkpoint)["head"]
+    first = checkpoint.load(trained(cfg).last_path)["head"]
+    second = checkpoint.load(trained(tiny(tmp_path, "b", optim__epochs=1)).last_path)["head"]
     torch.manual_seed(cfg.seed)
     from segtricks.model import build_model
     init = build_model(cfg).head.state_dict()
@@ -67,31 +84,31 @@ def test_training_changes_the_head_and_is_deterministic(tmp_path):
 
 def test_finished_training_does_no_more_work(tmp_path):
     cfg = tiny(tmp_path)
-    train(cfg)
+    trained(cfg)
     ran = []
-    result = train(cfg, on_epoch_end=lambda e, m: ran.append(e))
-    assert ran == [] and len(result.history) == 2
+    result = trained(cfg, OnEpoch(lambda e, m: ran.append(e)))
+    assert ran == [] and len(result.history()) == 2
 
 
 def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
-    result = train(tiny(tmp_path, optim__epochs=3))
-    ious = [h["val/iou"] for h in result.history]
-    best = checkpoint.load(result.best_checkpoint)
-    assert best["epoch"] == result.best_epoch == ious.index(max(ious))
+    result = trained(tiny(tmp_path, optim__epochs=3))
+    ious = [h["val.iou"] for h in result.history()]
+    best = checkpoint.load(result.best_path)
+    assert best["epoch"] == result.status().best_epoch == ious.index(max(ious))
     assert best["weights_id"] == "random-init"
-    assert (result.output_dir / "config.yaml").read_text().count("demo_vit4") == 1
+    assert (result.dir / "config.yaml").read_text().count("demo_vit4") == 1
 
 
 def test_output_dir_of_another_config_is_refused(tmp_path):
-    train(tiny(tmp_path, optim__epochs=1))
+    trained(tiny(tmp_path, optim__epochs=1))
     with pytest.raises(ConfigMismatchError, match="another config"):
-        train(tiny(tmp_path, optim__epochs=1, optim__lr=1e-3))
+        trained(tiny(tmp_path, optim__epochs=1, optim__lr=1e-3))
 
 
 def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
     monkeypatch.setattr(losses, "fine_graph_tv", lambda *a, **k: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1: fine_tv=nan"):
-        train(tiny(tmp_path))
+        trained(tiny(tmp_path))
 
 
 @pytest.mark.parametrize("over,error,match", [
@@ -101,7 +118,7 @@ def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
 ])
 def test_bad_cell_fails_before_training(tmp_path, over, error, match):
     with pytest.raises(error, match=match):
-        train(tiny(tmp_path, **over))
+        trained(tiny(tmp_path, **over))
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
@@ -110,7 +127,7 @@ def test_prediction_uses_running_batchnorm_statistics(tmp_path):
     cfg = tiny(tmp_path, optim__epochs=1)
     from segtricks.model import build_model
     model = build_model(cfg)
-    model.head.load_state_dict(checkpoint.load(train(cfg).last_checkpoint)["head"])
+    model.head.load_state_dict(checkpoint.load(trained(cfg).last_path)["head"])
     model.train()
     torch.manual_seed(0)
     images = torch.rand(4, 3, 32, 32)

@@ -124,7 +124,7 @@ def test_trial_of_a_killed_worker_is_failed_and_retried(in_tmp, monkeypatch):
     assert [t.state.name for t in study.trials] == ["RUNNING"]
     time.sleep(4.5)  # its heartbeat goes stale (grace 2 s; SQLite's clock has 1 s resolution)
     monkeypatch.setenv("SEGTRICKS_OPTUNA_HEARTBEAT_S", "1")
-    spec = load_study(str(path), {"optim.epochs": 1})
+    spec = load_study(str(path), ["optim.epochs=1"])
     study = tune(spec, storage, n_trials=1)
     states = [t.state.name for t in study.trials]
     assert states[0] == "FAIL" and "COMPLETE" in states[1:]  # detected, failed, and its parameters retried
