@@ -25,7 +25,7 @@ from typing import List, Optional
 import matplotlib.pyplot as plt
 
 from analysis.figures import pick_examples, plot_iou_vs_size, plot_qualitative, read_samples
-from analysis.paper import LAYOUTS
+from analysis.paper import table_grids
 from analysis.runs import NoRunsError, load_records, load_runs
 from analysis.tables import build_table, layout_for, to_latex, to_markdown
 from segtricks import tracking
@@ -120,7 +120,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     ap.add_argument("--no-log", action="store_true", help="do not log tables and figures back to MLflow")
     args = ap.parse_args(argv)
-    grids = args.grid or list(LAYOUTS)
+    grids = args.grid or table_grids()
     found = 0
     for grid in grids:
         try:

@@ -6,7 +6,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pandas as pd
 
-from analysis.paper import DATASET_LABELS, LAYOUTS, METRIC_LABELS, PUBLISHED, TableLayout
+from analysis.paper import DATASET_LABELS, METRIC_LABELS, TableLayout, table_layout
 
 PROTOCOL_NOTES = {
     "acc": "`acc` (pixel accuracy at 0.5)",
@@ -23,9 +23,10 @@ REFERENCE_PROTOCOL = ("'ref. protocol': the same runs scored under the reference
 
 
 def layout_for(grid: str, runs: pd.DataFrame) -> TableLayout:
-    """The paper's layout for known grids; otherwise rows = cells, columns = logged datasets."""
-    if grid in LAYOUTS:
-        return LAYOUTS[grid]
+    """The layout the grid file declares; otherwise rows = cells, columns = logged datasets."""
+    layout = table_layout(grid)
+    if layout is not None:
+        return layout
     metrics = [c for c in runs.columns if "." in c and not c.startswith(("train.", "val."))
                and ".reference." not in c]
     datasets = tuple(sorted({c.split(".")[0] for c in metrics}))
@@ -51,7 +52,7 @@ def build_table(grid: str, runs: pd.DataFrame) -> Tuple[pd.DataFrame, List[str],
             for m in layout.metrics:
                 values, ref_values = (done[col].dropna().to_numpy() if (len(done) and col in done) else np.array([])
                                       for col in (f"{d}.{m}", f"{d}.reference.{m}"))
-                paper = PUBLISHED.get((grid, cell, d, m))
+                paper = layout.published.get((cell, d, m))
                 mean = float(values.mean()) if values.size else np.nan
                 rows.append({"cell": cell, "dataset": d, "metric": m, "mean": mean,
                              "std": float(values.std(ddof=1)) if values.size > 1 else np.nan,
@@ -77,7 +78,7 @@ def caption(grid: str, layout: TableLayout, runs: pd.DataFrame, with_reference: 
     parts.append("Datasets: " + ", ".join(DATASET_LABELS.get(d, d) for d in layout.datasets) + ".")
     parts.append("Protocols: " + "; ".join(PROTOCOL_NOTES.get(m, f"`{m}`") for m in layout.metrics) + ".")
     parts.append(OUR_PROTOCOL + ("; " + REFERENCE_PROTOCOL if with_reference else "") + ".")
-    published = any(key[0] == grid for key in PUBLISHED)
+    published = bool(layout.published)
     parts.append("Ours: mean ± std over seeds (n runs) where several"
                  + ("; paper: published value; Δ = ours − paper." if published else "; no published values."))
     return " ".join(parts)

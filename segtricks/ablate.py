@@ -109,8 +109,8 @@ def print_plan(grid: Grid, steps: List[Step]) -> None:
     print(f"grid {grid.name} ({grid.path}): {len(steps)} cells, {len(trainings)} trainings")
     width = max(len(s.cell.name) for s in steps)
     for s in steps:
-        print(f"  {s.cell.name:<{width}}  {s.cell.config_hash[:12]}  train {s.cell.training_hash[:12]:<12}  "
-              f"{s.action.value:<14} {s.reason}")
+        training = f"train {s.cell.training_hash[:12]} ({s.cell.training.status()})" if s.cell.trains else "maps"
+        print(f"  {s.cell.name:<{width}}  {s.cell.config_hash[:12]}  {training:<40}  {s.action.value:<14} {s.reason}")
 
 
 def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:

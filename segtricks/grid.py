@@ -122,6 +122,18 @@ def _read_yaml(path: Path) -> tuple[Dict[str, Any], yaml.Node]:
     return data, yaml.compose(path.read_text())
 
 
+def base_and_set_layers(path: Path, data: Dict[str, Any], base_where: str, set_where: str) -> List[Layer]:
+    """The layers an experiment file (grid or study) starts from: its ``base`` config file (relative
+    to it), then its ``set:`` overrides. ``*_where`` name those entries in errors."""
+    layers: List[Layer] = []
+    if "base" in data:
+        base_path = path.parent / data["base"]
+        if not base_path.is_file():
+            raise ConfigError(f"{base_where}: base config {base_path} does not exist")
+        layers.append(Layer(read_yaml_mapping(base_path), str(base_path)))
+    return layers + [_set_layer(data.get("set") or {}, set_where)]
+
+
 def _set_layer(overrides: Any, where: str) -> Layer:
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where}: 'set' must be a mapping of dotted keys to values, got {overrides!r}")
@@ -148,13 +160,7 @@ def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "
     if unknown:
         raise ConfigError(f"{path}:{_line_of(node, [unknown[0]])}: unknown grid key(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(GRID_KEYS)}")
-    layers: List[Layer] = []
-    if "base" in data:
-        base_path = path.parent / data["base"]
-        if not base_path.is_file():
-            raise ConfigError(f"{path}:{_line_of(node, ['base'])}: base config {base_path} does not exist")
-        layers.append(Layer(read_yaml_mapping(base_path), str(base_path)))
-    layers.append(_set_layer(data.get("set", {}), f"{path}:{_line_of(node, ['set'])}"))
+    layers = base_and_set_layers(path, data, f"{path}:{_line_of(node, ['base'])}", f"{path}:{_line_of(node, ['set'])}")
     axes = data.get("axes") or {}
     if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
         raise ConfigError(f"{path}:{_line_of(node, ['axes'])}: 'axes' must map axis names to non-empty lists "

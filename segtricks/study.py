@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Sequence
 import optuna
 
 from segtricks.config import Config, ConfigError, DatasetRef, Layer, compose, read_yaml_mapping, set_flag_layers
-from segtricks.grid import experiment_file, experiments_dir, validate_names
+from segtricks.grid import base_and_set_layers, experiment_file, experiments_dir, validate_names
 from segtricks.metrics import PROTOCOLS
 
 TEST_DATASETS = ("duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k")
@@ -104,13 +104,7 @@ def load_study(name_or_path: str, flags: Sequence[str] = ()) -> StudySpec:
     valid = {"name", "description", "base", "set", "objective", "search_space", "sampler", "pruner", "n_trials"}
     if set(data) - valid:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(set(data) - valid))}; valid: {', '.join(sorted(valid))}")
-    layers: List[Layer] = []
-    if "base" in data:
-        base_path = path.parent / data["base"]
-        if not base_path.is_file():
-            raise ConfigError(f"{path}: base config {base_path} does not exist")
-        layers.append(Layer(read_yaml_mapping(base_path), str(base_path)))
-    layers.append(Layer(data.get("set") or {}, f"{path}: set"))
+    layers = base_and_set_layers(path, data, str(path), f"{path}: set")
     obj = data.get("objective") or {}
     ref_data = obj.get("dataset") or {}
     try:
