@@ -26,7 +26,7 @@ def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = 
     rows = []
     for run in store.runs(exp_id):
         tags = run.data.tags
-        if "cell" not in tags:  # the analysis run itself, or foreign runs
+        if "cell" not in tags or "superseded_by" in tags:  # the analysis run, foreign runs, replaced results
             continue
         status = run.info.status
         if status == "RUNNING" and not tracking.is_live(run):

@@ -197,6 +197,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
     dev = resolve_device(device)
     summary: Dict[str, dict] = {}
     forced = set()
+    since_ms = int(time.time() * 1000) if force else None  # runs finished before this are history
     while True:
         steps = plan(grid, store.runs_by_hash(exp_id), force, rerun_failed)
         if force:  # --force reruns each cell once per invocation, not forever
@@ -216,7 +217,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
             if step.action is Action.RESUME:
                 run = store.run(step.run_id)
             else:
-                run = store.claim(exp_id, step.cell.name, cell_tags(grid, step.cell))
+                run = store.claim(exp_id, step.cell.name, cell_tags(grid, step.cell), since_ms)
                 if run is None:
                     continue  # another worker claimed this cell first
             forced.add(step.cell.name)
@@ -224,6 +225,8 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                 try:
                     results = execute(store, step, run, dev)
                     run.finish()
+                    if force:
+                        store.supersede(exp_id, run, step.cell.config_hash)
                     summary[step.cell.name] = {"cell": step.cell.name, "status": "FINISHED", "run_id": run.id,
                                                **results}
                 except Exception as exc:  # any failure of one cell: record it, go on with the grid
@@ -234,6 +237,8 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                     if fail_fast:
                         return list(summary.values())
             break  # plan again: what other workers did meanwhile changes what is left
+        else:
+            time.sleep(5)  # every cell left was claimed by another worker just now: let them start
         bar.close()
     return list(summary.values())
 

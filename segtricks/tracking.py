@@ -237,16 +237,27 @@ class Store:
         tags = {**tags, **({"mlflow.parentRunId": parent} if parent else {})}
         return RunLog(self.client, self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id)
 
-    def claim(self, exp_id: str, name: str, tags: Dict[str, str]) -> Optional[RunLog]:
-        """A RUNNING run for a cell, or None when another worker's run for it won the race."""
+    def claim(self, exp_id: str, name: str, tags: Dict[str, str], since_ms: Optional[int] = None) -> Optional[RunLog]:
+        """A RUNNING run for a cell, or None when another worker's run for it won the race.
+
+        Rivals are the cell's RUNNING runs and its FINISHED runs, except (``since_ms``, for
+        ``--force``) FINISHED runs started before that time: those are history, not claims."""
         run = self.start(exp_id, name, {**tags, "heartbeat": str(time.time()), "worker": WORKER})
         rival = [r for r in self.runs(exp_id, f"tags.config_hash = '{tags['config_hash']}'")
-                 if r.info.status in ("RUNNING", "FINISHED")]
+                 if r.info.status == "RUNNING"
+                 or r.info.status == "FINISHED" and (since_ms is None or r.info.start_time >= since_ms)]
         rival.sort(key=lambda r: (r.info.start_time, r.info.run_id))
         if rival and rival[0].info.run_id != run.id:
             self.client.delete_run(run.id)
             return None
         return run
+
+    def supersede(self, exp_id: str, run: RunLog, config_hash: str) -> None:
+        """Tag the cell's other FINISHED runs ``superseded_by=<run>``: they stay as history, and
+        ``run`` is the cell's current result (tables skip superseded runs)."""
+        for old in self.runs(exp_id, f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'"):
+            if old.info.run_id != run.id and "superseded_by" not in old.data.tags:
+                self.run(old.info.run_id).set_tags({"superseded_by": run.id})
 
     def download(self, run_id: str, path: str, folder: str) -> Optional[str]:
         """A run's artifact downloaded into ``folder``, or None when the run has no such artifact."""

@@ -9,7 +9,7 @@ import sys
 from typing import List
 
 from segtricks.config import ConfigError, load_config
-from segtricks.training import ConfigMismatchError, CorruptTrainingError, Training
+from segtricks.training import ConfigMismatchError, Training
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: List[str] | None = None) -> int:
     try:
         training = Training(load_config(args.config, flags=args.set))
         status = training.run()
-    except (ConfigError, ConfigMismatchError, CorruptTrainingError) as exc:
+    except (ConfigError, ConfigMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     history = training.history()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from segtricks import checkpoint
 from segtricks.config import Config, canonical_sha256, resolved_yaml, to_dict
@@ -33,10 +34,6 @@ from segtricks.tricks import TRICKS, get_tricks
 
 class ConfigMismatchError(RuntimeError):
     """The folder holds a training of a different training config."""
-
-
-class CorruptTrainingError(RuntimeError):
-    """A checkpoint of the training folder does not load; the message names the file and the fix."""
 
 
 def training_hash(cfg: Config) -> str:
@@ -72,7 +69,7 @@ class TrainingStatus:
     epochs: int = 0
     best_epoch: int = -1
     weights_id: str = ""
-    problem: str = ""  # CORRUPT: which file, and what to do
+    problem: str = ""  # CORRUPT: which file, and why
 
     def __str__(self) -> str:
         if self.state is State.PARTIAL:
@@ -195,8 +192,16 @@ class Training:
             return -1
 
     def _corrupt(self, path: Path, what: str) -> TrainingStatus:
-        return TrainingStatus(State.CORRUPT, epochs=self.cfg.optim.epochs,
-                              problem=f"{path} {what}; delete the folder {self.dir} to train again from scratch")
+        return TrainingStatus(State.CORRUPT, epochs=self.cfg.optim.epochs, problem=f"{path} {what}")
+
+    def _set_aside(self, problem: str) -> None:
+        """Keep a damaged training's files as ``<name>.corrupt`` (for inspection) so that it can
+        train again from scratch; the cause is printed with the file named."""
+        for path in (self.last_path, self.best_path, self.status_path):
+            if path.exists():
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+        tqdm.write(f"warning: {problem}; training {self.hash[:12]} starts again from scratch "
+                   f"(the damaged files are kept in {self.dir} as *.corrupt)")
 
     def _check_hash(self, found: str, path: Path) -> None:
         if found != self.hash:
@@ -208,6 +213,7 @@ class Training:
 
     def run(self, hooks: Sequence[Hook] = ()) -> TrainingStatus:
         """Train, or resume from ``last.pt``; a complete training returns at once, building nothing.
+        A corrupt one (a checkpoint that does not load) is set aside and trains again from scratch.
 
         ``hooks`` run after the built-in ones (validation, checkpointing, progress line), so an
         exception they raise stops training with the epoch already saved."""
@@ -215,7 +221,8 @@ class Training:
         if status.state is State.COMPLETE:
             return status
         if status.state is State.CORRUPT:
-            raise CorruptTrainingError(status.problem)
+            self._set_aside(status.problem)
+            status = self.status()
         cfg = self.cfg
         device = resolve_device(cfg.device)
         seed_everything(cfg.seed)

@@ -158,3 +158,59 @@ def test_reference_protocol_cell_logs_both_protocols_and_the_table_shows_both(in
     md = to_markdown(table, notes, cap)
     assert "Synthetic (test) IoU ref. protocol" in md and f"{m['synthetic.reference.iou']:.3f}" in md
     assert "inversion per batch of 8" in cap and "Evaluation protocol: ours" in cap
+
+
+def test_force_on_a_finished_grid_makes_one_new_run_per_cell_and_exits(in_tmp):
+    """Issue 11 defect 1: --force took the cell's FINISHED run for a rival claim and looped forever."""
+    from analysis.runs import load_runs
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}"])
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY]
+    assert subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True, timeout=300).returncode == 0
+    first = {r.data.tags["cell"]: r.info.run_id for r in runs(in_tmp)[1]}
+    result = subprocess.run(cmd + ["--force"], cwd=in_tmp, env=_env(in_tmp), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client, rs = runs(in_tmp)
+    assert len(rs) == 4 and all(r.info.status == "FINISHED" for r in rs)  # exactly one new run per cell
+    new = {r.data.tags["cell"]: r.info.run_id for r in rs if r.info.run_id not in first.values()}
+    for r in rs:
+        if r.info.run_id in first.values():  # the old result stays, as history
+            assert r.data.tags["superseded_by"] == new[r.data.tags["cell"]]
+    current = load_runs("mini", f"sqlite:///{in_tmp / 'mlflow.db'}")
+    assert sorted(current.run_id) == sorted(new.values())  # tables see only the current result
+    assert subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True, timeout=300).returncode == 0
+    assert len(runs(in_tmp)[1]) == 4
+
+
+def test_resumed_trainer_run_keeps_its_role_and_logs_its_last_epoch(in_tmp):
+    """Issue 11 defect 2: a run killed after its training's last checkpoint, resumed, tagged itself
+    model_from_run=<own id> and never logged the last epoch."""
+    grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"], epochs=2)
+    assert main(["--grid", str(grid), *TINY]) == 0
+    client, (done,) = runs(in_tmp)
+    # the state a kill leaves: training complete on disk, its run RUNNING with a dead heartbeat and
+    # only the first epoch logged
+    tags = {k: v for k, v in done.data.tags.items() if not k.startswith("mlflow.") and k != "heartbeat"}
+    killed = client.create_run(done.info.experiment_id, tags={**tags, "heartbeat": "0"}, run_name="only")
+    for key in ("train.loss", "val.iou"):
+        client.log_metric(killed.info.run_id, key, done.data.metrics[key], step=0)
+    client.delete_run(done.info.run_id)
+    assert main(["--grid", str(grid), *TINY]) == 0
+    client, (resumed,) = runs(in_tmp)
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["role"] == "train" and "model_from_run" not in resumed.data.tags
+    assert sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train.loss")) == [0, 1]
+
+
+def test_corrupt_checkpoint_retrains_that_cell_and_the_grid_goes_on(in_tmp, capsys):
+    """Issue 11 defect 4: a truncated last.pt crashed a --force rerun with an OSError naming no file."""
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}"])
+    assert main(["--grid", str(grid), *TINY]) == 0
+    (last,) = in_tmp.glob("outputs/trainings/*/last.pt")
+    last.write_bytes(last.read_bytes()[:5000])  # truncate -s 5000
+    capsys.readouterr()
+    assert main(["--grid", str(grid), "--force", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"{last.relative_to(in_tmp)} does not load" in out and "starts again from scratch" in out
+    assert checkpoint.load(last)["epoch"] == 0 and (last.parent / "last.pt.corrupt").is_file()
+    assert "2 cells: 2 run, 0 skipped, 0 failed" in out

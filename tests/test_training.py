@@ -10,7 +10,7 @@ from segtricks import checkpoint, model as model_module, training as training_mo
 from segtricks.ablate import main as ablate
 from segtricks.config import config_from_dict
 from segtricks.trainer import loss_terms
-from segtricks.training import CorruptTrainingError, State, Training
+from segtricks.training import State, Training
 from segtricks.tricks import TRICKS, TrainingTrick
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,16 +46,24 @@ def test_status_absent_partial_complete_and_corrupt(tmp_path):
     assert status.state is State.COMPLETE and status.epochs_done == 2 and status.weights_id == "random-init"
     info = json.loads(training.status_path.read_text())
     assert info["files"]["last.pt"] == training.last_path.stat().st_size and len(info["history"]) == 2
-    # a truncated last.pt is never complete: corrupt, naming the file, and run() refuses it
+    # a longer budget turns the complete training into a partial one that continues
+    assert Training(tiny(tmp_path, epochs=3)).status().state is State.PARTIAL
+    # a truncated last.pt is never complete: corrupt, naming the file
     data = training.last_path.read_bytes()
     training.last_path.write_bytes(data[:5000])
     status = training.status()
     assert status.state is State.CORRUPT and str(training.last_path) in status.problem
-    with pytest.raises(CorruptTrainingError, match="last.pt"):
-        training.run()
-    # a longer budget turns the complete training into a partial one that continues
-    training.last_path.write_bytes(data)
-    assert Training(tiny(tmp_path, epochs=3)).status().state is State.PARTIAL
+
+
+def test_corrupt_training_is_set_aside_and_trains_again(tmp_path, capsys):
+    training = Training(tiny(tmp_path))
+    training.run()
+    expected = training.history()
+    training.last_path.write_bytes(training.last_path.read_bytes()[:5000])  # truncate -s 5000
+    assert training.run().state is State.COMPLETE
+    assert (training.dir / "last.pt.corrupt").stat().st_size == 5000  # kept for inspection
+    assert f"{training.last_path} does not load" in capsys.readouterr().out
+    assert training.history() == expected  # from scratch, deterministically the same training
 
 
 def test_status_reads_the_small_file_not_the_weights(tmp_path, monkeypatch):
