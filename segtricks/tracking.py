@@ -149,10 +149,17 @@ class RunLog:
     def finish(self) -> None:
         self.client.set_terminated(self.id, RunStatus.to_string(RunStatus.FINISHED))
 
-    def fail(self) -> None:
-        """FAILED, with the current exception's traceback as ``traceback.txt``."""
-        self.client.log_text(self.id, traceback.format_exc(), "traceback.txt")
+    def fail(self, reason: Optional[str] = None) -> None:
+        """FAILED, with ``reason`` (default: the current exception's traceback) as ``traceback.txt``."""
+        self.client.log_text(self.id, reason or traceback.format_exc(), "traceback.txt")
         self.client.set_terminated(self.id, RunStatus.to_string(RunStatus.FAILED))
+
+    def status(self) -> str:
+        return self.client.get_run(self.id).info.status
+
+    def reopen(self) -> None:
+        """RUNNING again (a study parent run continued by a later invocation)."""
+        self.client.update_run(self.id, status="RUNNING")
 
     def heartbeat(self) -> "Heartbeat":
         return Heartbeat(self)

@@ -64,7 +64,9 @@ def mlflow_parent(store: tracking.Store, spec: StudySpec) -> tracking.RunLog:
     exp_id = store.experiment(f"study-{spec.name}", f"Optuna study {spec.name} ({spec.path})")
     found = store.runs(exp_id, f"tags.study = '{spec.name}' and tags.role = 'study'")
     if found:
-        return store.run(found[0].info.run_id)
+        parent = store.run(found[0].info.run_id)
+        parent.reopen()  # terminated by the previous invocation
+        return parent
     run = store.start(exp_id, f"study {spec.name}", {"study": spec.name, "role": "study"})
     run.log_params({"objective": f"{spec.objective_ref.name}/{spec.objective_ref.split}.{spec.metric}",
                     "direction": spec.direction, "n_trials": str(spec.n_trials)})
@@ -97,6 +99,7 @@ def objective_fn(spec: StudySpec, store: tracking.Store, parent: tracking.RunLog
         run = store.start(exp_id, f"trial {trial.number}", {"study": spec.name, "trial": str(trial.number),
                                                              "training_hash": training.hash}, parent=parent.id)
         run.log_params({k: str(v) for k, v in params.items()})
+        trial.set_user_attr("mlflow_run_id", run.id)  # closed FAILED if a killed worker leaves it RUNNING
         pruning = Pruning(trial)
         try:
             training.run([tracking.EpochLogger(run), pruning])
@@ -161,6 +164,7 @@ def tune(spec: StudySpec, storage: str, n_trials: Optional[int] = None, tracking
          output_root: str = "outputs", device: str = "auto",
          enqueue: Optional[List[Dict[str, Any]]] = None) -> optuna.Study:
     study = open_study(spec, storage)
+    study.sampler = spec.make_sampler(len(study.trials))
     for params in enqueue or []:
         study.enqueue_trial(params, skip_if_exists=True)
     total = n_trials if n_trials is not None else spec.n_trials
@@ -172,8 +176,22 @@ def tune(spec: StudySpec, storage: str, n_trials: Optional[int] = None, tracking
         study.optimize(objective_fn(spec, store, parent, output_root, device), n_trials=total - done,
                        callbacks=[optuna.study.MaxTrialsCallback(total, states=DONE)], catch=(RuntimeError,),
                        show_progress_bar=True)
+    close_failed_trial_runs(store, study)
     log_study(parent, study)
+    parent.finish()
     return study
+
+
+def close_failed_trial_runs(store: tracking.Store, study: optuna.Study) -> None:
+    """Trials that Optuna failed because their worker died (stale heartbeat) leave their MLflow run
+    RUNNING: close it FAILED, saying why."""
+    for t in study.trials:
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if t.state == TrialState.FAIL and run_id:
+            run = store.run(run_id)
+            if run.status() == "RUNNING":
+                run.fail(f"trial {t.number} failed: its worker stopped sending heartbeats (killed or lost); "
+                         f"Optuna retried its parameters as a new trial")
 
 
 def main(argv: List[str] | None = None) -> int:

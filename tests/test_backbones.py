@@ -39,6 +39,8 @@ def test_features_are_the_last_blocks_attention_keys(backbones, name):
     qkv = captured["qkv"]  # (1, 1 + 6, 3·C) for a 2×3 grid plus CLS
     heads = bb.vit.blocks[-1].attn.num_heads
     k = qkv.reshape(1, 7, 3, heads, -1)[:, 1:, 1].reshape(1, 6, -1)  # drop CLS, keys of all heads
+    if bb.rms is not None:  # the demo backbone rescales each token (directions, hence cosines, unchanged)
+        k = k * bb.rms / k.pow(2).mean(-1, keepdim=True).sqrt()
     ours = bb(x).flatten(2).transpose(1, 2)
     torch.testing.assert_close(ours, k)
 

@@ -130,3 +130,21 @@ def test_trial_of_a_killed_worker_is_failed_and_retried(in_tmp, monkeypatch):
     assert states[0] == "FAIL" and "COMPLETE" in states[1:]  # detected, failed, and its parameters retried
     retried = [t for t in study.trials[1:] if t.state.name == "COMPLETE"][0]
     assert retried.params == study.trials[0].params
+    # issue 11 defect 8: no MLflow run is left RUNNING, the killed trial's nor the study's
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("study-killed")
+    by_trial = {r.data.tags.get("trial"): r for r in client.search_runs([exp.experiment_id])}
+    assert by_trial["0"].info.status == "FAILED"
+    assert by_trial[None].info.status == "FINISHED"  # the study's parent run
+    assert all(r.info.status != "RUNNING" for r in by_trial.values())
+
+
+def test_a_continued_study_proposes_new_points(in_tmp):
+    """Issue 11 defect 7: each invocation seeded the sampler alike, so a continuation replayed trial k."""
+    space = {"gf.radius": "{type: int, low: 1, high: 40}", "gf.eps": "{type: float, low: 1.0e-6, high: 1.0, log: true}"}
+    path = write_study(in_tmp, name="cont", space=space)  # post-processing only: one shared training
+    assert main(["--study", str(path), "--n-trials", "2"]) == 0
+    assert main(["--study", str(path), "--n-trials", "4"]) == 0
+    trials = optuna.load_study(study_name="cont", storage=f"sqlite:///{in_tmp / 'optuna.db'}").trials
+    first, continued = [t.params for t in trials[:2]], [t.params for t in trials[2:]]
+    assert len(continued) == 2 and not any(p in first for p in continued)
