@@ -41,9 +41,6 @@ BETA2 = 0.3
 EPS = float(np.spacing(1))  # MATLAB's eps, as the S/E-measure reference code uses
 PROTOCOLS = ("acc", "iou", "max_fbeta", "max_fbeta_per_image", "max_fbeta_pr_curve",
              "mean_fbeta_adaptive", "mae", "s_measure", "max_e_measure", "mean_e_measure")
-# The protocols that rescale each map to its own [min, max] first, as the SOD toolboxes do.
-TOOLBOX_PROTOCOLS = ("max_fbeta_pr_curve", "mean_fbeta_adaptive", "mae", "s_measure", "max_e_measure",
-                     "mean_e_measure")
 
 
 def toolbox_rescale(pred: torch.Tensor) -> torch.Tensor:
