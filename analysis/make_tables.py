@@ -130,6 +130,12 @@ def main(argv: List[str] | None = None) -> int:
             if args.grid:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
+        except Exception as exc:
+            message = tracking.explain_store_error(exc, tracking.tracking_uri(args.tracking_uri))
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            return 1
     if not found:
         print(f"error: no grid of {', '.join(grids)} has runs in {tracking.tracking_uri(args.tracking_uri)}",
               file=sys.stderr)

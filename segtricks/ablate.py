@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from segtricks import figures, tracking
+from segtricks.checkpoint import NoSpaceError
 from segtricks.config import ConfigError, DatasetRef
-from segtricks.evaluation import evaluate_maps, evaluate_model
+from segtricks.evaluation import describe_skipped, evaluate_maps, evaluate_model, skipped_csv
 from segtricks.grid import Cell, Grid, load_grid
 from segtricks.trainer import resolve_device
 from segtricks.training import State
@@ -85,7 +86,10 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool) -> 
         if done and not force:
             steps.append(Step(cell, Action.SKIP, f"done (run {done[-1].info.run_id[:8]})"))
         elif live:
-            steps.append(Step(cell, Action.WAIT, f"running elsewhere ({live[0].data.tags.get('worker', '?')})"))
+            beat = time.time() - float(live[0].data.tags.get("heartbeat", 0))
+            steps.append(Step(cell, Action.WAIT, f"run {live[0].info.run_id[:8]} of worker "
+                              f"{live[0].data.tags.get('worker', '?')}: last heartbeat {beat:.0f} s ago, taken over "
+                              f"if silent for {tracking.STALE_AFTER_S:.0f} s", live[0].info.run_id))
         elif rerun_failed and not failed and not stale:
             steps.append(Step(cell, Action.SKIP, "not failed"))
         elif stale:
@@ -184,6 +188,10 @@ def execute(store: tracking.Store, step: Step, run: tracking.RunLog, device: tor
             name = ref.name if protocol == "ours" else f"{ref.name}.reference"
             results.update({f"{name}.{k}": v for k, v in ev.results().items()})
             run.log_text(ev.records().to_csv(index=False), f"records/{name}.csv")
+            if ev.skipped:
+                run.log_text(skipped_csv(ev.skipped), f"records/{name}.skipped.csv")
+                tqdm.write(f"cell {cell.name}: {describe_skipped(name, ev.skipped)} (listed in the run's "
+                           f"records/{name}.skipped.csv)")
             log_samples(run, cell, ref, ev.samples)
     run.log_metrics(results)
     return results
@@ -197,6 +205,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
     dev = resolve_device(device)
     summary: Dict[str, dict] = {}
     forced = set()
+    announced = set()  # (cell, run id) of the waits already reported
     since_ms = int(time.time() * 1000) if force else None  # runs finished before this are history
     while True:
         steps = plan(grid, store.runs_by_hash(exp_id), force, rerun_failed)
@@ -207,7 +216,12 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                 summary[s.cell.name] = {"cell": s.cell.name, "status": "skipped", "note": s.reason}
         todo = [s for s in steps if s.action not in (Action.SKIP, Action.WAIT) and s.cell.name not in summary]
         if not todo:
-            if any(s.action is Action.WAIT for s in steps):
+            waits = [s for s in steps if s.action is Action.WAIT]
+            for s in waits:  # say once what we wait for, not every 5 s
+                if (s.cell.name, s.run_id) not in announced:
+                    announced.add((s.cell.name, s.run_id))
+                    tqdm.write(f"waiting for cell {s.cell.name}: {s.reason}")
+            if waits:
                 time.sleep(5)  # other workers hold cells or train what they share; wait for them
                 continue
             break
@@ -230,9 +244,14 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                     summary[step.cell.name] = {"cell": step.cell.name, "status": "FINISHED", "run_id": run.id,
                                                **results}
                 except Exception as exc:  # any failure of one cell: record it, go on with the grid
-                    run.fail()
+                    try:
+                        run.fail()
+                    except Exception:  # the store itself failed: the run goes stale and is resumed later
+                        pass
                     summary[step.cell.name] = {"cell": step.cell.name, "status": "FAILED", "run_id": run.id,
                                                "note": f"{type(exc).__name__}: {exc}"[:200]}
+                    if isinstance(exc, NoSpaceError):
+                        raise  # every later cell would fail the same way
                     tqdm.write(f"cell {step.cell.name} FAILED: {type(exc).__name__}: {exc}")
                     if fail_fast:
                         return list(summary.values())
@@ -299,14 +318,24 @@ def main(argv: List[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uri = tracking.tracking_uri(args.tracking_uri)
-    store = tracking.Store(uri)
-    exp_id = store.experiment(grid.name, grid.description)  # before any worker starts
-    if args.dry_run:
-        print_plan(grid, plan(grid, store.runs_by_hash(exp_id), args.force, args.rerun_failed))
-        return 0
-    if args.workers > 1:
-        return spawn_workers(strip_workers(argv), args.workers)
-    rows = run_grid(grid, uri, args.force, args.rerun_failed, args.fail_fast, args.device)
+    try:
+        store = tracking.Store(uri)
+        exp_id = store.experiment(grid.name, grid.description)  # before any worker starts
+        if args.dry_run:
+            print_plan(grid, plan(grid, store.runs_by_hash(exp_id), args.force, args.rerun_failed))
+            return 0
+        if args.workers > 1:
+            return spawn_workers(strip_workers(argv), args.workers)
+        rows = run_grid(grid, uri, args.force, args.rerun_failed, args.fail_fast, args.device)
+    except NoSpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        message = tracking.explain_store_error(exc, uri)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     print_summary(grid, rows)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"\n{len(rows)} cells: {sum(r['status'] == 'FINISHED' for r in rows)} run, "

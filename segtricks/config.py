@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -211,7 +211,42 @@ def compose(layers: Sequence[Layer]) -> Config:
     if cfg.eval_protocol not in EVAL_PROTOCOLS:
         raise ConfigError(f"{_blame(origin, 'eval_protocol', default)}: eval_protocol: expected one of "
                           f"{', '.join(EVAL_PROTOCOLS)}, got {cfg.eval_protocol!r}", "eval_protocol")
+    for key, value, rule in _out_of_range(cfg):
+        raise ConfigError(f"{_blame(origin, key, default)}: {key}: expected {rule}, got {value!r}", key)
     return cfg
+
+
+def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
+    """(key, value, rule) of every value outside its allowed range: sizes and counts that would only
+    fail later (an epoch count of 0 trains nothing and leaves no checkpoint to evaluate)."""
+    at_least_1 = {"optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size,
+                  "data.image_size": cfg.data.image_size, "gf.radius": cfg.gf.radius,
+                  "crop.teacher_gf_radius": cfg.crop.teacher_gf_radius, "bf.cg_iterations": cfg.bf.cg_iterations}
+    if cfg.optim.steps_per_epoch is not None:
+        at_least_1["optim.steps_per_epoch"] = cfg.optim.steps_per_epoch
+    refs = [("data.train", cfg.data.train)] + ([("data.val", cfg.data.val)] if cfg.data.val else [])
+    refs += [(f"eval[{i}]", r) for i, r in enumerate(cfg.eval)]
+    at_least_1.update({f"{where}.limit": r.limit for where, r in refs if r.limit is not None})
+    for key, value in at_least_1.items():
+        if value < 1:
+            yield key, value, "an integer ≥ 1"
+    positive = {"optim.lr": cfg.optim.lr, "loss.sigma": cfg.loss.sigma, "gf.eps": cfg.gf.eps,
+                "crop.teacher_gf_eps": cfg.crop.teacher_gf_eps, "bf.sigma_spatial": cfg.bf.sigma_spatial,
+                "bf.sigma_luma": cfg.bf.sigma_luma, "bf.sigma_chroma": cfg.bf.sigma_chroma, "bf.lam": cfg.bf.lam}
+    for key, value in positive.items():
+        if not value > 0:
+            yield key, value, "a number > 0"
+    non_negative = {"data.num_workers": cfg.data.num_workers, "optim.weight_decay": cfg.optim.weight_decay,
+                    "loss.eps": cfg.loss.eps, "crop.eq_weight": cfg.crop.eq_weight,
+                    "crop.ncut_weight": cfg.crop.ncut_weight,
+                    **{f"loss.{k}": getattr(cfg.loss, k) for k in ("ncut", "fine_tv", "coarse_tv", "consistency")}}
+    for key, value in non_negative.items():
+        if value < 0:
+            yield key, value, "a number ≥ 0"
+    if not 0 < cfg.crop.frac <= 1:
+        yield "crop.frac", cfg.crop.frac, "a fraction in (0, 1]"
+    if cfg.data.resize_short < cfg.data.image_size:
+        yield "data.resize_short", cfg.data.resize_short, f"≥ data.image_size ({cfg.data.image_size})"
 
 
 def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:

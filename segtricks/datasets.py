@@ -17,7 +17,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -53,12 +53,20 @@ class Sample:
     boxes: Optional[np.ndarray] = None  # (K, 4) float: x0, y0, x1, y1 in pixels, x1/y1 exclusive
 
 
+@dataclass
+class Skipped:
+    """An item left out (``on_error: skip``): its id and why."""
+
+    id: str
+    reason: str
+
+
 class RawDataset:
     """Items loading as ``Sample``; subclasses set ``has_masks``/``has_boxes`` and implement the rest."""
 
     has_masks: bool = False
     has_boxes: bool = False
-    skipped: int = 0  # items left out while listing (on_error: skip)
+    skipped: Sequence[Skipped] = ()  # items left out while listing (on_error: skip)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -66,8 +74,13 @@ class RawDataset:
     def load(self, index: int) -> Sample:
         raise NotImplementedError
 
+    def item_id(self, index: int) -> str:
+        """The id of item ``index`` without loading it (names a file that fails to load)."""
+        return f"#{index}"
 
-def _open(path: Path, mode: str) -> Image.Image:
+
+def open_image(path: Path, mode: str) -> Image.Image:
+    """The image file at ``path`` converted to ``mode``; an unreadable file is a DatasetError naming it."""
     try:
         with Image.open(path) as im:
             return im.convert(mode)
@@ -80,7 +93,7 @@ class FilePairs(RawDataset):
     """Image files with optional mask files (binary: > 127 is foreground)."""
 
     items: List[Tuple[str, Path, Optional[Path]]]
-    skipped: int = 0
+    skipped: List[Skipped] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.has_masks = bool(self.items) and all(m is not None for _, _, m in self.items)
@@ -88,12 +101,15 @@ class FilePairs(RawDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def item_id(self, index: int) -> str:
+        return self.items[index][0]
+
     def load(self, index: int) -> Sample:
         item_id, image_path, mask_path = self.items[index]
-        image = _open(image_path, "RGB")
+        image = open_image(image_path, "RGB")
         mask = None
         if mask_path is not None:
-            mask = np.asarray(_open(mask_path, "L")) > 127
+            mask = np.asarray(open_image(mask_path, "L")) > 127
             if mask.shape != (image.height, image.width):
                 raise DatasetError(
                     f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]} but its image {image_path} is "
@@ -113,9 +129,12 @@ class BoxedImages(RawDataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def item_id(self, index: int) -> str:
+        return self.items[index][0]
+
     def load(self, index: int) -> Sample:
         item_id, image_path = self.items[index]
-        return Sample(item_id, _open(image_path, "RGB"), boxes=self.read_boxes(item_id))
+        return Sample(item_id, open_image(image_path, "RGB"), boxes=self.read_boxes(item_id))
 
 
 def dataset_root(ref: DatasetRef, folder: str, published: str, layout: str) -> Path:
@@ -147,7 +166,7 @@ def image_mask_pairs(image_dir: Path, mask_dir: Optional[Path], ref: DatasetRef)
         raise DatasetError(f"dataset {ref.name!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
     if mask_dir is not None and not mask_dir.is_dir():
         raise DatasetError(f"dataset {ref.name!r}: mask folder {mask_dir} does not exist")
-    items, skipped = [], 0
+    items, skipped = [], []
     for img in images:
         mask = None
         if mask_dir is not None:
@@ -156,7 +175,7 @@ def image_mask_pairs(image_dir: Path, mask_dir: Optional[Path], ref: DatasetRef)
                 if ref.on_error != "skip":
                     raise DatasetError(f"image {img} has no mask {mask} (add it, or set on_error: skip)")
                 _report_skip(ref, f"image {img} has no mask {mask}")
-                skipped += 1
+                skipped.append(Skipped(img.stem, f"no mask {mask}"))
                 continue
         items.append((img.stem, img, mask))
     return FilePairs(items[: ref.limit] if ref.limit else items, skipped)
@@ -339,15 +358,15 @@ def build_dataset(ref: DatasetRef) -> RawDataset:
     return DATASETS.get(ref.name)(ref)
 
 
-def load_or_skip(raw: RawDataset, index: int, on_error: str) -> Optional[Sample]:
-    """``raw.load(index)``; with ``on_error == "skip"`` a bad file is warned about and gives None."""
+def load_or_skip(raw: RawDataset, index: int, on_error: str) -> Union[Sample, Skipped]:
+    """``raw.load(index)``; with ``on_error == "skip"`` a bad file is warned about and gives ``Skipped``."""
     try:
         return raw.load(index)
     except DatasetError as exc:
         if on_error != "skip":
             raise
         warnings.warn(f"skipped: {exc}")
-        return None
+        return Skipped(raw.item_id(index), str(exc))
 
 
 class TrainView(Dataset):
@@ -371,7 +390,7 @@ class TrainView(Dataset):
 
     def __getitem__(self, index: int) -> Optional[torch.Tensor]:
         sample = load_or_skip(self.raw, index, self.on_error)
-        return None if sample is None else self.transform(sample.image)
+        return None if isinstance(sample, Skipped) else self.transform(sample.image)
 
     @staticmethod
     def collate(batch: List[Optional[torch.Tensor]]) -> torch.Tensor:
@@ -385,6 +404,7 @@ class EvalBatch:
     originals: List[torch.Tensor] = field(default_factory=list)  # (3, H, W) in [0, 1]
     masks: List[Optional[torch.Tensor]] = field(default_factory=list)  # (H, W) bool
     boxes: List[Optional[np.ndarray]] = field(default_factory=list)
+    skipped: List[Skipped] = field(default_factory=list)  # items of the batch that failed to load
 
 
 class EvalView(Dataset):
@@ -399,11 +419,11 @@ class EvalView(Dataset):
     def __len__(self) -> int:
         return len(self.raw)
 
-    def __getitem__(self, index: int) -> Optional[Sample]:
+    def __getitem__(self, index: int) -> Union[Sample, Skipped]:
         return load_or_skip(self.raw, index, self.on_error)
 
-    def collate(self, batch: List[Optional[Sample]]) -> EvalBatch:
-        samples = [s for s in batch if s is not None]
+    def collate(self, batch: List[Union[Sample, Skipped]]) -> EvalBatch:
+        samples = [s for s in batch if isinstance(s, Sample)]
         originals = [self.to_tensor(s.image) for s in samples]
         resized = [T.functional.resize(o, [self.size, self.size], antialias=True) for o in originals]
         return EvalBatch(
@@ -412,4 +432,5 @@ class EvalView(Dataset):
             originals=originals,
             masks=[None if s.mask is None else torch.from_numpy(s.mask) for s in samples],
             boxes=[s.boxes for s in samples],
+            skipped=[s for s in batch if isinstance(s, Skipped)],
         )

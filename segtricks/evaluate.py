@@ -42,6 +42,7 @@ def format_table(results: Dict[str, float]) -> str:
     lines = ["| protocol | value |", "|---|---|"]
     lines += [f"| {n} | {results[n]:.2f} |" if n == "corloc" else f"| {n} | {results[n]:.4f} |" for n in names]
     lines.append(f"| n_images | {int(results['n_images'])} |")
+    lines.append(f"| skipped | {int(results['skipped'])} |")
     return "\n".join(lines)
 
 
@@ -82,6 +83,10 @@ def main(argv: List[str] | None = None) -> int:
           f"{weights}, post-processing: {', '.join(args.post) or 'none'}, "
           f"evaluation protocol: {args.eval_protocol}\n")
     print(format_table(results))
+    if evaluator.skipped:
+        print(f"\nskipped {len(evaluator.skipped)} image(s) that could not be read:")
+        for image_id, reason in evaluator.skipped:
+            print(f"  {image_id}: {reason}")
     if args.out:
         records = evaluator.records()
         args.out.parent.mkdir(parents=True, exist_ok=True)

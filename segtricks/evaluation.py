@@ -15,18 +15,20 @@ Both return the streaming ``SaliencyEvaluator`` (``results()``, ``records()``).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from segtricks.config import EVAL_PROTOCOLS, Config, DatasetRef
-from segtricks.datasets import IMAGE_SUFFIXES, DatasetError, EvalView, Sample, build_dataset, load_or_skip
+from segtricks.datasets import (IMAGE_SUFFIXES, DatasetError, EvalView, Sample, Skipped, build_dataset,
+                                load_or_skip, open_image)
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
 from segtricks.predict import predict_masks, resize_to
@@ -85,12 +87,17 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
     _check_protocol(protocol)
     device = device or next(model.head.parameters()).device
     size = cfg.data.image_size
-    view = EvalView(build_dataset(ref), size, ref.on_error)
+    raw = build_dataset(ref)
+    view = EvalView(raw, size, ref.on_error)
     batch_size = REFERENCE_BATCH if protocol == "reference" else cfg.optim.batch_size
     loader = DataLoader(view, batch_size=batch_size, collate_fn=view.collate, num_workers=cfg.data.num_workers)
     evaluator = SaliencyEvaluator(with_structure=with_structure)
+    for s in raw.skipped:
+        evaluator.skip(s.id, s.reason)
     desc = f"evaluate {ref.name}" + (" (reference protocol)" if protocol == "reference" else "")
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for s in batch.skipped:
+            evaluator.skip(s.id, s.reason)
         if not batch.ids:
             continue
         if protocol == "reference":
@@ -108,6 +115,17 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
             if len(evaluator.samples) < keep_samples:
                 evaluator.samples.append((image_id, image, mask, pred.cpu()))
     return evaluator
+
+
+def describe_skipped(name: str, skipped: Sequence[tuple], shown: int = 10) -> str:
+    """One line: how many images of dataset ``name`` were skipped, and the first ``shown`` ids."""
+    ids = ", ".join(i for i, _ in skipped[:shown]) + (f", … ({len(skipped) - shown} more)" if len(skipped) > shown else "")
+    return f"{name}: skipped {len(skipped)} image(s) that could not be read: {ids}"
+
+
+def skipped_csv(skipped: Sequence[tuple]) -> str:
+    """The skipped images as CSV (image_id, reason): the artifact that lists them."""
+    return pd.DataFrame(list(skipped), columns=["image_id", "reason"]).to_csv(index=False)
 
 
 def find_map(maps_dir: Path, image_id: str) -> Path:
@@ -143,18 +161,23 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
     if not (raw.has_masks or raw.has_boxes):
         raise DatasetError(f"dataset {ref.name!r} has neither masks nor boxes to evaluate against")
     evaluator = SaliencyEvaluator(with_structure=with_structure)
+    for s in raw.skipped:
+        evaluator.skip(s.id, s.reason)
     label = maps_dir.name if maps_dir is not None else "centre prior"
     size = cfg.data.image_size
     for index in tqdm(range(len(raw)), desc=f"evaluate {label} on {ref.name}", disable=not progress):
         sample = load_or_skip(raw, index, ref.on_error)
-        if sample is None:
+        if isinstance(sample, Skipped):
+            evaluator.skip(sample.id, sample.reason)
             continue
         try:
             soft = (centre_prior(sample.image.height, sample.image.width) if maps_dir is None
                     else read_map(maps_dir, sample))
-        except DatasetError:
+        except DatasetError as exc:
             if ref.on_error != "skip":
                 raise
+            warnings.warn(f"skipped: {exc}")
+            evaluator.skip(sample.id, str(exc))
             continue
         image = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
         mask = None if sample.mask is None else torch.from_numpy(sample.mask)
@@ -172,10 +195,10 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
 
 
 def read_map(maps_dir: Path, sample: Sample) -> torch.Tensor:
-    """The sample's map as float64 in [0, 1]; a missing map or one of another size is an error."""
+    """The sample's map as float64 in [0, 1]; a missing, unreadable or wrongly sized map is a
+    DatasetError naming the file."""
     path = find_map(maps_dir, sample.id)
-    with Image.open(path) as im:
-        soft = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.float64) / 255.0)
+    soft = torch.from_numpy(np.asarray(open_image(path, "L"), dtype=np.float64) / 255.0)
     if soft.shape != (sample.image.height, sample.image.width):
         raise DatasetError(f"map {path} is {soft.shape[1]}×{soft.shape[0]} but image {sample.id} is "
                            f"{sample.image.width}×{sample.image.height}; maps must have their image's size")

@@ -149,6 +149,7 @@ class SaliencyEvaluator:
         self.sum_r_curve = torch.zeros(256, dtype=torch.float64)
         self.sum_e_curve = torch.zeros(256, dtype=torch.float64)
         self.rows: List[Dict[str, object]] = []
+        self.skipped: List[Tuple[str, str]] = []  # (id, reason) of images left out (on_error: skip)
         # (id, image (3,H,W), mask or None, prediction) of the first images, kept by the caller for figures
         self.samples: List[Tuple[str, torch.Tensor, Optional[torch.Tensor], torch.Tensor]] = []
         self.flush_every = 64  # images whose histograms wait for one batched curve computation
@@ -240,7 +241,7 @@ class SaliencyEvaluator:
         df = self.records()
         if df.empty:
             raise ValueError("no image was evaluated")
-        out: Dict[str, float] = {"n_images": len(df)}
+        out: Dict[str, float] = {"n_images": len(df), "skipped": len(self.skipped)}
         if "corloc_hit" in df:
             out["corloc"] = 100.0 * df["corloc_hit"].dropna().astype(float).mean()
         if self.n == 0:  # boxes only
@@ -258,6 +259,10 @@ class SaliencyEvaluator:
             e = self.sum_e_curve / self.n
             out.update(s_measure=df["s_measure"].mean(), max_e_measure=e.max().item(), mean_e_measure=e.mean().item())
         return {k: float(v) for k, v in out.items()}
+
+    def skip(self, image_id: str, reason: str) -> None:
+        """Count an image that could not be scored (``results()["skipped"]``, ``self.skipped``)."""
+        self.skipped.append((image_id, reason))
 
     def records(self) -> pd.DataFrame:
         """One row per image: id, object ratio, IoU, Acc, MAE, F values, … (for object-size analysis)."""

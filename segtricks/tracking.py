@@ -8,6 +8,11 @@ Metric names, one scheme everywhere: ``train.<term>`` and ``val.iou`` per epoch 
 ``<dataset>.<metric>`` for evaluations under our protocol and ``<dataset>.reference.<metric>`` under
 the reference's, ``objective.<metric>`` for a study trial. Names with ``/`` are logged with ``.``.
 
+First contact with a SQLite store is serialised by a file lock (``<db>.lock``), and a new store is
+created in a temporary file and renamed into place: a kill during MLflow's schema creation leaves no
+half-created ``mlflow.db``, and workers started at once on a fresh folder do not race the migration.
+Store failures (locked, read-only, not a database, half-migrated) become one ``StoreError`` line.
+
 Claims: a worker owns a cell's run while its ``heartbeat`` tag (unix seconds, refreshed by a
 background thread) is fresh; a RUNNING run whose heartbeat is older than ``STALE_AFTER_S`` belongs
 to a dead worker and is resumed by whoever finds it. Two workers that create a run for the same cell
@@ -15,8 +20,12 @@ at once both see both runs; the older run (start time, then run id) wins and the
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
 import os
+import sqlite3
 import platform
 import socket
 import subprocess
@@ -25,8 +34,9 @@ import threading
 import time
 import traceback
 from importlib import metadata
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -34,6 +44,10 @@ from mlflow.tracking import MlflowClient
 
 from segtricks.config import Config, resolved_yaml, to_dict
 from segtricks.trainer import Hook, LoopState
+
+# MLflow's SQL layer logs each database error with a traceback before raising it, and a note on store
+# creation; the raised error becomes one line here (explain_store_error), so those logs are noise.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 # A claim is refreshed every HEARTBEAT_S and expires STALE_AFTER_S after the last refresh.
 HEARTBEAT_S = float(os.environ.get("SEGTRICKS_HEARTBEAT_S", 15))
@@ -48,10 +62,129 @@ def tracking_uri(explicit: Optional[str] = None) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+class StoreError(RuntimeError):
+    """The tracking store cannot be used; the message names the store and what to do."""
+
+
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///`` URI (None for servers and databases in memory)."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?")[0])
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing) for the duration of the block."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _touch_store(uri: str) -> MlflowClient:
+    """A client whose store has been opened (MLflow creates or verifies the schema on first use)."""
+    client = MlflowClient(uri)
+    client.search_experiments(max_results=1)
+    return client
+
+
+def _create_sqlite_store(path: Path) -> None:
+    """A new store at ``path``: MLflow's schema is built in a temporary file beside it, which is
+    renamed into place once complete (a kill leaves at most the temporary file)."""
+    for left in path.parent.glob(f".{path.name}.*.creating*"):  # creators killed earlier left them (and journals)
+        left.unlink(missing_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    try:
+        _touch_store(f"sqlite:///{tmp}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _count_runs(path: Path) -> Optional[int]:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+def explain_store_error(exc: BaseException, uri: str) -> Optional[str]:
+    """One line saying what is wrong with the store and what to do, or None when ``exc`` is not a
+    store problem. Recognises SQLite's locked, read-only, not-a-database and half-migrated states."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    text, cause = "", exc
+    while cause is not None:  # MLflow wraps SQLAlchemy, which wraps sqlite3
+        text += f" {cause}"
+        cause = cause.__cause__ or cause.__context__
+    path = sqlite_path(uri)
+    where = str(path) if path else uri
+    if "database is locked" in text:
+        return (f"MLflow store {where} is locked by another process (SQLite lets one process write at a "
+                f"time); for concurrent workers run a tracking server (mlflow server) or use PostgreSQL "
+                f"(--tracking-uri postgresql://...)")
+    if "readonly database" in text or "read-only file system" in text.lower():
+        return (f"MLflow store {where} is read-only; make it and its folder writable, or point "
+                f"--tracking-uri at a writable store")
+    if "file is not a database" in text or "disk image is malformed" in text:
+        return (f"{where} is not a usable MLflow store (not a database, or damaged); move it aside "
+                f"(mv {where} {where}.broken) and rerun, or point --tracking-uri at another store")
+    if path is not None and any(m in text for m in ("already exists", "duplicate column", "out-of-date database schema",
+                                                     "alembic_version", "no such table", "no such column")):
+        runs = _count_runs(path)
+        if not runs:
+            return (f"{where} is a half-created MLflow store (its schema creation was interrupted) and holds "
+                    f"no runs: move it aside (mv {where} {where}.broken) and rerun")
+        return (f"{where} holds {runs} runs but its schema is not the one MLflow {mlflow.__version__} expects "
+                f"(an interrupted or older migration): back it up, then run: mlflow db upgrade sqlite:///{path}")
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"no space left on the device of MLflow store {where}; free space and rerun"
+    return None
+
+
+def open_client(uri: str) -> MlflowClient:
+    """A client on ``uri`` whose store exists and has MLflow's schema (see the module docstring)."""
+    path = sqlite_path(uri)
+    try:
+        if path is None:
+            return _touch_store(uri)
+        if not path.parent.is_dir():
+            raise StoreError(f"MLflow store {path}: folder {path.parent} does not exist")
+        if not path.exists():  # an existing file is complete: it was renamed into place whole
+            with file_lock(path.with_name(path.name + ".lock")):
+                if not path.exists():
+                    _create_sqlite_store(path)
+        return _touch_store(uri)
+    except Exception as exc:
+        message = explain_store_error(exc, uri)
+        if message is None:
+            raise
+        raise StoreError(message) from None
+
+
 def is_live(run) -> bool:
-    """RUNNING with a fresh heartbeat: a worker is on it right now."""
+    """RUNNING with a fresh heartbeat: a worker is on it right now (unless it ran on this machine
+    and its process is gone: then the run is taken over at once, without waiting for staleness)."""
     beat = float(run.data.tags.get("heartbeat", 0))
-    return run.info.status == "RUNNING" and time.time() - beat < STALE_AFTER_S
+    return run.info.status == "RUNNING" and time.time() - beat < STALE_AFTER_S and not worker_gone(run)
+
+
+def worker_gone(run) -> bool:
+    """The run's recorded worker (``host:pid``) ran on this host and that process no longer exists."""
+    host, _, pid = run.data.tags.get("worker", "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by another user
+        return False
+    return False
 
 
 def flatten(d: Dict, prefix: str = "") -> Dict[str, str]:
@@ -205,7 +338,7 @@ class Store:
 
     def __init__(self, uri: Optional[str] = None) -> None:
         self.uri = tracking_uri(uri)
-        self.client = MlflowClient(self.uri)
+        self.client = open_client(self.uri)
 
     def experiment(self, name: str, description: str = "", create: bool = True) -> Optional[str]:
         """The id of the experiment ``name``, created (artifacts under ./mlruns for SQLite) if new.

@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import List
 
+from segtricks.checkpoint import NoSpaceError
 from segtricks.config import ConfigError, load_config
 from segtricks.training import ConfigMismatchError, Training
 
@@ -24,6 +25,9 @@ def main(argv: List[str] | None = None) -> int:
     except (ConfigError, ConfigMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NoSpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     history = training.history()
     print(f"weights: {training.cfg.backbone.name} ({status.weights_id})")
     print(f"best checkpoint: {training.best_path} (epoch {status.best_epoch + 1})")

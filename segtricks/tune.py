@@ -14,6 +14,7 @@ equal training instead of training again. MLflow: one parent run per study, one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from segtricks import tracking  # noqa: E402
+from segtricks.checkpoint import NoSpaceError  # noqa: E402
 from segtricks.config import ConfigError  # noqa: E402
 from segtricks.evaluation import evaluate_model  # noqa: E402
 from segtricks.study import StudySpec, load_study  # noqa: E402
@@ -48,12 +50,15 @@ def default_storage() -> str:
 
 def open_study(spec: StudySpec, url: str) -> optuna.Study:
     heartbeat = int(os.environ.get("SEGTRICKS_OPTUNA_HEARTBEAT_S", 60))  # a trial is stale after 2 missed beats
+    path = tracking.sqlite_path(url)
     try:
-        storage = optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-        return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
-                                   sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
+        # workers started at once on a fresh SQLite file would race Optuna's table creation
+        with tracking.file_lock(path.with_name(path.name + ".lock")) if path else contextlib.nullcontext():
+            storage = optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+            return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+                                       sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
     except Exception as exc:  # SQLAlchemy/driver errors of every kind end in the same advice
         raise StorageError(f"cannot open study storage {url}: {type(exc).__name__}: {exc}. Check the URL, that the "
                            f"database server is running and reachable, and its driver is installed "
@@ -219,6 +224,15 @@ def main(argv: List[str] | None = None) -> int:
     except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NoSpaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        message = tracking.explain_store_error(exc, tracking.tracking_uri(args.tracking_uri))
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
     states = [t.state.name for t in study.trials]
     print(f"study {spec.name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
           f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed) in {storage}")

@@ -1,6 +1,8 @@
 """The ablation runner end to end on CPU: a reduced demo grid, in a scratch tracking store."""
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,8 +122,9 @@ def test_killed_training_resumes_in_the_same_run(in_tmp):
     proc.wait()
     done_epoch = checkpoint.load(last)["epoch"]
     assert done_epoch < 2
-    time.sleep(4.5)  # let the dead worker's claim expire
-    assert subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True).returncode == 0
+    # no wait for the claim to go stale: the dead worker ran on this host, and its pid is gone
+    env = {**_env(in_tmp), "SEGTRICKS_STALE_AFTER_S": "600"}
+    assert subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, timeout=300).returncode == 0
     client, rs = runs(in_tmp)
     assert len(rs) == 1 and rs[0].info.status == "FINISHED"  # the same run, resumed
     steps = [m.step for m in client.get_metric_history(rs[0].info.run_id, "train.loss")]
@@ -214,3 +217,78 @@ def test_corrupt_checkpoint_retrains_that_cell_and_the_grid_goes_on(in_tmp, caps
     assert f"{last.relative_to(in_tmp)} does not load" in out and "starts again from scratch" in out
     assert checkpoint.load(last)["epoch"] == 0 and (last.parent / "last.pt.corrupt").is_file()
     assert "2 cells: 2 run, 0 skipped, 0 failed" in out
+
+
+def test_disk_full_while_checkpointing_stops_with_one_line_and_keeps_the_last_checkpoint(in_tmp, monkeypatch, capsys):
+    """Issue 11: a full disk was `RuntimeError: [enforce fail at inline_container.cc:672]`, naming nothing."""
+    grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}"], epochs=2)
+    real_fsync = os.fsync
+
+    def full_after_first_last_pt(fd):  # the disk fills up while epoch 2's last.pt is written
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if ".last.pt." in name and list(in_tmp.glob("outputs/trainings/*/last.pt")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full_after_first_last_pt)
+    assert main(["--grid", str(grid), *TINY]) == 1
+    (last,) = in_tmp.glob("outputs/trainings/*/last.pt")
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and [line for line in err.splitlines() if "error" in line.lower()] == [
+        f"error: no space left writing {last.relative_to(in_tmp)} (the previous last.pt is intact); "
+        f"free space and rerun, the training resumes from its last checkpoint"]
+    assert checkpoint.load(last)["epoch"] == 0 and not list(last.parent.glob(".*.tmp"))
+    assert [r.info.status for r in runs(in_tmp)[1]] == ["FAILED"]  # the grid stopped: gf never started
+    monkeypatch.setattr(checkpoint.os, "fsync", real_fsync)
+    assert main(["--grid", str(grid), *TINY, "--rerun-failed"]) == 0  # space freed: resumes and completes
+    assert checkpoint.load(last)["epoch"] == 1
+
+
+def test_skipped_images_are_a_metric_and_an_artifact_of_the_run(in_tmp, capsys):
+    """Issue 11 defect 6: --skip-bad / on_error: skip dropped files without a count or a list."""
+    from PIL import Image
+    root, maps = in_tmp / "ds", in_tmp / "maps" / "folder"
+    for folder in (root / "images", root / "masks", maps):
+        folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (24, 16), (40 * i, 90, 10)).save(root / "images" / f"a{i}.png")
+        Image.new("L", (24, 16), 255 * (i % 2)).save(root / "masks" / f"a{i}.png")
+        if i != 1:
+            Image.new("L", (24, 16), 180).save(maps / f"a{i}.png")
+    grid = in_tmp / "maps.yaml"
+    grid.write_text(f"name: maps\nbase: {REPO / 'experiments' / 'demo_cell.yaml'}\n"
+                    f"set: {{maps: {in_tmp / 'maps'}, eval: [{{name: folder, root: {root}, on_error: skip}}]}}\n"
+                    f"axes:\n  post:\n    - {{name: none, set: {{tricks: []}}}}\n")
+    assert main(["--grid", str(grid)]) == 0
+    client, (run,) = runs(in_tmp, "maps")
+    assert run.data.metrics["folder.skipped"] == 1 and run.data.metrics["folder.n_images"] == 2
+    listed = Path(client.download_artifacts(run.info.run_id, "records/folder.skipped.csv", str(in_tmp))).read_text()
+    assert listed.splitlines()[0] == "image_id,reason" and listed.splitlines()[1].startswith("a1,no saliency map")
+    assert "folder: skipped 1 image(s) that could not be read: a1" in capsys.readouterr().out
+
+
+def test_a_dead_local_worker_is_taken_over_at_once_and_a_live_one_is_announced_once(in_tmp, monkeypatch, capsys):
+    """Issue 11: after a kill, a rerun waited silently up to 90 s for the dead worker's heartbeat."""
+    from segtricks import tracking
+    grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    store = tracking.Store()
+    exp = store.experiment("mini")
+    cell = load_grid(str(grid), TINY[1::2]).cells[0]
+    tags = {"config_hash": cell.config_hash, "training_hash": cell.training_hash, "cell": "only",
+            "heartbeat": str(time.time())}
+    mine = store.start(exp, "only", {**tags, "worker": f"{socket.gethostname()}:{dead.pid}"})
+    assert main(["--grid", str(grid), *TINY]) == 0  # resumed without waiting for staleness
+    client, (run,) = runs(in_tmp)
+    assert run.info.run_id == mine.id and run.info.status == "FINISHED"
+    assert "waiting" not in capsys.readouterr().out
+    # a worker on another machine with a fresh heartbeat is waited for, and that is said once
+    monkeypatch.setattr(tracking, "STALE_AFTER_S", 6)
+    client.delete_run(run.info.run_id)
+    other = store.start(exp, "only", {**tags, "heartbeat": str(time.time()), "worker": "elsewhere:1"})
+    assert main(["--grid", str(grid), *TINY]) == 0
+    assert [r.info.run_id for r in runs(in_tmp)[1]] == [other.id]  # taken over once stale
+    out = capsys.readouterr().out
+    assert out.count("waiting for cell only: run") == 1 and "of worker elsewhere:1" in out
+    assert "taken over if silent for 6 s" in out

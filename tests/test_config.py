@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from segtricks.config import Config, ConfigError, config_from_dict, config_hash, load_config, resolved_yaml
@@ -60,3 +62,20 @@ def test_training_hash_ignores_post_processing_and_epochs_only():
     assert training_hash(config_from_dict({"crop": {"frac": 0.3}})) == training_hash(config_from_dict({}))
     # the full config hash does see post-processing
     assert config_hash(config_from_dict({"tricks": ["crop", "gf"]})) != config_hash(base)
+
+
+@pytest.mark.parametrize("flag,match", [
+    ("optim.epochs=0", r"--set optim.epochs=0: optim.epochs: expected an integer ≥ 1, got 0"),
+    ("optim.batch_size=0", r"optim.batch_size: expected an integer ≥ 1, got 0"),
+    ("data.image_size=-32", r"data.image_size: expected an integer ≥ 1, got -32"),
+    ("data.train.limit=0", r"data.train.limit: expected an integer ≥ 1"),
+    ("optim.steps_per_epoch=-1", r"optim.steps_per_epoch: expected an integer ≥ 1"),
+    ("data.num_workers=-1", r"data.num_workers: expected a number ≥ 0"),
+    ("optim.lr=-1e-4", r"optim.lr: expected a number > 0"),
+    ("crop.frac=1.5", r"crop.frac: expected a fraction in \(0, 1\]"),
+    ("data.resize_short=32", r"data.resize_short: expected ≥ data.image_size \(64\), got 32"),
+])
+def test_out_of_range_sizes_are_refused_at_validation_naming_the_flag(flag, match):
+    """Issue 11: optim.epochs=0 trained nothing and failed later with FileNotFoundError ... best.pt."""
+    with pytest.raises(ConfigError, match=match):
+        load_config(Path(__file__).resolve().parents[1] / "experiments" / "demo_cell.yaml", flags=[flag])

@@ -63,7 +63,7 @@ def test_corrupt_image_names_the_file_and_skip_policy_counts(duts_te):
     view = EvalView(raw, 32, on_error="skip")
     with pytest.warns(UserWarning, match="im0.jpg"):
         batch = view.collate([view[i] for i in range(3)])
-    assert batch.ids == ["im1", "im2"]
+    assert batch.ids == ["im1", "im2"] and [s.id for s in batch.skipped] == ["im0"]
     train = TrainView(raw, 16, 20, on_error="skip")
     with pytest.warns(UserWarning):
         assert TrainView.collate([train[i] for i in range(3)]).shape == (2, 3, 16, 16)
@@ -75,7 +75,7 @@ def test_image_without_mask(duts_te):
         build_dataset(DatasetRef("duts_te", root=str(duts_te)))
     with pytest.warns(UserWarning, match="no mask"):
         raw = build_dataset(DatasetRef("duts_te", root=str(duts_te), on_error="skip"))
-    assert len(raw) == 2 and raw.skipped == 1
+    assert len(raw) == 2 and [s.id for s in raw.skipped] == ["im1"]
 
 
 VOC_XML = """<annotation><size><width>50</width><height>40</height></size>

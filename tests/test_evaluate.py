@@ -72,3 +72,42 @@ def test_centre_prior_baseline_matches_the_issue_measurement(capsys):
     iou = float(next(line for line in text.splitlines() if line.startswith("| iou |")).split("|")[2])
     assert iou == pytest.approx(0.33, abs=0.01)
     assert "centred Gaussian prior" in text
+
+
+def _folder_with_maps(tmp_path, n=3):
+    root, maps = tmp_path / "ds", tmp_path / "maps"
+    for folder in (root / "images", root / "masks", maps):
+        folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (20, 10)).save(root / "images" / f"a{i}.jpg")
+        Image.new("L", (20, 10), 255 * (i % 2)).save(root / "masks" / f"a{i}.png")
+        Image.new("L", (20, 10), 200).save(maps / f"a{i}.png")
+    return root, maps
+
+
+def test_unreadable_map_is_named_and_skipped_with_skip_bad(tmp_path, capsys):
+    """Issue 11 defect 5: a text file named x.png was a raw PIL.UnidentifiedImageError, even with --skip-bad."""
+    root, maps = _folder_with_maps(tmp_path)
+    (maps / "a1.png").write_text("not an image")
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
+    assert f"cannot read {maps / 'a1.png'}" in capsys.readouterr().err
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "| n_images | 2 |" in out and "| skipped | 1 |" in out
+    assert f"a1: cannot read {maps / 'a1.png'}" in out
+
+
+def test_skip_bad_counts_and_lists_every_skipped_image(tmp_path, capsys):
+    """Issue 11 defect 6: missing maps (and images without masks) were dropped without a count."""
+    root, maps = _folder_with_maps(tmp_path, n=4)
+    (maps / "a0.png").unlink()
+    (root / "masks" / "a3.png").unlink()
+    (root / "images" / "a2.jpg").write_bytes(b"\xff\xd8 truncated")
+    ref = DatasetRef("folder", root=str(root), on_error="skip")
+    with pytest.warns(UserWarning):
+        ev = evaluate_maps(maps, Config(), ref, progress=False)
+    assert sorted(i for i, _ in ev.skipped) == ["a0", "a2", "a3"]
+    assert ev.results()["skipped"] == 3 and ev.results()["n_images"] == 1
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root), "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 3 image(s)" in out and "a0: no saliency map" in out and "a3: no mask" in out
