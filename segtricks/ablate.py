@@ -10,6 +10,7 @@ processes that claim cells through the tracking store.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,11 +21,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+import submitit
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from segtricks import figures, tracking
+from segtricks import figures, slurm, tracking
 from segtricks.checkpoint import NoSpaceError
 from segtricks.config import ConfigError, DatasetRef
 from segtricks.evaluation import describe_skipped, evaluate_maps, evaluate_model, skipped_csv
@@ -68,14 +70,17 @@ def ordered(cells: List[Cell]) -> List[Cell]:
     return out
 
 
-def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool) -> List[Step]:
+def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
+         since_ms: Optional[int] = None) -> List[Step]:
     """The action of every cell, given its runs (by config hash) in the store. The first cell of each
-    training group trains; the others evaluate its model, or wait while a live worker trains it."""
+    training group trains; the others evaluate its model, or wait while a live worker trains it.
+    With ``force``, FINISHED runs started before ``since_ms`` (the invocation) do not count as done."""
     steps, trainer_of = [], {}
     live_trainings = {r.data.tags.get("training_hash") for rs in runs.values() for r in rs if tracking.is_live(r)}
     for cell in ordered(grid.cells):
         mine = runs.get(cell.config_hash, [])
-        done = [r for r in mine if r.info.status == "FINISHED"]
+        done = [r for r in mine if r.info.status == "FINISHED"
+                and (not force or since_ms is not None and r.info.start_time >= since_ms)]
         stale = [r for r in mine if r.info.status == "RUNNING" and not tracking.is_live(r)]
         live = [r for r in mine if tracking.is_live(r)]
         failed = [r for r in mine if r.info.status in ("FAILED", "KILLED")]
@@ -83,7 +88,7 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool) -> 
             trainer_of.setdefault(cell.training_hash, cell.name)
         shares = cell.trains and trainer_of[cell.training_hash] != cell.name
         complete = cell.trains and cell.training.status().state is State.COMPLETE
-        if done and not force:
+        if done:
             steps.append(Step(cell, Action.SKIP, f"done (run {done[-1].info.run_id[:8]})"))
         elif live:
             beat = time.time() - float(live[0].data.tags.get("heartbeat", 0))
@@ -198,17 +203,19 @@ def execute(store: tracking.Store, step: Step, run: tracking.RunLog, device: tor
 
 
 def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = False, fail_fast: bool = False,
-             device: str = "auto") -> List[dict]:
-    """One worker's pass(es) over the grid until no cell is left that it may take."""
+             device: str = "auto", since_ms: Optional[int] = None) -> List[dict]:
+    """One worker's pass(es) over the grid until no cell is left that it may take. ``since_ms``
+    (default: now) is when the ``--force`` invocation began: runs finished before it are history."""
     store = tracking.Store(uri)
     exp_id = store.experiment(grid.name, grid.description)
     dev = resolve_device(device)
     summary: Dict[str, dict] = {}
     forced = set()
     announced = set()  # (cell, run id) of the waits already reported
-    since_ms = int(time.time() * 1000) if force else None  # runs finished before this are history
+    if force and since_ms is None:
+        since_ms = int(time.time() * 1000)
     while True:
-        steps = plan(grid, store.runs_by_hash(exp_id), force, rerun_failed)
+        steps = plan(grid, store.runs_by_hash(exp_id), force, rerun_failed, since_ms)
         if force:  # --force reruns each cell once per invocation, not forever
             steps = [s if s.cell.name not in forced else Step(s.cell, Action.SKIP, "rerun done") for s in steps]
         for s in steps:
@@ -262,6 +269,90 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
     return list(summary.values())
 
 
+@dataclass
+class GroupJob:
+    """One Slurm array task's work: some cells of a grid (one training group), and where to log."""
+
+    grid: str  # grid name, or an absolute YAML path
+    flags: List[str]
+    output_root: str  # absolute
+    uri: str  # absolute
+    cells: List[str]
+    force: bool
+    rerun_failed: bool
+    since_ms: Optional[int]
+
+
+class GroupTask(submitit.helpers.Checkpointable):
+    """A Slurm array task: run one training group's cells (train once, evaluate each). On preemption
+    or time-out submitit requeues it with the same ``GroupJob``; the requeued task takes its earlier
+    attempt's run as its own (same ``slurm_job`` tag) and resumes the training from ``last.pt``."""
+
+    def __call__(self, job: GroupJob) -> List[dict]:
+        grid = load_grid(job.grid, job.flags, job.output_root)
+        grid = dataclasses.replace(grid, cells=[c for c in grid.cells if c.name in job.cells])
+        return run_grid(grid, job.uri, job.force, job.rerun_failed, since_ms=job.since_ms)
+
+
+def training_groups(steps: List[Step]) -> List[List[str]]:
+    """Cell names per training group (maps cells alone) that still has a cell to run."""
+    groups: Dict[str, List[Step]] = {}
+    for s in steps:
+        groups.setdefault(s.cell.training_hash if s.cell.trains else s.cell.config_hash, []).append(s)
+    return [[s.cell.name for s in group] for group in groups.values()
+            if any(s.action is not Action.SKIP for s in group)]
+
+
+def submit_grid(grid: Grid, args, uri: str, opts: slurm.SlurmOptions) -> int:
+    """``--launcher slurm``: one array task per training group with work (module docstring of
+    segtricks.slurm); prints the job ids, and with ``--wait`` follows them and prints the summary."""
+    slurm.preflight(opts, {"MLflow store": tracking.sqlite_path(uri)})
+    store = tracking.Store(uri)
+    exp_id = store.experiment(grid.name, grid.description)  # before any task starts
+    since_ms = int(time.time() * 1000) if args.force else None
+    steps = plan(grid, store.runs_by_hash(exp_id), args.force, args.rerun_failed, since_ms)
+    groups = training_groups(steps)
+    if not groups:
+        print(f"grid {grid.name}: nothing to submit, every cell is done")
+        print_summary(grid, rows_from_store(store, exp_id, grid))
+        return 0
+    ref = args.grid if not args.grid.endswith((".yaml", ".yml")) else str(Path(args.grid).resolve())
+    jobs = [GroupJob(ref, list(args.set), str(Path(args.output_root).resolve()), uri, cells, args.force,
+                     args.rerun_failed, since_ms) for cells in groups]
+    submitted = slurm.executor(opts, f"segtricks-{grid.name}").map_array(GroupTask(), jobs)
+    print(f"grid {grid.name}: submitted {len(submitted)} Slurm array task(s), one per training group "
+          f"(logs: {opts.folder}/<job id>/)")
+    for job, cells in zip(submitted, groups):
+        print(f"  {job.job_id}  {', '.join(cells)}")
+    if not opts.wait:
+        print("Results reach the MLflow store as tasks finish; rerunning this command later submits only "
+              "what is left, and `python -m analysis.make_tables` reads what is done.")
+        return 0
+    errors = slurm.wait_for(submitted, f"grid {grid.name}")
+    rows = rows_from_store(store, exp_id, grid)
+    print_summary(grid, rows)
+    for error in filter(None, errors):
+        print(f"error: {error}", file=sys.stderr)
+    failed = sum(r["status"] != "FINISHED" for r in rows)
+    print(f"\n{len(rows)} cells: {len(rows) - failed} finished, {failed} not. "
+          f"Browse: mlflow ui --backend-store-uri {uri}")
+    return 1 if failed or any(errors) else 0
+
+
+def rows_from_store(store: tracking.Store, exp_id: str, grid: Grid) -> List[dict]:
+    """Summary rows from each cell's newest run in the store (what Slurm tasks logged)."""
+    by_hash = store.runs_by_hash(exp_id)
+    rows = []
+    for cell in grid.cells:
+        runs = by_hash.get(cell.config_hash, [])
+        if not runs:
+            rows.append({"cell": cell.name, "status": "no run"})
+            continue
+        run = runs[-1]
+        rows.append({"cell": cell.name, "status": run.info.status, "run_id": run.info.run_id, **run.data.metrics})
+    return rows
+
+
 def print_summary(grid: Grid, rows: List[dict]) -> None:
     keys = sorted({k for r in rows for k in r if k.split(".")[-1] in SUMMARY_METRICS and "." in k})
     header = ["cell", "status", *keys, "run"]
@@ -309,16 +400,20 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
     ap.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     ap.add_argument("--output-root", default="outputs", help="where trainings keep their checkpoints")
-    ap.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    ap.add_argument("--workers", type=int, default=1, help="parallel worker processes (--launcher local)")
     ap.add_argument("--device", default="auto")
+    slurm.add_arguments(ap)
     args = ap.parse_args(argv)
     try:
         grid = load_grid(args.grid, args.set, args.output_root)
-    except ConfigError as exc:
+        opts = slurm.options_from(args, args.output_root) if args.launcher == "slurm" else None
+    except (ConfigError, slurm.LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     uri = tracking.tracking_uri(args.tracking_uri)
     try:
+        if opts is not None and not args.dry_run:
+            return submit_grid(grid, args, uri, opts)
         store = tracking.Store(uri)
         exp_id = store.experiment(grid.name, grid.description)  # before any worker starts
         if args.dry_run:
@@ -327,6 +422,9 @@ def main(argv: List[str] | None = None) -> int:
         if args.workers > 1:
             return spawn_workers(strip_workers(argv), args.workers)
         rows = run_grid(grid, uri, args.force, args.rerun_failed, args.fail_fast, args.device)
+    except slurm.LaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except NoSpaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

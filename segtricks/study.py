@@ -58,11 +58,12 @@ class StudySpec:
                 out[key] = trial.suggest_categorical(key, p["choices"])
         return out
 
-    def make_sampler(self, trials_stored: int = 0) -> optuna.samplers.BaseSampler:
-        """The sampler, seeded from (study seed, trials already stored): a continued or resumed study
-        proposes new points instead of replaying the first run's sequence."""
+    def make_sampler(self, trials_stored: int = 0, worker: int = 0) -> optuna.samplers.BaseSampler:
+        """The sampler, seeded from (study seed, trials already stored, worker index): a continued or
+        resumed study proposes new points instead of replaying the first run's sequence, and workers
+        started together on one storage do not propose the same points."""
         kind, seed = self.sampler.get("name", "tpe"), self.sampler.get("seed")
-        seed = None if seed is None else int(seed) + trials_stored
+        seed = None if seed is None else int(seed) + trials_stored + 100_003 * worker
         return optuna.samplers.RandomSampler(seed=seed) if kind == "random" else optuna.samplers.TPESampler(seed=seed)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:

@@ -58,8 +58,9 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 def tracking_uri(explicit: Optional[str] = None) -> str:
     """The store to use; the default SQLite file is made absolute (MLflow caches stores by URI, and
     workers must all reach the same file)."""
-    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    path = sqlite_path(uri)
+    return f"sqlite:///{path.resolve()}" if path is not None and not path.is_absolute() else uri
 
 
 class StoreError(RuntimeError):
@@ -166,11 +167,22 @@ def open_client(uri: str) -> MlflowClient:
         raise StoreError(message) from None
 
 
+def worker_tags() -> Dict[str, str]:
+    """Who holds a run: ``worker`` (host:pid), and inside Slurm the job (stable across requeues) and
+    the GPUs Slurm gave it."""
+    from segtricks.slurm import slurm_job
+    tags = {"worker": WORKER, "slurm_job": slurm_job(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {k: v for k, v in tags.items() if v}
+
+
 def is_live(run) -> bool:
-    """RUNNING with a fresh heartbeat: a worker is on it right now (unless it ran on this machine
-    and its process is gone: then the run is taken over at once, without waiting for staleness)."""
+    """RUNNING with a fresh heartbeat: a worker is on it right now. Not live, whatever the heartbeat:
+    a run whose worker ran on this machine and whose process is gone, and a run of this very Slurm
+    job (an earlier attempt of a requeued task): those are taken over at once."""
+    from segtricks.slurm import slurm_job
     beat = float(run.data.tags.get("heartbeat", 0))
-    return run.info.status == "RUNNING" and time.time() - beat < STALE_AFTER_S and not worker_gone(run)
+    mine = slurm_job() is not None and run.data.tags.get("slurm_job") == slurm_job()
+    return run.info.status == "RUNNING" and time.time() - beat < STALE_AFTER_S and not worker_gone(run) and not mine
 
 
 def worker_gone(run) -> bool:
@@ -324,7 +336,7 @@ class Heartbeat:
                 pass
 
     def __enter__(self) -> "Heartbeat":
-        self.run.set_tags({"heartbeat": time.time(), "worker": WORKER})
+        self.run.set_tags({"heartbeat": time.time(), **worker_tags()})
         self._thread.start()
         return self
 
@@ -382,7 +394,7 @@ class Store:
 
         Rivals are the cell's RUNNING runs and its FINISHED runs, except (``since_ms``, for
         ``--force``) FINISHED runs started before that time: those are history, not claims."""
-        run = self.start(exp_id, name, {**tags, "heartbeat": str(time.time()), "worker": WORKER})
+        run = self.start(exp_id, name, {**tags, "heartbeat": str(time.time()), **worker_tags()})
         rival = [r for r in self.runs(exp_id, f"tags.config_hash = '{tags['config_hash']}'")
                  if r.info.status == "RUNNING"
                  or r.info.status == "FINISHED" and (since_ms is None or r.info.start_time >= since_ms)]

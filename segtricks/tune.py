@@ -5,7 +5,8 @@
 
 Default storage ``sqlite:///optuna.db`` in the working directory; ``--storage postgresql://…``
 lets workers on several machines share one study (Optuna's distributed mode: start the same command
-on each). ``n_trials`` is the study's total: rerunning continues it up to that count. Trials of a
+on each); ``--storage journal:PATH`` is a journal file (for clusters without a database server; it
+has no trial heartbeats). ``--launcher slurm --workers N`` runs N such workers as Slurm array tasks. ``n_trials`` is the study's total: rerunning continues it up to that count. Trials of a
 killed worker stop heart-beating and are failed and retried once. Each trial reports its validation
 metric every epoch, so unpromising trials are pruned. Trainings are shared by training hash with the
 ablation runner, so a trial that changes only post-processing parameters (GF radius, eps) reuses an
@@ -17,6 +18,7 @@ import argparse
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -25,10 +27,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
+import submitit  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from segtricks import tracking  # noqa: E402
+from segtricks import slurm, tracking  # noqa: E402
 from segtricks.checkpoint import NoSpaceError  # noqa: E402
 from segtricks.config import ConfigError  # noqa: E402
 from segtricks.evaluation import evaluate_model  # noqa: E402
@@ -48,8 +51,24 @@ def default_storage() -> str:
     return f"sqlite:///{Path.cwd() / 'optuna.db'}"
 
 
+def journal_path(url: str) -> Optional[Path]:
+    """The file of a ``journal:PATH`` storage (``journal:///abs/study.log`` or ``journal:study.log``)."""
+    if not url.startswith("journal:"):
+        return None
+    raw = url[len("journal:"):]
+    return Path(raw[2:] if raw.startswith("//") else raw).resolve()
+
+
 def open_study(spec: StudySpec, url: str) -> optuna.Study:
     heartbeat = int(os.environ.get("SEGTRICKS_OPTUNA_HEARTBEAT_S", 60))  # a trial is stale after 2 missed beats
+    journal = journal_path(url)
+    if journal is not None:  # a file on a shared filesystem: for clusters without a database server
+        from optuna.storages.journal import JournalFileBackend
+        if not journal.parent.is_dir():
+            raise StorageError(f"journal storage {journal}: folder {journal.parent} does not exist")
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+                                   sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
     path = tracking.sqlite_path(url)
     try:
         # workers started at once on a fresh SQLite file would race Optuna's table creation
@@ -167,9 +186,9 @@ def best_override(study: optuna.Study) -> str:
 
 def tune(spec: StudySpec, storage: str, n_trials: Optional[int] = None, tracking_uri: Optional[str] = None,
          output_root: str = "outputs", device: str = "auto",
-         enqueue: Optional[List[Dict[str, Any]]] = None) -> optuna.Study:
+         enqueue: Optional[List[Dict[str, Any]]] = None, worker: int = 0) -> optuna.Study:
     study = open_study(spec, storage)
-    study.sampler = spec.make_sampler(len(study.trials))
+    study.sampler = spec.make_sampler(len(study.trials), worker)
     for params in enqueue or []:
         study.enqueue_trial(params, skip_if_exists=True)
     total = n_trials if n_trials is not None else spec.n_trials
@@ -185,6 +204,58 @@ def tune(spec: StudySpec, storage: str, n_trials: Optional[int] = None, tracking
     log_study(parent, study)
     parent.finish()
     return study
+
+
+@dataclass
+class StudyJob:
+    """One Slurm array task of a study: the ordinary ``tune`` loop on the shared storage."""
+
+    study: str  # study name, or an absolute YAML path
+    flags: List[str]
+    storage: str
+    n_trials: Optional[int]
+    uri: str
+    output_root: str
+    worker: int
+
+
+class StudyTask(submitit.helpers.Checkpointable):
+    """A study worker as a Slurm array task; requeued on preemption, it continues the study (the
+    interrupted trial is failed by Optuna's heartbeat and retried)."""
+
+    def __call__(self, job: StudyJob) -> int:
+        spec = load_study(job.study, job.flags)
+        study = tune(spec, job.storage, job.n_trials, job.uri, job.output_root, worker=job.worker)
+        return sum(t.state == TrialState.COMPLETE for t in study.trials)
+
+
+def submit_study(spec: StudySpec, args, storage: str, opts: slurm.SlurmOptions) -> int:
+    """``--launcher slurm --workers N``: N array tasks on one storage; the study, its MLflow experiment
+    and parent run are created first so that the tasks do not race to create them."""
+    uri = tracking.tracking_uri(args.tracking_uri)
+    slurm.preflight(opts, {"MLflow store": tracking.sqlite_path(uri),
+                           "Optuna storage": tracking.sqlite_path(storage) or journal_path(storage)})
+    open_study(spec, storage)
+    mlflow_parent(tracking.Store(uri), spec).finish()
+    ref = args.study if not args.study.endswith((".yaml", ".yml")) else str(Path(args.study).resolve())
+    jobs = [StudyJob(ref, list(args.set), storage, args.n_trials, uri, str(Path(args.output_root).resolve()), i)
+            for i in range(args.workers)]
+    submitted = slurm.executor(opts, f"segtricks-study-{spec.name}").map_array(StudyTask(), jobs)
+    print(f"study {spec.name}: submitted {len(submitted)} Slurm array task(s) on {storage} "
+          f"(logs: {opts.folder}/<job id>/): {', '.join(j.job_id for j in submitted)}")
+    if not opts.wait:
+        print(f"Follow it with: python -m segtricks.tune --study {args.study} --storage {storage} --best")
+        return 0
+    errors = slurm.wait_for(submitted, f"study {spec.name}")
+    for error in filter(None, errors):
+        print(f"error: {error}", file=sys.stderr)
+    study = open_study(spec, storage)
+    states = [t.state.name for t in study.trials]
+    print(f"study {spec.name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
+          f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed) in {storage}")
+    if states.count("COMPLETE"):
+        print(best_override(study))
+    return 1 if any(errors) else 0
 
 
 def close_failed_trial_runs(store: tracking.Store, study: optuna.Study) -> None:
@@ -209,10 +280,14 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--best", action="store_true", help="print the best parameters as an override and exit")
     ap.add_argument("--output-root", default="outputs")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=1, help="Slurm array tasks sharing the study (--launcher slurm)")
+    slurm.add_arguments(ap)
     args = ap.parse_args(argv)
     storage = args.storage or default_storage()
     try:
         spec = load_study(args.study, args.set)
+        if args.launcher == "slurm" and not args.best:
+            return submit_study(spec, args, storage, slurm.options_from(args, args.output_root))
         if args.best:
             study = open_study(spec, storage)
             if not any(t.state == TrialState.COMPLETE for t in study.trials):
@@ -221,7 +296,7 @@ def main(argv: List[str] | None = None) -> int:
             print(best_override(study))
             return 0
         study = tune(spec, storage, args.n_trials, args.tracking_uri, args.output_root, args.device)
-    except (ConfigError, StorageError) as exc:
+    except (ConfigError, StorageError, slurm.LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NoSpaceError as exc:
