@@ -215,12 +215,15 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
     if force and since_ms is None:
         since_ms = int(time.time() * 1000)
     while True:
-        steps = plan(grid, store.runs_by_hash(exp_id), force, rerun_failed, since_ms)
+        by_hash = store.runs_by_hash(exp_id)
+        steps = plan(grid, by_hash, force, rerun_failed, since_ms)
         if force:  # --force reruns each cell once per invocation, not forever
             steps = [s if s.cell.name not in forced else Step(s.cell, Action.SKIP, "rerun done") for s in steps]
         for s in steps:
             if s.action is Action.SKIP and s.cell.name not in summary:
-                summary[s.cell.name] = {"cell": s.cell.name, "status": "skipped", "note": s.reason}
+                done = [r for r in by_hash.get(s.cell.config_hash, []) if r.info.status == "FINISHED"]
+                metrics = done[-1].data.metrics if done else {}  # a skipped cell still shows its result
+                summary[s.cell.name] = {"cell": s.cell.name, "status": "skipped", "note": s.reason, **metrics}
         todo = [s for s in steps if s.action not in (Action.SKIP, Action.WAIT) and s.cell.name not in summary]
         if not todo:
             waits = [s for s in steps if s.action is Action.WAIT]
@@ -437,9 +440,21 @@ def main(argv: List[str] | None = None) -> int:
     print_summary(grid, rows)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"\n{len(rows)} cells: {sum(r['status'] == 'FINISHED' for r in rows)} run, "
-          f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed. "
-          f"Browse: mlflow ui --backend-store-uri {uri}")
+          f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed.")
+    print_next_steps(grid, uri, exp_id)
     return 1 if failed else 0
+
+
+def print_next_steps(grid: Grid, uri: str, exp_id: str) -> None:
+    """What a user does with a finished grid: the tables, and the runs in the MLflow UI (a direct link
+    to the grid's runs: the UI's home page opens on its GenAI view)."""
+    print("Next:")
+    print(f"  python -m analysis.make_tables --grid {grid.name}" + ("" if uri == tracking.tracking_uri() else
+                                                             f" --tracking-uri {uri}"))
+    if uri.startswith("sqlite:"):
+        print(f"  mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/#/experiments/{exp_id}")
+    else:
+        print(f"  the runs: {uri.rstrip('/')}/#/experiments/{exp_id}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -72,7 +73,10 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
     path = tracking.sqlite_path(url)
     try:
         # workers started at once on a fresh SQLite file would race Optuna's table creation
-        with tracking.file_lock(path.with_name(path.name + ".lock")) if path else contextlib.nullcontext():
+        with tracking.file_lock(path.with_name(path.name + ".lock")) if path else contextlib.nullcontext(), \
+                warnings.catch_warnings():
+            # the heartbeat options are experimental in Optuna; we chose them on purpose
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))

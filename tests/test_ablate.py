@@ -59,7 +59,12 @@ def test_demo_grid_runs_tags_metrics_and_rerun_creates_nothing(in_tmp, capsys):
     # rerunning a finished grid does no work and creates no runs
     assert main(["--grid", "demo", "--set", "optim.epochs=1", *TINY]) == 0
     assert len(runs(in_tmp, "demo")[1]) == 4
-    assert "4 cells: 0 run, 4 skipped, 0 failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 cells: 0 run, 4 skipped, 0 failed" in out
+    skipped_row = next(line for line in out.splitlines() if line.strip().startswith("demo_vit4/baseline"))
+    assert f"{base.data.metrics['synthetic.iou']:.3f}" in skipped_row  # a skipped cell shows its result
+    assert "python -m analysis.make_tables --grid demo" in out
+    assert f"http://127.0.0.1:5000/#/experiments/{base.info.experiment_id}" in out
 
 
 def test_failed_cell_is_recorded_and_the_grid_goes_on(in_tmp, capsys):
