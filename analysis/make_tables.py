@@ -131,11 +131,7 @@ def main(argv: List[str] | None = None) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
         except Exception as exc:
-            message = tracking.explain_store_error(exc, tracking.tracking_uri(args.tracking_uri))
-            if message is None:
-                raise
-            print(f"error: {message}", file=sys.stderr)
-            return 1
+            return tracking.exit_on_environment_error(exc, tracking.tracking_uri(args.tracking_uri))
     if not found:
         print(f"error: no grid of {', '.join(grids)} has runs in {tracking.tracking_uri(args.tracking_uri)}",
               file=sys.stderr)

@@ -428,15 +428,8 @@ def main(argv: List[str] | None = None) -> int:
     except slurm.LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except NoSpaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:
-        message = tracking.explain_store_error(exc, uri)
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        return tracking.exit_on_environment_error(exc, uri)
     print_summary(grid, rows)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"\n{len(rows)} cells: {sum(r['status'] == 'FINISHED' for r in rows)} run, "

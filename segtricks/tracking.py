@@ -29,6 +29,7 @@ import sqlite3
 import platform
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -145,6 +146,17 @@ def explain_store_error(exc: BaseException, uri: str) -> Optional[str]:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"no space left on the device of MLflow store {where}; free space and rerun"
     return None
+
+
+def exit_on_environment_error(exc: BaseException, uri: str) -> int:
+    """For a CLI's last ``except``: print one line and return exit status 1 for a store problem
+    (``explain_store_error``) or a full disk while checkpointing; re-raise anything else."""
+    from segtricks.checkpoint import NoSpaceError
+    message = str(exc) if isinstance(exc, NoSpaceError) else explain_store_error(exc, uri)
+    if message is None:
+        raise exc
+    print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 def open_client(uri: str) -> MlflowClient:

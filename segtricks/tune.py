@@ -33,7 +33,6 @@ import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from segtricks import slurm, tracking  # noqa: E402
-from segtricks.checkpoint import NoSpaceError  # noqa: E402
 from segtricks.config import ConfigError  # noqa: E402
 from segtricks.evaluation import evaluate_model  # noqa: E402
 from segtricks.study import StudySpec, load_study  # noqa: E402
@@ -303,15 +302,8 @@ def main(argv: List[str] | None = None) -> int:
     except (ConfigError, StorageError, slurm.LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except NoSpaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except Exception as exc:
-        message = tracking.explain_store_error(exc, tracking.tracking_uri(args.tracking_uri))
-        if message is None:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 1
+        return tracking.exit_on_environment_error(exc, tracking.tracking_uri(args.tracking_uri))
     states = [t.state.name for t in study.trials]
     print(f"study {spec.name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
           f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed) in {storage}")

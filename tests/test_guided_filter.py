@@ -80,3 +80,48 @@ def test_cuda_matches_cpu():
 def test_size_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in size"):
         guided_filter(torch.rand(1, 1, 8, 8), torch.rand(1, 3, 8, 9))
+
+
+@pytest.mark.parametrize("shape,radius", [((40, 50), 9), ((20, 21), 9), ((19, 22), 9), ((10, 20), 9), ((5, 7), 9)])
+def test_box_mean_at_every_size_against_brute_force(shape, radius):
+    """Both paths: images of at least 2r+2 pixels (window differences written in place) and smaller
+    ones, where one window can reach both borders (clamped indices)."""
+    x = np.random.default_rng(1).random(shape)
+    ours = box_mean(torch.from_numpy(x)[None, None], radius)[0, 0].numpy()
+    np.testing.assert_allclose(ours, brute_box_mean(x, radius), atol=1e-12)
+
+
+def brute_guided_filter(p: np.ndarray, guide: np.ndarray, r: int, eps: float) -> np.ndarray:
+    """He et al.'s equations in float64 on brute-force truncated box means: the independent truth."""
+    mean_i, mean_p = brute_box_mean(guide, r), brute_box_mean(p, r)
+    a = (brute_box_mean(guide * p, r) - mean_i * mean_p) / (brute_box_mean(guide * guide, r) - mean_i ** 2 + eps)
+    b = mean_p - a * mean_i
+    return brute_box_mean(a, r) * guide + brute_box_mean(b, r)
+
+
+def test_float32_filter_equals_a_float64_brute_force_filter_to_1e5():
+    rng = np.random.default_rng(2)
+    image, mask = rng.random((3, 44, 52)), rng.random((44, 52))
+    ours = guided_filter(torch.from_numpy(mask).float()[None, None], torch.from_numpy(image).float()[None],
+                         9, 1e-3)[0, 0].double().numpy()
+    np.testing.assert_allclose(ours, brute_guided_filter(mask, image.mean(0), 9, 1e-3), atol=1e-5, rtol=0)
+
+
+def test_gradients_flow_through_the_filter_and_equal_the_no_grad_output():
+    """With grad the box sums take the concatenating path (autograd cannot see through out=)."""
+    x = torch.rand(1, 1, 24, 24, dtype=torch.float64, requires_grad=True)
+    guide = torch.rand(1, 1, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        plain = guided_filter_gray(x, guide, 4, 1e-3)
+    torch.testing.assert_close(guided_filter_gray(x, guide, 4, 1e-3).detach(), plain)
+    assert torch.autograd.gradcheck(lambda m: guided_filter_gray(m, guide, 4, 1e-3), (x,))
+
+
+@pytest.mark.parametrize("shape", [(3, 41, 57), (2, 10, 12), (1, 320, 320)])
+def test_the_opencv_path_equals_the_torch_path(shape):
+    """CPU without autograd filters with cv2.boxFilter + numpy; with autograd (or on CUDA) with torch ops."""
+    b, h, w = shape
+    masks, images = torch.rand(b, 1, h, w), torch.rand(b, 3, h, w)
+    fast = guided_filter(masks, images, 9, 1e-3)
+    masks.requires_grad_(True)  # takes the torch path
+    torch.testing.assert_close(fast, guided_filter(masks, images, 9, 1e-3).detach(), atol=2e-5, rtol=0)

@@ -1,0 +1,15 @@
+"""The benchmark scripts keep working (their figures are read by people, not asserted here)."""
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_benchmark_runs_at_tiny_sizes_and_prints_every_row():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--tiny"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for row in ("train step, demo_vit4 64², batch 2, crop + GF: fp32 |", "evaluation: prediction",
+                "GF, batch 4 of 64² masks", "BF, one 64² mask", "data loader:", "projected 30-epoch DUTS-TR"):
+        assert row in out.stdout, row
