@@ -167,14 +167,16 @@ def log_study(parent: tracking.RunLog, study: optuna.Study) -> None:
         plots["param_importances"] = optuna.visualization.matplotlib.plot_param_importances
     for name, plot in plots.items():
         try:
-            ax = plot(study)
+            with warnings.catch_warnings():  # Optuna's matplotlib plots are "experimental"; we chose them
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot(study)
         except (ValueError, RuntimeError) as exc:  # e.g. importances of constant objectives
             print(f"note: {name} plot skipped: {exc}", file=sys.stderr)
             continue
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
         fig.set_size_inches(8, 5)
-        fig.tight_layout()
-        parent.log_bytes(f"{name}.png", lambda path: fig.savefig(path, dpi=120), "plots")
+        # bbox "tight" trims the margins; tight_layout() cannot place the slice plot's colour bar
+        parent.log_bytes(f"{name}.png", lambda path: fig.savefig(path, dpi=120, bbox_inches="tight"), "plots")
         plt.close(fig)
 
 
