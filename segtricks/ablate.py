@@ -210,15 +210,13 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
     exp_id = store.experiment(grid.name, grid.description)
     dev = resolve_device(device)
     summary: Dict[str, dict] = {}
-    forced = set()
     announced = set()  # (cell, run id) of the waits already reported
     if force and since_ms is None:
         since_ms = int(time.time() * 1000)
     while True:
         by_hash = store.runs_by_hash(exp_id)
+        # with --force, a cell rerun by this invocation has a FINISHED run since since_ms: plan skips it
         steps = plan(grid, by_hash, force, rerun_failed, since_ms)
-        if force:  # --force reruns each cell once per invocation, not forever
-            steps = [s if s.cell.name not in forced else Step(s.cell, Action.SKIP, "rerun done") for s in steps]
         for s in steps:
             if s.action is Action.SKIP and s.cell.name not in summary:
                 done = [r for r in by_hash.get(s.cell.config_hash, []) if r.info.status == "FINISHED"]
@@ -244,7 +242,6 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                 run = store.claim(exp_id, step.cell.name, cell_tags(grid, step.cell), since_ms)
                 if run is None:
                     continue  # another worker claimed this cell first
-            forced.add(step.cell.name)
             with run.heartbeat():
                 try:
                     results = execute(store, step, run, dev)

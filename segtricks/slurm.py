@@ -81,10 +81,11 @@ def options_from(args, output_root: str) -> SlurmOptions:
         if not sep or not key:
             raise LaunchError(f"--slurm-arg {item!r}: expected key=value, e.g. --slurm-arg mem=32G")
         extra[key] = value
-    unknown = sorted(set(extra) - set(valid_slurm_keys()))
+    valid = valid_slurm_keys()
+    unknown = sorted(set(extra) - set(valid))
     if unknown:
         raise LaunchError(f"--slurm-arg: unknown key(s) {', '.join(unknown)}; submitit's Slurm parameters: "
-                          f"{', '.join(valid_slurm_keys())}")
+                          f"{', '.join(valid)}")
     if args.max_parallel < 1 or args.time < 1 or args.gpus < 0 or args.cpus_per_task < 1:
         raise LaunchError("--max-parallel, --time and --cpus-per-task must be ≥ 1, --gpus ≥ 0")
     return SlurmOptions(Path(output_root).resolve() / "slurm", args.partition, args.time, args.account, args.qos,

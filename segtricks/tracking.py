@@ -8,8 +8,8 @@ Metric names, one scheme everywhere: ``train.<term>`` and ``val.iou`` per epoch 
 ``<dataset>.<metric>`` for evaluations under our protocol and ``<dataset>.reference.<metric>`` under
 the reference's, ``objective.<metric>`` for a study trial. Names with ``/`` are logged with ``.``.
 
-First contact with a SQLite store is serialised by a file lock (``<db>.lock``), and a new store is
-created in a temporary file and renamed into place: a kill during MLflow's schema creation leaves no
+Creating a SQLite store is serialised by a file lock (``<db>.lock``), and the new store is built
+in a temporary file and renamed into place (an existing file is therefore always complete): a kill during MLflow's schema creation leaves no
 half-created ``mlflow.db``, and workers started at once on a fresh folder do not race the migration.
 Store failures (locked, read-only, not a database, half-migrated) become one ``StoreError`` line.
 
@@ -25,17 +25,17 @@ import fcntl
 import json
 import logging
 import os
-import sqlite3
 import platform
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from importlib import metadata
 from contextlib import contextmanager
+from importlib import metadata
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
@@ -43,7 +43,9 @@ import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from segtricks.checkpoint import NoSpaceError
 from segtricks.config import Config, resolved_yaml, to_dict
+from segtricks.slurm import slurm_job
 from segtricks.trainer import Hook, LoopState
 
 # MLflow's SQL layer logs each database error with a traceback before raising it, and a note on store
@@ -151,7 +153,6 @@ def explain_store_error(exc: BaseException, uri: str) -> Optional[str]:
 def exit_on_environment_error(exc: BaseException, uri: str) -> int:
     """For a CLI's last ``except``: print one line and return exit status 1 for a store problem
     (``explain_store_error``) or a full disk while checkpointing; re-raise anything else."""
-    from segtricks.checkpoint import NoSpaceError
     message = str(exc) if isinstance(exc, NoSpaceError) else explain_store_error(exc, uri)
     if message is None:
         raise exc
@@ -182,7 +183,6 @@ def open_client(uri: str) -> MlflowClient:
 def worker_tags() -> Dict[str, str]:
     """Who holds a run: ``worker`` (host:pid), and inside Slurm the job (stable across requeues) and
     the GPUs Slurm gave it."""
-    from segtricks.slurm import slurm_job
     tags = {"worker": WORKER, "slurm_job": slurm_job(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     return {k: v for k, v in tags.items() if v}
 
@@ -191,7 +191,6 @@ def is_live(run) -> bool:
     """RUNNING with a fresh heartbeat: a worker is on it right now. Not live, whatever the heartbeat:
     a run whose worker ran on this machine and whose process is gone, and a run of this very Slurm
     job (an earlier attempt of a requeued task): those are taken over at once."""
-    from segtricks.slurm import slurm_job
     beat = float(run.data.tags.get("heartbeat", 0))
     mine = slurm_job() is not None and run.data.tags.get("slurm_job") == slurm_job()
     return run.info.status == "RUNNING" and time.time() - beat < STALE_AFTER_S and not worker_gone(run) and not mine
@@ -206,8 +205,8 @@ def worker_gone(run) -> bool:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return True
-    except PermissionError:  # exists, owned by another user
-        return False
+    except PermissionError:  # it exists, owned by another user
+        pass
     return False
 
 

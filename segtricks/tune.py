@@ -6,8 +6,9 @@
 Default storage ``sqlite:///optuna.db`` in the working directory; ``--storage postgresql://…``
 lets workers on several machines share one study (Optuna's distributed mode: start the same command
 on each); ``--storage journal:PATH`` is a journal file (for clusters without a database server; it
-has no trial heartbeats). ``--launcher slurm --workers N`` runs N such workers as Slurm array tasks. ``n_trials`` is the study's total: rerunning continues it up to that count. Trials of a
-killed worker stop heart-beating and are failed and retried once. Each trial reports its validation
+has no trial heartbeats). ``--launcher slurm --workers N`` runs N such workers as Slurm array tasks.
+``n_trials`` is the study's total: rerunning continues it up to that count. Trials of a killed
+worker stop heart-beating and are failed and retried once. Each trial reports its validation
 metric every epoch, so unpromising trials are pruned. Trainings are shared by training hash with the
 ablation runner, so a trial that changes only post-processing parameters (GF radius, eps) reuses an
 equal training instead of training again. MLflow: one parent run per study, one nested run per trial.
@@ -66,9 +67,7 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
         from optuna.storages.journal import JournalFileBackend
         if not journal.parent.is_dir():
             raise StorageError(f"journal storage {journal}: folder {journal.parent} does not exist")
-        storage = optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
-        return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
-                                   sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
+        return load_or_create_study(spec, optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
     path = tracking.sqlite_path(url)
     try:
         # workers started at once on a fresh SQLite file would race Optuna's table creation
@@ -79,12 +78,16 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
             storage = optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-            return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
-                                       sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
+            return load_or_create_study(spec, storage)
     except Exception as exc:  # SQLAlchemy/driver errors of every kind end in the same advice
         raise StorageError(f"cannot open study storage {url}: {type(exc).__name__}: {exc}. Check the URL, that the "
                            f"database server is running and reachable, and its driver is installed "
                            f"(PostgreSQL: pip install 'psycopg[binary]')") from None
+
+
+def load_or_create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
+    return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
+                               sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
 
 
 def mlflow_parent(store: tracking.Store, spec: StudySpec) -> tracking.RunLog:
@@ -254,13 +257,17 @@ def submit_study(spec: StudySpec, args, storage: str, opts: slurm.SlurmOptions) 
     errors = slurm.wait_for(submitted, f"study {spec.name}")
     for error in filter(None, errors):
         print(f"error: {error}", file=sys.stderr)
-    study = open_study(spec, storage)
+    print_study_summary(spec, open_study(spec, storage), storage)
+    return 1 if any(errors) else 0
+
+
+def print_study_summary(spec: StudySpec, study: optuna.Study, storage: str) -> None:
+    """Trial counts by state, and the best parameters as an override when a trial completed."""
     states = [t.state.name for t in study.trials]
     print(f"study {spec.name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
           f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed) in {storage}")
     if states.count("COMPLETE"):
         print(best_override(study))
-    return 1 if any(errors) else 0
 
 
 def close_failed_trial_runs(store: tracking.Store, study: optuna.Study) -> None:
@@ -306,11 +313,7 @@ def main(argv: List[str] | None = None) -> int:
         return 2
     except Exception as exc:
         return tracking.exit_on_environment_error(exc, tracking.tracking_uri(args.tracking_uri))
-    states = [t.state.name for t in study.trials]
-    print(f"study {spec.name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
-          f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed) in {storage}")
-    if states.count("COMPLETE"):
-        print(best_override(study))
+    print_study_summary(spec, study, storage)
     return 0
 
 
