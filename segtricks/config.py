@@ -40,6 +40,11 @@ class ConfigError(ValueError):
 # metrics on a centre crop of the resized ground truth), to tell protocol gaps from model gaps.
 EVAL_PROTOCOLS = ("ours", "reference")
 
+# The saliency metrics ``segtricks.metrics.SaliencyEvaluator`` reports, in table order (a study's
+# objective names one of them, checked before anything heavy is imported).
+METRICS = ("acc", "iou", "max_fbeta", "max_fbeta_per_image", "max_fbeta_pr_curve",
+           "mean_fbeta_adaptive", "mae", "s_measure", "max_e_measure", "mean_e_measure")
+
 
 @dataclass
 class BackboneConfig:

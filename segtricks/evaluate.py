@@ -19,9 +19,8 @@ from typing import Dict, List
 
 import torch
 
-from segtricks.config import EVAL_PROTOCOLS, Config, ConfigError, DatasetRef, load_config
+from segtricks.config import EVAL_PROTOCOLS, METRICS, Config, ConfigError, DatasetRef, load_config
 from segtricks.evaluation import evaluate_maps, evaluate_model
-from segtricks.metrics import PROTOCOLS
 from segtricks.model import SegmentationModel
 from segtricks.trainer import resolve_device
 from segtricks.training import Training
@@ -38,7 +37,7 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Con
 
 
 def format_table(results: Dict[str, float]) -> str:
-    names = [p for p in PROTOCOLS + ("corloc",) if p in results]
+    names = [p for p in METRICS + ("corloc",) if p in results]
     lines = ["| protocol | value |", "|---|---|"]
     lines += [f"| {n} | {results[n]:.2f} |" if n == "corloc" else f"| {n} | {results[n]:.4f} |" for n in names]
     lines.append(f"| n_images | {int(results['n_images'])} |")

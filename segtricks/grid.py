@@ -16,23 +16,23 @@ A grid file (``experiments/<name>.yaml``)::
 A cell's name joins its axis values (``dino_s8/crop+gf``); its config is composed from the layers
 base file, ``set``, the axis entries and command-line ``--set`` flags (``segtricks.config.compose``).
 Every cell is validated (keys, types, registered backbone, trick and dataset names) before anything
-runs; errors name the file and line, or the flag. Cells of one training hash share one ``Training``.
+runs, and before torch is imported (``read_grid``); errors name the file and line, or the flag. Cells
+of one training hash share one ``Training`` (``load_grid``).
 """
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from segtricks.backbones import BACKBONES
 from segtricks.config import Config, ConfigError, Layer, compose, config_hash, read_yaml_mapping, set_flag_layers
-from segtricks.datasets import DATASETS
-from segtricks.registry import UnknownNameError
-from segtricks.training import Training
-from segtricks.tricks import TRICKS
+from segtricks.registry import registered_names
+
+if TYPE_CHECKING:
+    from segtricks.training import Training
 
 GRID_KEYS = ("name", "description", "base", "set", "axes", "table")
 
@@ -140,20 +140,39 @@ def _set_layer(overrides: Any, where: str) -> Layer:
     return Layer({str(k): v for k, v in overrides.items()}, where)
 
 
+# Where each kind of name in a config is registered: (module, registry variable, registering helpers).
+COMPONENTS = {
+    "backbone": ("segtricks.backbones", "BACKBONES", ()),
+    "trick": ("segtricks.tricks", "TRICKS", ("register_post_trick",)),
+    "dataset": ("segtricks.datasets", "DATASETS", ()),
+}
+
+
 def validate_names(cfg: Config, where: str) -> None:
-    """Registered backbone, tricks and datasets; unknown names list the registered ones."""
-    try:
-        BACKBONES.get(cfg.backbone.name)
-        for trick in cfg.tricks:
-            TRICKS.get(trick)
-        for ref in [cfg.data.train, *([cfg.data.val] if cfg.data.val else []), *cfg.eval]:
-            DATASETS.get(ref.name)
-    except UnknownNameError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    """Registered backbone, tricks and datasets; unknown names list the registered ones. Read from the
+    registering modules' source when they are not imported yet, so that a typo costs no torch import."""
+    refs = [cfg.data.train, *([cfg.data.val] if cfg.data.val else []), *cfg.eval]
+    wanted = [("backbone", cfg.backbone.name), *[("trick", t) for t in cfg.tricks], *[("dataset", r.name) for r in refs]]
+    for kind, name in wanted:
+        known = registered_names(*COMPONENTS[kind])
+        if name not in known:
+            raise ConfigError(f"{where}: unknown {kind} {name!r}; registered {kind}s: {', '.join(known)}")
 
 
-def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs") -> Grid:
-    """Expand a grid file into validated cells (errors name the file, line and key, or the flag)."""
+@dataclass
+class GridFile:
+    """A grid file expanded into validated cell configs: everything but the trainings (no torch)."""
+
+    name: str
+    path: Path
+    configs: List[Tuple[str, Config]]  # (cell name, config), in axis order
+    description: str = ""
+    table: Optional[Dict[str, Any]] = None
+
+
+def read_grid(name_or_path: str, flags: Sequence[str] = ()) -> GridFile:
+    """Expand a grid file into validated cell configs (errors name the file, line and key, or the
+    flag). Imports nothing heavy: the command-line tools call it before importing torch."""
     path = grid_path(name_or_path)
     data, node = _read_yaml(path)
     unknown = sorted(set(data) - set(GRID_KEYS))
@@ -166,7 +185,7 @@ def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "
         raise ConfigError(f"{path}:{_line_of(node, ['axes'])}: 'axes' must map axis names to non-empty lists "
                           f"of {{name, set}} entries")
     flag_layers = set_flag_layers(flags)
-    cells, trainings = [], {}
+    configs: List[Tuple[str, Config]] = []
     for combo in itertools.product(*[list(enumerate(v)) for v in axes.values()]):
         names, axis_layers = [], []
         for axis, (i, entry) in zip(axes, combo):
@@ -176,21 +195,28 @@ def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "
             names.append(str(entry["name"]))
             axis_layers.append(_set_layer(entry.get("set", {}), where))
         cell_name = "/".join(names)
+        if any(cell_name == n for n, _ in configs):
+            raise ConfigError(f"{path}: two cells are both named {cell_name!r}; axis entry names must differ")
         try:
             cfg = compose([*layers, *axis_layers, *flag_layers])
         except ConfigError as exc:
             raise ConfigError(f"{exc} (cell {cell_name})", exc.key) from None
         validate_names(cfg, f"{path} (cell {cell_name})")
+        configs.append((cell_name, cfg))
+    return GridFile(data.get("name", path.stem), path, configs, str(data.get("description", "")).strip(),
+                    data.get("table"))
+
+
+def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs") -> Grid:
+    """``read_grid``, then each cell's ``Training`` (cells differing only in post-processing share one)."""
+    from segtricks.training import Training  # torch and timm: imported once the grid is known to be valid
+    grid_file = read_grid(name_or_path, flags)
+    cells, trainings = [], {}
+    for cell_name, cfg in grid_file.configs:
         training = None
         if cfg.maps is None:  # trainings live by training hash: cells differing only in post-processing share one
             training = Training.in_root(cfg, output_root)
             training = trainings.setdefault(training.hash, training)
             cfg.output_dir = str(training.dir)
         cells.append(Cell(cell_name, cfg, config_hash(cfg), training))
-    seen = {}
-    for cell in cells:
-        if cell.name in seen:
-            raise ConfigError(f"{path}: two cells are both named {cell.name!r}; axis entry names must differ")
-        seen[cell.name] = cell
-    return Grid(data.get("name", path.stem), path, cells, str(data.get("description", "")).strip(),
-                data.get("table"))
+    return Grid(grid_file.name, grid_file.path, cells, grid_file.description, grid_file.table)

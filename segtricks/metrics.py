@@ -39,8 +39,6 @@ from scipy import ndimage
 
 BETA2 = 0.3
 EPS = float(np.spacing(1))  # MATLAB's eps, as the S/E-measure reference code uses
-PROTOCOLS = ("acc", "iou", "max_fbeta", "max_fbeta_per_image", "max_fbeta_pr_curve",
-             "mean_fbeta_adaptive", "mae", "s_measure", "max_e_measure", "mean_e_measure")
 
 
 def toolbox_rescale(pred: torch.Tensor) -> torch.Tensor:

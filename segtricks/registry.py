@@ -4,10 +4,18 @@ A registry maps a name to a callable. The contract of what a registered callable
 return lives in the registry's ``contract`` text and in each callable's docstring. Registering a
 name twice is an error, and looking up an unknown name is an error that lists the known ones, so
 that a typo in a grid YAML fails before anything runs.
+
+``registered_names`` answers "which names does module M register?" without importing M when it has
+not been imported yet: the command-line tools check a grid's names within a second, before paying
+for torch and timm (tests/test_registry.py checks it against every live registry).
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Iterator, List, TypeVar
+import ast
+import functools
+import importlib.util
+import sys
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple, TypeVar
 
 T = TypeVar("T", bound=Callable)
 
@@ -60,3 +68,37 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def registered_names(module: str, registry: str, helpers: Sequence[str] = ()) -> List[str]:
+    """The names ``module`` registers in its registry ``registry`` (a module-level variable).
+
+    An imported module answers from the live registry (which also holds names registered at run
+    time). Otherwise the source is read, not run: ``@REGISTRY.register()`` on a def or class (its
+    name), ``REGISTRY.register("name")`` and calls of the module's own registering ``helpers``
+    with a string first argument (``register_post_trick("gf")``)."""
+    if module in sys.modules:
+        return getattr(sys.modules[module], registry).names()
+    return _declared_names(module, registry, tuple(helpers))
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_names(module: str, registry: str, helpers: Tuple[str, ...]) -> List[str]:
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(open(spec.origin, encoding="utf-8").read(), spec.origin)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and _is_register(deco.func, registry) and not deco.args:
+                    names.add(node.name)
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            func = node.func
+            if _is_register(func, registry) or isinstance(func, ast.Name) and func.id in helpers:
+                names.add(node.args[0].value)
+    return sorted(names)
+
+
+def _is_register(func: ast.expr, registry: str) -> bool:
+    return (isinstance(func, ast.Attribute) and func.attr == "register" and isinstance(func.value, ast.Name)
+            and func.value.id == registry)

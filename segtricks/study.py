@@ -23,9 +23,8 @@ from typing import Any, Dict, List, Sequence
 
 import optuna
 
-from segtricks.config import Config, ConfigError, DatasetRef, Layer, compose, read_yaml_mapping, set_flag_layers
+from segtricks.config import METRICS, Config, ConfigError, DatasetRef, Layer, compose, read_yaml_mapping, set_flag_layers
 from segtricks.grid import base_and_set_layers, experiment_file, experiments_dir, validate_names
-from segtricks.metrics import PROTOCOLS
 
 TEST_DATASETS = ("duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k")
 
@@ -119,8 +118,8 @@ def load_study(name_or_path: str, flags: Sequence[str] = ()) -> StudySpec:
         raise ConfigError(f"{path}: objective.dataset {ref.name} (split {ref.split}) is a test set; tune on a "
                           f"validation split (e.g. synthetic split val, duts_tr split val)")
     metric, direction = obj.get("metric", "iou"), obj.get("direction", "maximize")
-    if metric not in PROTOCOLS:
-        raise ConfigError(f"{path}: objective.metric {metric!r} unknown; one of {', '.join(PROTOCOLS)}")
+    if metric not in METRICS:
+        raise ConfigError(f"{path}: objective.metric {metric!r} unknown; one of {', '.join(METRICS)}")
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"{path}: objective.direction must be maximize or minimize, got {direction!r}")
     space = data.get("search_space") or {}

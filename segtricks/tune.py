@@ -16,273 +16,15 @@ equal training instead of training again. MLflow: one parent run per study, one 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import submitit  # noqa: E402
-import yaml  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-
-from segtricks import slurm, tracking  # noqa: E402
-from segtricks.config import ConfigError  # noqa: E402
-from segtricks.evaluation import evaluate_model  # noqa: E402
-from segtricks.study import StudySpec, load_study  # noqa: E402
-from segtricks.trainer import Hook, LoopState, resolve_device  # noqa: E402
-from segtricks.training import Training  # noqa: E402
-from segtricks.tricks import post_trick_names  # noqa: E402
-
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+from segtricks import slurm
+from segtricks.config import ConfigError
+from segtricks.study import load_study
 
 
-class StorageError(RuntimeError):
-    """The study storage cannot be reached or opened."""
-
-
-def default_storage() -> str:
-    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
-
-
-def journal_path(url: str) -> Optional[Path]:
-    """The file of a ``journal:PATH`` storage (``journal:///abs/study.log`` or ``journal:study.log``)."""
-    if not url.startswith("journal:"):
-        return None
-    raw = url[len("journal:"):]
-    return Path(raw[2:] if raw.startswith("//") else raw).resolve()
-
-
-def open_study(spec: StudySpec, url: str) -> optuna.Study:
-    heartbeat = int(os.environ.get("SEGTRICKS_OPTUNA_HEARTBEAT_S", 60))  # a trial is stale after 2 missed beats
-    journal = journal_path(url)
-    if journal is not None:  # a file on a shared filesystem: for clusters without a database server
-        from optuna.storages.journal import JournalFileBackend
-        if not journal.parent.is_dir():
-            raise StorageError(f"journal storage {journal}: folder {journal.parent} does not exist")
-        return load_or_create_study(spec, optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
-    path = tracking.sqlite_path(url)
-    try:
-        # workers started at once on a fresh SQLite file would race Optuna's table creation
-        with tracking.file_lock(path.with_name(path.name + ".lock")) if path else contextlib.nullcontext(), \
-                warnings.catch_warnings():
-            # the heartbeat options are experimental in Optuna; we chose them on purpose
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-            return load_or_create_study(spec, storage)
-    except Exception as exc:  # SQLAlchemy/driver errors of every kind end in the same advice
-        raise StorageError(f"cannot open study storage {url}: {type(exc).__name__}: {exc}. Check the URL, that the "
-                           f"database server is running and reachable, and its driver is installed "
-                           f"(PostgreSQL: pip install 'psycopg[binary]')") from None
-
-
-def load_or_create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
-    return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
-                               sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
-
-
-def mlflow_parent(store: tracking.Store, spec: StudySpec) -> tracking.RunLog:
-    exp_id = store.experiment(f"study-{spec.name}", f"Optuna study {spec.name} ({spec.path})")
-    found = store.runs(exp_id, f"tags.study = '{spec.name}' and tags.role = 'study'")
-    if found:
-        parent = store.run(found[0].info.run_id)
-        parent.reopen()  # terminated by the previous invocation
-        return parent
-    run = store.start(exp_id, f"study {spec.name}", {"study": spec.name, "role": "study"})
-    run.log_params({"objective": f"{spec.objective_ref.name}/{spec.objective_ref.split}.{spec.metric}",
-                    "direction": spec.direction, "n_trials": str(spec.n_trials)})
-    return run
-
-
-class Pruning(Hook):
-    """Training hook: reports each epoch's validation IoU to the trial and stops a trial the pruner
-    rejects (the epoch's checkpoint is already saved, so an equal later trial resumes it)."""
-
-    def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
-        self.epochs_run: List[int] = []
-
-    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
-        self.epochs_run.append(state.epoch)
-        self.trial.report(metrics["val.iou"], state.epoch)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {state.epoch + 1} (validation IoU {metrics['val.iou']:.3f})")
-
-
-def objective_fn(spec: StudySpec, store: tracking.Store, parent: tracking.RunLog, output_root: str, device: str):
-    exp_id = parent.experiment_id()
-
-    def objective(trial: optuna.Trial) -> float:
-        params = spec.suggest(trial)
-        training = Training.in_root(spec.config(params), output_root)
-        cfg = training.cfg
-        trial.set_user_attr("training_hash", training.hash)
-        run = store.start(exp_id, f"trial {trial.number}", {"study": spec.name, "trial": str(trial.number),
-                                                             "training_hash": training.hash}, parent=parent.id)
-        run.log_params({k: str(v) for k, v in params.items()})
-        trial.set_user_attr("mlflow_run_id", run.id)  # closed FAILED if a killed worker leaves it RUNNING
-        pruning = Pruning(trial)
-        try:
-            training.run([tracking.EpochLogger(run), pruning])
-            trial.set_user_attr("trained", bool(pruning.epochs_run))
-            dev = resolve_device(device)
-            ev = evaluate_model(training.model(dev), cfg, spec.objective_ref, post_trick_names(cfg.tricks), dev,
-                                with_structure=spec.metric in ("s_measure", "max_e_measure", "mean_e_measure"),
-                                progress=False)
-            value = ev.results()[spec.metric]
-        except optuna.TrialPruned:
-            trial.set_user_attr("trained", bool(pruning.epochs_run))
-            run.set_tags({"optuna.state": "PRUNED", "pruned": "true"})
-            run.finish()
-            raise
-        except Exception:
-            run.set_tags({"optuna.state": "FAIL"})
-            run.fail()
-            raise
-        run.log_metrics({f"objective.{spec.metric}": value})
-        run.set_tags({"optuna.state": "COMPLETE", "pruned": "false", "trained": str(bool(pruning.epochs_run)).lower()})
-        run.finish()
-        return value
-
-    return objective
-
-
-def log_study(parent: tracking.RunLog, study: optuna.Study) -> None:
-    """Best parameters and the study's plots on the parent run."""
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    parent.log_metrics({"n_complete": len(complete), "n_pruned": sum(t.state == TrialState.PRUNED for t in study.trials)})
-    if not complete:
-        return
-    parent.set_tags({f"best.{k}": v for k, v in study.best_params.items()})
-    parent.log_metrics({"best_value": study.best_value})
-    plots = {"optimization_history": optuna.visualization.matplotlib.plot_optimization_history,
-             "slice": optuna.visualization.matplotlib.plot_slice}
-    if len(complete) >= 2 and len(study.best_params) >= 2:
-        plots["param_importances"] = optuna.visualization.matplotlib.plot_param_importances
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():  # Optuna's matplotlib plots are "experimental"; we chose them
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                ax = plot(study)
-        except (ValueError, RuntimeError) as exc:  # e.g. importances of constant objectives
-            print(f"note: {name} plot skipped: {exc}", file=sys.stderr)
-            continue
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-        fig.set_size_inches(8, 5)
-        # bbox "tight" trims the margins; tight_layout() cannot place the slice plot's colour bar
-        parent.log_bytes(f"{name}.png", lambda path: fig.savefig(path, dpi=120, bbox_inches="tight"), "plots")
-        plt.close(fig)
-
-
-def best_override(study: optuna.Study) -> str:
-    """YAML that `segtricks.ablate --set` (one line each) or a grid's `set:` block accepts."""
-    best = study.best_params
-    lines = [f"# best {study.direction.name.lower()} value {study.best_value:.4f} (trial {study.best_trial.number})",
-             yaml.safe_dump({"set": best}, sort_keys=True).strip(), "# as command-line overrides:",
-             "# " + " ".join(f"--set {k}={v}" for k, v in sorted(best.items()))]
-    return "\n".join(lines)
-
-
-def tune(spec: StudySpec, storage: str, n_trials: Optional[int] = None, tracking_uri: Optional[str] = None,
-         output_root: str = "outputs", device: str = "auto",
-         enqueue: Optional[List[Dict[str, Any]]] = None, worker: int = 0) -> optuna.Study:
-    study = open_study(spec, storage)
-    study.sampler = spec.make_sampler(len(study.trials), worker)
-    for params in enqueue or []:
-        study.enqueue_trial(params, skip_if_exists=True)
-    total = n_trials if n_trials is not None else spec.n_trials
-    done = sum(t.state in DONE for t in study.trials)
-    store = tracking.Store(tracking_uri)
-    parent = mlflow_parent(store, spec)
-    if done < total:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective_fn(spec, store, parent, output_root, device), n_trials=total - done,
-                       callbacks=[optuna.study.MaxTrialsCallback(total, states=DONE)], catch=(RuntimeError,),
-                       show_progress_bar=True)
-    close_failed_trial_runs(store, study)
-    log_study(parent, study)
-    parent.finish()
-    return study
-
-
-@dataclass
-class StudyJob:
-    """One Slurm array task of a study: the ordinary ``tune`` loop on the shared storage."""
-
-    study: str  # study name, or an absolute YAML path
-    flags: List[str]
-    storage: str
-    n_trials: Optional[int]
-    uri: str
-    output_root: str
-    worker: int
-
-
-class StudyTask(submitit.helpers.Checkpointable):
-    """A study worker as a Slurm array task; requeued on preemption, it continues the study (the
-    interrupted trial is failed by Optuna's heartbeat and retried)."""
-
-    def __call__(self, job: StudyJob) -> int:
-        spec = load_study(job.study, job.flags)
-        study = tune(spec, job.storage, job.n_trials, job.uri, job.output_root, worker=job.worker)
-        return sum(t.state == TrialState.COMPLETE for t in study.trials)
-
-
-def submit_study(spec: StudySpec, args, storage: str, opts: slurm.SlurmOptions) -> int:
-    """``--launcher slurm --workers N``: N array tasks on one storage; the study, its MLflow experiment
-    and parent run are created first so that the tasks do not race to create them."""
-    uri = tracking.tracking_uri(args.tracking_uri)
-    slurm.preflight(opts, {"MLflow store": tracking.sqlite_path(uri),
-                           "Optuna storage": tracking.sqlite_path(storage) or journal_path(storage)})
-    open_study(spec, storage)
-    mlflow_parent(tracking.Store(uri), spec).finish()
-    ref = args.study if not args.study.endswith((".yaml", ".yml")) else str(Path(args.study).resolve())
-    jobs = [StudyJob(ref, list(args.set), storage, args.n_trials, uri, str(Path(args.output_root).resolve()), i)
-            for i in range(args.workers)]
-    submitted = slurm.executor(opts, f"segtricks-study-{spec.name}").map_array(StudyTask(), jobs)
-    print(f"study {spec.name}: submitted {len(submitted)} Slurm array task(s) on {storage} "
-          f"(logs: {opts.folder}/<job id>/): {', '.join(j.job_id for j in submitted)}")
-    if not opts.wait:
-        print(f"Follow it with: python -m segtricks.tune --study {args.study} --storage {storage} --best")
-        return 0
-    errors = slurm.wait_for(submitted, f"study {spec.name}")
-    for error in filter(None, errors):
-        print(f"error: {error}", file=sys.stderr)
-    print_study_summary(spec, open_study(spec, storage), storage)
-    return 1 if any(errors) else 0
-
-
-def print_study_summary(spec: StudySpec, study: optuna.Study, storage: str) -> None:
-    """Trial counts by state, and the best parameters as an override when a trial completed."""
-    states = [t.state.name for t in study.trials]
-    print(f"study {spec.name}: {len(states)} trials ({states.count('COMPLETE')} complete, "
-          f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed) in {storage}")
-    if states.count("COMPLETE"):
-        print(best_override(study))
-
-
-def close_failed_trial_runs(store: tracking.Store, study: optuna.Study) -> None:
-    """Trials that Optuna failed because their worker died (stale heartbeat) leave their MLflow run
-    RUNNING: close it FAILED, saying why."""
-    for t in study.trials:
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if t.state == TrialState.FAIL and run_id:
-            run = store.run(run_id)
-            if run.status() == "RUNNING":
-                run.fail(f"trial {t.number} failed: its worker stopped sending heartbeats (killed or lost); "
-                         f"Optuna retried its parameters as a new trial")
-
-
-def main(argv: List[str] | None = None) -> int:
+def parse_args(argv: List[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", required=True, help="study name (experiments/study_<name>.yaml) or a YAML path")
     ap.add_argument("--n-trials", type=int, help="total trials of the study (default: its n_trials)")
@@ -294,27 +36,18 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=1, help="Slurm array tasks sharing the study (--launcher slurm)")
     slurm.add_arguments(ap)
-    args = ap.parse_args(argv)
-    storage = args.storage or default_storage()
+    return ap.parse_args(argv)
+
+
+def main(argv: List[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         spec = load_study(args.study, args.set)
-        if args.launcher == "slurm" and not args.best:
-            return submit_study(spec, args, storage, slurm.options_from(args, args.output_root))
-        if args.best:
-            study = open_study(spec, storage)
-            if not any(t.state == TrialState.COMPLETE for t in study.trials):
-                print(f"error: study {spec.name!r} in {storage} has no completed trial yet", file=sys.stderr)
-                return 2
-            print(best_override(study))
-            return 0
-        study = tune(spec, storage, args.n_trials, args.tracking_uri, args.output_root, args.device)
-    except (ConfigError, StorageError, slurm.LaunchError) as exc:
+    except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        return tracking.exit_on_environment_error(exc, tracking.tracking_uri(args.tracking_uri))
-    print_study_summary(spec, study, storage)
-    return 0
+    from segtricks import study_runner  # torch, timm, MLflow: only once the study is known to be valid
+    return study_runner.launch(spec, args)
 
 
 if __name__ == "__main__":

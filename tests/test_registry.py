@@ -1,8 +1,11 @@
+import subprocess
+import sys
+
 import pytest
 
 from segtricks.backbones import BACKBONES, build_backbone
 from segtricks.datasets import DATASETS
-from segtricks.registry import Registry, UnknownNameError
+from segtricks.registry import Registry, UnknownNameError, _declared_names
 from segtricks.tricks import TRICKS, get_tricks
 
 
@@ -37,3 +40,22 @@ def test_registries_hold_the_paper_components():
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_every_registered_callable_documents_its_contract(name):
     assert BACKBONES.get(name).__doc__
+
+
+def test_names_read_from_source_equal_the_live_registries():
+    """The command-line tools check a grid's names by reading the registering modules' source (no
+    torch import); a registration that reading cannot see would make a valid grid fail."""
+    from segtricks.grid import COMPONENTS
+    live = {"backbone": BACKBONES, "trick": TRICKS, "dataset": DATASETS}
+    for kind, (module, registry, helpers) in COMPONENTS.items():
+        assert _declared_names(module, registry, tuple(helpers)) == live[kind].names(), kind
+
+
+def test_a_typo_in_a_grid_name_is_reported_without_importing_torch():
+    code = ("import sys; from segtricks.ablate import main; rc = main(['--grid', 'tabel3']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; "
+            "from segtricks.tune import main as tune; rc2 = tune(['--study', 'dmeo']); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc + rc2)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr
+    assert "unknown grid 'tabel3'" in proc.stderr and "dmeo" in proc.stderr

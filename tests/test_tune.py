@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 
 from segtricks.config import ConfigError, config_from_dict
 from segtricks.study import load_study
-from segtricks.tune import main, tune
+from segtricks.study_runner import tune
+from segtricks.tune import main
 
 REPO = Path(__file__).resolve().parents[1]
 
