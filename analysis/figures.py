@@ -1,7 +1,7 @@
-"""IoU against object size (paper Fig. 6–8) from per-image records."""
+"""IoU against object size (paper Fig. 6–8) and qualitative examples, from per-image records."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import matplotlib
 
@@ -9,46 +9,109 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.paper import DATASET_LABELS  # noqa: E402
 
 BINS = 20  # equal bins of the object ratio over [0, 1]
+MIN_IMAGES = 5  # a bin with fewer images is drawn hollow and faded, without an interval
+LINESTYLES = ["-", "--", "-.", ":"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]  # 4 and 7 are coprime: the first 28 cells differ in both
+DODGE = 0.12 / BINS  # cells' error bars side by side within a bin (8 cells still fit in one)
+TIE = 0.005  # an IoU difference smaller than this prints as ±0.00: neither a gain nor a loss
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (fixed seed: figures are reproducible)."""
+    values = np.asarray(values, dtype=float)
+    picks = np.random.default_rng(seed).integers(0, len(values), (resamples, len(values)))
+    lo, hi = np.percentile(values[picks].mean(axis=1), [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
 
 
 def size_bins(records: pd.DataFrame) -> pd.DataFrame:
-    """Per cell and bin: mean IoU and image count. Bin i holds ratios in [i/20, (i+1)/20) (1.0 in the last)."""
+    """Per cell and bin: mean IoU, image count and the mean's 95% bootstrap interval (``ci_low``,
+    ``ci_high``). Bin i holds ratios in [i/20, (i+1)/20) (1.0 in the last)."""
     b = np.minimum((records["object_ratio"].to_numpy() * BINS).astype(int), BINS - 1)
-    df = records.assign(bin=b)
-    out = df.groupby(["cell", "bin"]).agg(mean_iou=("iou", "mean"), count=("iou", "size")).reset_index()
+    groups = records.assign(bin=b).groupby(["cell", "bin"])["iou"]
+    out = groups.agg(mean_iou="mean", count="size").reset_index()
+    ci = np.array([bootstrap_ci(v.to_numpy()) for _, v in groups]).reshape(-1, 2)  # same (sorted) group order
+    out["ci_low"], out["ci_high"] = ci[:, 0], ci[:, 1]
     out["left"] = out["bin"] / BINS
     return out
 
 
+def line_style(i: int) -> dict:
+    """Colour, line style and marker of the i-th cell: the trick lines lie close together, so each
+    differs from the others in all three (readable in grey print too)."""
+    return {"color": f"C{i % 10}", "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def draw_cell(ax: plt.Axes, bins: pd.DataFrame, style: dict, label: str, dodge: float) -> None:
+    """One cell's mean IoU per bin, shifted by ``dodge`` so that the cells' error bars stand side by
+    side. Bins of at least MIN_IMAGES images: filled markers on a full line, with the 95% interval;
+    sparser bins: hollow faded markers on a faint line, so that one image at IoU 0 does not weigh
+    like a bin of a hundred."""
+    x = bins["left"] + 0.5 / BINS + dodge
+    y = bins["mean_iou"]
+    dense = bins["count"] >= MIN_IMAGES
+    ax.plot(x, y, color=style["color"], linestyle=style["linestyle"], lw=1, alpha=0.3)
+    ax.plot(x, y.where(dense), **style, lw=1.6, ms=4, label=label)
+    ax.plot(x[~dense], y[~dense], color=style["color"], marker=style["marker"], linestyle="none", ms=4, mfc="none",
+            alpha=0.5)
+    ax.errorbar(x[dense], y[dense], yerr=[y[dense] - bins["ci_low"][dense], bins["ci_high"][dense] - y[dense]],
+                fmt="none", ecolor=style["color"], elinewidth=1, alpha=0.7)
+
+
+def draw_counts(ax: plt.Axes, bins: pd.DataFrame) -> None:
+    """Images per bin (the most of any cell: cells share their images) as grey bars on a second axis
+    behind the lines."""
+    counts = bins.groupby("bin")["count"].max()
+    twin = ax.twinx()
+    twin.bar(counts.index / BINS + 0.5 / BINS, counts.values, width=0.9 / BINS, color="0.88", zorder=0)
+    twin.set_ylabel("images per bin", color="0.45")
+    twin.yaxis.set_major_locator(MaxNLocator(integer=True))
+    twin.tick_params(axis="y", colors="0.45")
+    ax.set_zorder(twin.get_zorder() + 1)
+    ax.patch.set_visible(False)
+
+
+def legend_rows(*rows: List) -> Tuple[List, int]:
+    """Handles and a column count that show each list of handles on its own legend row (matplotlib
+    fills a legend column by column, so the rows are interleaved and padded with blank entries)."""
+    width = max(map(len, rows))
+    blank = Line2D([], [], linestyle="none", label="")
+    padded = [row + [blank] * (width - len(row)) for row in rows]
+    return [handle for column in zip(*padded) for handle in column], width
+
+
 def plot_iou_vs_size(records_by_dataset: Dict[str, pd.DataFrame], cells: List[str], title: str) -> plt.Figure:
-    """One panel per dataset: mean IoU per size bin for each cell (lines), image counts (grey bars)."""
+    """One panel per dataset: mean IoU per size bin for each cell (lines with 95% bootstrap intervals),
+    image counts (grey bars); one legend below the panels, the cells on its first row."""
     n = len(records_by_dataset)
-    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(7.0, 5.5 * n), 5), squeeze=False, layout="constrained")
+    dodges = (np.arange(len(cells)) - (len(cells) - 1) / 2) * DODGE
     for ax, (dataset, records) in zip(axes[0], records_by_dataset.items()):
         bins = size_bins(records[records.cell.isin(cells)])
-        counts = bins[bins.cell == cells[0]].set_index("bin")["count"] if len(bins) else pd.Series(dtype=int)
-        twin = ax.twinx()
-        twin.bar(counts.index / BINS + 0.5 / BINS, counts.values, width=0.9 / BINS, color="0.85", zorder=0)
-        twin.set_ylabel("images per bin", color="0.45")
-        twin.tick_params(axis="y", colors="0.45")
-        ax.set_zorder(twin.get_zorder() + 1)
-        ax.patch.set_visible(False)
-        for cell in cells:
-            c = bins[bins.cell == cell]
-            ax.plot(c["left"] + 0.5 / BINS, c["mean_iou"], marker="o", ms=3, label=cell.split("/")[-1])
+        draw_counts(ax, bins)
+        for i, cell in enumerate(cells):
+            draw_cell(ax, bins[bins.cell == cell], line_style(i), cell.split("/")[-1], dodges[i])
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("object size (GT pixels / image pixels)")
         ax.set_ylabel("mean IoU")
         ax.set_title(DATASET_LABELS.get(dataset, dataset))
-        ax.legend(loc="lower right", fontsize=8)
         ax.grid(alpha=0.3)
+    handles, ncol = legend_rows([Line2D([], [], **line_style(i), label=cell.split("/")[-1])
+                                 for i, cell in enumerate(cells)], [
+        Line2D([], [], color="0.3", marker="|", ms=10, linestyle="none", label="95% bootstrap CI of the mean"),
+        Line2D([], [], color="0.3", marker="o", mfc="none", linestyle="none", alpha=0.6,
+               label=f"< {MIN_IMAGES} images: hollow, no CI"),
+        Patch(color="0.88", label="images per bin (right axis)")])
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -60,34 +123,45 @@ def read_samples(path: str) -> Dict[str, tuple]:
 
 def pick_examples(records: pd.DataFrame, baseline: str, full: str, ids: List[str], n: int = 2) -> List[tuple]:
     """The selection rule of the qualitative figures: among ``ids`` (the images every run kept), the
-    ``n`` with the largest IoU gain of ``full`` over ``baseline``, then the ``n`` with the largest loss."""
+    ``n`` with the largest IoU gain of ``full`` over ``baseline``, then the ``n`` with the largest loss.
+    A difference under TIE is a tie, never shown as a gain or loss; only when no image differs are
+    ``n`` ties shown, labelled "tie"."""
     iou = records[records.image_id.astype(str).isin(ids)].pivot_table(index="image_id", columns="cell", values="iou")
     if baseline not in iou or full not in iou:
         return []
-    gain = (iou[full] - iou[baseline]).sort_values()
-    best = list(gain.index[::-1][:n])
-    worst = [i for i in gain.index[:n] if i not in best]
-    return [(str(i), f"gain {gain[i]:+.2f}") for i in best] + [(str(i), f"loss {gain[i]:+.2f}") for i in worst]
+    diff = (iou[full] - iou[baseline]).dropna()
+    gains = diff[diff >= TIE].sort_values(ascending=False)[:n]
+    losses = diff[diff <= -TIE].sort_values()[:n]
+    chosen = [(str(i), f"gain {d:+.2f}") for i, d in gains.items()] + \
+             [(str(i), f"loss {d:+.2f}") for i, d in losses.items()]
+    return chosen or [(str(i), "tie") for i in diff.index[:n]]
 
 
 def plot_qualitative(samples: Dict[str, Dict[str, tuple]], records: pd.DataFrame, cells: List[str],
                      chosen: List[tuple], title: str) -> plt.Figure:
-    """Rows: chosen images; columns: image, ground truth, then each cell's prediction with its IoU."""
+    """Rows: chosen images; columns: image, ground truth, then each cell's soft prediction with its
+    IoU, all masks on one 0–1 grey scale explained by a colour bar."""
     cols = 2 + len(cells)
-    fig, axes = plt.subplots(len(chosen), cols, figsize=(2.3 * cols, 2.3 * len(chosen) + 0.6), squeeze=False)
+    # rows as tall as the images drawn 2.3 in wide (plus their titles), not square cells with gaps
+    aspect = max(samples[cells[0]][i][0].shape[0] / samples[cells[0]][i][0].shape[1] for i, _ in chosen)
+    fig, axes = plt.subplots(len(chosen), cols, figsize=(2.3 * cols + 1, len(chosen) * (2.3 * aspect + 0.5) + 0.4),
+                             squeeze=False, layout="constrained")
     iou = records.assign(image_id=records.image_id.astype(str)).set_index(["cell", "image_id"])["iou"]
+    grey = {"cmap": "gray", "vmin": 0, "vmax": 1}
     for row, (image_id, label) in enumerate(chosen):
         image, gt, _ = samples[cells[0]][image_id]
         axes[row, 0].imshow(image)
         axes[row, 0].set_title(f"{image_id}\n{label}", fontsize=8)
-        axes[row, 1].imshow(gt, cmap="gray", vmin=0, vmax=1)
+        axes[row, 1].imshow(gt, **grey)
         axes[row, 1].set_title("ground truth", fontsize=8)
         for col, cell in enumerate(cells, start=2):
-            axes[row, col].imshow(samples[cell][image_id][2], cmap="gray", vmin=0, vmax=255)
+            mask = axes[row, col].imshow(samples[cell][image_id][2] / 255, **grey)  # stored as uint8 0–255
             axes[row, col].set_title(f"{cell.split('/')[-1]} (IoU {iou.get((cell, image_id), float('nan')):.2f})",
                                      fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
+    bar = fig.colorbar(mask, ax=axes, shrink=min(0.8, 1.6 / len(chosen)), aspect=20)  # about two rows tall
+    bar.set_label("predicted foreground score (ground truth: 0 or 1)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig

@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis.figures import pick_examples, plot_iou_vs_size, size_bins
+from analysis.figures import (MIN_IMAGES, bootstrap_ci, pick_examples, plot_iou_vs_size, plot_qualitative,
+                              size_bins)
 from analysis.make_tables import main as make_tables
 from analysis.runs import load_records, load_runs
 from analysis.tables import build_table, to_latex, to_markdown, wide
@@ -119,3 +120,79 @@ def test_qualitative_selection_rule_by_hand():
     chosen = pick_examples(records, "b", "f", ["1", "2", "3", "4"], n=1)
     assert chosen == [("1", "gain +0.40"), ("3", "loss -0.30")]
     assert pick_examples(records, "b", "f", ["1", "2"], n=2) == [("1", "gain +0.40"), ("2", "gain +0.10")]
+
+
+def test_bootstrap_interval_holds_the_mean_narrows_with_more_images_and_is_reproducible():
+    rng = np.random.default_rng(1)
+    few, many = rng.uniform(0, 1, 20), rng.uniform(0, 1, 2000)
+    for values in (few, many):
+        lo, hi = bootstrap_ci(values)
+        assert lo < values.mean() < hi
+    (lo_few, hi_few), (lo_many, hi_many) = bootstrap_ci(few), bootstrap_ci(many)
+    assert hi_many - lo_many < (hi_few - lo_few) / 4  # width ~ 1/sqrt(n): 10x more samples, ~3.2x narrower
+    assert bootstrap_ci(few) == (lo_few, hi_few)  # fixed seed
+    assert bootstrap_ci([0.3]) == (0.3, 0.3)  # one image: no spread to resample, hence no interval drawn
+
+
+def sparse_tail_records(cells):
+    """20 images in the first bin, one image (IoU 0) in the last."""
+    rows = []
+    for k, cell in enumerate(cells):
+        rows += [{"cell": cell, "object_ratio": 0.02, "iou": 0.5 + 0.01 * k + 0.02 * (i % 5)} for i in range(20)]
+        rows.append({"cell": cell, "object_ratio": 0.99, "iou": 0.0})
+    return pd.DataFrame(rows)
+
+
+def test_size_bins_carry_an_interval_around_each_mean():
+    bins = size_bins(sparse_tail_records(["a", "b"]))
+    assert (bins.ci_low <= bins.mean_iou).all() and (bins.mean_iou <= bins.ci_high).all()
+    dense = bins[bins["count"] == 20]
+    assert (dense.ci_high - dense.ci_low > 0).all()
+
+
+def test_size_plot_gives_each_cell_its_own_style_and_draws_sparse_bins_hollow_and_faded():
+    cells = ["g/baseline", "g/crop", "g/gf", "g/crop+gf"]
+    fig = plot_iou_vs_size({"synthetic": sparse_tail_records(cells)}, cells, "t")
+    ax = fig.axes[0]
+    full = [line for line in ax.lines if not line.get_label().startswith("_")]
+    assert [line.get_label() for line in full] == ["baseline", "crop", "gf", "crop+gf"]
+    assert len({(line.get_linestyle(), line.get_marker()) for line in full}) == 4
+    assert len({line.get_color() for line in full}) == 4
+    for line in full:  # the full-weight line stops before the one-image bin (IoU 0)...
+        x, y = map(np.asarray, line.get_data())
+        assert np.isnan(y[x > 0.9]).all() and not np.isnan(y[x < 0.1]).any()
+    sparse = [line for line in ax.lines if line not in full and line.get_marker() != "None"]
+    assert len(sparse) == 4  # ...and it is drawn hollow and faded instead
+    for line in sparse:
+        assert line.get_markerfacecolor() == "none" and line.get_alpha() <= 0.5
+        assert line.get_linestyle() == "None" and (np.asarray(line.get_xdata()) > 0.9).all()
+    bars = [c for c in ax.collections if c.get_segments()]  # error bars: only for bins of >= MIN_IMAGES images
+    assert len(bars) == 4 and all(seg[:, 0].max() < 0.1 for c in bars for seg in c.get_segments())
+    assert any(f"< {MIN_IMAGES} images" in t.get_text() for t in fig.legends[0].get_texts())
+    assert any("95% bootstrap" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_ties_are_never_labelled_gains_or_losses():
+    ids = ["1", "2", "3", "4", "5", "6"]
+    records = pd.DataFrame({"cell": ["b"] * 6 + ["f"] * 6, "image_id": ids * 2,
+                            "iou": [0.5] * 6 + [0.8, 0.5, 0.504, 0.3, 0.497, 0.5]})
+    chosen = pick_examples(records, "b", "f", ids, n=2)
+    assert chosen == [("1", "gain +0.30"), ("4", "loss -0.20")]  # 0.004 and -0.003 print as ±0.00: ties
+    zeros = records.assign(iou=0.0)
+    assert pick_examples(zeros, "b", "f", ids, n=2) == [("1", "tie"), ("2", "tie")]
+    for _, label in chosen + pick_examples(zeros, "b", "f", ids, n=2):
+        assert "0.00" not in label
+
+
+def test_qualitative_masks_share_a_fixed_0_1_scale_with_a_colour_bar():
+    cells = ["g/baseline", "g/crop+gf"]
+    gt = np.zeros((8, 12), bool)
+    gt[2:6, 3:9] = True
+    pred = np.full((8, 12), 128, np.uint8)  # stored soft maps are uint8 0–255
+    samples = {c: {"1": (np.zeros((8, 12, 3), np.uint8), gt, pred)} for c in cells}
+    records = pd.DataFrame({"cell": cells, "image_id": ["1", "1"], "iou": [0.2, 0.6]})
+    fig = plot_qualitative(samples, records, cells, [("1", "gain +0.40")], "t")
+    masks = [im for ax in fig.axes[1:4] for im in ax.get_images()]
+    assert len(masks) == 3 and all(im.get_clim() == (0, 1) for im in masks)
+    assert masks[-1].get_array().max() == pytest.approx(128 / 255)
+    assert len(fig.axes) == 5  # 4 panels and the colour bar
