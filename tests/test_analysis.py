@@ -1,5 +1,9 @@
-"""Tables and plots from logged runs: a reduced demo grid run in the test, plus hand-made cases."""
+"""Tables and plots from logged runs: a reduced demo grid run in the test, plus hand-made cases; the
+study plots' axes."""
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -10,6 +14,7 @@ from analysis.make_tables import main as make_tables
 from analysis.runs import load_records, load_runs
 from analysis.tables import build_table, to_latex, to_markdown, wide
 from segtricks.ablate import main as ablate
+from segtricks.study_runner import thin_log_ticks, write_study_plots
 
 TINY = ["--set", "optim.epochs=1", "--set", "optim.steps_per_epoch=2", "--set", "optim.batch_size=4",
         "--set", "data.train.limit=8", "--set", "data.val.limit=4",
@@ -196,3 +201,34 @@ def test_qualitative_masks_share_a_fixed_0_1_scale_with_a_colour_bar():
     assert len(masks) == 3 and all(im.get_clim() == (0, 1) for im in masks)
     assert masks[-1].get_array().max() == pytest.approx(128 / 255)
     assert len(fig.axes) == 5  # 4 panels and the colour bar
+
+
+def overlapping_labels(ax) -> bool:
+    ax.figure.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_study_log_axes_get_few_plain_ticks_whose_labels_do_not_overprint():
+    fig, ax = plt.subplots(figsize=(1.6, 2))  # a slice-plot panel; the data span under a decade
+    ax.set_xscale("log")
+    ax.set_xlim(0.0068, 0.0125)
+    assert overlapping_labels(ax)  # matplotlib's own labels of the minor ticks collide here
+    thin_log_ticks(ax)
+    assert not overlapping_labels(ax)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.007", "0.009"]
+    ax.set_xlim(1e-4, 1e-1)  # four decades: every other one
+    thin_log_ticks(ax)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.0001", "0.01"]
+    plt.close(fig)
+
+
+def test_study_plots_are_written_and_leave_matplotlib_style_alone(tmp_path):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("gf.eps", 1e-4, 1e-2, log=True) + t.suggest_int("gf.radius", 1, 9),
+                   n_trials=3)
+    style = dict(matplotlib.rcParams)
+    written = write_study_plots(study, tmp_path)
+    assert {p.name for p in written} == {"optimization_history.png", "slice.png", "param_importances.png"}
+    assert all(p.stat().st_size > 0 for p in written)
+    assert dict(matplotlib.rcParams) == style  # Optuna's ggplot style stays inside its figures
