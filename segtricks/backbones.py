@@ -76,6 +76,22 @@ IBOT_S16 = WeightsRelease(
 )
 
 
+# Each registered backbone's official release (None: no official weights, random-init by default).
+RELEASES: Dict[str, Optional[WeightsRelease]] = {
+    "dino_vits8": DINO_S8, "dino_vits16": DINO_S16, "ibot_vits16": IBOT_S16, "demo_vit4": None,
+}
+
+
+def find_weights(name: str, weights: Optional[str]) -> Optional[Path]:
+    """The file backbone ``name`` loads for config value ``weights`` (None for random-init), found
+    (or downloaded) as building it would, without building it: the check that runs before a grid.
+    Raises ``WeightsNotFoundError`` naming the file, where it is published and where to put it."""
+    release = RELEASES.get(name)
+    if weights == RANDOM_INIT or release is None and weights is None:
+        return None
+    return resolve_weights_file(release, weights)
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -219,17 +235,17 @@ class KeyBackbone(nn.Module):
         return keys.transpose(1, 2).reshape(b, c, h // p, w // p)
 
 
-def _build(timm_name: str, name: str, release: Optional[WeightsRelease], weights: Optional[str],
-           rms: Optional[float] = None, **timm_kwargs) -> KeyBackbone:
+def _build(timm_name: str, name: str, weights: Optional[str], rms: Optional[float] = None,
+           **timm_kwargs) -> KeyBackbone:
     # A random-init backbone is drawn from its own fixed seed, never the global RNG, so that
     # "random-init" names one set of weights: a run reloaded later gets the backbone it trained on.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         vit = timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True,
                                 **timm_kwargs)
-    if weights == RANDOM_INIT or release is None and weights is None:
+    path = find_weights(name, weights)
+    if path is None:
         return KeyBackbone(vit, name, RANDOM_INIT, rms)
-    path = resolve_weights_file(release, weights)
     load_vit_checkpoint(vit, path, name)
     return KeyBackbone(vit, name, f"sha256:{sha256_of(path)}", rms)
 
@@ -237,19 +253,19 @@ def _build(timm_name: str, name: str, release: Optional[WeightsRelease], weights
 @BACKBONES.register()
 def dino_vits8(weights: Optional[str] = None) -> KeyBackbone:
     """DINO ViT-S/8 (384-d, 12 blocks, 6 heads); official file ``dino_deitsmall8_pretrain.pth``."""
-    return _build("vit_small_patch8_224", "dino_vits8", DINO_S8, weights)
+    return _build("vit_small_patch8_224", "dino_vits8", weights)
 
 
 @BACKBONES.register()
 def dino_vits16(weights: Optional[str] = None) -> KeyBackbone:
     """DINO ViT-S/16; official file ``dino_deitsmall16_pretrain.pth``."""
-    return _build("vit_small_patch16_224", "dino_vits16", DINO_S16, weights)
+    return _build("vit_small_patch16_224", "dino_vits16", weights)
 
 
 @BACKBONES.register()
 def ibot_vits16(weights: Optional[str] = None) -> KeyBackbone:
     """iBOT ViT-S/16; official ``checkpoint_teacher.pth`` (weights under ``state_dict``)."""
-    return _build("vit_small_patch16_224", "ibot_vits16", IBOT_S16, weights)
+    return _build("vit_small_patch16_224", "ibot_vits16", weights)
 
 
 @BACKBONES.register()
@@ -266,7 +282,7 @@ def demo_vit4(weights: Optional[str] = None) -> KeyBackbone:
     as they are .358 / .524, RMS 4 .493 / .530; crop + GF training, .436 / .502 vs .540 / .454;
     validation IoU after the first epoch ≈ .17 unscaled vs ≈ .34 at RMS 4.
     """
-    return _build("vit_small_patch8_224", "demo_vit4", None, weights, rms=4.0,
+    return _build("vit_small_patch8_224", "demo_vit4", weights, rms=4.0,
                   patch_size=4, embed_dim=96, depth=2, num_heads=3)
 
 

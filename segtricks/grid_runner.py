@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from segtricks import figures, slurm, tracking
+from segtricks import figures, preflight, slurm, tracking
 from segtricks.checkpoint import NoSpaceError
 from segtricks.config import DatasetRef
 from segtricks.evaluation import describe_skipped, evaluate_maps, evaluate_model, skipped_csv
@@ -114,13 +114,25 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
     return steps
 
 
-def print_plan(grid: Grid, steps: List[Step]) -> None:
+def missing_by_cell(steps: List[Step]) -> Dict[str, List[preflight.Missing]]:
+    """What each cell that will run needs and this machine lacks (``segtricks.preflight``)."""
+    check = preflight.Preflight()
+    return {s.cell.name: check.missing(s.cell.cfg, trains=s.cell.trains and
+                                       s.cell.training.status().state is not State.COMPLETE)
+            for s in steps if s.action is not Action.SKIP}
+
+
+def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[preflight.Missing]]) -> None:
     trainings = {s.cell.training_hash for s in steps if s.cell.trains}
     print(f"grid {grid.name} ({grid.path}): {len(steps)} cells, {len(trainings)} trainings")
     width = max(len(s.cell.name) for s in steps)
     for s in steps:
         training = f"train {s.cell.training_hash[:12]} ({s.cell.training.status()})" if s.cell.trains else "maps"
-        print(f"  {s.cell.name:<{width}}  {s.cell.config_hash[:12]}  {training:<40}  {s.action.value:<14} {s.reason}")
+        fails = ", ".join(m.what for m in missing.get(s.cell.name, []))
+        print(f"  {s.cell.name:<{width}}  {s.cell.config_hash[:12]}  {training:<40}  {s.action.value:<14} {s.reason}"
+              + (f"  will fail: missing {fails}" if fails else ""))
+    if any(missing.values()):
+        print(preflight.report(missing).replace("; nothing was run:", ":"))
 
 
 def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:
@@ -214,6 +226,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
     announced = set()  # (cell, run id) of the waits already reported
     if force and since_ms is None:
         since_ms = int(time.time() * 1000)
+    bar = None  # one bar for the whole pass: it counts the cells this worker ran, not the plans
     while True:
         by_hash = store.runs_by_hash(exp_id)
         # with --force, a cell rerun by this invocation has a FINISHED run since since_ms: plan skips it
@@ -234,8 +247,9 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                 time.sleep(5)  # other workers hold cells or train what they share; wait for them
                 continue
             break
-        bar = tqdm(todo, desc=f"grid {grid.name}", unit="cell")
-        for step in bar:
+        if bar is None:
+            bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell")
+        for step in todo:
             bar.set_postfix_str(step.cell.name)
             if step.action is Action.RESUME:
                 run = store.run(step.run_id)
@@ -262,10 +276,13 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                         raise  # every later cell would fail the same way
                     tqdm.write(f"cell {step.cell.name} FAILED: {type(exc).__name__}: {exc}")
                     if fail_fast:
+                        bar.close()
                         return list(summary.values())
+            bar.update()
             break  # plan again: what other workers did meanwhile changes what is left
         else:
             time.sleep(5)  # every cell left was claimed by another worker just now: let them start
+    if bar is not None:
         bar.close()
     return list(summary.values())
 
@@ -312,6 +329,10 @@ def submit_grid(grid: Grid, args, uri: str, opts: slurm.SlurmOptions) -> int:
     exp_id = store.experiment(grid.name, grid.description)  # before any task starts
     since_ms = int(time.time() * 1000) if args.force else None
     steps = plan(grid, store.runs_by_hash(exp_id), args.force, args.rerun_failed, since_ms)
+    missing = missing_by_cell(steps)
+    if any(missing.values()):
+        print(f"error: {preflight.report(missing)}", file=sys.stderr)
+        return 2
     groups = training_groups(steps)
     if not groups:
         print(f"grid {grid.name}: nothing to submit, every cell is done")
@@ -411,12 +432,18 @@ def launch(args: argparse.Namespace, argv: List[str], opts: Optional[slurm.Slurm
             return submit_grid(grid, args, uri, opts)
         store = tracking.Store(uri)
         exp_id = store.experiment(grid.name, grid.description)  # before any worker starts
+        since_ms = int(time.time() * 1000) if args.force else None
+        steps = plan(grid, store.runs_by_hash(exp_id), args.force, args.rerun_failed, since_ms)
+        missing = missing_by_cell(steps)
         if args.dry_run:
-            print_plan(grid, plan(grid, store.runs_by_hash(exp_id), args.force, args.rerun_failed))
+            print_plan(grid, steps, missing)
             return 0
+        if any(missing.values()):
+            print(f"error: {preflight.report(missing)}", file=sys.stderr)
+            return 2
         if args.workers > 1:
             return spawn_workers(strip_workers(argv), args.workers)
-        rows = run_grid(grid, uri, args.force, args.rerun_failed, args.fail_fast, args.device)
+        rows = run_grid(grid, uri, args.force, args.rerun_failed, args.fail_fast, args.device, since_ms)
     except slurm.LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ import submitit  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from segtricks import slurm, tracking  # noqa: E402
+from segtricks import preflight, slurm, tracking  # noqa: E402
 from segtricks.config import ConfigError  # noqa: E402
 from segtricks.evaluation import evaluate_model  # noqa: E402
 from segtricks.study import StudySpec, load_study  # noqa: E402
@@ -314,6 +314,11 @@ def close_failed_trial_runs(store: tracking.Store, study: optuna.Study) -> None:
 def launch(spec: StudySpec, args: argparse.Namespace) -> int:
     """What ``python -m segtricks.tune`` does once its arguments and study are known to be valid."""
     storage = args.storage or default_storage()
+    if not args.best:  # every trial needs the base config's weights and datasets: check before any run
+        missing = preflight.Preflight().missing(spec.config({}), trains=True)
+        if missing:
+            print(f"error: {preflight.report({f'study {spec.name}': missing})}", file=sys.stderr)
+            return 2
     try:
         if args.launcher == "slurm" and not args.best:
             return submit_study(spec, args, storage, slurm.options_from(args, args.output_root))

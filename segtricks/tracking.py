@@ -51,6 +51,9 @@ from segtricks.trainer import Hook, LoopState
 # MLflow's SQL layer logs each database error with a traceback before raising it, and a note on store
 # creation; the raised error becomes one line here (explain_store_error), so those logs are noise.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+# Reading a run's small artifacts (records, samples) drew one "Downloading artifacts" bar per file, in
+# make_tables dozens: noise a user cannot act on. Set the variable to true to see them again.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # A claim is refreshed every HEARTBEAT_S and expires STALE_AFTER_S after the last refresh.
 HEARTBEAT_S = float(os.environ.get("SEGTRICKS_HEARTBEAT_S", 15))

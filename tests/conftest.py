@@ -27,3 +27,14 @@ def require_shared(sub: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (real test data lives in ../shared/data beside the repo)")
     return path
+
+
+def unreadable_folder(tmp_path: Path) -> Path:
+    """A ``folder`` dataset that exists (the preflight check passes) but whose one image is not an
+    image: a cell evaluating on it fails when it reads the image, mid-run."""
+    root = tmp_path / "unreadable"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "images" / "a.png").write_bytes(b"not a png")
+    (root / "masks" / "a.png").write_bytes(b"not a png")
+    return root

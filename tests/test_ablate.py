@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import unreadable_folder
 from segtricks import checkpoint
 from segtricks.ablate import main
 from segtricks.config import ConfigError
@@ -69,7 +70,8 @@ def test_demo_grid_runs_tags_metrics_and_rerun_creates_nothing(in_tmp, capsys):
 
 def test_failed_cell_is_recorded_and_the_grid_goes_on(in_tmp, capsys):
     grid = write_grid(in_tmp, ["{name: ok, set: {tricks: []}}",
-                               "{name: broken, set: {tricks: [gf], eval: [{name: folder, root: /nonexistent}]}}"])
+                               "{name: broken, set: {tricks: [gf], eval: [{name: folder, root: %s}]}}" %
+                               unreadable_folder(in_tmp)])
     assert main(["--grid", str(grid), *TINY[:-2]]) == 1
     client, rs = runs(in_tmp)
     status = {r.data.tags["cell"]: r for r in rs}
@@ -81,6 +83,22 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(in_tmp, capsys):
     assert main(["--grid", str(grid), "--rerun-failed", *TINY[:-2]]) == 1
     rs = runs(in_tmp)[1]
     assert sum(r.data.tags["cell"] == "ok" for r in rs) == 1 and sum(r.data.tags["cell"] == "broken" for r in rs) == 2
+
+
+def test_missing_weights_and_data_are_listed_at_once_and_no_run_is_created(in_tmp, capsys):
+    """Issue 14: the preflight check names every missing file and folder before any run exists."""
+    grid = write_grid(in_tmp, [f"{{name: a, set: {{backbone.weights: {in_tmp / 'nope.pth'}}}}}",
+                               f"{{name: b, set: {{eval: [{{name: folder, root: {in_tmp / 'no_data'}}}]}}}}"])
+    assert main(["--grid", str(grid), *TINY[:-2]]) == 2
+    err = capsys.readouterr().err
+    assert "2 thing(s) the cells need are missing; nothing was run" in err
+    assert f"weights file {in_tmp / 'nope.pth'} does not exist" in err and f"{in_tmp / 'no_data'}" in err
+    assert not runs(in_tmp)[1]
+    assert main(["--grid", str(grid), *TINY[:-2], "--dry-run"]) == 0  # the same, as a column
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert "will fail: missing weights of demo_vit4" in rows["a"]
+    assert "will fail: missing dataset folder" in rows["b"]
+    assert not runs(in_tmp)[1]
 
 
 def test_bad_grid_input_fails_before_anything_runs(in_tmp, capsys):

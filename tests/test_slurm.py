@@ -13,6 +13,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import unreadable_folder
 from segtricks import checkpoint
 from segtricks.ablate import main as ablate
 from segtricks.tune import main as tune
@@ -113,7 +114,8 @@ def test_a_preempted_task_is_requeued_and_finishes_without_training_an_epoch_twi
 
 def test_a_failing_cell_is_failed_while_the_other_group_finishes(in_tmp, capsys):
     grid = write_grid(in_tmp, ["{name: ok, set: {tricks: []}}",
-                               "{name: broken, set: {tricks: [crop], eval: [{name: folder, root: /nonexistent}]}}"])
+                               "{name: broken, set: {tricks: [crop], eval: [{name: folder, root: %s}]}}" %
+                               unreadable_folder(in_tmp)])
     assert ablate(["--grid", str(grid), *TINY[:-2], *SLURM, "--wait"]) == 1
     client, by_cell = runs(in_tmp)
     assert by_cell["ok"].info.status == "FINISHED" and by_cell["broken"].info.status == "FAILED"

@@ -149,3 +149,10 @@ def test_a_continued_study_proposes_new_points(in_tmp):
     trials = optuna.load_study(study_name="cont", storage=f"sqlite:///{in_tmp / 'optuna.db'}").trials
     first, continued = [t.params for t in trials[:2]], [t.params for t in trials[2:]]
     assert len(continued) == 2 and not any(p in first for p in continued)
+
+
+def test_a_study_missing_weights_is_refused_before_any_trial_or_run(in_tmp, capsys):
+    path = write_study(in_tmp)
+    assert main(["--study", str(path), "--set", f"backbone.weights={in_tmp / 'nope.pth'}"]) == 2
+    assert f"weights file {in_tmp / 'nope.pth'} does not exist" in capsys.readouterr().err
+    assert not (in_tmp / "optuna.db").exists() and not (in_tmp / "mlflow.db").exists()

@@ -1,0 +1,86 @@
+"""The check before a grid or a study runs: every weights file and dataset its cells need, looked up
+(as loading them would, without loading them), and everything missing listed at once.
+
+Without it a grid on a fresh machine fails cell after cell, each with the first missing thing it
+meets, and leaves a FAILED run per cell. ``ablate`` and ``tune`` run this check before creating any
+run and exit with code 2 when something is missing; ``ablate --dry-run`` shows it as "will fail".
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+from segtricks.backbones import WeightsNotFoundError, find_weights
+from segtricks.config import Config, DatasetRef
+from segtricks.datasets import DatasetError, build_dataset
+
+
+@dataclass(frozen=True)
+class Missing:
+    what: str  # "weights of dino_vits8", "dataset duts_te (test)"
+    message: str  # the loader's own error: the file, where it is published, where to put it
+
+
+class Preflight:
+    """Looks each weights file and dataset up once, however many cells need it."""
+
+    def __init__(self) -> None:
+        self._seen: Dict[Tuple, List[Missing]] = {}
+
+    def missing(self, cfg: Config, trains: bool) -> List[Missing]:
+        """What a cell with config ``cfg`` needs and this machine lacks. ``trains``: the cell will
+        train (its training datasets are needed; a cell whose training is complete needs only its
+        backbone and evaluation datasets)."""
+        if cfg.maps is not None:  # scores precomputed maps: no model at all
+            return [m for ref in cfg.eval for m in self._maps(Path(cfg.maps) / ref.name)
+                    + self._dataset(ref)]
+        refs = list(cfg.eval)
+        if trains:
+            refs = [cfg.data.train, *([cfg.data.val] if cfg.data.val else []), *refs]
+        return self._weights(cfg.backbone.name, cfg.backbone.weights) + [m for r in refs for m in self._dataset(r)]
+
+    def _weights(self, name: str, weights) -> List[Missing]:
+        key = ("weights", name, weights)
+        if key not in self._seen:
+            try:
+                find_weights(name, weights)
+                self._seen[key] = []
+            except WeightsNotFoundError as exc:
+                self._seen[key] = [Missing(f"weights of {name}", str(exc))]
+        return self._seen[key]
+
+    def _dataset(self, ref: DatasetRef) -> List[Missing]:
+        key = ("dataset", ref.name, ref.root, ref.split, ref.on_error)
+        if key not in self._seen:
+            try:
+                build_dataset(ref)  # lists the folders: layout and file pairs, reads no image
+                self._seen[key] = []
+            except DatasetError as exc:
+                self._seen[key] = [Missing(f"dataset {ref.name} ({ref.split})", str(exc))]
+        return self._seen[key]
+
+    def _maps(self, folder: Path) -> List[Missing]:
+        key = ("maps", str(folder))
+        if key not in self._seen:
+            self._seen[key] = [] if folder.is_dir() else [
+                Missing(f"maps {folder}", f"maps folder {folder} does not exist (one <image id>.png per image)")]
+        return self._seen[key]
+
+
+def report(missing_by_cell: Dict[str, Sequence[Missing]]) -> str:
+    """Every missing thing once, with the cells that need it, as the lines of one error message (two
+    things with one cause, such as both splits of an absent DUTS-TR, are one line)."""
+    by_message: Dict[str, Tuple[List[str], List[str]]] = {}
+    for cell, missing in missing_by_cell.items():
+        for m in missing:
+            whats, cells = by_message.setdefault(m.message, ([], []))
+            if m.what not in whats:
+                whats.append(m.what)
+            if cell not in cells:
+                cells.append(cell)
+    lines = [f"{len(by_message)} thing(s) the cells need are missing; nothing was run:"]
+    for message, (whats, cells) in by_message.items():
+        who = cells[0] if len(cells) == 1 else f"{len(cells)} cells"
+        lines.append(f"  - {', '.join(whats)} (needed by {who}): {message}")
+    return "\n".join(lines)
