@@ -331,12 +331,15 @@ class SyntheticShapes(RawDataset):
     def __len__(self) -> int:
         return self.length
 
+    def item_id(self, index: int) -> str:
+        return f"{self.split}_{index:05d}"
+
     def load(self, index: int) -> Sample:
         if not 0 <= index < self.length:
             raise IndexError(index)
         rng = np.random.default_rng([self.seed, SPLIT_STREAMS[self.split], index])
         image, mask = render(rng, self.size)
-        return Sample(f"{self.split}_{index:05d}", Image.fromarray(image), mask, boxes_from_mask(mask))
+        return Sample(self.item_id(index), Image.fromarray(image), mask, boxes_from_mask(mask))
 
 
 def boxes_from_mask(mask: np.ndarray) -> np.ndarray:

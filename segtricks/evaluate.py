@@ -72,7 +72,8 @@ def main(argv: List[str] | None = None) -> int:
         else:
             model, cfg = load_run(args.run, args.checkpoint)
             device = resolve_device(args.device)
-            evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device, protocol=args.eval_protocol)
+            evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device, protocol=args.eval_protocol,
+                                       cache_dir=Path(args.run) / "predictions")
             weights = f"{cfg.backbone.name} ({model.backbone.weights_id})"
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

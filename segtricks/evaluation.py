@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,8 @@ from segtricks.datasets import (IMAGE_SUFFIXES, DatasetError, EvalView, Sample, 
                                 load_or_skip, open_image)
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
-from segtricks.predict import predict_masks, resize_to
+from segtricks.prediction_cache import PredictionCache, as_cached
+from segtricks.predict import predict_raw, resize_to
 from segtricks.tricks import TRICKS, get_tricks, postprocess
 
 
@@ -78,10 +79,13 @@ def _check_post(tricks: Sequence[str]) -> None:
 @torch.no_grad()
 def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
                    device: Optional[torch.device] = None, with_structure: bool = True,
-                   progress: bool = True, keep_samples: int = 0, protocol: str = "ours") -> SaliencyEvaluator:
+                   progress: bool = True, keep_samples: int = 0, protocol: str = "ours",
+                   cache_dir: Optional[Path] = None) -> SaliencyEvaluator:
     """Score ``model`` on dataset ``ref`` with the post-processing ``tricks`` applied in order, under
     ``protocol`` ("ours" or "reference", see the module docstring).
 
+    With ``cache_dir`` (a training's ``predictions/`` folder) the raw masks are read from, or written
+    to, a ``PredictionCache``: only the first evaluation of a model on a dataset runs the model.
     The first ``keep_samples`` (id, image, mask, prediction) are kept in ``evaluator.samples``."""
     _check_post(tricks)
     _check_protocol(protocol)
@@ -94,26 +98,44 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
     evaluator = SaliencyEvaluator(with_structure=with_structure)
     for s in raw.skipped:
         evaluator.skip(s.id, s.reason)
+    cache = PredictionCache(cache_dir, model, ref, raw, size, protocol) if cache_dir is not None else None
+    seen: List[str] = []
     desc = f"evaluate {ref.name}" + (" (reference protocol)" if protocol == "reference" else "")
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        for s in batch.skipped:
-            evaluator.skip(s.id, s.reason)
-        if not batch.ids:
-            continue
-        if protocol == "reference":
-            images = [reference_view(o, size) for o in batch.originals]
-            masks = [None if m is None else reference_mask(m, size) for m in batch.masks]
-            boxes = [reference_boxes(b, *o.shape[-2:], size) for b, o in zip(batch.boxes, batch.originals)]
-            soft = predict_masks(model, torch.stack(images).to(device), cfg, tricks, protocol)
-            preds = list(soft[:, 0])
-        else:
-            images, masks, boxes = batch.originals, batch.masks, batch.boxes
-            soft = predict_masks(model, batch.images.to(device), cfg, tricks)
-            preds = resize_to(soft, [o.shape[-2:] for o in images])
-        for image_id, image, pred, mask, box in zip(batch.ids, images, preds, masks, boxes):
-            evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=box)
-            if len(evaluator.samples) < keep_samples:
-                evaluator.samples.append((image_id, image, mask, pred.cpu()))
+    if cache is not None and cache.complete:
+        desc += " (cached predictions)"
+    try:
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            for s in batch.skipped:
+                evaluator.skip(s.id, s.reason)
+            if not batch.ids:
+                continue
+            if protocol == "reference":
+                images = [reference_view(o, size) for o in batch.originals]
+                masks = [None if m is None else reference_mask(m, size) for m in batch.masks]
+                boxes = [reference_boxes(b, *o.shape[-2:], size) for b, o in zip(batch.boxes, batch.originals)]
+                inputs = torch.stack(images).to(device)
+            else:
+                images, masks, boxes = batch.originals, batch.masks, batch.boxes
+                inputs = batch.images.to(device)
+            raw_masks = cache.get(batch.ids) if cache is not None else None
+            if raw_masks is None:
+                raw_masks = predict_raw(model, inputs, protocol)
+                if cache is not None:
+                    raw_masks = as_cached(raw_masks)
+                    cache.put(batch.ids, raw_masks)
+            seen += batch.ids
+            soft = postprocess(raw_masks.to(device), inputs, tricks, cfg)
+            preds = list(soft[:, 0]) if protocol == "reference" else resize_to(soft, [o.shape[-2:] for o in images])
+            for image_id, image, pred, mask, box in zip(batch.ids, images, preds, masks, boxes):
+                evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=box)
+                if len(evaluator.samples) < keep_samples:
+                    evaluator.samples.append((image_id, image, mask, pred.cpu()))
+    except BaseException:  # a failure or a kill: what was predicted so far is not a cache
+        if cache is not None:
+            cache.discard()
+        raise
+    if cache is not None:
+        cache.close(seen)
     return evaluator
 
 

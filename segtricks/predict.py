@@ -46,18 +46,23 @@ def evaluation_mode(model: SegmentationModel, protocol: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def predict_masks(model: SegmentationModel, images: torch.Tensor, cfg: Config,
-                  tricks: Sequence[str] = (), protocol: str = "ours") -> torch.Tensor:
-    """Soft foreground masks (B, 1, H, W) in [0, 1] at the input size.
+def predict_raw(model: SegmentationModel, images: torch.Tensor, protocol: str = "ours") -> torch.Tensor:
+    """Soft foreground masks (B, 1, H, W) in [0, 1] at the input size, before any post-processing.
 
     ``protocol`` "ours" or "reference" (see the module docstring); the caller's train/eval mode is
-    restored afterwards. ``tricks`` names post-processing tricks, applied after foreground selection.
-    """
+    restored afterwards."""
     with evaluation_mode(model, protocol):
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.is_cuda):
             fine = model(images)["fine"]
     select = select_foreground_per_batch if protocol == "reference" else select_foreground
-    return postprocess(select(fine.float()), images, tricks, cfg)
+    return select(fine.float())
+
+
+@torch.no_grad()
+def predict_masks(model: SegmentationModel, images: torch.Tensor, cfg: Config,
+                  tricks: Sequence[str] = (), protocol: str = "ours") -> torch.Tensor:
+    """``predict_raw``, then the post-processing ``tricks`` (names), in order."""
+    return postprocess(predict_raw(model, images, protocol), images, tricks, cfg)
 
 
 def resize_to(masks: torch.Tensor, sizes: List[torch.Size]) -> List[torch.Tensor]:

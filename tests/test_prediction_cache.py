@@ -1,0 +1,103 @@
+"""The evaluation's prediction cache: one model run per (model, dataset), the same numbers either way,
+a changed model never served stale masks, and a killed evaluation leaves no cache behind."""
+import pytest
+import torch
+
+from segtricks.config import DatasetRef, load_config
+from segtricks.evaluation import evaluate_model
+from segtricks.model import build_model
+from segtricks.prediction_cache import as_cached
+from segtricks.predict import predict_raw
+from segtricks.tricks import postprocess
+
+from test_demo import DEMO
+
+REF = DatasetRef("synthetic", split="test", limit=12)
+
+
+@pytest.fixture
+def setting(tmp_path):
+    cfg = load_config(DEMO, {"output_dir": str(tmp_path / "run"), "optim.batch_size": 4})
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval(), tmp_path / "run" / "predictions"
+
+
+class CountingForward:
+    """Counts (or forbids) calls of the model's forward."""
+
+    def __init__(self, model, forbid=False, fail_after=None):
+        self.model, self.calls, self.forbid, self.fail_after = model, 0, forbid, fail_after
+        self.forward = model.forward
+
+    def __enter__(self):
+        def forward(*args, **kwargs):
+            self.calls += 1
+            if self.forbid:
+                raise AssertionError("the model ran although its predictions are cached")
+            if self.fail_after is not None and self.calls > self.fail_after:
+                raise KeyboardInterrupt  # a kill in the middle of the evaluation
+            return self.forward(*args, **kwargs)
+        self.model.forward = forward
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+
+
+def scores(cfg, model, tricks, cache_dir):
+    ev = evaluate_model(model, cfg, REF, tricks, with_structure=False, progress=False, cache_dir=cache_dir)
+    return ev.results(), ev.records()
+
+
+def test_a_second_evaluation_reads_the_cache_and_reports_the_same_numbers(setting):
+    cfg, model, cache = setting
+    with CountingForward(model) as first:
+        plain, plain_records = scores(cfg, model, [], cache)
+    assert first.calls == 3 and len(list(cache.glob("*.npy"))) == 1  # 12 images, batches of 4
+    with CountingForward(model, forbid=True):
+        again, again_records = scores(cfg, model, [], cache)
+        gf, _ = scores(cfg, model, ["gf"], cache)  # another cell of the same training: no model run
+    assert again == plain and again_records.equals(plain_records)
+    assert gf["iou"] != plain["iou"]
+
+
+def test_cached_masks_are_the_models_masks_at_float16(setting):
+    cfg, model, cache = setting
+    scores(cfg, model, [], cache)
+    images = torch.stack([torch.rand(3, 64, 64) for _ in range(2)])
+    raw = predict_raw(model, images)
+    assert (as_cached(raw) - raw).abs().max() < 1e-3
+    # the GF cell on cached masks equals GF on the model's masks at the cache's precision
+    with CountingForward(model, forbid=True):
+        cached_gf, _ = scores(cfg, model, ["gf"], cache)
+    import segtricks.evaluation as evaluation
+    original = evaluation.predict_raw
+    evaluation.predict_raw = lambda m, x, p="ours": as_cached(original(m, x, p))
+    try:
+        fresh_gf, _ = scores(cfg, model, ["gf"], None)
+    finally:
+        evaluation.predict_raw = original
+    assert cached_gf == pytest.approx(fresh_gf, abs=1e-12)
+    assert postprocess(as_cached(raw), images, ["gf"], cfg).shape == raw.shape
+
+
+def test_a_changed_model_rebuilds_the_cache_and_drops_the_stale_one(setting):
+    cfg, model, cache = setting
+    before, _ = scores(cfg, model, [], cache)
+    old = set(cache.iterdir())
+    with torch.no_grad():
+        model.head.fine.bias += 3.0  # a retrained head: every mask changes
+    with CountingForward(model) as run:
+        after, _ = scores(cfg, model, [], cache)
+    assert run.calls == 3 and after != before
+    assert not old & set(cache.iterdir()) and len(list(cache.glob("*.npy"))) == 1
+
+
+def test_a_killed_evaluation_leaves_no_cache(setting):
+    cfg, model, cache = setting
+    with CountingForward(model, fail_after=1), pytest.raises(KeyboardInterrupt):
+        scores(cfg, model, [], cache)
+    assert not list(cache.iterdir())  # nor a temporary file
+    with CountingForward(model) as run:  # the next evaluation builds it from scratch
+        scores(cfg, model, [], cache)
+    assert run.calls == 3 and len(list(cache.glob("*.npy"))) == 1
