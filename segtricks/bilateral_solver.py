@@ -21,13 +21,14 @@ CPU/CUDA policy: one solver (``_solve``), two grid backends, chosen by the targe
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Tuple, TypeVar
+from typing import Callable, List, Tuple, TypeVar
 
 import numpy as np
 import torch
 from scipy.sparse import csr_array
+
+from segtricks.threads import one_thread
 
 # ITU-R BT.601 RGB → YUV on [0, 255], chroma offset to be non-negative (as in the reference code).
 _RGB_TO_YUV = np.array([[0.299, 0.587, 0.114],
@@ -209,21 +210,6 @@ def _pcg(apply_a: Callable[[Vector], Vector], b: Vector, y: Vector, inv_precond:
     return y
 
 
-@contextmanager
-def _one_torch_thread(on_cpu: bool) -> Iterator[None]:
-    """Torch on one thread inside the CPU path: its few large-tensor ops (conversions, the filter's
-    scaling, stack and clamp) each took ~8 ms at 2 threads on a busy machine, against ~1 ms at 1."""
-    if not on_cpu:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _solve(grid: BilateralGrid | SparseBilateralGrid, t: Vector, lam: float, cg_iterations: int,
            cg_tol: float, confidence: float, a_diag_min: float) -> Vector:
     """The solver on either grid backend: t (P,) float64 → y (V,), in t's array type."""
@@ -250,7 +236,7 @@ def bilateral_solve(target: torch.Tensor, image: torch.Tensor, sigma_spatial: fl
     """
     sigmas = sigma_spatial, sigma_luma, sigma_chroma
     on_cpu = target.device.type == "cpu"
-    with _one_torch_thread(on_cpu):
+    with one_thread(on_cpu):
         if on_cpu:
             grid = SparseBilateralGrid.from_image(image.detach().double().numpy(), *sigmas)
             t = target.detach().double().numpy().reshape(-1)
@@ -266,6 +252,6 @@ def bilateral_solver_filter(mask: torch.Tensor, image: torch.Tensor, **params) -
 
     Each image has its own grid, so the batch is a loop over images; the output is clamped to [0, 1].
     """
-    with _one_torch_thread(mask.device.type == "cpu"):
+    with one_thread(mask.device.type == "cpu"):
         out = [bilateral_solve(mk[0], im * 255.0, **params) for mk, im in zip(mask, image)]
         return torch.stack(out).unsqueeze(1).clamp(0, 1)

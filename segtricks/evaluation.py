@@ -33,6 +33,7 @@ from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
 from segtricks.prediction_cache import PredictionCache, as_cached
 from segtricks.predict import predict_raw, resize_to
+from segtricks.threads import one_thread
 from segtricks.tricks import TRICKS, get_tricks, postprocess
 
 
@@ -124,12 +125,13 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
                     raw_masks = as_cached(raw_masks)
                     cache.put(batch.ids, raw_masks)
             seen += batch.ids
-            soft = postprocess(raw_masks.to(device), inputs, tricks, cfg)
-            preds = list(soft[:, 0]) if protocol == "reference" else resize_to(soft, [o.shape[-2:] for o in images])
-            for image_id, image, pred, mask, box in zip(batch.ids, images, preds, masks, boxes):
-                evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=box)
-                if len(evaluator.samples) < keep_samples:
-                    evaluator.samples.append((image_id, image, mask, pred.cpu()))
+            with one_thread(inputs.device.type == "cpu"):  # small ops per image (segtricks.threads)
+                soft = postprocess(raw_masks.to(device), inputs, tricks, cfg)
+                preds = list(soft[:, 0]) if protocol == "reference" else resize_to(soft, [o.shape[-2:] for o in images])
+                for image_id, image, pred, mask, box in zip(batch.ids, images, preds, masks, boxes):
+                    evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=box)
+                    if len(evaluator.samples) < keep_samples:
+                        evaluator.samples.append((image_id, image, mask, pred.cpu()))
     except BaseException:  # a failure or a kill: what was predicted so far is not a cache
         if cache is not None:
             cache.discard()
@@ -187,32 +189,33 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
         evaluator.skip(s.id, s.reason)
     label = maps_dir.name if maps_dir is not None else "centre prior"
     size = cfg.data.image_size
-    for index in tqdm(range(len(raw)), desc=f"evaluate {label} on {ref.name}", disable=not progress):
-        sample = load_or_skip(raw, index, ref.on_error)
-        if isinstance(sample, Skipped):
-            evaluator.skip(sample.id, sample.reason)
-            continue
-        try:
-            soft = (centre_prior(sample.image.height, sample.image.width) if maps_dir is None
-                    else read_map(maps_dir, sample))
-        except DatasetError as exc:
-            if ref.on_error != "skip":
-                raise
-            warnings.warn(f"skipped: {exc}")
-            evaluator.skip(sample.id, str(exc))
-            continue
-        image = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        mask = None if sample.mask is None else torch.from_numpy(sample.mask)
-        boxes = sample.boxes
-        if protocol == "reference":
-            boxes = reference_boxes(boxes, *image.shape[-2:], size)
-            soft, image = reference_view(soft[None], size)[0], reference_view(image, size)
-            mask = None if mask is None else reference_mask(mask, size)
-        if tricks:
-            soft = postprocess(soft[None, None].float(), image[None], tricks, cfg)[0, 0].double()
-        evaluator.update(soft, mask, sample.id, boxes=boxes)
-        if len(evaluator.samples) < keep_samples:
-            evaluator.samples.append((sample.id, image, mask, soft.float()))
+    with one_thread():  # no model: every step is a small per-image operation (segtricks.threads)
+        for index in tqdm(range(len(raw)), desc=f"evaluate {label} on {ref.name}", disable=not progress):
+            sample = load_or_skip(raw, index, ref.on_error)
+            if isinstance(sample, Skipped):
+                evaluator.skip(sample.id, sample.reason)
+                continue
+            try:
+                soft = (centre_prior(sample.image.height, sample.image.width) if maps_dir is None
+                        else read_map(maps_dir, sample))
+            except DatasetError as exc:
+                if ref.on_error != "skip":
+                    raise
+                warnings.warn(f"skipped: {exc}")
+                evaluator.skip(sample.id, str(exc))
+                continue
+            image = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+            mask = None if sample.mask is None else torch.from_numpy(sample.mask)
+            boxes = sample.boxes
+            if protocol == "reference":
+                boxes = reference_boxes(boxes, *image.shape[-2:], size)
+                soft, image = reference_view(soft[None], size)[0], reference_view(image, size)
+                mask = None if mask is None else reference_mask(mask, size)
+            if tricks:
+                soft = postprocess(soft[None, None].float(), image[None], tricks, cfg)[0, 0].double()
+            evaluator.update(soft, mask, sample.id, boxes=boxes)
+            if len(evaluator.samples) < keep_samples:
+                evaluator.samples.append((sample.id, image, mask, soft.float()))
     return evaluator
 
 

@@ -1,11 +1,15 @@
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from conftest import require_shared
-from segtricks.config import Config, DatasetRef, config_from_dict
+from segtricks.config import Config, DatasetRef, config_from_dict, load_config
 from segtricks.evaluate import main
-from segtricks.evaluation import evaluate_maps
+from segtricks.evaluation import evaluate_maps, evaluate_model
+from segtricks.metrics import SaliencyEvaluator
+from segtricks.model import build_model
+from test_demo import DEMO
 from segtricks.training import Training
 
 
@@ -111,3 +115,23 @@ def test_skip_bad_counts_and_lists_every_skipped_image(tmp_path, capsys):
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root), "--skip-bad"]) == 0
     out = capsys.readouterr().out
     assert "skipped 3 image(s)" in out and "a0: no saliency map" in out and "a3: no mask" in out
+
+
+def test_per_image_phases_run_on_one_thread_and_the_count_is_restored(tmp_path, monkeypatch):
+    """segtricks.threads: the model keeps every thread; post-processing and metrics run on one."""
+    cfg = load_config(DEMO, {"output_dir": str(tmp_path)})
+    model = build_model(cfg).eval()
+    seen, update = [], SaliencyEvaluator.update
+    monkeypatch.setattr(SaliencyEvaluator, "update", lambda self, *a, **k: (seen.append(torch.get_num_threads()),
+                                                                              update(self, *a, **k)))
+    forward = model.forward
+    model.forward = lambda *a, **k: (seen.append(("model", torch.get_num_threads())), forward(*a, **k))[1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate_model(model, cfg, DatasetRef("synthetic", split="test", limit=4), ["gf"], progress=False,
+                       with_structure=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert seen[0] == ("model", 2) and seen[1:] == [1, 1, 1, 1]
