@@ -41,33 +41,51 @@ BETA2 = 0.3
 EPS = float(np.spacing(1))  # MATLAB's eps, as the S/E-measure reference code uses
 
 
-def toolbox_rescale(pred: torch.Tensor) -> torch.Tensor:
-    """The map rescaled by its own min and max to [0, 1] (unchanged when constant), as pysodmetrics'
-    and the SOD toolboxes' data preparation does, in the map's own precision."""
-    lo, hi = pred.min(), pred.max()
-    return (pred - lo) / (hi - lo) if hi > lo else pred
+def prepared_maps(pred: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+    """(p, r): the prediction as a CPU numpy map clipped to [0, 1], and r, p rescaled by its own min
+    and max to [0, 1] (p itself when constant) as pysodmetrics' and the SOD toolboxes' data
+    preparation does. float64 stays float64, so the toolbox quantisation equals pysodmetrics' on maps
+    read from PNGs; anything else is float32."""
+    p = pred.detach().cpu().numpy()
+    p = p if p.dtype == np.float64 else p.astype(np.float32, copy=False)
+    lo, hi = p.min(), p.max()
+    if lo < 0 or hi > 1:
+        p, lo, hi = np.clip(p, 0, 1), np.clip(lo, 0, 1), np.clip(hi, 0, 1)
+    return p, ((p - lo) / (hi - lo) if hi > lo else p)
 
 
-def fbeta(precision: torch.Tensor, recall: torch.Tensor) -> torch.Tensor:
-    """(1+β²)PR / (β²P + R), 0 where P = R = 0."""
+def fbeta(precision, recall):
+    """(1+β²)PR / (β²P + R), 0 where P = R = 0; numpy arrays or scalars."""
     num = (1 + BETA2) * precision * recall
     den = BETA2 * precision + recall
-    return torch.where(num > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
+    return np.where(num > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def e_measure_curves(tp: torch.Tensor, pos: torch.Tensor, n_gt: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+def level_histograms(p: np.ndarray, r: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(2, 512) counts of level + 256·gt: row 0 the paper's levels round(255·p), row 1 the toolbox's
+    floor(255·r) (pysodmetrics' uint8 cast; r ≤ 1, so no clamp). One bincount over both level maps,
+    formed in place in the map's float type (faster than integer arithmetic on the way)."""
+    levels = np.empty((2,) + gt.shape, dtype=p.dtype)
+    np.rint(np.multiply(p, 255, out=levels[0]), out=levels[0])
+    np.floor(np.multiply(r, 255, out=levels[1]), out=levels[1])
+    levels[1] += 512  # the toolbox's bins after the paper's
+    levels += np.where(gt, 256, 0).astype(p.dtype)
+    return np.bincount(levels.astype(np.intp).ravel(), minlength=1024).reshape(2, 512)
+
+
+def e_measure_curves(tp: np.ndarray, pos: np.ndarray, n_gt: np.ndarray, size: np.ndarray) -> np.ndarray:
     """E-measure per image and threshold, (B, T), from (TP, predicted-positive) counts (B, T) and
     per-image GT counts and sizes (B, 1): pysodmetrics' closed form, vectorised."""
     fp, fn = pos - tp, n_gt - tp
     tn = size - pos - fn
     mean_pred, mean_gt = pos / size, n_gt / size
-    total = torch.zeros_like(tp)
+    total = np.zeros_like(tp)
     for count, dp, dg in ((tp, 1 - mean_pred, 1 - mean_gt), (fp, 1 - mean_pred, -mean_gt),
                           (fn, -mean_pred, 1 - mean_gt), (tn, -mean_pred, -mean_gt)):
         align = 2 * dp * dg / (dp ** 2 + dg ** 2 + EPS)
         total = total + (align + 1) ** 2 / 4 * count
     # an image with no object (or only object) scores the predicted background (foreground) share
-    total = torch.where(n_gt == 0, size - pos, torch.where(n_gt == size, pos, total))
+    total = np.where(n_gt == 0, size - pos, np.where(n_gt == size, pos, total))
     return total / (size - 1 + EPS)
 
 
@@ -93,24 +111,33 @@ def _ssim(n: float, sp: float, spp: float, sg: float, spg: float) -> float:
     return a / (b + EPS) if a != 0 else (1.0 if b == 0 else 0.0)
 
 
-def structure_sums(pred: torch.Tensor, gt: torch.Tensor) -> Tuple[List[List[float]], Tuple[int, int]]:
-    """Sums of (p, p², g, p·g, p²·g) over the four quadrants around the GT centroid (row-major)."""
+def gt_centre(gt: np.ndarray) -> Tuple[int, int]:
+    """The S-measure's split point: GT centroid as numpy's argwhere(gt).mean(0).round() (half to
+    even; the integer sums are exact, so the mean is too), plus one as in MATLAB; the image centre
+    when there is no object."""
     h, w = gt.shape
-    g = gt.to(pred.dtype)
-    n_gt = g.sum()
-    if n_gt.item() == 0:
-        cy, cx = round(h / 2), round(w / 2)
-    else:  # centroid as numpy's argwhere(gt).mean(0).round() (half to even), plus one as in MATLAB
-        ys = torch.arange(h, dtype=pred.dtype, device=pred.device)
-        xs = torch.arange(w, dtype=pred.dtype, device=pred.device)
-        cy = int(torch.round((g.sum(1) * ys).sum() / n_gt).item())
-        cx = int(torch.round((g.sum(0) * xs).sum() / n_gt).item())
-    cy, cx = cy + 1, cx + 1
-    pg = pred * g
-    stack = torch.stack([pred, pred * pred, g, pg, pg * pred])
-    rows = torch.stack([stack[:, :cy].sum(1), stack[:, cy:].sum(1)], 1)  # (5, 2, W)
-    quads = torch.stack([rows[..., :cx].sum(-1), rows[..., cx:].sum(-1)], -1)  # (5, 2, 2)
-    return quads.reshape(5, 4).double().tolist(), (cy, cx)
+    n = np.count_nonzero(gt)
+    if n == 0:
+        return round(h / 2) + 1, round(w / 2) + 1
+    cy = np.count_nonzero(gt, axis=1) @ np.arange(h) / n
+    cx = np.count_nonzero(gt, axis=0) @ np.arange(w) / n
+    return int(np.round(cy)) + 1, int(np.round(cx)) + 1
+
+
+def structure_sums(r: np.ndarray, gt: np.ndarray, centre: Tuple[int, int]) -> List[List[float]]:
+    """Sums of (r, r², g, r·g, r²·g) over the four quadrants around ``centre`` (row-major), (5, 4).
+
+    Per-row sums of each column half, then split at the centre row: two passes over each map and no
+    stacked 5-map array; r²·g = (r·g)² as g is binary, and the squares are row dot products."""
+    cy, cx = centre
+    rg = r * gt
+    quads = np.empty((5, 2, 2))
+    for j, cols in enumerate((slice(None, cx), slice(cx, None))):
+        a, b = r[:, cols], rg[:, cols]
+        per_row = np.stack([a.sum(1), np.einsum("ij,ij->i", a, a), np.count_nonzero(gt[:, cols], axis=1),
+                            b.sum(1), np.einsum("ij,ij->i", b, b)]).astype(np.float64)  # (5, H)
+        quads[:, 0, j], quads[:, 1, j] = per_row[:, :cy].sum(1), per_row[:, cy:].sum(1)
+    return quads.reshape(5, 4).tolist()
 
 
 def s_measure_from_sums(q: List[List[float]], centre: Tuple[int, int], h: int, w: int,
@@ -142,16 +169,16 @@ class SaliencyEvaluator:
     def __init__(self, with_structure: bool = True) -> None:
         self.with_structure = with_structure  # S/E-measures; off for quick validation passes
         self.n = 0
-        self.sum_f_curve = torch.zeros(255, dtype=torch.float64)
-        self.sum_p_curve = torch.zeros(256, dtype=torch.float64)
-        self.sum_r_curve = torch.zeros(256, dtype=torch.float64)
-        self.sum_e_curve = torch.zeros(256, dtype=torch.float64)
+        self.sum_f_curve = np.zeros(255)
+        self.sum_p_curve = np.zeros(256)
+        self.sum_r_curve = np.zeros(256)
+        self.sum_e_curve = np.zeros(256)
         self.rows: List[Dict[str, object]] = []
         self.skipped: List[Tuple[str, str]] = []  # (id, reason) of images left out (on_error: skip)
         # (id, image (3,H,W), mask or None, prediction) of the first images, kept by the caller for figures
         self.samples: List[Tuple[str, torch.Tensor, Optional[torch.Tensor], torch.Tensor]] = []
         self.flush_every = 64  # images whose histograms wait for one batched curve computation
-        self._pending_hists: List[torch.Tensor] = []
+        self._pending_hists: List[np.ndarray] = []
         self._pending_rows: List[Dict[str, object]] = []
 
     @torch.no_grad()
@@ -168,7 +195,7 @@ class SaliencyEvaluator:
             if pred.shape != gt.shape:
                 raise ValueError(f"{image_id}: prediction {tuple(pred.shape)} and mask {tuple(gt.shape)} differ "
                                  f"in size; resize the prediction to the mask's original size first")
-            self._saliency(pred, gt.to(pred.device).bool(), row)
+            self._saliency(pred, gt.detach().cpu().numpy().astype(bool, copy=False), row)
         if boxes is not None:
             binary = (pred >= 0.5).cpu().numpy()  # as q ≥ 128 of the saliency protocols
             hit, box = corloc_hit(binary, boxes)
@@ -182,27 +209,23 @@ class SaliencyEvaluator:
         self.rows.append(row)
         return row
 
-    def _saliency(self, pred: torch.Tensor, gt: torch.Tensor, row: Dict[str, object]) -> None:
+    def _saliency(self, pred: torch.Tensor, gt: np.ndarray, row: Dict[str, object]) -> None:
+        # numpy on the CPU: per image the work is a few passes over one map, where torch's per-op
+        # overhead and thread hand-offs (on a busy host) cost more than the arithmetic
         h, w = gt.shape
         size = float(h * w)
-        # float64 maps (read from PNGs) stay float64, so the toolbox quantisation equals pysodmetrics'
-        p = (pred if pred.dtype == torch.float64 else pred.float()).clamp(0, 1)
-        r = toolbox_rescale(p)
-        g16 = gt.to(torch.int16) * 256
-        # bin = level + 256·gt, built in int16 (much faster to form and count than int64 on CPU):
-        # paper levels round(255·p), toolbox levels floor(255·r) (pysodmetrics' uint8 cast)
-        paper = (p * 255).round_().to(torch.int16) + g16
-        toolbox = (r * 255).floor_().clamp_(max=255).to(torch.int16) + g16
-        self._pending_hists.append(torch.stack([torch.bincount(paper.reshape(-1).long(), minlength=512),
-                                                torch.bincount(toolbox.reshape(-1).long(), minlength=512)]))
-        quads, centre = structure_sums(r, gt)
-        sr, sg, srg = sum(quads[0]), sum(quads[2]), sum(quads[3])
-        adaptive = r >= min(2 * sr / size, 1.0)
-        a_tp, a_pos = (adaptive & gt).sum().item(), adaptive.sum().item()
+        p, r = prepared_maps(pred)
+        self._pending_hists.append(level_histograms(p, r, gt))
+        centre = gt_centre(gt)
+        quads = structure_sums(r, gt, centre)
+        sr, sg, srg = float(r.sum(dtype=np.float64)), sum(quads[2]), sum(quads[3])
+        # threshold as pysodmetrics' min(2·mean, 1): the whole-map sum, so the same float
+        adaptive = r >= min(2 * (sr / size), 1.0)
+        a_tp, a_pos = np.count_nonzero(adaptive & gt), np.count_nonzero(adaptive)
         row.update(
             object_ratio=sg / size,
             mae=(sr - 2 * srg + sg) / size,  # |r − g| summed: r on the background, 1 − r on the object
-            fbeta_adaptive=fbeta(torch.tensor(a_tp / max(a_pos, 1)), torch.tensor(a_tp / max(sg, 1))).item(),
+            fbeta_adaptive=float(fbeta(a_tp / max(a_pos, 1), a_tp / max(sg, 1))),
         )
         if self.with_structure:
             row["s_measure"] = s_measure_from_sums(quads, centre, h, w)
@@ -215,20 +238,20 @@ class SaliencyEvaluator:
         """Threshold curves of the buffered images, as one (B, 256) computation per protocol family."""
         if not self._pending_hists:
             return
-        hist = torch.stack(self._pending_hists).reshape(-1, 2, 2, 256).double().cpu()
-        at_least = hist.flip(-1).cumsum(-1).flip(-1)  # [bg, fg] pixel counts with level ≥ t, t = 0…255
+        hist = np.stack(self._pending_hists).reshape(-1, 2, 2, 256).astype(np.float64)
+        at_least = np.cumsum(hist[..., ::-1], -1)[..., ::-1]  # [bg, fg] pixel counts with level ≥ t, t = 0…255
         tp, pos = at_least[:, 0, 1], at_least[:, 0, 0] + at_least[:, 0, 1]  # paper: the map as predicted
         n_gt, size = tp[:, :1], pos[:, :1]
         # paper protocol: pred > k/255 ⇔ q ≥ k + 1, k = 0…254
-        self.sum_f_curve += fbeta(tp[:, 1:] / pos[:, 1:].clamp(min=1), tp[:, 1:] / n_gt.clamp(min=1)).sum(0)
-        best_f = fbeta(tp / pos.clamp(min=1), tp / n_gt.clamp(min=1)).max(-1).values
+        self.sum_f_curve += fbeta(tp[:, 1:] / np.maximum(pos[:, 1:], 1), tp[:, 1:] / np.maximum(n_gt, 1)).sum(0)
+        best_f = fbeta(tp / np.maximum(pos, 1), tp / np.maximum(n_gt, 1)).max(-1)
         inter, pos_half = tp[:, 128], pos[:, 128]  # q ≥ 128 ⇔ pred ≥ 0.5
         union = pos_half + n_gt[:, 0] - inter
         acc = (size[:, 0] - pos_half - n_gt[:, 0] + 2 * inter) / size[:, 0]
-        iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
         tp, pos = at_least[:, 1, 1], at_least[:, 1, 0] + at_least[:, 1, 1]  # toolbox: the rescaled map
-        self.sum_p_curve += (tp / pos.clamp(min=1)).sum(0)
-        self.sum_r_curve += (tp / n_gt.clamp(min=1)).sum(0)
+        self.sum_p_curve += (tp / np.maximum(pos, 1)).sum(0)
+        self.sum_r_curve += (tp / np.maximum(n_gt, 1)).sum(0)
         if self.with_structure:
             self.sum_e_curve += e_measure_curves(tp, pos, n_gt, size).sum(0)
         for row, a, i, f in zip(self._pending_rows, acc.tolist(), iou.tolist(), best_f.tolist()):
@@ -247,15 +270,15 @@ class SaliencyEvaluator:
         p, r = self.sum_p_curve / self.n, self.sum_r_curve / self.n
         out |= {
             "acc": df["acc"].mean(), "iou": df["iou"].mean(),
-            "max_fbeta": (self.sum_f_curve / self.n).max().item(),
+            "max_fbeta": (self.sum_f_curve / self.n).max(),
             "max_fbeta_per_image": df["max_fbeta_image"].mean(),
-            "max_fbeta_pr_curve": fbeta(p, r).max().item(),
+            "max_fbeta_pr_curve": fbeta(p, r).max(),
             "mean_fbeta_adaptive": df["fbeta_adaptive"].mean(),
             "mae": df["mae"].mean(),
         }
         if self.with_structure:
             e = self.sum_e_curve / self.n
-            out.update(s_measure=df["s_measure"].mean(), max_e_measure=e.max().item(), mean_e_measure=e.mean().item())
+            out.update(s_measure=df["s_measure"].mean(), max_e_measure=e.max(), mean_e_measure=e.mean())
         return {k: float(v) for k, v in out.items()}
 
     def skip(self, image_id: str, reason: str) -> None:
