@@ -41,7 +41,23 @@ BETA2 = 0.3
 EPS = float(np.spacing(1))  # MATLAB's eps, as the S/E-measure reference code uses
 
 
-def prepared_maps(pred: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
+class Scratch:
+    """Per-image arrays reused from image to image. A fresh megabyte-sized numpy array is a fresh
+    mmap whose pages fault in on first touch: that cost three times the arithmetic done on them."""
+
+    def __init__(self) -> None:
+        self._arrays: Dict[Tuple[str, np.dtype], np.ndarray] = {}
+
+    def get(self, name: str, shape: Tuple[int, ...], dtype) -> np.ndarray:
+        """An uninitialised array ``name`` of this shape and dtype, grown (never shrunk) as needed."""
+        key, n = (name, np.dtype(dtype)), int(np.prod(shape))
+        flat = self._arrays.get(key)
+        if flat is None or flat.size < n:
+            flat = self._arrays[key] = np.empty(n, dtype)
+        return flat[:n].reshape(shape)
+
+
+def prepared_maps(pred: torch.Tensor, scratch: Scratch) -> Tuple[np.ndarray, np.ndarray]:
     """(p, r): the prediction as a CPU numpy map clipped to [0, 1], and r, p rescaled by its own min
     and max to [0, 1] (p itself when constant) as pysodmetrics' and the SOD toolboxes' data
     preparation does. float64 stays float64, so the toolbox quantisation equals pysodmetrics' on maps
@@ -51,7 +67,11 @@ def prepared_maps(pred: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
     lo, hi = p.min(), p.max()
     if lo < 0 or hi > 1:
         p, lo, hi = np.clip(p, 0, 1), np.clip(lo, 0, 1), np.clip(hi, 0, 1)
-    return p, ((p - lo) / (hi - lo) if hi > lo else p)
+    if hi == lo:
+        return p, p
+    r = np.subtract(p, lo, out=scratch.get("r", p.shape, p.dtype))
+    r /= hi - lo
+    return p, r
 
 
 def fbeta(precision, recall):
@@ -61,16 +81,18 @@ def fbeta(precision, recall):
     return np.where(num > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def level_histograms(p: np.ndarray, r: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def level_histograms(p: np.ndarray, r: np.ndarray, gt: np.ndarray, scratch: Scratch) -> np.ndarray:
     """(2, 512) counts of level + 256·gt: row 0 the paper's levels round(255·p), row 1 the toolbox's
-    floor(255·r) (pysodmetrics' uint8 cast; r ≤ 1, so no clamp). One bincount over both level maps,
-    formed in place in the map's float type (faster than integer arithmetic on the way)."""
-    levels = np.empty((2,) + gt.shape, dtype=p.dtype)
-    np.rint(np.multiply(p, 255, out=levels[0]), out=levels[0])
-    np.floor(np.multiply(r, 255, out=levels[1]), out=levels[1])
-    levels[1] += 512  # the toolbox's bins after the paper's
-    levels += np.where(gt, 256, 0).astype(p.dtype)
-    return np.bincount(levels.astype(np.intp).ravel(), minlength=1024).reshape(2, 512)
+    floor(255·r) (pysodmetrics' uint8 cast; r ≤ 1, so no clamp)."""
+    offset = np.multiply(gt, 256, out=scratch.get("offset", gt.shape, p.dtype))
+    levels = scratch.get("levels", gt.shape, p.dtype)
+    index = scratch.get("index", gt.shape, np.intp)
+    hists = []
+    for m, quantise in ((p, np.rint), (r, np.floor)):
+        quantise(np.multiply(m, 255, out=levels), out=levels)
+        np.add(levels, offset, out=index, casting="unsafe")  # integers already: the cast is exact
+        hists.append(np.bincount(index.ravel(), minlength=512))
+    return np.stack(hists)
 
 
 def e_measure_curves(tp: np.ndarray, pos: np.ndarray, n_gt: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -124,13 +146,13 @@ def gt_centre(gt: np.ndarray) -> Tuple[int, int]:
     return int(np.round(cy)) + 1, int(np.round(cx)) + 1
 
 
-def structure_sums(r: np.ndarray, gt: np.ndarray, centre: Tuple[int, int]) -> List[List[float]]:
+def structure_sums(r: np.ndarray, gt: np.ndarray, centre: Tuple[int, int], scratch: Scratch) -> List[List[float]]:
     """Sums of (r, r², g, r·g, r²·g) over the four quadrants around ``centre`` (row-major), (5, 4).
 
     Per-row sums of each column half, then split at the centre row: two passes over each map and no
     stacked 5-map array; r²·g = (r·g)² as g is binary, and the squares are row dot products."""
     cy, cx = centre
-    rg = r * gt
+    rg = np.multiply(r, gt, out=scratch.get("rg", r.shape, r.dtype))
     quads = np.empty((5, 2, 2))
     for j, cols in enumerate((slice(None, cx), slice(cx, None))):
         a, b = r[:, cols], rg[:, cols]
@@ -180,6 +202,7 @@ class SaliencyEvaluator:
         self.flush_every = 64  # images whose histograms wait for one batched curve computation
         self._pending_hists: List[np.ndarray] = []
         self._pending_rows: List[Dict[str, object]] = []
+        self._scratch = Scratch()
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: Optional[torch.Tensor] = None, image_id: str = "",
@@ -214,14 +237,15 @@ class SaliencyEvaluator:
         # overhead and thread hand-offs (on a busy host) cost more than the arithmetic
         h, w = gt.shape
         size = float(h * w)
-        p, r = prepared_maps(pred)
-        self._pending_hists.append(level_histograms(p, r, gt))
+        p, r = prepared_maps(pred, self._scratch)
+        self._pending_hists.append(level_histograms(p, r, gt, self._scratch))
         centre = gt_centre(gt)
-        quads = structure_sums(r, gt, centre)
+        quads = structure_sums(r, gt, centre, self._scratch)
         sr, sg, srg = float(r.sum(dtype=np.float64)), sum(quads[2]), sum(quads[3])
         # threshold as pysodmetrics' min(2·mean, 1): the whole-map sum, so the same float
-        adaptive = r >= min(2 * (sr / size), 1.0)
-        a_tp, a_pos = np.count_nonzero(adaptive & gt), np.count_nonzero(adaptive)
+        adaptive = np.greater_equal(r, min(2 * (sr / size), 1.0), out=self._scratch.get("adaptive", gt.shape, bool))
+        a_pos = np.count_nonzero(adaptive)
+        a_tp = np.count_nonzero(np.logical_and(adaptive, gt, out=adaptive))
         row.update(
             object_ratio=sg / size,
             mae=(sr - 2 * srg + sg) / size,  # |r − g| summed: r on the background, 1 − r on the object
