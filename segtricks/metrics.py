@@ -43,7 +43,7 @@ EPS = float(np.spacing(1))  # MATLAB's eps, as the S/E-measure reference code us
 
 class Scratch:
     """Per-image arrays reused from image to image. A fresh megabyte-sized numpy array is a fresh
-    mmap whose pages fault in on first touch: that cost three times the arithmetic done on them."""
+    mmap whose pages fault in on first touch, which cost more than the arithmetic done on them."""
 
     def __init__(self) -> None:
         self._arrays: Dict[Tuple[str, np.dtype], np.ndarray] = {}
@@ -81,18 +81,21 @@ def fbeta(precision, recall):
     return np.where(num > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def level_histograms(p: np.ndarray, r: np.ndarray, gt: np.ndarray, scratch: Scratch) -> np.ndarray:
+def level_histograms(p: np.ndarray, r: np.ndarray, g: np.ndarray, scratch: Scratch) -> np.ndarray:
     """(2, 512) counts of level + 256·gt: row 0 the paper's levels round(255·p), row 1 the toolbox's
-    floor(255·r) (pysodmetrics' uint8 cast; r ≤ 1, so no clamp)."""
-    offset = np.multiply(gt, 256, out=scratch.get("offset", gt.shape, p.dtype))
-    levels = scratch.get("levels", gt.shape, p.dtype)
-    index = scratch.get("index", gt.shape, np.intp)
-    hists = []
-    for m, quantise in ((p, np.rint), (r, np.floor)):
-        quantise(np.multiply(m, 255, out=levels), out=levels)
-        np.add(levels, offset, out=index, casting="unsafe")  # integers already: the cast is exact
-        hists.append(np.bincount(index.ravel(), minlength=512))
-    return np.stack(hists)
+    floor(255·r) (pysodmetrics' uint8 cast; r ≤ 1, so no clamp). g is the mask as 0/1 floats.
+
+    One bincount of the joint index paper + 256·gt + 512·toolbox, then its two marginals: bincount
+    costs a few ns a pixel however few its bins, more than the extra index arithmetic."""
+    index = scratch.get("index", g.shape, np.intp)
+    paper, toolbox = scratch.get("paper", g.shape, p.dtype), scratch.get("toolbox", g.shape, p.dtype)
+    np.rint(np.multiply(p, 255, out=paper), out=paper)
+    paper += np.multiply(g, 256, out=toolbox)
+    np.floor(np.multiply(r, 255, out=toolbox), out=toolbox)
+    toolbox *= 512
+    np.add(paper, toolbox, out=index, casting="unsafe")  # integers already: the cast is exact
+    joint = np.bincount(index.ravel(), minlength=512 * 256).reshape(256, 2, 256)  # (toolbox, gt, paper)
+    return np.stack([joint.sum(0).ravel(), joint.sum(2).T.ravel()])
 
 
 def e_measure_curves(tp: np.ndarray, pos: np.ndarray, n_gt: np.ndarray, size: np.ndarray) -> np.ndarray:
@@ -133,32 +136,36 @@ def _ssim(n: float, sp: float, spp: float, sg: float, spg: float) -> float:
     return a / (b + EPS) if a != 0 else (1.0 if b == 0 else 0.0)
 
 
-def gt_centre(gt: np.ndarray) -> Tuple[int, int]:
-    """The S-measure's split point: GT centroid as numpy's argwhere(gt).mean(0).round() (half to
-    even; the integer sums are exact, so the mean is too), plus one as in MATLAB; the image centre
-    when there is no object."""
-    h, w = gt.shape
-    n = np.count_nonzero(gt)
+def gt_centre(g: np.ndarray) -> Tuple[int, int]:
+    """The S-measure's split point: the centroid of the mask g (0/1 floats) as numpy's
+    argwhere(gt).mean(0).round() (half to even; the integer sums are exact, so the mean is too), plus
+    one as in MATLAB; the image centre when there is no object."""
+    h, w = g.shape
+    rows = g.sum(1, dtype=np.float64)
+    n = rows.sum()
     if n == 0:
         return round(h / 2) + 1, round(w / 2) + 1
-    cy = np.count_nonzero(gt, axis=1) @ np.arange(h) / n
-    cx = np.count_nonzero(gt, axis=0) @ np.arange(w) / n
+    cy = rows @ np.arange(h) / n
+    cx = g.sum(0, dtype=np.float64) @ np.arange(w) / n
     return int(np.round(cy)) + 1, int(np.round(cx)) + 1
 
 
-def structure_sums(r: np.ndarray, gt: np.ndarray, centre: Tuple[int, int], scratch: Scratch) -> List[List[float]]:
-    """Sums of (r, r², g, r·g, r²·g) over the four quadrants around ``centre`` (row-major), (5, 4).
+def structure_sums(r: np.ndarray, g: np.ndarray, gt: np.ndarray, centre: Tuple[int, int],
+                   scratch: Scratch) -> List[List[float]]:
+    """Sums of (r, r², g, r·g, r²·g) over the four quadrants around ``centre`` (row-major), (5, 4);
+    g is the mask gt as 0/1 floats.
 
     Per-row sums of each column half, then split at the centre row: two passes over each map and no
     stacked 5-map array; r²·g = (r·g)² as g is binary, and the squares are row dot products."""
     cy, cx = centre
-    rg = np.multiply(r, gt, out=scratch.get("rg", r.shape, r.dtype))
+    rg = np.multiply(r, g, out=scratch.get("rg", r.shape, r.dtype))
     quads = np.empty((5, 2, 2))
     for j, cols in enumerate((slice(None, cx), slice(cx, None))):
         a, b = r[:, cols], rg[:, cols]
-        per_row = np.stack([a.sum(1), np.einsum("ij,ij->i", a, a), np.count_nonzero(gt[:, cols], axis=1),
-                            b.sum(1), np.einsum("ij,ij->i", b, b)]).astype(np.float64)  # (5, H)
-        quads[:, 0, j], quads[:, 1, j] = per_row[:, :cy].sum(1), per_row[:, cy:].sum(1)
+        per_row = np.stack([a.sum(1), np.einsum("ij,ij->i", a, a), b.sum(1), np.einsum("ij,ij->i", b, b)])
+        per_row = per_row.astype(np.float64)  # (4, H): float32 row sums, float64 beyond
+        quads[[0, 1, 3, 4], 0, j], quads[[0, 1, 3, 4], 1, j] = per_row[:, :cy].sum(1), per_row[:, cy:].sum(1)
+        quads[2, :, j] = np.count_nonzero(gt[:cy, cols]), np.count_nonzero(gt[cy:, cols])
     return quads.reshape(5, 4).tolist()
 
 
@@ -238,9 +245,11 @@ class SaliencyEvaluator:
         h, w = gt.shape
         size = float(h * w)
         p, r = prepared_maps(pred, self._scratch)
-        self._pending_hists.append(level_histograms(p, r, gt, self._scratch))
-        centre = gt_centre(gt)
-        quads = structure_sums(r, gt, centre, self._scratch)
+        g = self._scratch.get("g", gt.shape, p.dtype)
+        g[...] = gt  # as floats: float sums and products are faster than on bool
+        self._pending_hists.append(level_histograms(p, r, g, self._scratch))
+        centre = gt_centre(g)
+        quads = structure_sums(r, g, gt, centre, self._scratch)
         sr, sg, srg = float(r.sum(dtype=np.float64)), sum(quads[2]), sum(quads[3])
         # threshold as pysodmetrics' min(2·mean, 1): the whole-map sum, so the same float
         adaptive = np.greater_equal(r, min(2 * (sr / size), 1.0), out=self._scratch.get("adaptive", gt.shape, bool))
