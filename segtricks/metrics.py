@@ -30,6 +30,7 @@ Protocol names (β² = 0.3 everywhere):
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -50,7 +51,7 @@ class Scratch:
 
     def get(self, name: str, shape: Tuple[int, ...], dtype) -> np.ndarray:
         """An uninitialised array ``name`` of this shape and dtype, grown (never shrunk) as needed."""
-        key, n = (name, np.dtype(dtype)), int(np.prod(shape))
+        key, n = (name, np.dtype(dtype)), math.prod(shape)
         flat = self._arrays.get(key)
         if flat is None or flat.size < n:
             flat = self._arrays[key] = np.empty(n, dtype)
