@@ -1,7 +1,8 @@
 """Saliency and detection metrics, streamed image by image, each protocol under its own name.
 
 ``SaliencyEvaluator.update(pred, gt)`` takes one soft prediction (H, W) in [0, 1] already at the
-ground truth's original size, on CPU or CUDA; memory does not grow with the dataset except for the
+ground truth's original size, on CPU or CUDA (scored on the CPU in numpy, arrays reused from image
+to image); memory does not grow with the dataset except for the
 per-image records (one row per image). Every threshold sweep comes from a 512-bin histogram per
 image; S-measure, MAE and the object terms come from sums over the four centroid quadrants.
 
