@@ -278,9 +278,10 @@ def demo_vit4(weights: Optional[str] = None) -> KeyBackbone:
     random-init keys (timm's qkv init, std 0.02) have RMS ≈ 0.2, which leaves the head's first layer
     nearly constant. With the old L1 graph-TV that collapsed the mask; with the reference's squared
     graph-TV it no longer does, but the rescaled keys still learn faster and end higher. Measured on
-    the README demo cell (held-out test IoU, seeds 0 / 1; centred prior .238): baseline training, keys
-    as they are .358 / .524, RMS 4 .493 / .530; crop + GF training, .436 / .502 vs .540 / .454;
-    validation IoU after the first epoch ≈ .17 unscaled vs ≈ .34 at RMS 4.
+    the demo cell as it was then (64², 4 epochs × 32 steps of 8; held-out test IoU, seeds 0 / 1;
+    centred prior .238): baseline training, keys as they are .358 / .524, RMS 4 .493 / .530; crop + GF
+    training, .436 / .502 vs .540 / .454; validation IoU after the first epoch ≈ .17 unscaled vs ≈ .34
+    at RMS 4. The demo now trains at 56 px (14×14 tokens).
     """
     return _build("vit_small_patch8_224", "demo_vit4", weights, rms=4.0,
                   patch_size=4, embed_dim=96, depth=2, num_heads=3)

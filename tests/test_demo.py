@@ -28,5 +28,6 @@ def test_the_demo_grid_cannot_silently_grow():
     pixels_trained = sum(c.optim.epochs * c.optim.steps_per_epoch * c.optim.batch_size * c.data.image_size ** 2
                          for c in trainings.values())
     assert len(grid.cells) == 4 and len(trainings) == 2
-    assert pixels_trained <= 2 * 4 * 32 * 8 * 64 ** 2
+    assert pixels_trained <= 2 * 2 * 24 * 4 * 56 ** 2  # 2 trainings × 2 epochs × 24 steps × 4 images of 56²
+    assert all(c.data.val.limit <= 32 for c in trainings.values())  # validated every epoch
     assert all(ref.split == "test" and (ref.limit or 200) <= 200 for c in grid.cells for ref in c.cfg.eval)
