@@ -148,15 +148,24 @@ COMPONENTS = {
 }
 
 
-def validate_names(cfg: Config, where: str) -> None:
+# The config keys that hold each kind of name (a layer setting a parent mapping sets them too).
+NAME_KEYS = {"backbone": ("backbone.name",), "trick": ("tricks",),
+             "dataset": ("data.train.name", "data.val.name", "eval")}
+
+
+def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> None:
     """Registered backbone, tricks and datasets; unknown names list the registered ones. Read from the
-    registering modules' source when they are not imported yet, so that a typo costs no torch import."""
+    registering modules' source when they are not imported yet, so that a typo costs no torch import.
+    With the config's ``layers``, the error blames the last one that set the name (a ``--set`` flag)."""
     refs = [cfg.data.train, *([cfg.data.val] if cfg.data.val else []), *cfg.eval]
     wanted = [("backbone", cfg.backbone.name), *[("trick", t) for t in cfg.tricks], *[("dataset", r.name) for r in refs]]
     for kind, name in wanted:
         known = registered_names(*COMPONENTS[kind])
         if name not in known:
-            raise ConfigError(f"{where}: unknown {kind} {name!r}; registered {kind}s: {', '.join(known)}")
+            setters = [layer.source for layer in layers for key in layer.values
+                       if any(k == key or k.startswith(f"{key}.") for k in NAME_KEYS[kind])]
+            blamed = setters[-1] if setters and setters[-1].startswith("--set") else where
+            raise ConfigError(f"{blamed}: unknown {kind} {name!r}; registered {kind}s: {', '.join(known)}")
 
 
 @dataclass
@@ -201,7 +210,7 @@ def read_grid(name_or_path: str, flags: Sequence[str] = ()) -> GridFile:
             cfg = compose([*layers, *axis_layers, *flag_layers])
         except ConfigError as exc:
             raise ConfigError(f"{exc} (cell {cell_name})", exc.key) from None
-        validate_names(cfg, f"{path} (cell {cell_name})")
+        validate_names(cfg, f"{path} (cell {cell_name})", [*layers, *axis_layers, *flag_layers])
         configs.append((cell_name, cfg))
     return GridFile(data.get("name", path.stem), path, configs, str(data.get("description", "")).strip(),
                     data.get("table"))

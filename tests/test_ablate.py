@@ -114,6 +114,8 @@ def test_bad_grid_input_fails_before_anything_runs(in_tmp, capsys):
         load_grid(str(bad))
     with pytest.raises(ConfigError, match="unknown grid 'tabel3'; grids in .*: demo, table1"):
         load_grid("tabel3")
+    with pytest.raises(ConfigError, match=r"^--set backbone.name=dino_vitz: unknown backbone 'dino_vitz'"):
+        load_grid("demo", ["backbone.name=dino_vitz"])  # the flag that set the name is blamed
     assert not (in_tmp / "mlflow.db").exists() or not runs(in_tmp)[1]
 
 

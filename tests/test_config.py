@@ -73,7 +73,7 @@ def test_training_hash_ignores_post_processing_and_epochs_only():
     ("data.num_workers=-1", r"data.num_workers: expected a number ≥ 0"),
     ("optim.lr=-1e-4", r"optim.lr: expected a number > 0"),
     ("crop.frac=1.5", r"crop.frac: expected a fraction in \(0, 1\]"),
-    ("data.resize_short=32", r"data.resize_short: expected ≥ data.image_size \(64\), got 32"),
+    ("data.resize_short=32", r"data.resize_short: expected ≥ data.image_size \(56\), got 32"),
 ])
 def test_out_of_range_sizes_are_refused_at_validation_naming_the_flag(flag, match):
     """Issue 11: optim.epochs=0 trained nothing and failed later with FileNotFoundError ... best.pt."""
