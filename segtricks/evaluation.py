@@ -31,7 +31,7 @@ from segtricks.datasets import (IMAGE_SUFFIXES, DatasetError, EvalView, Sample, 
                                 load_or_skip, open_image)
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
-from segtricks.prediction_cache import PredictionCache, as_cached
+from segtricks.prediction_cache import as_cached, key_cache, prediction_cache
 from segtricks.predict import predict_raw, resize_to
 from segtricks.threads import one_thread
 from segtricks.tricks import TRICKS, get_tricks, postprocess
@@ -81,12 +81,14 @@ def _check_post(tricks: Sequence[str]) -> None:
 def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
                    device: Optional[torch.device] = None, with_structure: bool = True,
                    progress: bool = True, keep_samples: int = 0, protocol: str = "ours",
-                   cache_dir: Optional[Path] = None) -> SaliencyEvaluator:
+                   cache_dir: Optional[Path] = None, keys_dir: Optional[Path] = None) -> SaliencyEvaluator:
     """Score ``model`` on dataset ``ref`` with the post-processing ``tricks`` applied in order, under
     ``protocol`` ("ours" or "reference", see the module docstring).
 
     With ``cache_dir`` (a training's ``predictions/`` folder) the raw masks are read from, or written
-    to, a ``PredictionCache``: only the first evaluation of a model on a dataset runs the model.
+    to, a cache: only the first evaluation of a model on a dataset runs the model; with ``keys_dir``
+    (``<output root>/keys``) the backbone's keys too, so a new model on the same backbone runs only
+    its head (``segtricks.prediction_cache``).
     The first ``keep_samples`` (id, image, mask, prediction) are kept in ``evaluator.samples``."""
     _check_post(tricks)
     _check_protocol(protocol)
@@ -99,7 +101,9 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
     evaluator = SaliencyEvaluator(with_structure=with_structure)
     for s in raw.skipped:
         evaluator.skip(s.id, s.reason)
-    cache = PredictionCache(cache_dir, model, ref, raw, size, protocol) if cache_dir is not None else None
+    keys = key_cache(keys_dir, model, ref, raw, size, protocol) if keys_dir is not None else None
+    cache = (prediction_cache(cache_dir, model, ref, raw, size, protocol, keys is not None)
+             if cache_dir is not None else None)
     seen: List[str] = []
     desc = f"evaluate {ref.name}" + (" (reference protocol)" if protocol == "reference" else "")
     if cache is not None and cache.complete:
@@ -120,7 +124,15 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
                 inputs = batch.images.to(device)
             raw_masks = cache.get(batch.ids) if cache is not None else None
             if raw_masks is None:
-                raw_masks = predict_raw(model, inputs, protocol)
+                features = None
+                if keys is not None:
+                    features = keys.get(batch.ids)
+                    if features is None:
+                        with torch.no_grad():
+                            features = as_cached(model.backbone(model.normalise(inputs)))
+                        keys.put(batch.ids, features)
+                    features = features.to(device)
+                raw_masks = predict_raw(model, inputs, protocol, features)
                 if cache is not None:
                     raw_masks = as_cached(raw_masks)
                     cache.put(batch.ids, raw_masks)
@@ -133,11 +145,13 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
                     if len(evaluator.samples) < keep_samples:
                         evaluator.samples.append((image_id, image, mask, pred.cpu()))
     except BaseException:  # a failure or a kill: what was predicted so far is not a cache
-        if cache is not None:
-            cache.discard()
+        for c in (cache, keys):
+            if c is not None:
+                c.discard()
         raise
-    if cache is not None:
-        cache.close(seen)
+    for c in (cache, keys):
+        if c is not None:
+            c.close(seen)
     return evaluator
 
 

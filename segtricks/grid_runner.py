@@ -201,7 +201,7 @@ def execute(store: tracking.Store, step: Step, run: tracking.RunLog, device: tor
             keep = SAMPLES if protocol == "ours" else 0
             if cell.trains:
                 ev = evaluate_model(model, cfg, ref, post, device, keep_samples=keep, protocol=protocol,
-                                    cache_dir=cell.training.dir / "predictions")
+                                    cache_dir=cell.training.dir / "predictions", keys_dir=cell.training.keys_dir)
             else:
                 ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=keep, protocol=protocol)
             name = ref.name if protocol == "ours" else f"{ref.name}.reference"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -27,10 +27,15 @@ class SegmentationModel(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        x = (images - self.mean) / self.std
-        with torch.no_grad():
-            features = self.backbone(x)
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor, features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """``features``: the backbone's keys of ``images`` when already known (evaluation's key cache)."""
+        x = self.normalise(images)
+        if features is None:
+            with torch.no_grad():
+                features = self.backbone(x)
         out = self.head(features, x)
         out["features"] = features
         return out

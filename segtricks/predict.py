@@ -8,7 +8,7 @@ the whole batch.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,14 +46,15 @@ def evaluation_mode(model: SegmentationModel, protocol: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def predict_raw(model: SegmentationModel, images: torch.Tensor, protocol: str = "ours") -> torch.Tensor:
+def predict_raw(model: SegmentationModel, images: torch.Tensor, protocol: str = "ours",
+                features: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Soft foreground masks (B, 1, H, W) in [0, 1] at the input size, before any post-processing.
 
     ``protocol`` "ours" or "reference" (see the module docstring); the caller's train/eval mode is
-    restored afterwards."""
+    restored afterwards. ``features``: the backbone's keys of ``images``, when already known."""
     with evaluation_mode(model, protocol):
         with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.is_cuda):
-            fine = model(images)["fine"]
+            fine = model(images, features)["fine"]
     select = select_foreground_per_batch if protocol == "reference" else select_foreground
     return select(fine.float())
 

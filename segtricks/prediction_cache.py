@@ -1,16 +1,21 @@
-"""A model's raw soft masks on one dataset, kept on disk: cells that share a training (a GF cell and
-its baseline, a study's trials that differ only in post-processing) predict each image once.
+"""What evaluation computes once and keeps on disk: a model's raw soft masks, and a backbone's keys.
 
 Prediction is 86–95% of a cell's evaluation time; post-processing and metrics are cheap beside it.
-``evaluate_model`` stores the masks after foreground selection and before any post-processing
-trick, at the prediction size, as float16 in ``<training folder>/predictions/``: one ``.npy``
-(memory-mapped, rows in dataset order) and a ``.json`` naming its ids. The file name carries a
-content hash of what the masks depend on: the head's weights and buffers, the backbone's weights
-id, the dataset (reference and item ids), the prediction size and the protocol. A retrained or
-resumed model, or a changed dataset, hashes differently, so a stale cache is never read: it is
-replaced. Files appear by rename, so a killed evaluation leaves no half-written cache.
+- **Masks** (``prediction_cache``): cells that share a training (a GF cell and its baseline, a
+  study's trials that differ only in post-processing) predict each image once. Stored after
+  foreground selection and before any post-processing trick, at the prediction size, in
+  ``<training folder>/predictions/``.
+- **Keys** (``key_cache``): trainings on one backbone see the same frozen keys for each evaluation
+  image, so every evaluation after the first runs only the head. Stored in ``<output root>/keys/``.
 
-Masks pass through float16 whether they come from the cache or the model, so that the first
+Each is one memory-mapped float16 ``.npy`` (rows in dataset order) and a ``.json`` naming the ids it
+holds. The file name carries a content hash of everything the rows depend on (for masks: the head's
+weights and buffers and the backbone's weights id; for keys: the backbone and its weights id; for
+both: the dataset's reference and item ids, the prediction size and the protocol). A retrained
+model or a changed dataset hashes differently, so a stale file is never read: it is replaced.
+Files appear by rename, so a killed evaluation leaves no half-written cache.
+
+Rows pass through float16 whether they come from the cache or are computed, so that the first
 evaluation and every later one report the same numbers.
 """
 from __future__ import annotations
@@ -19,7 +24,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,21 +43,16 @@ def model_digest(model: SegmentationModel) -> str:
     return digest.hexdigest()
 
 
-class PredictionCache:
-    """The cache of one (model, dataset, size, protocol). ``get(ids)`` returns the cached masks of a
-    batch (or None when any is missing); ``put(ids, masks)`` records computed ones; ``close()`` makes
-    what was recorded the cache, when it covers every item the evaluation saw."""
+class ArrayCache:
+    """Rows of one shape per dataset item, by id. ``get(ids)`` returns the rows of a batch (None when
+    any is missing); ``put(ids, rows)`` records computed ones; ``close(seen)`` makes what was recorded
+    the cache when it covers every id the evaluation saw; ``discard()`` drops it."""
 
-    def __init__(self, folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawDataset,
-                 size: int, protocol: str) -> None:
-        self.ids = [raw.item_id(i) for i in range(len(raw))]
-        key = {"model": model_digest(model), "size": size, "protocol": protocol,
-               "dataset": [ref.name, ref.root, ref.split, ref.limit], "ids": self.ids}
-        stem = f"{ref.name}-{ref.split}-{ref.limit or 'all'}-{size}-{protocol}"
-        self.folder, self.stem = Path(folder), stem
-        self.path = self.folder / f"{stem}-{canonical_sha256(key)[:16]}.npy"
-        self.row = {image_id: i for i, image_id in enumerate(self.ids)}
-        self.size = size
+    def __init__(self, folder: Path, stem: str, key: Dict[str, Any], ids: List[str],
+                 row_shape: Tuple[int, ...]) -> None:
+        self.folder, self.stem, self.ids, self.row_shape = Path(folder), stem, ids, row_shape
+        self.path = self.folder / f"{stem}-{canonical_sha256({**key, 'ids': ids})[:16]}.npy"
+        self.row = {image_id: i for i, image_id in enumerate(ids)}
         self._stored: Optional[np.ndarray] = None
         self._present: set = set()
         if self.path.is_file() and self.path.with_suffix(".json").is_file():
@@ -69,21 +69,20 @@ class PredictionCache:
         if self._stored is None or not all(i in self._present for i in ids):
             return None
         rows = [self.row[i] for i in ids]
-        return torch.from_numpy(np.asarray(self._stored[rows], dtype=np.float32))[:, None]
+        return torch.from_numpy(np.asarray(self._stored[rows], dtype=np.float32))
 
-    def put(self, ids: List[str], masks: torch.Tensor) -> None:
-        """Record masks (B, 1, size, size) of ``ids`` (the cache is written only when built anew)."""
+    def put(self, ids: List[str], rows: torch.Tensor) -> None:
+        """Record ``rows`` (B, *row_shape) of ``ids`` (the cache is written only when built anew)."""
         if self._stored is not None:
             return
         if self._new is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             self._new = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.float16,
-                                                  shape=(len(self.ids), self.size, self.size))
+                                                  shape=(len(self.ids), *self.row_shape))
         known = [k for k, i in enumerate(ids) if i in self.row]  # a dataset whose item_id() differs
-        rows = [self.row[ids[k]] for k in known]                # from its samples' ids is not cached
-        self._new[rows] = masks[known, 0].cpu().numpy().astype(np.float16)
-        self._written.update(ids[k] for k in known)
+        self._new[[self.row[ids[k]] for k in known]] = rows[known].cpu().numpy().astype(np.float16)
+        self._written.update(ids[k] for k in known)              # from its samples' ids is not cached
 
     def discard(self) -> None:
         """Drop what was written (the evaluation failed or was interrupted)."""
@@ -100,7 +99,7 @@ class PredictionCache:
         if not set(seen) <= self._written:
             self._tmp.unlink(missing_ok=True)
             return
-        for old in self.folder.glob(f"{self.stem}-*"):  # an older model's or dataset's masks: stale
+        for old in self.folder.glob(f"{self.stem}-*"):  # an older model's or dataset's rows: stale
             old.unlink(missing_ok=True)
         os.replace(self._tmp, self.path)
         meta = self.path.with_suffix(".json")
@@ -109,6 +108,32 @@ class PredictionCache:
         os.replace(tmp_meta, meta)
 
 
-def as_cached(masks: torch.Tensor) -> torch.Tensor:
-    """Masks at the cache's precision (float16, back to float32): what every evaluation scores."""
-    return masks.half().float()
+def _dataset_key(ref: DatasetRef, raw: RawDataset, size: int, protocol: str) -> Tuple[str, Dict[str, Any], List[str]]:
+    ids = [raw.item_id(i) for i in range(len(raw))]
+    stem = f"{ref.name}-{ref.split}-{ref.limit or 'all'}-{size}-{protocol}"
+    return stem, {"size": size, "protocol": protocol, "dataset": [ref.name, ref.root, ref.split, ref.limit]}, ids
+
+
+def prediction_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawDataset, size: int,
+                     protocol: str, cached_keys: bool) -> ArrayCache:
+    """Raw masks (1, size, size) of ``model``; ``cached_keys``: whether the model ran on float16 keys."""
+    stem, key, ids = _dataset_key(ref, raw, size, protocol)
+    stem = f"k16-{stem}" if cached_keys else stem  # both may live side by side: neither is stale
+    return ArrayCache(folder, stem, {**key, "model": model_digest(model), "float16_keys": cached_keys},
+                      ids, (1, size, size))
+
+
+def key_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawDataset, size: int,
+              protocol: str) -> ArrayCache:
+    """Backbone keys (C, size/p, size/p), shared by every model on the same backbone and weights."""
+    stem, key, ids = _dataset_key(ref, raw, size, protocol)
+    backbone = model.backbone
+    side = size // backbone.patch_size
+    return ArrayCache(folder, f"{backbone.name}-{stem}",
+                      {**key, "backbone": backbone.name, "weights": backbone.weights_id}, ids,
+                      (backbone.embed_dim, side, side))
+
+
+def as_cached(rows: torch.Tensor) -> torch.Tensor:
+    """Rows at the caches' precision (float16, back to float32): what every evaluation uses."""
+    return rows.half().float()

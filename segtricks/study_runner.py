@@ -132,7 +132,8 @@ def objective_fn(spec: StudySpec, store: tracking.Store, parent: tracking.RunLog
             dev = resolve_device(device)
             ev = evaluate_model(training.model(dev), cfg, spec.objective_ref, post_trick_names(cfg.tricks), dev,
                                 with_structure=spec.metric in ("s_measure", "max_e_measure", "mean_e_measure"),
-                                progress=False, cache_dir=training.dir / "predictions")
+                                progress=False, cache_dir=training.dir / "predictions",
+                                keys_dir=training.keys_dir)
             value = ev.results()[spec.metric]
         except optuna.TrialPruned:
             trial.set_user_attr("trained", bool(pruning.epochs_run))

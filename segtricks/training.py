@@ -120,6 +120,12 @@ class Training:
         return cls(cfg, directory)
 
     @property
+    def keys_dir(self) -> Path:
+        """``<root>/keys``: the backbone-key cache that every training of an output root shares (for
+        a training outside ``<root>/trainings/``, a ``keys`` folder beside it)."""
+        return self.dir.parent.parent / "keys" if self.dir.parent.name == "trainings" else self.dir.parent / "keys"
+
+    @property
     def last_path(self) -> Path:
         return self.dir / "last.pt"
 

@@ -64,7 +64,7 @@ def test_a_second_evaluation_reads_the_cache_and_reports_the_same_numbers(settin
 def test_cached_masks_are_the_models_masks_at_float16(setting):
     cfg, model, cache = setting
     scores(cfg, model, [], cache)
-    images = torch.stack([torch.rand(3, 64, 64) for _ in range(2)])
+    images = torch.stack([torch.rand(3, 56, 56) for _ in range(2)])
     raw = predict_raw(model, images)
     assert (as_cached(raw) - raw).abs().max() < 1e-3
     # the GF cell on cached masks equals GF on the model's masks at the cache's precision
@@ -72,7 +72,7 @@ def test_cached_masks_are_the_models_masks_at_float16(setting):
         cached_gf, _ = scores(cfg, model, ["gf"], cache)
     import segtricks.evaluation as evaluation
     original = evaluation.predict_raw
-    evaluation.predict_raw = lambda m, x, p="ours": as_cached(original(m, x, p))
+    evaluation.predict_raw = lambda m, x, p="ours", f=None: as_cached(original(m, x, p, f))
     try:
         fresh_gf, _ = scores(cfg, model, ["gf"], None)
     finally:
@@ -101,3 +101,25 @@ def test_a_killed_evaluation_leaves_no_cache(setting):
     with CountingForward(model) as run:  # the next evaluation builds it from scratch
         scores(cfg, model, [], cache)
     assert run.calls == 3 and len(list(cache.glob("*.npy"))) == 1
+
+
+def test_a_second_model_on_the_same_backbone_reads_the_keys_and_runs_only_its_head(setting, tmp_path):
+    cfg, model, _ = setting
+    keys = tmp_path / "keys"
+    scores_with_keys = lambda m, cache: evaluate_model(m, cfg, REF, [], with_structure=False, progress=False,
+                                                       cache_dir=cache, keys_dir=keys).results()
+    first = scores_with_keys(model, tmp_path / "a")
+    assert len(list(keys.glob("demo_vit4-*.npy"))) == 1
+    torch.manual_seed(1)
+    other = build_model(cfg).eval()  # another training: a new head, the same frozen backbone
+    backbone_forward = other.backbone.forward
+    other.backbone.forward = lambda *a, **k: (_ for _ in ()).throw(AssertionError("the backbone ran"))
+    second = scores_with_keys(other, tmp_path / "b")
+    other.backbone.forward = backbone_forward
+    again = scores_with_keys(other, tmp_path / "c")  # keys read again, masks predicted again: equal
+    assert second == again and second != first
+    # the keys were the backbone's, at float16
+    images = torch.rand(2, 3, 56, 56)
+    with torch.no_grad():
+        exact = other.backbone(other.normalise(images))
+    assert (as_cached(exact) - exact).abs().max() <= exact.abs().max() * 1e-3
