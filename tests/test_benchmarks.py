@@ -13,3 +13,11 @@ def test_gpu_benchmark_runs_at_tiny_sizes_and_prints_every_row():
     for row in ("train step, demo_vit4 64², batch 2, crop + GF: fp32 |", "evaluation: prediction",
                 "GF, batch 4 of 64² masks", "BF, one 64² mask", "data loader:", "projected 30-epoch DUTS-TR"):
         assert row in out.stdout, row
+
+
+def test_evaluation_cache_benchmark_runs_and_prints_every_row():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "evaluation_cache.py"), "--rounds", "1",
+                          "--images", "8"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for row in ("| no cache", "| masks cached (a GF cell)", "| keys cached (another training)"):
+        assert row in out.stdout, row
