@@ -216,6 +216,29 @@ def execute(store: tracking.Store, step: Step, run: tracking.RunLog, device: tor
     return results
 
 
+def run_cell(store: tracking.Store, exp_id: str, step: Step, run: tracking.RunLog, dev: torch.device,
+             force: bool) -> dict:
+    """Execute one claimed cell under its heartbeat: its summary row. A failure is recorded FAILED and
+    the grid goes on; a full disk is raised, since every later cell would fail the same way."""
+    with run.heartbeat():
+        try:
+            results = execute(store, step, run, dev)
+            run.finish()
+            if force:
+                store.supersede(exp_id, run, step.cell.config_hash)
+            return {"cell": step.cell.name, "status": "FINISHED", "run_id": run.id, **results}
+        except Exception as exc:
+            try:
+                run.fail()
+            except Exception:  # the store itself failed: the run goes stale and is resumed later
+                pass
+            if isinstance(exc, NoSpaceError):
+                raise
+            tqdm.write(f"cell {step.cell.name} FAILED: {type(exc).__name__}: {exc}")
+            return {"cell": step.cell.name, "status": "FAILED", "run_id": run.id,
+                    "note": f"{type(exc).__name__}: {exc}"[:200]}
+
+
 def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = False, fail_fast: bool = False,
              device: str = "auto", since_ms: Optional[int] = None) -> List[dict]:
     """One worker's pass(es) over the grid until no cell is left that it may take. ``since_ms``
@@ -228,63 +251,47 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
     if force and since_ms is None:
         since_ms = int(time.time() * 1000)
     bar = None  # one bar for the whole pass: it counts the cells this worker ran, not the plans
-    while True:
-        by_hash = store.runs_by_hash(exp_id)
-        # with --force, a cell rerun by this invocation has a FINISHED run since since_ms: plan skips it
-        steps = plan(grid, by_hash, force, rerun_failed, since_ms)
-        for s in steps:
-            if s.action is Action.SKIP and s.cell.name not in summary:
-                done = [r for r in by_hash.get(s.cell.config_hash, []) if r.info.status == "FINISHED"]
-                metrics = done[-1].data.metrics if done else {}  # a skipped cell still shows its result
-                summary[s.cell.name] = {"cell": s.cell.name, "status": "skipped", "note": s.reason, **metrics}
-        todo = [s for s in steps if s.action not in (Action.SKIP, Action.WAIT) and s.cell.name not in summary]
-        if not todo:
-            waits = [s for s in steps if s.action is Action.WAIT]
-            for s in waits:  # say once what we wait for, not every 5 s
-                if (s.cell.name, s.run_id) not in announced:
-                    announced.add((s.cell.name, s.run_id))
-                    tqdm.write(f"waiting for cell {s.cell.name}: {s.reason}")
-            if waits:
-                time.sleep(5)  # other workers hold cells or train what they share; wait for them
-                continue
-            break
-        if bar is None:
-            bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell")
-        for step in todo:
-            bar.set_postfix_str(step.cell.name)
-            if step.action is Action.RESUME:
-                run = store.run(step.run_id)
+    try:
+        while True:
+            by_hash = store.runs_by_hash(exp_id)
+            # with --force, a cell rerun by this invocation has a FINISHED run since since_ms: plan skips it
+            steps = plan(grid, by_hash, force, rerun_failed, since_ms)
+            for s in steps:
+                if s.action is Action.SKIP and s.cell.name not in summary:
+                    done = [r for r in by_hash.get(s.cell.config_hash, []) if r.info.status == "FINISHED"]
+                    metrics = done[-1].data.metrics if done else {}  # a skipped cell still shows its result
+                    summary[s.cell.name] = {"cell": s.cell.name, "status": "skipped", "note": s.reason, **metrics}
+            todo = [s for s in steps if s.action not in (Action.SKIP, Action.WAIT) and s.cell.name not in summary]
+            if not todo:
+                waits = [s for s in steps if s.action is Action.WAIT]
+                for s in waits:  # say once what we wait for, not every 5 s
+                    if (s.cell.name, s.run_id) not in announced:
+                        announced.add((s.cell.name, s.run_id))
+                        tqdm.write(f"waiting for cell {s.cell.name}: {s.reason}")
+                if waits:
+                    time.sleep(5)  # other workers hold cells or train what they share; wait for them
+                    continue
+                break
+            if bar is None:
+                bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell")
+            for step in todo:
+                bar.set_postfix_str(step.cell.name)
+                if step.action is Action.RESUME:
+                    run = store.run(step.run_id)
+                else:
+                    run = store.claim(exp_id, step.cell.name, cell_tags(grid, step.cell), since_ms)
+                    if run is None:
+                        continue  # another worker claimed this cell first
+                summary[step.cell.name] = row = run_cell(store, exp_id, step, run, dev, force)
+                if row["status"] == "FAILED" and fail_fast:
+                    return list(summary.values())
+                bar.update()
+                break  # plan again: what other workers did meanwhile changes what is left
             else:
-                run = store.claim(exp_id, step.cell.name, cell_tags(grid, step.cell), since_ms)
-                if run is None:
-                    continue  # another worker claimed this cell first
-            with run.heartbeat():
-                try:
-                    results = execute(store, step, run, dev)
-                    run.finish()
-                    if force:
-                        store.supersede(exp_id, run, step.cell.config_hash)
-                    summary[step.cell.name] = {"cell": step.cell.name, "status": "FINISHED", "run_id": run.id,
-                                               **results}
-                except Exception as exc:  # any failure of one cell: record it, go on with the grid
-                    try:
-                        run.fail()
-                    except Exception:  # the store itself failed: the run goes stale and is resumed later
-                        pass
-                    summary[step.cell.name] = {"cell": step.cell.name, "status": "FAILED", "run_id": run.id,
-                                               "note": f"{type(exc).__name__}: {exc}"[:200]}
-                    if isinstance(exc, NoSpaceError):
-                        raise  # every later cell would fail the same way
-                    tqdm.write(f"cell {step.cell.name} FAILED: {type(exc).__name__}: {exc}")
-                    if fail_fast:
-                        bar.close()
-                        return list(summary.values())
-            bar.update()
-            break  # plan again: what other workers did meanwhile changes what is left
-        else:
-            time.sleep(5)  # every cell left was claimed by another worker just now: let them start
-    if bar is not None:
-        bar.close()
+                time.sleep(5)  # every cell left was claimed by another worker just now: let them start
+    finally:  # closed before any error is printed, so that the message starts its own line
+        if bar is not None:
+            bar.close()
     return list(summary.values())
 
 
