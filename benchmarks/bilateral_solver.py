@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, NamedTuple, Tuple
 
@@ -30,6 +29,7 @@ from scipy.sparse import csr_matrix, diags
 from scipy.sparse.linalg import cg
 
 from segtricks.bilateral_solver import SparseBilateralGrid, bilateral_solve, bilateral_solver_filter, bistochastize
+from timing import ms  # benchmarks/timing.py (the script's folder is on sys.path)
 
 SOD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sod300"
 SIGMAS = dict(sigma_spatial=16, sigma_luma=16, sigma_chroma=8)
@@ -116,12 +116,6 @@ def load_cases(count: int, size: int) -> List[Case]:
         image, mask = torch.from_numpy(im).permute(2, 0, 1).contiguous(), torch.from_numpy(soft)
         cases.append(Case(im, soft, image, mask, (mask[None, None].float(), image[None].float() / 255)))
     return cases
-
-
-def ms(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def main() -> None:

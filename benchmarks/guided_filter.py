@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable, Dict
 
 import numpy as np
 import torch
 
 from segtricks.guided_filter import guided_filter
+from timing import ms  # benchmarks/timing.py (the script's folder is on sys.path)
 
 
 def _diff_x(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -45,12 +45,6 @@ def reference_gf(x: torch.Tensor, y: torch.Tensor, r: int, eps: float) -> torch.
     a = (box(x * y) / n - mean_x * mean_y) / (box(x * x) / n - mean_x * mean_x + eps)
     b = mean_y - a * mean_x
     return box(a) / n * x + box(b) / n
-
-
-def ms(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
 
 
 def main() -> None:
