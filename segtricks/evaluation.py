@@ -31,7 +31,7 @@ from segtricks.datasets import (IMAGE_SUFFIXES, DatasetError, EvalView, Sample, 
                                 load_or_skip, open_image)
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
-from segtricks.prediction_cache import as_cached, key_cache, prediction_cache
+from segtricks.prediction_cache import ArrayCache, as_cached, key_cache, prediction_cache
 from segtricks.predict import predict_raw, resize_to
 from segtricks.threads import one_thread
 from segtricks.tricks import TRICKS, get_tricks, postprocess
@@ -122,20 +122,7 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
             else:
                 images, masks, boxes = batch.originals, batch.masks, batch.boxes
                 inputs = batch.images.to(device)
-            raw_masks = cache.get(batch.ids) if cache is not None else None
-            if raw_masks is None:
-                features = None
-                if keys is not None:
-                    features = keys.get(batch.ids)
-                    if features is None:
-                        with torch.no_grad():
-                            features = as_cached(model.backbone(model.normalise(inputs)))
-                        keys.put(batch.ids, features)
-                    features = features.to(device)
-                raw_masks = predict_raw(model, inputs, protocol, features)
-                if cache is not None:
-                    raw_masks = as_cached(raw_masks)
-                    cache.put(batch.ids, raw_masks)
+            raw_masks = raw_masks_of(model, inputs, batch.ids, protocol, cache, keys)
             seen += batch.ids
             with one_thread(inputs.device.type == "cpu"):  # small ops per image (segtricks.threads)
                 soft = postprocess(raw_masks.to(device), inputs, tricks, cfg)
@@ -153,6 +140,25 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
         if c is not None:
             c.close(seen)
     return evaluator
+
+
+@torch.no_grad()
+def raw_masks_of(model: SegmentationModel, inputs: torch.Tensor, ids: List[str], protocol: str,
+                 cache: Optional[ArrayCache], keys: Optional[ArrayCache]) -> torch.Tensor:
+    """The batch's raw masks (B, 1, H, W): from the mask cache, else predicted (from cached backbone
+    keys when there are), and recorded in the caches given."""
+    raw_masks = cache.get(ids) if cache is not None else None
+    if raw_masks is not None:
+        return raw_masks
+    features = keys.get(ids) if keys is not None else None
+    if keys is not None and features is None:
+        features = as_cached(model.backbone(model.normalise(inputs)))
+        keys.put(ids, features)
+    raw_masks = predict_raw(model, inputs, protocol, None if features is None else features.to(inputs.device))
+    if cache is not None:
+        raw_masks = as_cached(raw_masks)
+        cache.put(ids, raw_masks)
+    return raw_masks
 
 
 def describe_skipped(name: str, skipped: Sequence[tuple], shown: int = 10) -> str:
