@@ -55,6 +55,8 @@ def crop_consistency_terms(
     crops = crop_and_resize(images, boxes)
     out = predict(crops)
     crop_ncut = ncut_loss(out["coarse"], thresholded_affinity(out["features"], tau, eps))
+    # predict may run under bf16 autocast: the teacher's GF (ratios cov/(var + eps)) and L_eq are
+    # computed on masks upcast to float32 (guided_filter returns its input's dtype), as every loss.
     with torch.no_grad():  # the teacher: GF-sharpened crop prediction, never differentiated
         teacher = guided_filter(out["fine"].detach().float(), crops, gf_radius, gf_eps).clamp(0, 1)
     student = crop_and_resize(student_fine.float(), boxes)

@@ -2,6 +2,12 @@
 
 Shapes: masks are (B, 1, h, w) in [0, 1]; features are (B, C, h, w) backbone keys; images are
 (B, 3, H, W). All losses return a scalar averaged over the batch.
+
+Every loss computes in float32, whatever the dtype of its inputs: under bf16 autocast the model's
+masks and features are bfloat16, which keeps about 3 significant digits, too few for NCut's ratios
+cut/assoc of sums over N² products, the cosines compared with τ, and TV's exp(−D/σ) of squared
+differences. So inputs are cast to float32 here, and the matrix products run with autocast disabled
+(autocast runs a matmul in bf16 even on float32 inputs, when a loss is called inside its region).
 """
 from __future__ import annotations
 
@@ -16,10 +22,16 @@ NEIGHBOURS: Tuple[Tuple[int, int], ...] = tuple(
     (dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
 
 
+def _matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in float32, also inside an autocast region (see the module docstring)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return a.float() @ b.float()
+
+
 def thresholded_affinity(features: torch.Tensor, tau: float, eps: float) -> torch.Tensor:
     """W_ij = 1 where cos(f_i, f_j) > tau, else eps. (B, C, h, w) → (B, N, N) with N = h·w."""
     f = F.normalize(features.flatten(2).float(), dim=1)
-    cos = f.transpose(1, 2) @ f
+    cos = _matmul_fp32(f.transpose(1, 2), f)
     return torch.where(cos > tau, torch.ones_like(cos), torch.full_like(cos, eps))
 
 
@@ -30,8 +42,9 @@ def ncut_loss(mask: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
     clamped to [1e-6, 1−1e-6] so that neither side is ever empty.
     """
     s = mask.flatten(1).float().clamp(1e-6, 1 - 1e-6)
+    affinity = affinity.float()
     degree = affinity.sum(-1)
-    cut = (s * (affinity @ (1 - s).unsqueeze(-1)).squeeze(-1)).sum(-1)
+    cut = (s * _matmul_fp32(affinity, (1 - s).unsqueeze(-1)).squeeze(-1)).sum(-1)
     assoc_fg = (s * degree).sum(-1)
     assoc_bg = ((1 - s) * degree).sum(-1)
     return (cut / assoc_fg + cut / assoc_bg).mean()
@@ -47,6 +60,7 @@ def graph_tv(mask: torch.Tensor, guide: torch.Tensor,
     Squared differences make a constant mask a stationary point (value 0, gradient 0).
     """
     b, _, h, w = mask.shape
+    mask, guide = mask.float(), guide.float()
     mask_pad = F.pad(mask, (1, 1, 1, 1), mode="reflect")
     guide_pad = F.pad(guide, (1, 1, 1, 1), mode="reflect")
     total = mask.new_zeros(())
@@ -59,8 +73,7 @@ def graph_tv(mask: torch.Tensor, guide: torch.Tensor,
 def fine_graph_tv(fine: torch.Tensor, image: torch.Tensor, sigma: float) -> torch.Tensor:
     """Graph-TV of the fine mask, edges weighted exp(−D_I / σ), D_I = Σ_c (I_c(p) − I_c(q))², on the
     ImageNet-normalised image. σ, not σ²: the reference's definition (they agree only at σ = 1)."""
-    return graph_tv(fine.float(), image.float(),
-                    lambda a, b: torch.exp(-((a - b) ** 2).sum(1, keepdim=True) / sigma))
+    return graph_tv(fine, image, lambda a, b: torch.exp(-((a - b) ** 2).sum(1, keepdim=True) / sigma))
 
 
 def coarse_graph_tv(coarse: torch.Tensor, features: torch.Tensor, tau: float,
@@ -75,7 +88,7 @@ def coarse_graph_tv(coarse: torch.Tensor, features: torch.Tensor, tau: float,
         cos = 1 - ((a - b) ** 2).sum(1, keepdim=True) / 2
         return torch.where(cos > tau, torch.ones_like(cos), torch.full_like(cos, eps))
 
-    return graph_tv(coarse.float(), f, weight)
+    return graph_tv(coarse, f, weight)
 
 
 def coarse_fine_consistency(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:

@@ -47,15 +47,18 @@ def evaluation_mode(model: SegmentationModel, protocol: str) -> Iterator[None]:
 
 @torch.no_grad()
 def predict_raw(model: SegmentationModel, images: torch.Tensor, protocol: str = "ours",
-                features: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Soft foreground masks (B, 1, H, W) in [0, 1] at the input size, before any post-processing.
+                features: Optional[torch.Tensor] = None, autocast: Optional[bool] = None) -> torch.Tensor:
+    """Soft float32 foreground masks (B, 1, H, W) in [0, 1] at the input size, before any post-processing.
 
     ``protocol`` "ours" or "reference" (see the module docstring); the caller's train/eval mode is
-    restored afterwards. ``features``: the backbone's keys of ``images``, when already known."""
+    restored afterwards. ``features``: the backbone's keys of ``images``, when already known.
+    ``autocast``: run the model under bf16 autocast (default: on CUDA only)."""
     with evaluation_mode(model, protocol):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=images.is_cuda):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16,
+                            enabled=images.is_cuda if autocast is None else autocast):
             fine = model(images, features)["fine"]
     select = select_foreground_per_batch if protocol == "reference" else select_foreground
+    # float32 before anything downstream (the inversion's mean > 0.5, GF/BF, the float16 caches)
     return select(fine.float())
 
 

@@ -113,7 +113,12 @@ def loss_weights(cfg: Config) -> Dict[str, float]:
 
 def loss_terms(model: SegmentationModel, images: torch.Tensor, cfg: Config,
                generator: Optional[torch.Generator], autocast: bool) -> Dict[str, torch.Tensor]:
-    """All unweighted loss terms of one batch: Sempart's four (SPEC §3), then each training trick's."""
+    """All unweighted loss terms of one batch: Sempart's four (SPEC §3), then each training trick's.
+
+    ``autocast``: run the model, on every device (CPU included, as the tests do), under bf16 autocast.
+    Only the model: its outputs may then be bfloat16, but every term is computed, outside the region,
+    in float32 (``segtricks.losses``).
+    """
     def predict(x: torch.Tensor) -> Dict[str, torch.Tensor]:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
             return model(x)
@@ -163,6 +168,7 @@ def train_one_epoch(state: LoopState, train_set: Dataset, collate) -> Dict[str, 
         images = images.to(state.device, non_blocking=True)
         if cuda:
             images = images.contiguous(memory_format=torch.channels_last)
+        # bf16 on CUDA only: on CPUs without native bf16 kernels (oneDNN here) it was 40× slower
         terms = loss_terms(model, images, cfg, generator, autocast=cuda)
         check_finite(terms, epoch, step)
         loss = sum(weights[k] * v for k, v in terms.items())

@@ -171,3 +171,37 @@ def test_losses_are_differentiable():
     s = torch.rand(1, 1, 6, 8, requires_grad=True)
     (ncut_loss(s, thresholded_affinity(f, 0.4, 1e-6)) + coarse_graph_tv(s, f, 0.4, 1e-6)).backward()
     assert s.grad is not None and torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def all_loss_terms(mask, fine, feats, image):
+    """Every loss of this module, and the crop trick's terms, on one set of masks and features."""
+    from segtricks.crop_consistency import crop_consistency_terms
+
+    crop = crop_consistency_terms(lambda x: {"coarse": mask, "fine": fine, "features": feats}, image.float(),
+                                  fine, torch.tensor([[4, 8, 16], [0, 12, 20]]), 0.2, 1e-6, 2, 1e-3)
+    return {"ncut": ncut_loss(mask, thresholded_affinity(feats, 0.2, 1e-6)),
+            "fine_tv": fine_graph_tv(fine, image, 1.7),
+            "coarse_tv": coarse_graph_tv(mask, feats, 0.2, 1e-6),
+            "consistency": coarse_fine_consistency(mask, fine),
+            **crop}
+
+
+@pytest.mark.parametrize("inside_autocast", [False, True])
+def test_losses_compute_in_float32_on_bfloat16_inputs(inside_autocast):
+    """On bf16 masks, features and image (a model's outputs under autocast), each loss equals the
+    float32 loss of the same values upcast, to 1e-6 relative, and is float32: the computation is in
+    float32, also when called inside a CPU bf16 autocast region (whose matmuls would otherwise be bf16:
+    the cosines compared with τ, and NCut's affinity products)."""
+    g = torch.Generator().manual_seed(5)
+    bf16 = [x.bfloat16() for x in (torch.rand(2, 1, 6, 8, generator=g), torch.rand(2, 1, 24, 32, generator=g),
+                                   torch.randn(2, 16, 6, 8, generator=g), torch.randn(2, 3, 24, 32, generator=g))]
+    expected = all_loss_terms(*[x.float() for x in bf16])
+    affinity = thresholded_affinity(bf16[2].float(), 0.2, 1e-6).bfloat16()  # ε rounded to bf16
+    expected["ncut_of_a_bf16_affinity"] = ncut_loss(bf16[0].float(), affinity.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inside_autocast):
+        got = {**all_loss_terms(*bf16), "ncut_of_a_bf16_affinity": ncut_loss(bf16[0], affinity)}
+    assert set(got) == set(expected)
+    for name, value in got.items():
+        assert value.dtype == torch.float32, name
+        torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=0,
+                                   msg=lambda m: f"{name}: {m}")
