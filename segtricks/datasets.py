@@ -6,8 +6,13 @@ applies SPEC §6's augmentations; ``EvalView`` resizes the image to the predicti
 the mask and boxes at the original size. Roots come from ``ref.root`` or
 ``$SEGTRICKS_DATA/<release folder>``; each dataset's docstring gives its expected layout.
 
-Bad files (unreadable image, mask of another size, image without a mask) are errors naming the
-file; with ``on_error: skip`` in the dataset's config they are logged, counted and left out.
+Bad files (unreadable image, mask of another size, image without a mask, a file name that is not
+valid UTF-8) are errors naming the file; with ``on_error: skip`` in the dataset's config they are
+logged, counted and left out.
+
+Ground-truth masks are read as 8-bit grayscale and binarised as the SOD toolboxes do: > 128 is
+foreground; a mask whose maximum is 1 (a 0/1 mask) has value 1 as foreground. 0/1 masks, and masks
+that do not look binary, are reported once per dataset (``mask_notes``).
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -88,12 +93,40 @@ def open_image(path: Path, mode: str) -> Image.Image:
         raise DatasetError(f"cannot read {path}: {exc} (replace or remove the file)") from None
 
 
+GT_THRESHOLD = 128  # an 8-bit ground truth is foreground where > 128, as pysodmetrics and the SOD toolboxes
+NOT_BINARY_SHARE = 0.05  # more pixels than this neither 0 nor 255: more than anti-aliased edges
+
+
+def binarise_mask(values: np.ndarray) -> np.ndarray:
+    """Foreground of an 8-bit mask: value 1 of a 0/1 mask (maximum 1, > 0.5 of its range), else
+    > 128. Thresholding a 0/1 mask at > 128 would score every image against an empty mask."""
+    return values > (0 if values.max() == 1 else GT_THRESHOLD)
+
+
+def mask_notes(path: Path, values: np.ndarray, mask: np.ndarray) -> Dict[str, str]:
+    """What a dataset reports about mask ``path`` (its 8-bit ``values``, binarised as ``mask``), by
+    kind; each kind is reported once per dataset."""
+    hi = int(values.max())
+    if hi == 1:
+        return {"0/1": f"masks valued 0/1 (first: {path}): value 1 is foreground (0–255 masks: > {GT_THRESHOLD})"}
+    if hi > 0 and not mask.any():
+        return {"empty": f"mask {path} has non-zero values (up to {hi}) but none above {GT_THRESHOLD}, so it is "
+                         f"scored as all background (a palette or label mask? save masks as 0/255)"}
+    share = np.count_nonzero((values > 0) & (values < 255)) / values.size
+    if share > NOT_BINARY_SHARE:
+        return {"not binary": f"mask {path} is not binary ({share:.0%} of its pixels are neither 0 nor 255; "
+                              f"a saliency map?): binarised at > {GT_THRESHOLD}"}
+    return {}
+
+
 @dataclass
 class FilePairs(RawDataset):
-    """Image files with optional mask files (binary: > 127 is foreground)."""
+    """Image files with optional mask files (binarised by ``binarise_mask``)."""
 
     items: List[Tuple[str, Path, Optional[Path]]]
     skipped: List[Skipped] = field(default_factory=list)
+    name: str = "dataset"  # names the dataset in what its masks report
+    reported: Set[str] = field(default_factory=set, repr=False)  # kinds of mask_notes already reported
 
     def __post_init__(self) -> None:
         self.has_masks = bool(self.items) and all(m is not None for _, _, m in self.items)
@@ -109,7 +142,12 @@ class FilePairs(RawDataset):
         image = open_image(image_path, "RGB")
         mask = None
         if mask_path is not None:
-            mask = np.asarray(open_image(mask_path, "L")) > 127
+            values = np.asarray(open_image(mask_path, "L"))
+            mask = binarise_mask(values)
+            for kind, note in mask_notes(mask_path, values, mask).items():
+                if kind not in self.reported:
+                    self.reported.add(kind)
+                    warnings.warn(f"dataset {self.name!r}: {note}", stacklevel=2)
             if mask.shape != (image.height, image.width):
                 raise DatasetError(
                     f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]} but its image {image_path} is "
@@ -158,6 +196,15 @@ def _report_skip(ref: DatasetRef, message: str) -> None:
     warnings.warn(f"dataset {ref.name!r}: skipped: {message}", stacklevel=3)
 
 
+def utf8_name(path: Path) -> bool:
+    """Whether the file's name is valid UTF-8 (undecodable bytes are lone surrogates in a str path)."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def image_mask_pairs(image_dir: Path, mask_dir: Optional[Path], ref: DatasetRef) -> FilePairs:
     if not image_dir.is_dir():
         raise DatasetError(f"dataset {ref.name!r}: image folder {image_dir} does not exist")
@@ -168,6 +215,14 @@ def image_mask_pairs(image_dir: Path, mask_dir: Optional[Path], ref: DatasetRef)
         raise DatasetError(f"dataset {ref.name!r}: mask folder {mask_dir} does not exist")
     items, skipped = [], []
     for img in images:
+        if not utf8_name(img):  # its id could not be printed nor written to records, skip lists or MLflow
+            name = repr(os.fsencode(img))
+            if ref.on_error != "skip":
+                raise DatasetError(f"image file name {name} is not valid UTF-8 (rename the file, or set "
+                                   f"on_error: skip / pass --skip-bad)")
+            _report_skip(ref, f"image file name {name} is not valid UTF-8")
+            skipped.append(Skipped(repr(os.fsencode(img.stem)), f"file name {name} is not valid UTF-8"))
+            continue
         mask = None
         if mask_dir is not None:
             mask = mask_dir / f"{img.stem}.png"
@@ -178,7 +233,7 @@ def image_mask_pairs(image_dir: Path, mask_dir: Optional[Path], ref: DatasetRef)
                 skipped.append(Skipped(img.stem, f"no mask {mask}"))
                 continue
         items.append((img.stem, img, mask))
-    return FilePairs(items[: ref.limit] if ref.limit else items, skipped)
+    return FilePairs(items[: ref.limit] if ref.limit else items, skipped, ref.name)
 
 
 @DATASETS.register()

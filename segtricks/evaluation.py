@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from segtricks.config import EVAL_PROTOCOLS, Config, DatasetRef
-from segtricks.datasets import (IMAGE_SUFFIXES, DatasetError, EvalView, Sample, Skipped, build_dataset,
-                                load_or_skip, open_image)
+from segtricks.datasets import (GT_THRESHOLD, IMAGE_SUFFIXES, DatasetError, EvalView, Sample, Skipped,
+                                build_dataset, load_or_skip, open_image)
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
 from segtricks.prediction_cache import ArrayCache, as_cached, key_cache, prediction_cache
@@ -139,7 +139,17 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
     for c in (cache, keys):
         if c is not None:
             c.close(seen)
+    check_foreground(evaluator, ref)
     return evaluator
+
+
+def check_foreground(evaluator: SaliencyEvaluator, ref: DatasetRef) -> None:
+    """Refuse scores against ground truth that is all background: IoU, F and recall then say nothing
+    about the predictions (a wrong masks folder, or masks the binarisation rule does not fit)."""
+    if evaluator.n and not any(row.get("object_ratio", 0) > 0 for row in evaluator.rows):
+        where = f" ({ref.root})" if ref.root else ""
+        raise DatasetError(f"dataset {ref.name!r}{where}: none of the {evaluator.n} ground-truth masks has a "
+                           f"foreground pixel (> {GT_THRESHOLD}, or 1 in 0/1 masks); check its masks, nothing was scored")
 
 
 @torch.no_grad()
@@ -236,6 +246,7 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
             evaluator.update(soft, mask, sample.id, boxes=boxes)
             if len(evaluator.samples) < keep_samples:
                 evaluator.samples.append((sample.id, image, mask, soft.float()))
+    check_foreground(evaluator, ref)
     return evaluator
 
 

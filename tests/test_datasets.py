@@ -1,4 +1,6 @@
 import json
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -76,6 +78,62 @@ def test_image_without_mask(duts_te):
     with pytest.warns(UserWarning, match="no mask"):
         raw = build_dataset(DatasetRef("duts_te", root=str(duts_te), on_error="skip"))
     assert len(raw) == 2 and [s.id for s in raw.skipped] == ["im1"]
+
+
+def test_0_1_masks_have_value_1_as_foreground_said_once(duts_te):
+    """Issue: 0/1 masks read at > 127 were all background (IoU 0.0000, no warning)."""
+    for i in range(3):
+        path = duts_te / "DUTS-TE-Mask" / f"im{i}.png"
+        Image.fromarray((np.asarray(Image.open(path)) > 128).astype(np.uint8)).save(path)
+    raw = build_dataset(DatasetRef("duts_te", root=str(duts_te)))
+    with pytest.warns(UserWarning) as said:
+        masks = [raw.load(i).mask for i in range(3)]
+    assert [str(w.message) for w in said] == [
+        f"dataset 'duts_te': masks valued 0/1 (first: {duts_te / 'DUTS-TE-Mask' / 'im0.png'}): value 1 is "
+        f"foreground (0–255 masks: > 128)"]
+    assert all(m.sum() == 150 for m in masks)  # as the 0/255 masks of test_saliency_release_layouts_load
+
+
+def test_8_bit_masks_are_foreground_above_128_as_the_toolboxes(duts_te):
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 5:20], mask[5:15, 4], mask[5:15, 20] = 255, 128, 129  # anti-aliased edges
+    Image.fromarray(mask).save(duts_te / "DUTS-TE-Mask" / "im0.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a binary mask with a few edge values is not reported
+        got = build_dataset(DatasetRef("duts_te", root=str(duts_te))).load(0).mask
+    np.testing.assert_array_equal(got, mask > 128)
+    assert got.sum() == 160
+
+
+@pytest.mark.parametrize("values,said", [
+    (np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1)), r"im0.png is not binary \(9\d% of its pixels are "
+                                                         r"neither 0 nor 255; a saliency map\?\): binarised at > 128"),
+    (np.vstack([np.zeros((20, 40)), np.full((10, 40), 38)]).astype(np.uint8),  # a label or palette mask
+     r"im0.png has non-zero values \(up to 38\) but none above 128, so it is scored as all background"),
+], ids=["saliency map", "label mask"])
+def test_masks_that_are_not_binary_are_reported_once(duts_te, values, said):
+    for i in range(2):
+        Image.fromarray(values).save(duts_te / "DUTS-TE-Mask" / f"im{i}.png")
+    raw = build_dataset(DatasetRef("duts_te", root=str(duts_te)))
+    with pytest.warns(UserWarning, match=said) as warned:
+        raw.load(0), raw.load(1), raw.load(2)
+    assert len(warned) == 1
+
+
+def test_image_name_that_is_not_utf8_is_refused_or_skipped_by_repr(duts_te):
+    """Issue: such a name reached pandas' records and printing as a lone surrogate (a traceback)."""
+    image_dir = os.fsencode(duts_te / "DUTS-TE-Image")
+    os.rename(os.path.join(image_dir, b"im1.jpg"), os.path.join(image_dir, b"caf\xe9.jpg"))
+    name = repr(os.path.join(image_dir, b"caf\xe9.jpg"))
+    with pytest.raises(DatasetError) as refused:
+        build_dataset(DatasetRef("duts_te", root=str(duts_te)))
+    assert str(refused.value) == (f"image file name {name} is not valid UTF-8 (rename the file, or set on_error: "
+                                  f"skip / pass --skip-bad)")
+    with pytest.warns(UserWarning, match="is not valid UTF-8"):
+        raw = build_dataset(DatasetRef("duts_te", root=str(duts_te), on_error="skip"))
+    assert [raw.item_id(i) for i in range(len(raw))] == ["im0", "im2"]
+    assert [(s.id, s.reason) for s in raw.skipped] == [("b'caf\\xe9'", f"file name {name} is not valid UTF-8")]
+    assert all(s.id.isascii() and s.reason.isascii() for s in raw.skipped)
 
 
 VOC_XML = """<annotation><size><width>50</width><height>40</height></size>

@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -43,7 +48,7 @@ def test_map_of_wrong_size_and_missing_map_are_clear_errors(tmp_path, capsys):
     maps.mkdir()
     for i in range(2):
         Image.new("RGB", (20, 10)).save(root / "images" / f"a{i}.jpg")
-        Image.new("L", (20, 10)).save(root / "masks" / f"a{i}.png")
+        Image.new("L", (20, 10), 255).save(root / "masks" / f"a{i}.png")
     Image.new("L", (10, 10)).save(maps / "a0.png")
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
     assert "a0.png is 10×10 but image a0 is 20×10" in capsys.readouterr().err
@@ -84,9 +89,58 @@ def _folder_with_maps(tmp_path, n=3):
         folder.mkdir(parents=True)
     for i in range(n):
         Image.new("RGB", (20, 10)).save(root / "images" / f"a{i}.jpg")
-        Image.new("L", (20, 10), 255 * (i % 2)).save(root / "masks" / f"a{i}.png")
+        Image.new("L", (20, 10), 255).save(root / "masks" / f"a{i}.png")
         Image.new("L", (20, 10), 200).save(maps / f"a{i}.png")
     return root, maps
+
+
+def test_0_1_masks_score_as_their_0_255_originals(tmp_path, capsys):
+    """Issue: DSS maps scored IoU 0.0000 against SOD300's masks saved as 0/1, silently."""
+    root = require_shared("sod300")
+    ones = tmp_path / "sod_0_1"
+    (ones / "masks").mkdir(parents=True)
+    os.symlink(root / "images", ones / "images")
+    for mask in (root / "masks").glob("*.png"):
+        Image.fromarray((np.asarray(Image.open(mask)) > 128).astype(np.uint8)).save(ones / "masks" / mask.name)
+    args = ["--maps", str(root / "maps" / "DSS"), "--dataset", "folder", "--limit", "12"]
+    assert main(args + ["--root", str(root)]) == 0
+    original = capsys.readouterr().out.split("| protocol |")[1]
+    with pytest.warns(UserWarning, match="masks valued 0/1 .*: value 1 is foreground") as said:
+        assert main(args + ["--root", str(ones)]) == 0
+    assert len(said) == 1 and capsys.readouterr().out.split("| protocol |")[1] == original
+    assert "| iou | 0.0000 |" not in original
+
+
+def test_all_background_ground_truth_is_refused(tmp_path, capsys):
+    root, maps = _folder_with_maps(tmp_path)
+    for i in range(3):
+        Image.new("L", (20, 10), 0).save(root / "masks" / f"a{i}.png")
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: dataset 'folder' ({root}): none of the 3 ground-truth masks has a foreground pixel (> 128, or 1 "
+        f"in 0/1 masks); check its masks, nothing was scored")
+    Image.new("L", (20, 10), 255).save(root / "masks" / "a1.png")  # one image with an object is a dataset
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 0
+
+
+def test_image_name_that_is_not_utf8_is_named_not_a_traceback(tmp_path):
+    """Issue: b'caf\\xe9.png' among the images was a 44-line UnicodeEncodeError from evaluate."""
+    root, maps = _folder_with_maps(tmp_path)
+    for sub, name in ((root / "images", b"caf\xe9.jpg"), (root / "masks", b"caf\xe9.png"), (maps, b"caf\xe9.png")):
+        with open(os.path.join(os.fsencode(sub), name), "wb") as f:
+            (Image.new("RGB", (20, 10)) if sub.name == "images" else Image.new("L", (20, 10), 255)).save(f, "PNG")
+    name = repr(os.path.join(os.fsencode(root / "images"), b"caf\xe9.jpg"))
+    cli = [sys.executable, "-m", "segtricks.evaluate", "--maps", str(maps), "--dataset", "folder", "--root", str(root)]
+    refused = subprocess.run(cli, capture_output=True, text=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.splitlines()[-1] == (f"error: image file name {name} is not valid UTF-8 (rename the file, "
+                                              f"or set on_error: skip / pass --skip-bad)")
+    out = tmp_path / "records.csv"
+    skipped = subprocess.run(cli + ["--skip-bad", "--out", str(out)], capture_output=True, text=True)
+    assert skipped.returncode == 0 and "Traceback" not in skipped.stderr
+    assert f"  b'caf\\xe9': file name {name} is not valid UTF-8" in skipped.stdout.splitlines()
+    assert "| n_images | 3 |" in skipped.stdout and "| skipped | 1 |" in skipped.stdout
+    assert pd.read_csv(out)["image_id"].tolist() == ["a0", "a1", "a2"]
 
 
 def test_unreadable_map_is_named_and_skipped_with_skip_bad(tmp_path, capsys):
