@@ -9,11 +9,14 @@ Prediction is 86–95% of a cell's evaluation time; post-processing and metrics 
   image, so every evaluation after the first runs only the head. Stored in ``<output root>/keys/``.
 
 Each is one memory-mapped float16 ``.npy`` (rows in dataset order) and a ``.json`` naming the ids it
-holds. The file name carries a content hash of everything the rows depend on (for masks: the head's
-weights and buffers and the backbone's weights id; for keys: the backbone and its weights id; for
-both: the dataset's reference and item ids, the prediction size and the protocol). A retrained
-model or a changed dataset hashes differently, so a stale file is never read: it is replaced.
-Files appear by rename, so a killed evaluation leaves no half-written cache.
+holds and what the cache belongs to (kind, backbone and weights, dataset, size, protocol, rows, the
+training for masks, when it was made: what ``python -m segtricks.cache ls|rm`` reads). The file name
+carries a content hash of everything the rows depend on (for masks: the head's weights and buffers
+and the backbone's weights id; for keys: the backbone and its weights id; for both: the dataset's
+reference and item ids, the prediction size and the protocol). A retrained model or a changed
+dataset hashes differently, so a stale file is never read: it is replaced. Files appear by rename,
+so a killed evaluation leaves no half-written cache; the temporary files carry their writer's host
+and pid (``segtricks.cache.temp_path``), so that ``cache rm`` can tell a live writer's from a dead one's.
 
 Rows pass through float16 whether they come from the cache or are computed, so that the first
 evaluation and every later one report the same numbers.
@@ -23,12 +26,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from segtricks.cache import temp_path
 from segtricks.config import DatasetRef, canonical_sha256
 from segtricks.datasets import RawDataset
 from segtricks.model import SegmentationModel
@@ -46,18 +51,22 @@ def model_digest(model: SegmentationModel) -> str:
 class ArrayCache:
     """Rows of one shape per dataset item, by id. ``get(ids)`` returns the rows of a batch (None when
     any is missing); ``put(ids, rows)`` records computed ones; ``close(seen)`` makes what was recorded
-    the cache when it covers every id the evaluation saw; ``discard()`` drops it."""
+    the cache when it covers every id the evaluation saw; ``discard()`` drops it. ``about`` (what
+    the cache belongs to) is written into its ``.json`` beside the ids."""
 
     def __init__(self, folder: Path, stem: str, key: Dict[str, Any], ids: List[str],
-                 row_shape: Tuple[int, ...]) -> None:
+                 row_shape: Tuple[int, ...], about: Optional[Dict[str, Any]] = None) -> None:
         self.folder, self.stem, self.ids, self.row_shape = Path(folder), stem, ids, row_shape
+        self.about = about or {}
         self.path = self.folder / f"{stem}-{canonical_sha256({**key, 'ids': ids})[:16]}.npy"
         self.row = {image_id: i for i, image_id in enumerate(ids)}
         self._stored: Optional[np.ndarray] = None
         self._present: set = set()
-        if self.path.is_file() and self.path.with_suffix(".json").is_file():
-            self._stored = np.load(self.path, mmap_mode="r")
-            self._present = set(json.loads(self.path.with_suffix(".json").read_text())["present"])
+        try:  # the .json first: a cache is complete once its .json is there (it is published last)
+            present = json.loads(self.path.with_suffix(".json").read_text())["present"]
+            self._stored, self._present = np.load(self.path, mmap_mode="r"), set(present)
+        except FileNotFoundError:  # not built yet, or removed meanwhile (cache rm, a newer model's cache)
+            pass
         self._new: Optional[np.ndarray] = None  # the file being written, when the cache is built
         self._written: set = set()
 
@@ -77,7 +86,7 @@ class ArrayCache:
             return
         if self._new is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            self._tmp = temp_path(self.path)
             self._new = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.float16,
                                                   shape=(len(self.ids), *self.row_shape))
         known = [k for k, i in enumerate(ids) if i in self.row]  # a dataset whose item_id() differs
@@ -103,15 +112,23 @@ class ArrayCache:
             old.unlink(missing_ok=True)
         os.replace(self._tmp, self.path)
         meta = self.path.with_suffix(".json")
-        tmp_meta = meta.with_name(f".{meta.name}.tmp")
-        tmp_meta.write_text(json.dumps({"present": sorted(self._written)}))
+        tmp_meta = temp_path(meta)
+        tmp_meta.write_text(json.dumps({"present": sorted(self._written), **self.about,
+                                        "rows": len(self.ids), "created": time.time()}))
         os.replace(tmp_meta, meta)
 
 
 def _dataset_key(ref: DatasetRef, raw: RawDataset, size: int, protocol: str) -> Tuple[str, Dict[str, Any], List[str]]:
     ids = [raw.item_id(i) for i in range(len(raw))]
-    stem = f"{ref.name}-{ref.split}-{ref.limit or 'all'}-{size}-{protocol}"
+    stem = f"{ref.name}-{ref.split}-{ref.limit or 'all'}-{size}-{protocol}"  # segtricks.cache parses it
     return stem, {"size": size, "protocol": protocol, "dataset": [ref.name, ref.root, ref.split, ref.limit]}, ids
+
+
+def _about(kind: str, model: SegmentationModel, ref: DatasetRef, size: int, protocol: str) -> Dict[str, Any]:
+    """What a cache belongs to, for ``segtricks.cache`` (informative: the file name's hash is its identity)."""
+    return {"kind": kind, "backbone": model.backbone.name, "weights": model.backbone.weights_id,
+            "dataset": {"name": ref.name, "split": ref.split, "limit": ref.limit, "root": ref.root},
+            "size": size, "protocol": protocol}
 
 
 def prediction_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawDataset, size: int,
@@ -119,8 +136,10 @@ def prediction_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, ra
     """Raw masks (1, size, size) of ``model``; ``cached_keys``: whether the model ran on float16 keys."""
     stem, key, ids = _dataset_key(ref, raw, size, protocol)
     stem = f"k16-{stem}" if cached_keys else stem  # both may live side by side: neither is stale
+    about = {**_about("masks", model, ref, size, protocol), "float16_keys": cached_keys,
+             "training": str(Path(folder).resolve().parent)}  # <root>/trainings/<training hash[:16]>
     return ArrayCache(folder, stem, {**key, "model": model_digest(model), "float16_keys": cached_keys},
-                      ids, (1, size, size))
+                      ids, (1, size, size), about)
 
 
 def key_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawDataset, size: int,
@@ -131,7 +150,7 @@ def key_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawD
     side = size // backbone.patch_size
     return ArrayCache(folder, f"{backbone.name}-{stem}",
                       {**key, "backbone": backbone.name, "weights": backbone.weights_id}, ids,
-                      (backbone.embed_dim, side, side))
+                      (backbone.embed_dim, side, side), _about("keys", model, ref, size, protocol))
 
 
 def as_cached(rows: torch.Tensor) -> torch.Tensor:

@@ -123,3 +123,34 @@ def test_a_second_model_on_the_same_backbone_reads_the_keys_and_runs_only_its_he
     with torch.no_grad():
         exact = other.backbone(other.normalise(images))
     assert (as_cached(exact) - exact).abs().max() <= exact.abs().max() * 1e-3
+
+
+def test_two_workers_publishing_the_same_cache_at_once_both_finish(tmp_path, monkeypatch):
+    """Before: the .json was written through one temporary name for every process, so the second of
+    two workers publishing the same keys at once (--workers N, trainings on one backbone) found its
+    temporary file taken by the first's rename and failed its evaluation with FileNotFoundError."""
+    from segtricks import prediction_cache
+    from segtricks.prediction_cache import ArrayCache
+    pid = {"now": 1001}
+    monkeypatch.setattr(prediction_cache.os, "getpid", lambda: pid["now"])
+    ids = ["a", "b"]
+    first, second = (ArrayCache(tmp_path, "keys", {}, ids, (1,)) for _ in range(2))
+    first.put(ids, torch.zeros(2, 1))
+    pid["now"] = 1002
+    second.put(ids, torch.ones(2, 1))
+    real_replace = prediction_cache.os.replace
+
+    def replace(src, dst):  # the second worker publishes between the first's .json write and rename
+        if str(dst).endswith(".json") and pid["now"] == 1001:
+            pid["now"] = 1002
+            second.close(ids)
+            pid["now"] = 1001
+        real_replace(src, dst)
+
+    monkeypatch.setattr(prediction_cache.os, "replace", replace)
+    pid["now"] = 1001
+    first.close(ids)
+    monkeypatch.undo()
+    again = ArrayCache(tmp_path, "keys", {}, ids, (1,))
+    assert again.complete and again.get(ids).tolist() in ([[0.0], [0.0]], [[1.0], [1.0]])  # one writer's, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [again.path.with_suffix(".json").name, again.path.name]
