@@ -6,6 +6,7 @@ with its traceback as an artifact and the grid goes on. Cells that differ only i
 share one training; ``--workers N`` starts N worker processes, ``--launcher slurm`` submits jobs.
 Before any run is created, every weights file and dataset the cells to run need is looked up, and
 all that is missing is listed at once (exit 2); ``--dry-run`` lists it as each cell's "will fail".
+A ``--set`` on a key that a grid axis varies is refused (exit 2); ``--force-set`` applies it anyway.
 
 This module is only the command line: it checks the arguments and the grid before importing torch,
 timm and MLflow (seconds), so that a typo is reported at once; ``segtricks.grid_runner`` runs it.
@@ -25,6 +26,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", required=True, help="grid name (experiments/<name>.yaml) or a YAML path")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
+    ap.add_argument("--force-set", action="store_true",
+                    help="apply --set flags even to keys that a grid axis varies (refused otherwise)")
     ap.add_argument("--dry-run", action="store_true", help="print the cells and what would happen")
     ap.add_argument("--force", action="store_true", help="rerun cells that already have a FINISHED run")
     ap.add_argument("--rerun-failed", action="store_true", help="run only cells whose last run failed")
@@ -40,12 +43,17 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 def main(argv: List[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.workers < 1:
+        print(f"error: --workers must be ≥ 1 (got {args.workers})", file=sys.stderr)
+        return 2
     try:
-        read_grid(args.grid, args.set)
+        grid_file = read_grid(args.grid, args.set, args.force_set)
         opts = slurm.options_from(args, args.output_root) if args.launcher == "slurm" else None
     except (ConfigError, slurm.LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for line in grid_file.overridden:
+        print(f"warning: --force-set: {line}", file=sys.stderr)
     from segtricks import grid_runner  # torch, timm, MLflow: only once the grid is known to be valid
     return grid_runner.launch(args, argv, opts)
 

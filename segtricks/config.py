@@ -173,7 +173,8 @@ def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}",
+        raise ConfigError(f"{where + ': ' if where else ''}unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys: {', '.join(sorted(names))}",
                           f"{where}.{unknown[0]}" if where else unknown[0])
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
@@ -218,6 +219,9 @@ def compose(layers: Sequence[Layer]) -> Config:
                           f"{', '.join(EVAL_PROTOCOLS)}, got {cfg.eval_protocol!r}", "eval_protocol")
     for key, value, rule in _out_of_range(cfg):
         raise ConfigError(f"{_blame(origin, key, default)}: {key}: expected {rule}, got {value!r}", key)
+    repeated = [t for i, t in enumerate(cfg.tricks) if t in cfg.tricks[:i]]
+    if repeated:  # it would run twice (filter twice, add its loss twice): a typo, not an ablation
+        raise ConfigError(f"{_blame(origin, 'tricks', default)}: tricks: {repeated[0]!r} listed twice", "tricks")
     return cfg
 
 
@@ -267,12 +271,26 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> Dict[str, 
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        where, problem, caret = _yaml_error(exc)
+        raise ConfigError(f"{path}{where}: could not parse YAML: {problem}{caret}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
     return data
+
+
+def _yaml_error(exc: yaml.YAMLError) -> Tuple[str, str, str]:
+    """PyYAML's error as (``:line:column`` or "", the problem on one line, "\n" + its caret lines or ""):
+    its own message starts with the context ("while parsing a flow sequence") and a made-up file name."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: an offset, no mark
+        return "", f"{str(exc).splitlines()[0]} (character {exc.position + 1})", ""
+    mark, problem = exc.problem_mark, exc.problem
+    if exc.context and exc.context_mark:
+        problem += f" ({exc.context} at {exc.context_mark.line + 1}:{exc.context_mark.column + 1})"
+    snippet = mark.get_snippet() or ""
+    shown = snippet.splitlines()[0].strip() if snippet else ""  # the end of the text has nothing to point at
+    return f":{mark.line + 1}:{mark.column + 1}", problem, f"\n{snippet}" if shown else ""
 
 
 def load_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None, flags: Sequence[str] = ()) -> Config:
@@ -294,7 +312,8 @@ def set_flag_layers(flags: Sequence[str]) -> List[Layer]:
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {flag!r}: the value is not valid YAML: {exc}") from None
+            _, problem, caret = _yaml_error(exc)
+            raise ConfigError(f"--set {flag!r}: could not parse the value as YAML: {problem}{caret}") from None
         layers.append(Layer({key.strip(): parsed}, f"--set {flag}"))
     return layers
 

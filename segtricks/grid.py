@@ -16,15 +16,16 @@ A grid file (``experiments/<name>.yaml``)::
 A cell's name joins its axis values (``dino_s8/crop+gf``); its config is composed from the layers
 base file, ``set``, the axis entries and command-line ``--set`` flags (``segtricks.config.compose``).
 Every cell is validated (keys, types, registered backbone, trick and dataset names) before anything
-runs, and before torch is imported (``read_grid``); errors name the file and line, or the flag. Cells
-of one training hash share one ``Training`` (``load_grid``).
+runs, and before torch is imported (``read_grid``); errors name the file and line, or the flag. A flag
+on a key that an axis varies is refused, as it would give that axis's cells one value (``--force-set``
+applies it). Cells of one training hash share one ``Training`` (``load_grid``).
 """
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -177,11 +178,40 @@ class GridFile:
     configs: List[Tuple[str, Config]]  # (cell name, config), in axis order
     description: str = ""
     table: Optional[Dict[str, Any]] = None
+    overridden: List[str] = field(default_factory=list)  # the axes --set flags override (with force_set)
 
 
-def read_grid(name_or_path: str, flags: Sequence[str] = ()) -> GridFile:
+def _leaf_keys(values: Dict[Any, Any]) -> Iterator[str]:
+    """The dotted keys a ``set:`` mapping sets: ``{crop: {frac: 0.3}}`` sets ``crop.frac``, not all of crop."""
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            yield from (f"{key}.{k}" for k in _leaf_keys(value))
+        else:
+            yield str(key)
+
+
+def _axis_overrides(path: Path, node: yaml.Node, axes: Dict[str, List[Dict[str, Any]]],
+                   flag_layers: Sequence[Layer]) -> List[str]:
+    """``--set tricks=[gf] overrides grid axis 'tricks' (<file>:<line>: baseline, gf)``, for each flag that
+    sets a key (or a mapping above or below it) that entries of an axis set: the flag comes last, so those
+    entries would all get its value, and cells meant to differ would silently share a config."""
+    found = []
+    for flag in flag_layers:
+        (key,) = flag.values
+        for axis, entries in axes.items():
+            names = [str(e["name"]) for e in entries
+                     if any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.")
+                            for k in _leaf_keys(e.get("set") or {}))]
+            if names:
+                found.append(f"{flag.source} overrides grid axis {axis!r} "
+                             f"({path}:{_line_of(node, ['axes', axis])}: {', '.join(names)})")
+    return found
+
+
+def read_grid(name_or_path: str, flags: Sequence[str] = (), force_set: bool = False) -> GridFile:
     """Expand a grid file into validated cell configs (errors name the file, line and key, or the
-    flag). Imports nothing heavy: the command-line tools call it before importing torch."""
+    flag). A flag that overrides an axis is an error unless ``force_set`` (then it is listed in
+    ``overridden``). Imports nothing heavy: the command-line tools call it before importing torch."""
     path = grid_path(name_or_path)
     data, node = _read_yaml(path)
     unknown = sorted(set(data) - set(GRID_KEYS))
@@ -212,14 +242,20 @@ def read_grid(name_or_path: str, flags: Sequence[str] = ()) -> GridFile:
             raise ConfigError(f"{exc} (cell {cell_name})", exc.key) from None
         validate_names(cfg, f"{path} (cell {cell_name})", [*layers, *axis_layers, *flag_layers])
         configs.append((cell_name, cfg))
+    overridden = _axis_overrides(path, node, axes, flag_layers)
+    if overridden and not force_set:
+        raise ConfigError(f"{overridden[0]}: the flag would replace what those entries set; drop it, "
+                          f"or add --force-set to apply it anyway")
     return GridFile(data.get("name", path.stem), path, configs, str(data.get("description", "")).strip(),
-                    data.get("table"))
+                    data.get("table"), overridden)
 
 
 def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs") -> Grid:
     """``read_grid``, then each cell's ``Training`` (cells differing only in post-processing share one)."""
     from segtricks.training import Training  # torch and timm: imported once the grid is known to be valid
-    grid_file = read_grid(name_or_path, flags)
+    # The flags apply as given: the command line has refused those overriding an axis (read_grid) unless
+    # --force-set, and a Slurm task rereads the grid with the flags it was submitted with.
+    grid_file = read_grid(name_or_path, flags, force_set=True)
     cells, trainings = [], {}
     for cell_name, cfg in grid_file.configs:
         training = None

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from segtricks.config import Config, ConfigError, config_from_dict, config_hash, load_config, resolved_yaml
+from segtricks.config import (Config, ConfigError, compose, config_from_dict, config_hash, load_config,
+                              resolved_yaml, set_flag_layers)
 from segtricks.training import training_hash
 
 
@@ -32,7 +33,7 @@ def test_defaults_are_the_reference_defaults():
     ("optim: {lr: fast}\n", "cell.yaml: optim.lr: expected float, got 'fast'"),
     ("optim: {epochs: 2.5}\n", "optim.epochs: expected int"),
     ("tricks: gf\n", "tricks: expected a list"),
-    ("optim: {lr: [1\n", "cell.yaml: not valid YAML"),
+    ("optim: {lr: [1\n", r"cell.yaml:2:1: could not parse YAML: expected ',' or '\]'"),
     ("- 1\n- 2\n", "top level must be a mapping"),
 ])
 def test_bad_yaml_names_the_file_and_key(tmp_path, text, match):
@@ -79,3 +80,49 @@ def test_out_of_range_sizes_are_refused_at_validation_naming_the_flag(flag, matc
     """Issue 11: optim.epochs=0 trained nothing and failed later with FileNotFoundError ... best.pt."""
     with pytest.raises(ConfigError, match=match):
         load_config(Path(__file__).resolve().parents[1] / "experiments" / "demo_cell.yaml", flags=[flag])
+
+
+@pytest.mark.parametrize("text,first,caret", [
+    ("name: x\naxes:\n  a: b: c\n", "cell.yaml:3:7: could not parse YAML: mapping values are not allowed here",
+     ["      a: b: c", "          ^"]),
+    ("optim: {lr: [1, 2\nseed: 3\n", "cell.yaml:2:5: could not parse YAML: expected ',' or ']', but got ':' "
+     "(while parsing a flow sequence at 1:13)", ["    seed: 3", "        ^"]),
+    ("optim: {lr: [1\n", "cell.yaml:2:1: could not parse YAML: expected ',' or ']', but got '<stream end>' "
+     "(while parsing a flow sequence at 1:13)", []),  # nothing to point at past the end
+    ("seed: \"\x01\"\n", "cell.yaml: could not parse YAML: unacceptable character #x0001: special characters "
+     "are not allowed (character 8)", []),
+])
+def test_a_yaml_error_is_one_whole_line_then_the_caret(tmp_path, text, first, caret):
+    """Issue: a YAML error printed PyYAML's 5 lines, the file name on the first and the problem on the fourth."""
+    path = tmp_path / "cell.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value).splitlines() == [f"{tmp_path / first}", *caret]
+
+
+def test_a_set_flag_that_is_not_yaml_is_one_line_then_the_caret():
+    with pytest.raises(ConfigError) as exc:
+        set_flag_layers(["optim.betas=[0.9"])
+    assert str(exc.value).splitlines() == [
+        "--set 'optim.betas=[0.9': could not parse the value as YAML: expected ',' or ']', but got '<stream end>' "
+        "(while parsing a flow sequence at 1:1)", "    [0.9", "        ^"]
+
+
+@pytest.mark.parametrize("text,flags,message", [
+    ("tricks: [crop, gf, crop]\n", [], "{path}: tricks: 'crop' listed twice"),
+    ("tricks: [crop]\n", ["tricks=[gf,gf]"], "--set tricks=[gf,gf]: tricks: 'gf' listed twice"),
+])
+def test_a_trick_listed_twice_is_refused_naming_the_layer(tmp_path, text, flags, message):
+    """Issue: --set tricks=[gf,gf] was accepted (and filtered twice, under its own config hash)."""
+    path = tmp_path / "cell.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, flags=flags)
+    assert str(exc.value) == message.format(path=path)
+
+
+def test_a_top_level_unknown_key_from_a_flag_is_one_clean_line():
+    with pytest.raises(ConfigError) as exc:
+        compose(set_flag_layers(["sed=1"]))
+    assert str(exc.value).startswith("--set sed=1: unknown key(s) sed; valid keys: backbone, bf,")
