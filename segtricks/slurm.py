@@ -12,19 +12,24 @@ tagged with the Slurm job (``slurm_job``), so a requeued task takes its previous
 as its own instead of waiting for the heartbeat to go stale (``tracking.is_live``).
 
 Everything is checked before anything is submitted (``preflight``): ``sbatch`` on PATH, the partition
-(``sinfo``), ``--slurm-arg`` keys (submitit's Slurm parameters), and that SQLite or journal files the
-tasks write are on a filesystem every node reaches.
+(``sinfo``), ``--slurm-arg`` keys (submitit's Slurm parameters), that what a task asks (CPUs, GPUs,
+memory, time) fits a node and the limits of the partition (``check_fits``: Slurm would accept the job
+and leave it pending for ever), and that SQLite or journal files the tasks write are on a filesystem
+every node reaches. ``wait_for`` shows why tasks wait, and cancels a task whose reason means it can
+never start (``NEVER_STARTS``).
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 # Filesystems every node of a cluster can mount (a node-local disk is none of these).
 SHARED_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb2", "smbfs", "ceph", "cephfs",
@@ -62,7 +67,8 @@ def add_arguments(ap) -> None:
     group.add_argument("--qos")
     group.add_argument("--max-parallel", type=int, default=256, help="array tasks running at once")
     group.add_argument("--gpus", type=int, default=1, help="GPUs per task (default 1; 0 for CPU partitions)")
-    group.add_argument("--cpus-per-task", type=int, default=4)
+    group.add_argument("--cpus-per-task", type=int, default=4,
+                       help="default 4; refused before submission when no node of the partition has that many")
     group.add_argument("--slurm-arg", action="append", default=[], metavar="KEY=VALUE",
                        help="any other submitit Slurm parameter, e.g. mem=32G, constraint=a100, exclude=node3")
     group.add_argument("--wait", action="store_true", help="wait for the tasks, with a progress bar")
@@ -129,19 +135,204 @@ def check_reachable(path: Path, what: str, nodes: List[str]) -> None:
             f"file on a shared filesystem")
 
 
+@dataclass
+class Node:
+    """A node as ``sinfo -N`` shows it; None where a field did not parse (that check is skipped)."""
+
+    name: str
+    cpus: Optional[int]
+    mem: Optional[int]  # MB
+    gpus: Optional[int]
+
+
+@dataclass
+class Partition:
+    """A partition's nodes (``sinfo -N -p``) and its settings (``scontrol show partition -o``: MaxTime,
+    MaxCPUsPerNode, MaxMemPerNode, State, ...; empty when scontrol failed)."""
+
+    name: str
+    nodes: List[Node]
+    settings: Dict[str, str]
+
+
+def slurm_minutes(text: str) -> Optional[float]:
+    """A Slurm time (``M``, ``M:S``, ``H:M:S``, ``D-H``, ``D-H:M``, ``D-H:M:S``) in minutes; None for
+    UNLIMITED/INFINITE and for what does not parse."""
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not m:
+        return None
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    if days is not None:
+        hours, minutes, seconds = a, b or 0, c or 0
+    elif c is not None:
+        hours, minutes, seconds = a, b, c
+    else:
+        hours, minutes, seconds = 0, a, b or 0
+    return (days or 0) * 1440 + hours * 60 + minutes + seconds / 60
+
+
+def slurm_megabytes(text: str) -> Optional[float]:
+    """A Slurm memory size (``32G``, ``500M``, ``32000``: megabytes without a unit) in MB; None for what
+    does not parse."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)B?", text.strip().upper())
+    if not m:
+        return None
+    return float(m.group(1)) * {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 ** 2}[m.group(2)]
+
+
+def gpu_count(gres: str) -> Optional[int]:
+    """GPUs in a gres string: ``gpu:2``, ``gpu:a100:4(S:0-1)``, ``gpu:a100:2,gpu:v100:2``, ``(null)``;
+    None for what does not parse."""
+    total = 0
+    for item in filter(None, re.sub(r"\([^)]*\)", "", gres.strip()).split(",")):  # without bindings (S:0-1)
+        if not re.fullmatch(r"[A-Za-z_][\w-]*(:[\w.-]+)*", item.strip()):
+            return None
+        name, _, rest = item.strip().partition(":")
+        if name == "gpu":
+            count = rest.rpartition(":")[2]
+            total += int(count) if count.isdigit() else 1  # gpu or gpu:a100: one
+    return total
+
+
+def _count(text: str) -> Optional[int]:
+    text = text.strip().rstrip("+")  # sinfo's "2+": at least
+    return int(text) if text.isdigit() else None
+
+
+def parse_nodes(text: str) -> List[Node]:
+    """``sinfo -h -N -o %N|%c|%m|%G`` output; lines that do not have four fields are skipped."""
+    nodes = []
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) == 4:
+            nodes.append(Node(fields[0].strip(), _count(fields[1]), _count(fields[2]), gpu_count(fields[3])))
+    return nodes
+
+
+def parse_settings(text: str) -> Dict[str, str]:
+    """``scontrol show partition <name> -o`` output: Key=Value pairs."""
+    return dict(re.findall(r"(\w+)=(\S*)", text))
+
+
+def partition_info(name: str) -> Partition:
+    """What ``sinfo`` and ``scontrol`` say of partition ``name``; what they do not say is not checked."""
+    nodes: List[Node] = []
+    settings: Dict[str, str] = {}
+    try:
+        nodes = parse_nodes(_run(["sinfo", "-h", "-N", "-p", name, "-o", "%N|%c|%m|%G"]))
+        settings = parse_settings(_run(["scontrol", "show", "partition", name, "-o"]))
+    except (subprocess.SubprocessError, OSError):
+        pass
+    return Partition(name, nodes, settings)
+
+
+@dataclass
+class Ask:
+    """One resource a task asks for: the flag as typed (a refusal names it), the amount per node in the
+    unit of the partition's limit (CPUs, GPUs, MB, minutes) and ``fix``, the flag with ``{}`` where the
+    value goes. ``per`` > 1: the value is for each of the task's ``per`` ``per_what`` (``mem_per_cpu``)."""
+
+    flag: str
+    amount: float
+    fix: str
+    per: int = 1
+    per_what: str = ""
+
+    def refuse(self, where: str, limit: float) -> LaunchError:
+        allowed = int(limit // self.per)
+        if self.per > 1:
+            where += f", {allowed} MB for each of the task's {self.per} {self.per_what}"
+        return LaunchError(f"{self.flag}: {where}; use {self.fix.format(allowed)}" + (" or less" if allowed else ""))
+
+
+def asks(opts: SlurmOptions) -> Dict[str, Optional[Ask]]:
+    """What one task asks for, as ``executor`` submits it (a ``--slurm-arg`` overrides the flag); None
+    where nothing is asked or a value does not parse (sbatch reports that)."""
+    extra = opts.slurm_args
+    cpus = Ask(f"--cpus-per-task {opts.cpus_per_task}", opts.cpus_per_task, "--cpus-per-task {}")
+    if "cpus_per_task" in extra:
+        cpus = Ask(f"--slurm-arg cpus_per_task={extra['cpus_per_task']}", _count(extra["cpus_per_task"]) or 0,
+                   "--slurm-arg cpus_per_task={}")
+    gpus: Optional[Ask] = Ask(f"--gpus {opts.gpus}", opts.gpus, "--gpus {}")
+    if "gres" in extra:
+        value = extra["gres"]
+        fix = re.sub(r"(gpu(?::[^:,]+)?:)\d+", r"\1{}", value, count=1)  # gpu:a100:4 → gpu:a100:{}
+        count = gpu_count(value)
+        gpus = None if count is None else Ask(f"--slurm-arg gres={value}", count,
+                                              "--slurm-arg gres=" + (fix if "{}" in fix else "gpu:{}"))
+    for key in ("gpus_per_node", "gpus_per_task"):  # one task per node: per task is per node
+        if key in extra:
+            count = gpu_count(f"gpu:{extra[key]}")
+            gpus = None if count is None else Ask(f"--slurm-arg {key}={extra[key]}", count, f"--slurm-arg {key}={{}}")
+    mem = None
+    for key, per, per_what in (("mem", 1, ""), ("mem_per_cpu", int(cpus.amount), "CPUs"),
+                               ("mem_per_gpu", int(gpus.amount) if gpus else 0, "GPUs")):
+        size = slurm_megabytes(extra.get(key, ""))
+        if size and per:  # mem=0: the whole node; mem_per_gpu without GPUs: sbatch says so
+            mem = Ask(f"--slurm-arg {key}={extra[key]}", size * per, f"--slurm-arg {key}={{}}M", per, per_what)
+    if "time" in extra:
+        minutes = slurm_minutes(extra["time"])
+        time_ask = Ask(f"--slurm-arg time={extra['time']}", minutes, "--slurm-arg time={}") if minutes else None
+    else:
+        time_ask = Ask(f"--time {opts.time_min}", opts.time_min, "--time {}")
+    return {"cpus": cpus, "gpus": gpus, "mem": mem, "time": time_ask}
+
+
+def check_fits(opts: SlurmOptions, part: Partition) -> None:
+    """Refuse what no node of the partition, or its limits, can give one task: Slurm accepts such a job
+    and holds it PENDING for ever (PartitionConfig, PartitionTimeLimit). GPUs, then CPUs, then memory
+    are compared on the nodes that have what the previous ones asked."""
+    ask = asks(opts)
+    where = f"partition {part.name!r}"
+    state = part.settings.get("State", "UP")
+    if state in ("DRAIN", "INACTIVE"):
+        raise LaunchError(f"--partition {part.name}: the partition is {state} (scontrol show partition "
+                          f"{part.name}) and takes no jobs; choose another --partition")
+    max_time = slurm_minutes(part.settings.get("MaxTime", ""))
+    if ask["time"] and max_time is not None and ask["time"].amount > max_time:
+        raise ask["time"].refuse(f"{where} allows at most {max_time:g} minutes per job (MaxTime="
+                                 f"{part.settings['MaxTime']})", max_time)
+    nodes, having = part.nodes, []
+    for key, cap, what in (("gpus", None, "GPUs"), ("cpus", "MaxCPUsPerNode", "CPUs"),
+                           ("mem", "MaxMemPerNode", "MB of memory")):
+        values = [getattr(n, key) for n in nodes]
+        if ask[key] is None or not values or None in values:
+            continue
+        capped = _count(part.settings.get(cap, "")) if cap else None
+        if capped is not None:
+            values = [min(v, capped) for v in values]
+        limit = max(values)
+        if ask[key].amount > limit:
+            have = "have no GPU" if key == "gpus" and not limit else f"have at most {limit} {what}"
+            if capped is not None and limit == capped:
+                have += f" for a job ({cap}={capped})"
+            qualifier = f" with {' and '.join(having)}" if having else ""
+            raise ask[key].refuse(f"the nodes of {where}{qualifier} {have}", limit)
+        fitting = [n for n, v in zip(nodes, values) if v >= ask[key].amount]
+        if len(fitting) < len(nodes):
+            having.append(f"{ask[key].amount:g} {what.removesuffix('s') if ask[key].amount == 1 else what}")
+        nodes = fitting
+
+
 def preflight(opts: SlurmOptions, files: Dict[str, Optional[Path]]) -> None:
     """Every check that can fail before submission (see the module docstring)."""
     if shutil.which("sbatch") is None:
         raise LaunchError("--launcher slurm: sbatch is not on PATH; run on a Slurm login node, or use "
                           "--launcher local")
     try:
-        partitions = {p.rstrip("*") for p in _run(["sinfo", "-h", "-o", "%P"]).split()}
+        listed = _run(["sinfo", "-h", "-o", "%P"]).split()
         nodes = cluster_nodes()
     except (subprocess.SubprocessError, OSError) as exc:
         raise LaunchError(f"--launcher slurm: sinfo failed ({exc}); is the Slurm controller reachable?") from None
+    partitions = {p.rstrip("*") for p in listed}
     if opts.partition is not None and opts.partition not in partitions:
         raise LaunchError(f"--partition {opts.partition}: unknown partition; sinfo lists: "
                           f"{', '.join(sorted(partitions))}")
+    name = opts.partition or next((p.rstrip("*") for p in listed if p.endswith("*")), None)
+    if name is None:
+        raise LaunchError(f"--partition: the cluster has no default partition; name one of: "
+                          f"{', '.join(sorted(partitions))}")
+    check_fits(opts, partition_info(name))
     for what, path in files.items():
         if path is not None:
             check_reachable(path, what, nodes)
@@ -178,20 +369,88 @@ def slurm_job() -> Optional[str]:
     return os.environ.get("SLURM_JOB_ID")
 
 
+# Why a pending job waits, when it is for ever: Slurm accepted the job but nothing that ends frees what it
+# asks (reason codes of squeue's %r), and what to change. Reasons naming a per-job QOS or association
+# limit (QOSMaxWallDurationPerJobLimit, AssocMaxCpuPerJobLimit, ...) are never too.
+NEVER_STARTS = {
+    "PartitionConfig": "it asks more CPUs, GPUs or memory than a node of partition {p!r} has (sinfo -N -p {p} "
+                       "-o '%N %c %m %G'); lower --cpus-per-task, --gpus or --slurm-arg mem, or choose another "
+                       "--partition",
+    "PartitionTimeLimit": "its time limit exceeds the MaxTime of partition {p!r} (scontrol show partition {p}); "
+                          "lower --time",
+    "PartitionNodeLimit": "it asks more nodes than partition {p!r} has or allows; lower --slurm-arg nodes or choose "
+                          "another --partition",
+    "BadConstraints": "no node of partition {p!r} meets its constraints; change --slurm-arg constraint or choose "
+                      "another --partition",
+    "ReqNodeNotAvail": "the nodes it may run on are down, drained or excluded; change --slurm-arg nodelist or "
+                       "exclude, or choose another --partition",
+    "InvalidAccount": "its account is not valid here; change --account",
+    "InvalidQOS": "its QOS is not valid here; change --qos",
+    "DependencyNeverSatisfied": "a job it depends on failed; change --slurm-arg dependency",
+}
+
+
+def never_starts(reason: str, partition: str) -> Optional[str]:
+    """What to change when a pending job's ``reason`` means it can never start, else None."""
+    code = reason.split(",")[0].strip()  # "ReqNodeNotAvail, UnavailableNodes:node3"
+    if "maintenance" in reason.lower():  # "ReqNodeNotAvail, Reserved for maintenance": it ends
+        return None
+    if code in NEVER_STARTS:
+        return NEVER_STARTS[code].format(p=partition)
+    if "PerJob" in code:
+        return "it exceeds a per-job limit of its QOS or account (sacctmgr show qos); lower --time, " \
+               "--cpus-per-task, --gpus or the memory, or change --qos"
+    return None
+
+
+def queue() -> Dict[str, Tuple[str, str, str]]:
+    """This user's queued jobs, array tasks one by one: job id → (state, reason, partition)."""
+    out = _run(["squeue", "-h", "-r", "-u", str(os.getuid()), "-o", "%i|%T|%r|%P"])
+    rows = (line.split("|") for line in out.splitlines())
+    return {row[0].strip(): (row[1], row[2], row[3]) for row in rows if len(row) == 4}
+
+
+def progress_note(states: Sequence[Tuple[str, str]]) -> str:
+    """The progress bar's postfix: how many tasks run and how many wait, for what (``1 running,
+    2 pending (Resources)``)."""
+    counts = Counter(f"pending ({reason})" if state == "PENDING" else state.lower() for state, reason in states)
+    return ", ".join(f"{n} {what}" for what, n in counts.items())
+
+
 def wait_for(jobs: list, desc: str) -> List[Optional[str]]:
     """Block until every job has left the queue (``squeue``; ``sacct`` needs accounting, which small
-    clusters lack), with a progress bar. Returns each job's error text, or None when it returned."""
+    clusters lack), with a progress bar that says why tasks wait. A task that can never start
+    (``never_starts``) is cancelled and the wait ends there: the other tasks still queued go on, unwatched.
+    Returns each job's error text, or None when it returned."""
     from tqdm.auto import tqdm
     pending = {j.job_id for j in jobs}
+    never: Dict[str, str] = {}
+    queued: Dict[str, Tuple[str, str, str]] = {}
     with tqdm(total=len(jobs), desc=desc, unit="task") as bar:
-        while pending:
+        while pending and not never:
             time.sleep(2)
-            queued = set(_run(["squeue", "-h", "-r", "-o", "%i"]).split())
+            queued = queue()
             left = {j for j in pending if j in queued}
             bar.update(len(pending) - len(left))
             pending = left
+            bar.set_postfix_str(progress_note([queued[j][:2] for j in sorted(pending)]))
+            for j in sorted(pending):
+                state, reason, partition = queued[j]
+                change = never_starts(reason, partition) if state == "PENDING" else None
+                if change:
+                    never[j] = (f"task {j} can never start, Slurm holds it PENDING ({reason}): {change}; "
+                                f"it was cancelled")
+        if never:
+            subprocess.run(["scancel", *never], capture_output=True, timeout=60)
     errors = []
     for job in jobs:
+        if job.job_id in never:
+            errors.append(never[job.job_id])
+            continue
+        if job.job_id in pending:
+            errors.append(f"task {job.job_id} is still {queued[job.job_id][0].lower()}, not waited for: it goes on "
+                          f"(squeue -j {job.job_id}); its log: {job.paths.stderr}")
+            continue
         if not job.paths.result_pickle.exists():  # killed, cancelled or out of time without requeue
             errors.append(f"task {job.job_id} ended without a result; its log: {job.paths.stderr}")
             continue
