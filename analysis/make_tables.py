@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 
 from analysis.figures import pick_examples, plot_iou_vs_size, plot_qualitative, read_samples
 from analysis.paper import table_grids
-from analysis.runs import NoRunsError, load_records, load_runs
+from analysis.runs import NoRunsError, NoStoreError, load_records, load_runs
 from analysis.tables import build_table, layout_for, to_latex, to_markdown
 from segtricks import tracking
 
@@ -121,23 +121,29 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--no-log", action="store_true", help="do not log tables and figures back to MLflow")
     args = ap.parse_args(argv)
     grids = args.grid or table_grids()
-    found = 0
-    for grid in grids:
+    found, empty = 0, 0
+    for grid in grids:  # a grid without runs is reported, and the others' tables are still made
         try:
             print(make(grid, args.format, args.out_dir, args.tracking_uri, args.experiment, not args.no_log))
             found += 1
+        except NoStoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         except NoRunsError as exc:
-            if args.grid:
+            if args.grid:  # asked for by name: an error
                 print(f"error: {exc}", file=sys.stderr)
-                return 2
+                empty += 1
+            elif exc.experiment_exists:  # among every known grid, only those ever started are news
+                print(f"note: {exc}", file=sys.stderr)
         except Exception as exc:
             return tracking.exit_on_environment_error(exc, tracking.tracking_uri(args.tracking_uri))
-    if not found:
+    if not found and not args.grid:
         print(f"error: no grid of {', '.join(grids)} has runs in {tracking.tracking_uri(args.tracking_uri)}",
               file=sys.stderr)
         return 2
-    print(f"tables and figures written to {args.out_dir}/")
-    return 0
+    if found:
+        print(f"tables and figures written to {args.out_dir}/")
+    return 2 if empty else 0
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Optional
 
 import pandas as pd
@@ -9,20 +10,41 @@ import pandas as pd
 from segtricks import tracking
 
 
+class NoStoreError(LookupError):
+    """The chosen SQLite store does not exist (opening it would create an empty one)."""
+
+
 class NoRunsError(LookupError):
-    """The experiment does not exist in the chosen store."""
+    """The grid has no cell runs in the chosen store: its experiment does not exist
+    (``experiment_exists`` False), or holds none (left by an older dry run, or its runs were deleted)."""
+
+    def __init__(self, message: str, experiment_exists: bool) -> None:
+        super().__init__(message)
+        self.experiment_exists = experiment_exists
+
+
+def open_store(uri: Optional[str] = None) -> tracking.Store:
+    """The store to read; reading creates nothing, so an absent SQLite file raises ``NoStoreError``."""
+    uri = tracking.tracking_uri(uri)
+    path = tracking.sqlite_path(uri)
+    if path is not None and not path.exists():
+        cwd = Path.cwd().resolve()
+        shown = f"./{path.relative_to(cwd)}" if path.is_relative_to(cwd) else str(path)
+        raise NoStoreError(f"no MLflow store at {shown}; run a grid first (python -m segtricks.ablate --grid demo) "
+                           f"or pass --tracking-uri")
+    return tracking.Store(uri)
 
 
 def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = None) -> pd.DataFrame:
     """One row per cell run: cell, status (FINISHED/FAILED/RUNNING/KILLED; a RUNNING run whose
     worker died reads 'stale'), run_id, backbone, weights, eval_protocol, seed, and one column per
     metric (``<dataset>.<metric>``; ``<dataset>.reference.<metric>`` under the reference protocol)."""
-    store = tracking.Store(uri)
+    store = open_store(uri)
     name = experiment or grid
     exp_id = store.experiment(name, create=False)
     if exp_id is None:
         raise NoRunsError(f"no experiment {name!r} in {store.uri}; run `python -m segtricks.ablate --grid {grid}` "
-                          f"first, or pass --experiment/--tracking-uri")
+                          f"first, or pass --experiment/--tracking-uri", experiment_exists=False)
     rows = []
     for run in store.runs(exp_id):
         tags = run.data.tags
@@ -35,6 +57,9 @@ def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = 
                      "backbone": tags.get("backbone", ""), "weights": tags.get("weights", "unknown"),
                      "eval_protocol": tags.get("eval_protocol", "ours"),
                      "seed": run.data.params.get("seed", ""), **run.data.metrics})
+    if not rows:  # an empty table has no columns to read
+        raise NoRunsError(f"no runs for grid {grid} in experiment {name!r} of {store.uri}; run "
+                          f"`python -m segtricks.ablate --grid {grid}`", experiment_exists=True)
     return pd.DataFrame(rows)
 
 

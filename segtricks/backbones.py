@@ -82,14 +82,16 @@ RELEASES: Dict[str, Optional[WeightsRelease]] = {
 }
 
 
-def find_weights(name: str, weights: Optional[str]) -> Optional[Path]:
+def find_weights(name: str, weights: Optional[str], download: bool = True) -> Optional[Path]:
     """The file backbone ``name`` loads for config value ``weights`` (None for random-init), found
     (or downloaded) as building it would, without building it: the check that runs before a grid.
-    Raises ``WeightsNotFoundError`` naming the file, where it is published and where to put it."""
+    Raises ``WeightsNotFoundError`` naming the file, where it is published and where to put it.
+    ``download=False`` (a dry run, which must reach no network): an official release that building
+    would download is returned as the cache path it would be downloaded to, which does not exist."""
     release = RELEASES.get(name)
     if weights == RANDOM_INIT or release is None and weights is None:
         return None
-    return resolve_weights_file(release, weights)
+    return resolve_weights_file(release, weights, download)
 
 
 def sha256_of(path: Path) -> str:
@@ -100,7 +102,7 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_weights_file(release: Optional[WeightsRelease], explicit: Optional[str]) -> Path:
+def resolve_weights_file(release: Optional[WeightsRelease], explicit: Optional[str], download: bool = True) -> Path:
     """Find (or download) the weights file, in the order given in the module docstring.
 
     ``release`` may be None only with an explicit path (a backbone with no official weights)."""
@@ -121,6 +123,8 @@ def resolve_weights_file(release: Optional[WeightsRelease], explicit: Optional[s
         return cached
     reason = "downloads are disabled ($SEGTRICKS_OFFLINE=1)"
     if os.environ.get("SEGTRICKS_OFFLINE", "") not in ("1", "true", "yes"):
+        if not download:
+            return cached
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(release.url, str(cached), progress=True)
@@ -290,3 +294,23 @@ def demo_vit4(weights: Optional[str] = None) -> KeyBackbone:
 def build_backbone(name: str, weights: Optional[str] = None) -> KeyBackbone:
     """Build a registered backbone; an unknown name lists the registered ones."""
     return BACKBONES.get(name)(weights=weights)
+
+
+def write_random_release(name: str, folder: Path) -> Path:
+    """Write backbone ``name``'s random-init ViT as ``folder/<official file name>``, in the official
+    release's layout: DINO's plain state dict of the ViT's keys; iBOT's ``state_dict`` holding the
+    teacher's ``backbone.``-prefixed keys beside its projection head. A rehearsal (``experiments/
+    rehearsal.yaml``) then loads weights the way a real run does, from ``$SEGTRICKS_WEIGHTS``."""
+    release = RELEASES[name]
+    if release is None:
+        raise ValueError(f"backbone {name!r} has no official release to imitate")
+    vit = build_backbone(name, RANDOM_INIT).vit
+    state = {k: v.clone() for k, v in vit.state_dict().items()}
+    if release is IBOT_S16:
+        teacher = {f"backbone.{k}": v for k, v in state.items()}
+        teacher["head.last_layer.weight_g"] = torch.ones(8192, 1)  # iBOT's head: not the backbone's, ignored
+        state = {"state_dict": teacher}
+    path = Path(folder) / release.file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return path

@@ -4,14 +4,18 @@
 Without it a grid on a fresh machine fails cell after cell, each with the first missing thing it
 meets, and leaves a FAILED run per cell. ``ablate`` and ``tune`` run this check before creating any
 run and exit with code 2 when something is missing; ``ablate --dry-run`` shows it as "will fail".
+The output root is checked first, the same way (``output_root_error``).
 """
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from segtricks.backbones import WeightsNotFoundError, find_weights
+from segtricks.backbones import RELEASES, WeightsNotFoundError, find_weights
 from segtricks.config import Config, DatasetRef
 from segtricks.datasets import DatasetError, build_dataset
 
@@ -23,10 +27,14 @@ class Missing:
 
 
 class Preflight:
-    """Looks each weights file and dataset up once, however many cells need it."""
+    """Looks each weights file and dataset up once, however many cells need it. ``download=False`` (a
+    dry run): official weights absent from this machine are not downloaded but listed in ``downloads``
+    (what -> "<url> to <path>"), which the run would fetch."""
 
-    def __init__(self) -> None:
+    def __init__(self, download: bool = True) -> None:
         self._seen: Dict[Tuple, List[Missing]] = {}
+        self._download = download
+        self.downloads: Dict[str, str] = {}
 
     def missing(self, cfg: Config, trains: bool) -> List[Missing]:
         """What a cell with config ``cfg`` needs and this machine lacks. ``trains``: the cell will
@@ -44,8 +52,10 @@ class Preflight:
         key = ("weights", name, weights)
         if key not in self._seen:
             try:
-                find_weights(name, weights)
+                path = find_weights(name, weights, self._download)
                 self._seen[key] = []
+                if path is not None and not path.is_file():  # not downloaded: see __init__
+                    self.downloads[f"weights of {name}"] = f"{RELEASES[name].url} to {path}"
             except WeightsNotFoundError as exc:
                 self._seen[key] = [Missing(f"weights of {name}", str(exc))]
         return self._seen[key]
@@ -84,3 +94,34 @@ def report(missing_by_cell: Dict[str, Sequence[Missing]]) -> str:
         who = cells[0] if len(cells) == 1 else f"{len(cells)} cells"
         lines.append(f"  - {', '.join(whats)} (needed by {who}): {message}")
     return "\n".join(lines)
+
+
+# why a probe file could not be created, in the words of the error line
+_NOT_WRITABLE = {errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.ENOSPC: "no space left on the device"}
+
+
+def output_root_error(root: str) -> Optional[str]:
+    """Why trainings cannot keep their checkpoints under ``--output-root root`` (one line), or None.
+
+    Checked before any store or run exists: otherwise every cell fails on it and leaves a FAILED run.
+    The root must be a folder, or be creatable (the nearest existing folder above it is one), and
+    writable there: a file is created in it and removed at once (a dry run too: it leaves nothing),
+    since permission bits do not tell (root ignores them; a read-only mount, sysfs or a
+    root-squashing NFS server refuse root all the same)."""
+    path = Path(root).expanduser()
+    folder = path
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    prefix = f"--output-root {root}: " + ("" if folder == path else f"cannot be created: {folder} ")
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.is_file() else "is not a folder"
+        return f"{prefix}{what}; choose another --output-root"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".segtricks-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = _NOT_WRITABLE.get(exc.errno, exc.strerror)
+        return f"{prefix}{'' if folder == path else 'is '}not writable ({reason}); choose another --output-root"
+    return None

@@ -77,6 +77,37 @@ def test_cli_writes_formats_and_logs_an_analysis_run(demo_store, tmp_path, capsy
     assert "python -m segtricks.ablate --grid table3" in capsys.readouterr().err
 
 
+def test_a_grid_whose_experiment_has_no_runs_is_named_and_the_other_grids_still_render(demo_store, tmp_path, capsys):
+    """An experiment without runs (what a dry run used to create) crashed make_tables with
+    AttributeError: 'DataFrame' object has no attribute 'status'."""
+    root, uri = demo_store
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name("table3") is None:
+        client.create_experiment("table3")
+    out = tmp_path / "results"
+    assert make_tables(["--tracking-uri", uri, "--out-dir", str(out), "--no-log"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: no runs for grid table3 in experiment 'table3' of {uri}; run " \
+           f"`python -m segtricks.ablate --grid table3`\n" == err  # grids never started are not news
+    assert (out / "demo.md").is_file() and not (out / "table3.md").exists()
+    (out / "demo.md").unlink()
+    assert make_tables(["--grid", "table3", "--grid", "demo", "--tracking-uri", uri, "--out-dir", str(out),
+                        "--no-log"]) == 2
+    assert capsys.readouterr().err.startswith("error: no runs for grid table3 in experiment 'table3'")
+    assert (out / "demo.md").is_file()
+
+
+def test_make_tables_without_a_store_says_so_and_creates_none(in_tmp, capsys):
+    line = ("error: no MLflow store at ./mlflow.db; run a grid first (python -m segtricks.ablate --grid demo) "
+            "or pass --tracking-uri\n")
+    for argv in ([], ["--grid", "table3"]):
+        assert make_tables(argv) == 2
+        assert capsys.readouterr().err == line
+    assert make_tables(["--tracking-uri", f"sqlite:///{in_tmp / 'sub' / 'x.db'}"]) == 2
+    assert capsys.readouterr().err.startswith("error: no MLflow store at ./sub/x.db; ")
+    assert list(in_tmp.iterdir()) == []
+
+
 def test_size_histogram_counts_sum_to_the_number_of_images(demo_store):
     root, uri = demo_store
     runs = load_runs("demo", uri)
