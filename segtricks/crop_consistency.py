@@ -49,11 +49,13 @@ def crop_consistency_terms(
 ) -> Dict[str, torch.Tensor]:
     """Loss terms ``crop_ncut`` and ``crop_eq`` (unweighted) for one batch.
 
-    ``predict(images01)`` returns the model's ``coarse``, ``fine`` and ``features`` for a batch of
-    [0, 1] images; ``student_fine`` is the fine mask of the full images (with gradient).
+    ``predict(images01, fine_grad=...)`` returns the model's ``coarse``, ``fine`` and ``features`` for
+    a batch of [0, 1] images; ``student_fine`` is the fine mask of the full images (with gradient).
     """
     crops = crop_and_resize(images, boxes)
-    out = predict(crops)
+    # The crop's fine mask is only the teacher (detached): no graph for its full-resolution branch,
+    # which would otherwise be built beside the batch's own; only the coarse mask gets a loss.
+    out = predict(crops, fine_grad=False)
     crop_ncut = ncut_loss(out["coarse"], thresholded_affinity(out["features"], tau, eps))
     # predict may run under bf16 autocast: the teacher's GF (ratios cov/(var + eps)) and L_eq are
     # computed on masks upcast to float32 (guided_filter returns its input's dtype), as every loss.

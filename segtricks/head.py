@@ -45,8 +45,11 @@ class EncoderLayer(nn.Module):
 
 
 def conv_bn_act(c_in: int, c_out: int) -> nn.Sequential:
+    # In-place LeakyReLU: its backward reads the block's output (positive where its input was, the
+    # slope being positive: the same numbers), so where the next conv saves that output too (the last
+    # stage's, read by the second block) BatchNorm's full-resolution output is not kept beside it.
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
-                         nn.LeakyReLU(0.01))
+                         nn.LeakyReLU(0.01, inplace=True))
 
 
 class SempartHead(nn.Module):
@@ -54,6 +57,9 @@ class SempartHead(nn.Module):
 
     ``forward(features, image)``: features (B, in_dim, h, w) from the backbone, image (B, 3, h·p, w·p)
     ImageNet-normalised. Returns ``{"coarse": (B,1,h,w), "fine": (B,1,h·p,w·p)}``, both sigmoids.
+    ``fine_grad=False`` computes the fine mask without a graph (same values, BatchNorm statistics
+    updated as ever), for callers that only read it detached: the full-resolution branch is then
+    not kept for backward.
     """
 
     def __init__(self, in_dim: int, patch_size: int, dim: int = 64, depth: int = 2, heads: int = 2,
@@ -76,7 +82,8 @@ class SempartHead(nn.Module):
         self.refine = conv_bn_act(c_in, c_in)
         self.fine = nn.Conv2d(c_in + 3, 1, 1)
 
-    def forward(self, features: torch.Tensor, image: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, features: torch.Tensor, image: torch.Tensor,
+                fine_grad: bool = True) -> Dict[str, torch.Tensor]:
         x = self.proj(features)
         b, c, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # no positional encoding: the keys carry position
@@ -84,10 +91,15 @@ class SempartHead(nn.Module):
             tokens = layer(tokens)
         x = tokens.transpose(1, 2).reshape(b, c, h, w)
         coarse = torch.sigmoid(self.coarse(x))
-        for stage in self.up:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            guide = F.interpolate(image, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            x = stage(torch.cat([x, guide], dim=1))
-        x = self.refine(x)
-        fine = torch.sigmoid(self.fine(torch.cat([x, image], dim=1)))
+        # The image joins each concatenation in the activations' dtype: under bf16 autocast torch.cat
+        # would promote the whole concatenation to float32, which the conv then rounds back to bf16.
+        with torch.set_grad_enabled(fine_grad and torch.is_grad_enabled()):
+            for stage in self.up:
+                guide = F.interpolate(image, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear",
+                                      align_corners=False)
+                # upsampled inside the concatenation, so the upsampled copy is freed before the conv
+                x = stage(torch.cat([F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False),
+                                     guide.to(x.dtype)], dim=1))
+            x = self.refine(x)
+            fine = torch.sigmoid(self.fine(torch.cat([x, image.to(x.dtype)], dim=1)))
         return {"coarse": coarse, "fine": fine}

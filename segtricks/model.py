@@ -30,13 +30,15 @@ class SegmentationModel(nn.Module):
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 
-    def forward(self, images: torch.Tensor, features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
-        """``features``: the backbone's keys of ``images`` when already known (evaluation's key cache)."""
+    def forward(self, images: torch.Tensor, features: Optional[torch.Tensor] = None,
+                fine_grad: bool = True) -> Dict[str, torch.Tensor]:
+        """``features``: the backbone's keys of ``images`` when already known (evaluation's key cache);
+        ``fine_grad=False``: the fine mask without a graph (``SempartHead.forward``)."""
         x = self.normalise(images)
         if features is None:
             with torch.no_grad():
                 features = self.backbone(x)
-        out = self.head(features, x)
+        out = self.head(features, x, fine_grad=fine_grad)
         out["features"] = features
         return out
 

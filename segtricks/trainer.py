@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from segtricks import losses
 from segtricks.config import Config, DatasetRef
 from segtricks.evaluation import evaluate_model
+from segtricks.loaders import EpochSampler, data_loader
 from segtricks.model import SegmentationModel
 from segtricks.tricks import TrainStep, training_tricks
 
@@ -119,9 +120,9 @@ def loss_terms(model: SegmentationModel, images: torch.Tensor, cfg: Config,
     Only the model: its outputs may then be bfloat16, but every term is computed, outside the region,
     in float32 (``segtricks.losses``).
     """
-    def predict(x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def predict(x: torch.Tensor, fine_grad: bool = True) -> Dict[str, torch.Tensor]:
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
-            return model(x)
+            return model(x, fine_grad=fine_grad)
 
     lc = cfg.loss
     out = predict(images)
@@ -148,14 +149,13 @@ def check_finite(terms: Dict[str, torch.Tensor], epoch: int, step: int) -> None:
         )
 
 
-def train_one_epoch(state: LoopState, train_set: Dataset, collate) -> Dict[str, float]:
-    """One epoch over ``train_set`` (reseeded from (seed, epoch)); returns the ``train.*`` means."""
+def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
+    """One epoch of ``loader`` (``training_loader``: reseeded from (seed, epoch)); returns the
+    ``train.*`` means."""
     cfg, epoch, model, cuda = state.cfg, state.epoch, state.model, state.device.type == "cuda"
     seed = epoch_seed(cfg.seed, epoch)
     seed_everything(seed)
-    loader = DataLoader(train_set, batch_size=cfg.optim.batch_size, shuffle=True,
-                        num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(seed),
-                        collate_fn=collate, pin_memory=cuda, persistent_workers=False)
+    loader.sampler.seed = seed  # this epoch's shuffle and augmentation seeds (segtricks.loaders)
     generator = torch.Generator().manual_seed(seed)  # the training tricks' randomness (crop windows)
     steps = len(loader) if cfg.optim.steps_per_epoch is None else min(len(loader), cfg.optim.steps_per_epoch)
     weights = loss_weights(cfg)
@@ -182,14 +182,22 @@ def train_one_epoch(state: LoopState, train_set: Dataset, collate) -> Dict[str, 
     return {f"train.{k}": v / max(steps, 1) for k, v in sums.items()}
 
 
+def training_loader(state: LoopState, train_set: Dataset, collate) -> DataLoader:
+    """One loader for every epoch (its workers persist on CUDA); ``train_one_epoch`` reseeds its sampler."""
+    cfg = state.cfg
+    return data_loader(train_set, cfg.optim.batch_size, cfg.data.num_workers, state.device, collate,
+                       sampler=EpochSampler(len(train_set)))
+
+
 def fit(state: LoopState, train_set: Dataset, collate, hooks: Sequence[Hook]) -> None:
     """Epochs ``state.epoch`` … ``cfg.optim.epochs − 1``, each followed by every hook in order."""
+    loader = training_loader(state, train_set, collate)
     for hook in hooks:
         hook.before_train(state)
     for epoch in range(state.epoch, state.cfg.optim.epochs):
         state.epoch = epoch
         state.score = float(epoch)
-        metrics = train_one_epoch(state, train_set, collate)
+        metrics = train_one_epoch(state, loader)
         for hook in hooks:
             hook.after_epoch(state, metrics)
     for hook in hooks:

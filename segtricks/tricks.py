@@ -36,7 +36,8 @@ class TrainStep:
 
     images: torch.Tensor  # (B, 3, H, W) in [0, 1]
     outputs: Dict[str, torch.Tensor]  # the model's coarse, fine (with gradient) and features
-    predict: Callable[[torch.Tensor], Dict[str, torch.Tensor]]  # the model on other [0, 1] images
+    # the model on other [0, 1] images; predict(x, fine_grad=False): its fine mask without a graph
+    predict: Callable[..., Dict[str, torch.Tensor]]
     cfg: object  # the Config
     generator: Optional[torch.Generator]  # reseeded every epoch, for resumable randomness
 

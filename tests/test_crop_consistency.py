@@ -46,9 +46,9 @@ class TinyModel(torch.nn.Module):
         self.embed = torch.nn.Conv2d(3, 16, 8, stride=8).requires_grad_(False)
         self.head = SempartHead(16, 8).eval()  # eval: BatchNorm must not mix batches here
 
-    def forward(self, x):
+    def forward(self, x, fine_grad=True):
         f = self.embed(x)
-        return {**self.head(f, x), "features": f}
+        return {**self.head(f, x, fine_grad=fine_grad), "features": f}
 
 
 def test_no_gradient_reaches_the_teacher():
@@ -87,3 +87,24 @@ def test_crop_ncut_term_has_gradient():
                                    sample_crop_boxes(2, 32, 0.5), 0.4, 1e-6, 2, 1e-3)
     assert set(terms) == {"crop_ncut", "crop_eq"}
     assert terms["crop_ncut"].requires_grad and torch.isfinite(terms["crop_ncut"])
+
+
+def test_crop_forward_keeps_only_the_coarse_branch_for_backward():
+    """The crop's fine mask is only the (detached) teacher: its forward saves nothing at full
+    resolution for backward, where it used to build a second full-resolution graph."""
+    model = TinyModel().train()
+    images = torch.rand(2, 3, 32, 32)
+    shapes = []
+
+    def predict(x, fine_grad=True):
+        def pack(t):
+            shapes.append(t.shape)
+            return t.detach()
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return model(x, fine_grad=fine_grad)
+
+    terms = crop_consistency_terms(predict, images, model(images)["fine"], sample_crop_boxes(2, 32, 0.5),
+                                   0.4, 1e-6, 2, 1e-3)
+    assert shapes and not [s for s in shapes if s[-2:] == (32, 32)]
+    assert terms["crop_ncut"].requires_grad

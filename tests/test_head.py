@@ -1,5 +1,8 @@
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segtricks.head import SempartHead
 
@@ -46,3 +49,85 @@ def test_architecture_details(patch, channels_in):
     assert not hasattr(head, "final_norm")
     with pytest.raises(ValueError, match="power of two"):
         SempartHead(384, 14)
+
+
+def saved_full_resolution_planes(run, size, batch=2):
+    """Channel planes of size×size float32 per image in the distinct storages autograd saves for
+    backward during ``run()``: the head's full-resolution activation memory."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.detach())  # detached: no reference cycle through grad_fn
+        return saved[-1]
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    storages = {t.untyped_storage().data_ptr(): t for t in saved if t.shape[-2:] == (size, size)}
+    return sum(t.untyped_storage().nbytes() for t in storages.values()) / (batch * size * size * 4), out
+
+
+def test_full_resolution_activations_held_for_backward():
+    """Per image, the /8 head keeps 775 full-resolution planes for backward: the last stage's input
+    (131), its conv and activation outputs (128 + 128), the second block's (128 + 128), the fine
+    conv's input (131) and the fine mask (1). It kept 903: with an out-of-place LeakyReLU the last
+    stage's BatchNorm output was kept beside its activation, which the second block's conv saves."""
+    torch.manual_seed(0)
+    head = SempartHead(16, 8)
+    planes, _ = saved_full_resolution_planes(lambda: head(torch.randn(2, 16, 4, 4), torch.randn(2, 3, 32, 32)), 32)
+    assert planes == 131 + 128 + 128 + 128 + 128 + 131 + 1
+
+
+def out_of_place_forward(head, features, image):
+    """SPEC §2 written plainly (every activation out of place, the image concatenated as it is): the
+    head's memory-saving forward must give exactly these numbers."""
+    x = head.proj(features)
+    b, c, h, w = x.shape
+    tokens = x.flatten(2).transpose(1, 2)
+    for layer in head.encoder:
+        tokens = layer(tokens)
+    x = tokens.transpose(1, 2).reshape(b, c, h, w)
+    coarse = torch.sigmoid(head.coarse(x))
+    for block in [*head.up, head.refine]:
+        if block is not head.refine:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            x = torch.cat([x, F.interpolate(image, size=x.shape[-2:], mode="bilinear", align_corners=False)], 1)
+        x = F.leaky_relu(block[1](block[0](x)), 0.01)
+    return {"coarse": coarse, "fine": torch.sigmoid(head.fine(torch.cat([x, image], 1)))}
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_memory_saving_forward_gives_the_same_numbers(autocast):
+    """Outputs, gradients and BatchNorm statistics equal bit for bit those of the plain forward, in
+    float32 and under bf16 autocast (where the image is concatenated in bf16, not promoted)."""
+    torch.manual_seed(0)
+    head = SempartHead(16, 8)
+    plain = copy.deepcopy(head)
+    features, image = torch.randn(2, 16, 4, 4), torch.randn(2, 3, 32, 32)
+
+    def step(h, forward):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = forward(h, features, image)
+        (out["fine"].float().square().mean() + out["coarse"].float().mean()).backward()
+        return [out["fine"], out["coarse"]] + [p.grad for p in h.parameters()] + list(h.buffers())
+
+    for a, b in zip(step(head, SempartHead.forward), step(plain, out_of_place_forward)):
+        assert torch.equal(a, b)
+
+
+def test_fine_without_graph_has_the_same_values_and_statistics():
+    """``fine_grad=False``: the same masks and BatchNorm updates, a coarse mask with gradient, a fine
+    mask without, and nothing at full resolution kept for backward."""
+    torch.manual_seed(0)
+    head = SempartHead(16, 8)
+    other = copy.deepcopy(head)
+    features, image = torch.randn(2, 16, 4, 4), torch.randn(2, 3, 32, 32)
+    planes, out = saved_full_resolution_planes(lambda: head(features, image, fine_grad=False), 32)
+    ref = other(features, image)
+    assert planes == 0
+    assert out["coarse"].requires_grad and not out["fine"].requires_grad
+    for k in ("coarse", "fine"):
+        assert torch.equal(out[k], ref[k])
+    for a, b in zip(head.buffers(), other.buffers()):
+        assert torch.equal(a, b)
+    with torch.no_grad():  # never turns gradients on inside a no_grad region
+        assert not head(features, image)["fine"].requires_grad

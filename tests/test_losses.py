@@ -177,7 +177,7 @@ def all_loss_terms(mask, fine, feats, image):
     """Every loss of this module, and the crop trick's terms, on one set of masks and features."""
     from segtricks.crop_consistency import crop_consistency_terms
 
-    crop = crop_consistency_terms(lambda x: {"coarse": mask, "fine": fine, "features": feats}, image.float(),
+    crop = crop_consistency_terms(lambda x, fine_grad: {"coarse": mask, "fine": fine, "features": feats}, image.float(),
                                   fine, torch.tensor([[4, 8, 16], [0, 12, 20]]), 0.2, 1e-6, 2, 1e-3)
     return {"ncut": ncut_loss(mask, thresholded_affinity(feats, 0.2, 1e-6)),
             "fine_tv": fine_graph_tv(fine, image, 1.7),
