@@ -12,19 +12,16 @@ beside what the data loader can feed. Backbones are random-init (same arithmetic
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import statistics
-import time
 from typing import Callable, List, Tuple
 
 import torch
-from PIL import Image
 
 from core import time_ms, train_step_fn
 from segtricks.bilateral_solver import bilateral_solver_filter
 from segtricks.config import config_from_dict
-from segtricks.datasets import Sample, TrainView
+from segtricks.estimate import loader_images_per_s
 from segtricks.guided_filter import guided_filter
 from segtricks.model import build_model
 from segtricks.predict import predict_masks
@@ -44,30 +41,6 @@ def measure(fn: Callable[[], object], repeats: int, device: torch.device) -> Tup
         torch.cuda.reset_peak_memory_stats(device)
     ms = statistics.median(time_ms(fn, repeats, device, warmup=2 if repeats > 2 else 1))
     return ms, peak_mib(device)
-
-
-def loader_images_per_s(size: int, n: int = 48) -> float:
-    """TrainView (decode, resize, crop, flip, jitter) over in-memory 400×300 JPEGs, one process."""
-    class Jpegs:
-        has_masks = has_boxes = False
-        skipped = ()
-
-        def __init__(self) -> None:
-            buf = io.BytesIO()
-            Image.effect_noise((400, 300), 64).convert("RGB").save(buf, "JPEG", quality=90)
-            self.data = buf.getvalue()
-
-        def __len__(self) -> int:
-            return n
-
-        def load(self, index: int):
-            return Sample(str(index), Image.open(io.BytesIO(self.data)).convert("RGB"))
-
-    view = TrainView(Jpegs(), size, max(size, int(size * 355 / 320)))
-    t0 = time.perf_counter()
-    for i in range(n):
-        view[i]
-    return n / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -104,7 +77,7 @@ def main() -> None:
     rows.append((f"GF, batch {gf_batch} of {size}² masks", f"{gf_batch * 1e3 / ms:.0f} masks/s", f"{ms:.1f} ms", mem))
     ms, mem = measure(lambda: bilateral_solver_filter(masks[:1], guides[:1]), max(2, repeats // 3), device)
     rows.append((f"BF, one {size}² mask (25 CG iterations)", f"{1e3 / ms:.1f} masks/s", f"{ms:.1f} ms", mem))
-    feed = loader_images_per_s(size)
+    feed = loader_images_per_s(cfg, (300, 400), n=48)
     rows.append(("data loader: decode + augment 400×300 JPEG, per worker", f"{feed:.0f} images/s", "", ""))
     steps = EPOCHS * math.ceil(DUTS_TR_IMAGES / batch)
     compute_s = steps * best / 1e3

@@ -49,7 +49,7 @@ METRICS = ("acc", "iou", "max_fbeta", "max_fbeta_per_image", "max_fbeta_pr_curve
 @dataclass
 class BackboneConfig:
     name: str = "dino_vits8"
-    weights: Optional[str] = None  # a file path, "random-init", or None: the official release
+    weights: Optional[str] = None  # a file path, "random-init", None: the official release, or "official-or-random-init"
 
 
 @dataclass
@@ -67,7 +67,7 @@ class DataConfig:
     val: Optional[DatasetRef] = None  # model selection; never a test set
     image_size: int = 320
     resize_short: int = 355  # the paper; the reference code used image_size + 15
-    num_workers: int = 2
+    num_workers: Union[int, str] = "auto"  # loader processes; auto: the CPUs this process may use − 1 (segtricks.loaders)
 
 
 @dataclass
@@ -116,6 +116,16 @@ class BFConfig:
 
 
 @dataclass
+class CacheConfig:
+    """What evaluation keeps on disk (``segtricks.prediction_cache``); ``python -m segtricks.cache``
+    lists and removes it. Off costs time, never changes a number: grid evaluations round keys and
+    masks through float16 either way."""
+
+    keys: bool = True  # backbone keys per (backbone, weights, dataset): <output root>/keys (ViT-S/8: 1.2 MB an image)
+    masks: bool = True  # a training's raw masks per dataset: <training>/predictions (0.2 MB an image at 320²)
+
+
+@dataclass
 class Config:
     seed: int = 0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -129,6 +139,7 @@ class Config:
     eval: List[DatasetRef] = field(default_factory=list)  # datasets the cell is evaluated on
     maps: Optional[str] = None  # evaluate precomputed maps <maps>/<dataset>/<id>.png instead of a model
     eval_protocol: str = "ours"  # one of EVAL_PROTOCOLS; "reference" scores under both protocols
+    cache: CacheConfig = field(default_factory=CacheConfig)
     output_dir: str = "outputs/run"
     device: str = "auto"  # auto: CUDA when present, else CPU
 
@@ -140,8 +151,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(value, inner[0], where)
+        for alternative in inner:  # the first type that takes the value
+            try:
+                return _convert(value, alternative, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {' or '.join(a.__name__ for a in inner)}, got {value!r}", where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}", where)
@@ -245,7 +263,10 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
     for key, value in positive.items():
         if not value > 0:
             yield key, value, "a number > 0"
-    non_negative = {"data.num_workers": cfg.data.num_workers, "optim.weight_decay": cfg.optim.weight_decay,
+    if isinstance(cfg.data.num_workers, str) and cfg.data.num_workers != "auto":
+        yield "data.num_workers", cfg.data.num_workers, "an integer ≥ 0 or auto"
+    workers = {"data.num_workers": cfg.data.num_workers} if isinstance(cfg.data.num_workers, int) else {}
+    non_negative = {**workers, "optim.weight_decay": cfg.optim.weight_decay,
                     "loss.eps": cfg.loss.eps, "crop.eq_weight": cfg.crop.eq_weight,
                     "crop.ncut_weight": cfg.crop.ncut_weight,
                     **{f"loss.{k}": getattr(cfg.loss, k) for k in ("ncut", "fine_tv", "coarse_tv", "consistency")}}
@@ -340,7 +361,13 @@ def canonical_sha256(obj: Any) -> str:
 
 
 def config_hash(cfg: Config) -> str:
-    """sha256 of the canonical resolved config (everything but where outputs go)."""
+    """sha256 of the canonical resolved config, less what cannot change a number: where outputs go,
+    how many processes load the data, and what is cached."""
     d = to_dict(cfg)
-    d.pop("output_dir")
+    for key in NUMBER_NEUTRAL:
+        d.pop(key)
+    d["data"].pop("num_workers")
     return canonical_sha256(d)
+
+
+NUMBER_NEUTRAL = ("output_dir", "cache")  # top-level sections no hash depends on (with data.num_workers)

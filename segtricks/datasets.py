@@ -37,6 +37,28 @@ from segtricks.synthetic import SPLIT_SIZES, SPLIT_STREAMS, render
 
 DATASETS = Registry("dataset", contract="fn(ref: DatasetRef) -> RawDataset whose load(i) returns a Sample")
 
+
+@dataclass(frozen=True)
+class PublishedSize:
+    """A dataset's size as released: what cost estimates use before the data is downloaded."""
+
+    images: int
+    typical_hw: Tuple[int, int]  # the common original size (height, width)
+    split_images: Dict[str, int] = field(default_factory=dict)  # splits we cut that differ from ``images``
+
+
+# From the releases (DUTS-TR: its last DUTS_TR_VAL images are our validation split).
+PUBLISHED_SIZES: Dict[str, PublishedSize] = {
+    "duts_tr": PublishedSize(10_553, (300, 400), {"train": 10_053, "val": 500}),
+    "duts_te": PublishedSize(5_019, (300, 400)),
+    "dut_omron": PublishedSize(5_168, (300, 400)),
+    "ecssd": PublishedSize(1_000, (300, 400)),
+    "voc07": PublishedSize(5_011, (375, 500)),
+    "voc12": PublishedSize(11_540, (375, 500)),
+    "coco20k": PublishedSize(19_817, (480, 640)),
+    "synthetic": PublishedSize(SPLIT_SIZES["train"], (128, 128), {k: SPLIT_SIZES[k] for k in ("val", "test")}),
+}
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DUTS_URL = "http://saliencydetection.net/duts/"
 DUT_OMRON_URL = "http://saliencydetection.net/dut-omron/"
@@ -446,9 +468,16 @@ class TrainView(Dataset):
     def __len__(self) -> int:
         return len(self.raw)
 
-    def __getitem__(self, index: int) -> Optional[torch.Tensor]:
+    def __getitem__(self, item: Tuple[int, int]) -> Optional[torch.Tensor]:
+        """``item`` = (index, seed): the image is augmented from its own seed (``loaders.EpochSampler``),
+        so it comes out the same in any worker process."""
+        index, seed = item
         sample = load_or_skip(self.raw, index, self.on_error)
-        return None if isinstance(sample, Skipped) else self.transform(sample.image)
+        if isinstance(sample, Skipped):
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(sample.image)
 
     @staticmethod
     def collate(batch: List[Optional[torch.Tensor]]) -> torch.Tensor:

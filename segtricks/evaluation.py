@@ -23,15 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torchvision.transforms.functional as TF
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from segtricks.config import EVAL_PROTOCOLS, Config, DatasetRef
 from segtricks.datasets import (GT_THRESHOLD, IMAGE_SUFFIXES, DatasetError, EvalView, Sample, Skipped,
                                 build_dataset, load_or_skip, open_image)
+from segtricks.loaders import data_loader
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
-from segtricks.prediction_cache import ArrayCache, as_cached, key_cache, prediction_cache
+from segtricks.prediction_cache import ArrayCache, NoCache, as_cached, key_cache, prediction_cache
 from segtricks.predict import predict_raw, resize_to
 from segtricks.threads import one_thread
 from segtricks.tricks import TRICKS, get_tricks, postprocess
@@ -97,13 +97,15 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
     raw = build_dataset(ref)
     view = EvalView(raw, size, ref.on_error)
     batch_size = REFERENCE_BATCH if protocol == "reference" else cfg.optim.batch_size
-    loader = DataLoader(view, batch_size=batch_size, collate_fn=view.collate, num_workers=cfg.data.num_workers)
+    loader = data_loader(view, batch_size, cfg.data.num_workers, device, view.collate)
     evaluator = SaliencyEvaluator(with_structure=with_structure)
     for s in raw.skipped:
         evaluator.skip(s.id, s.reason)
-    keys = key_cache(keys_dir, model, ref, raw, size, protocol) if keys_dir is not None else None
-    cache = (prediction_cache(cache_dir, model, ref, raw, size, protocol, keys is not None)
-             if cache_dir is not None else None)
+    # a cache the config turns off (cfg.cache) still rounds through float16: the switch costs time only
+    keys = ((key_cache(keys_dir, model, ref, raw, size, protocol) if cfg.cache.keys else NoCache())
+            if keys_dir is not None else None)
+    cache = ((prediction_cache(cache_dir, model, ref, raw, size, protocol, keys is not None)
+              if cfg.cache.masks else NoCache()) if cache_dir is not None else None)
     seen: List[str] = []
     desc = f"evaluate {ref.name}" + (" (reference protocol)" if protocol == "reference" else "")
     if cache is not None and cache.complete:
@@ -154,7 +156,7 @@ def check_foreground(evaluator: SaliencyEvaluator, ref: DatasetRef) -> None:
 
 @torch.no_grad()
 def raw_masks_of(model: SegmentationModel, inputs: torch.Tensor, ids: List[str], protocol: str,
-                 cache: Optional[ArrayCache], keys: Optional[ArrayCache]) -> torch.Tensor:
+                 cache: Optional[ArrayCache | NoCache], keys: Optional[ArrayCache | NoCache]) -> torch.Tensor:
     """The batch's raw masks (B, 1, H, W): from the mask cache, else predicted (from cached backbone
     keys when there are), and recorded in the caches given."""
     raw_masks = cache.get(ids) if cache is not None else None

@@ -118,6 +118,25 @@ class ArrayCache:
         os.replace(tmp_meta, meta)
 
 
+class NoCache:
+    """A cache that ``cache.keys`` / ``cache.masks: false`` turns off: nothing is read or written, and
+    rows pass through float16 as cached ones do (``raw_masks_of``), so the switch never changes a number."""
+
+    complete = False
+
+    def get(self, ids: List[str]) -> None:
+        return None
+
+    def put(self, ids: List[str], rows: torch.Tensor) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+    def close(self, seen: List[str]) -> None:
+        pass
+
+
 def _dataset_key(ref: DatasetRef, raw: RawDataset, size: int, protocol: str) -> Tuple[str, Dict[str, Any], List[str]]:
     ids = [raw.item_id(i) for i in range(len(raw))]
     stem = f"{ref.name}-{ref.split}-{ref.limit or 'all'}-{size}-{protocol}"  # segtricks.cache parses it

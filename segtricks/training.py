@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from segtricks import checkpoint
-from segtricks.config import Config, canonical_sha256, resolved_yaml, to_dict
+from segtricks.config import NUMBER_NEUTRAL, Config, canonical_sha256, resolved_yaml, to_dict
 from segtricks.datasets import TrainView, build_dataset
 from segtricks.model import SegmentationModel, build_model, load_trained
 from segtricks.trainer import Hook, LoopState, ProgressLine, Validation, fit, resolve_device, seed_everything
@@ -40,11 +40,11 @@ def training_hash(cfg: Config) -> str:
     """sha256 of what determines the trained weights.
 
     Left out: post-processing tricks and their parameter sections, the evaluation datasets and
-    protocol, output paths, the device, data-loader workers and the epoch budget (a longer run
+    protocol, output paths and caches, the device, data-loader workers and the epoch budget (a longer run
     continues a shorter one). A training trick's parameter section counts only when that trick is on.
     """
     d = to_dict(cfg)
-    for key in ("output_dir", "device", "eval", "maps", "eval_protocol"):
+    for key in (*NUMBER_NEUTRAL, "device", "eval", "maps", "eval_protocol"):
         d.pop(key)
     d["data"].pop("num_workers")
     d["optim"].pop("epochs")

@@ -68,7 +68,7 @@ def test_corrupt_image_names_the_file_and_skip_policy_counts(duts_te):
     assert batch.ids == ["im1", "im2"] and [s.id for s in batch.skipped] == ["im0"]
     train = TrainView(raw, 16, 20, on_error="skip")
     with pytest.warns(UserWarning):
-        assert TrainView.collate([train[i] for i in range(3)]).shape == (2, 3, 16, 16)
+        assert TrainView.collate([train[(i, i)] for i in range(3)]).shape == (2, 3, 16, 16)
 
 
 def test_image_without_mask(duts_te):

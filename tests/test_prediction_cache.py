@@ -154,3 +154,18 @@ def test_two_workers_publishing_the_same_cache_at_once_both_finish(tmp_path, mon
     again = ArrayCache(tmp_path, "keys", {}, ids, (1,))
     assert again.complete and again.get(ids).tolist() in ([[0.0], [0.0]], [[1.0], [1.0]])  # one writer's, whole
     assert sorted(p.name for p in tmp_path.iterdir()) == [again.path.with_suffix(".json").name, again.path.name]
+
+
+def test_caches_turned_off_write_nothing_and_change_no_number(setting, tmp_path):
+    cfg, model, cache = setting
+    keys_dir = tmp_path / "keys"
+    cached = evaluate_model(model, cfg, REF, ["gf"], with_structure=False, progress=False, cache_dir=cache,
+                            keys_dir=keys_dir)
+    assert list(cache.glob("*.npy")) and list(keys_dir.glob("*.npy"))
+    cfg.cache.keys = cfg.cache.masks = False
+    off_cache, off_keys = tmp_path / "off" / "predictions", tmp_path / "off" / "keys"
+    with CountingForward(model) as counted:
+        off = evaluate_model(model, cfg, REF, ["gf"], with_structure=False, progress=False, cache_dir=off_cache,
+                             keys_dir=off_keys)
+    assert counted.calls == 3 and not off_cache.exists() and not off_keys.exists()
+    assert off.results() == cached.results() and off.records().equals(cached.records())
