@@ -29,6 +29,11 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap.add_argument("--force-set", action="store_true",
                     help="apply --set flags even to keys that a grid axis varies (refused otherwise)")
     ap.add_argument("--dry-run", action="store_true", help="print the cells and what would happen")
+    ap.add_argument("--estimate", action="store_true",
+                    help="with --dry-run: measure a few training steps and evaluation batches of each distinct "
+                         "workload here (random-init weights) and print each cell's time, peak memory and disk")
+    ap.add_argument("--estimate-steps", type=int, default=2, metavar="N",
+                    help="timed steps (and evaluation batches) per workload, after one warm-up (default 2)")
     ap.add_argument("--force", action="store_true", help="rerun cells that already have a FINISHED run")
     ap.add_argument("--rerun-failed", action="store_true", help="run only cells whose last run failed")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
@@ -45,6 +50,12 @@ def main(argv: List[str] | None = None) -> int:
     args = parse_args(argv)
     if args.workers < 1:
         print(f"error: --workers must be ≥ 1 (got {args.workers})", file=sys.stderr)
+        return 2
+    if args.estimate and not args.dry_run:
+        print("error: --estimate goes with --dry-run (an estimate runs nothing of the grid)", file=sys.stderr)
+        return 2
+    if args.estimate_steps < 1:
+        print(f"error: --estimate-steps must be ≥ 1 (got {args.estimate_steps})", file=sys.stderr)
         return 2
     try:
         grid_file = read_grid(args.grid, args.set, args.force_set)

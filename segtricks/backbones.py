@@ -10,7 +10,8 @@ Weights are resolved in this order (``resolve_weights_file``):
 3. the torch.hub cache, downloading the official release there when online (not when
    ``$SEGTRICKS_OFFLINE=1``);
 4. otherwise one error naming the file, where it is published and where to put it.
-``weights: random-init`` skips all of this; every backbone carries ``weights_id`` (``sha256:<hex>``
+``weights: random-init`` skips all of this, and ``official-or-random-init`` (the rehearsal grid's) takes
+steps 2–3 without downloading, else random-init; every backbone carries ``weights_id`` (``sha256:<hex>``
 of the file, or ``random-init``) so that each training records what it stood on.
 """
 from __future__ import annotations
@@ -35,6 +36,8 @@ BACKBONES = Registry(
 )
 
 RANDOM_INIT = "random-init"
+# A rehearsal's weights: the official release when this machine has it, else random-init (never a download)
+OFFICIAL_OR_RANDOM = "official-or-random-init"
 RANDOM_INIT_SEED = 0
 # ImageNet statistics: every backbone here was pretrained on ImageNet-normalised input.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -89,8 +92,14 @@ def find_weights(name: str, weights: Optional[str], download: bool = True) -> Op
     ``download=False`` (a dry run, which must reach no network): an official release that building
     would download is returned as the cache path it would be downloaded to, which does not exist."""
     release = RELEASES.get(name)
-    if weights == RANDOM_INIT or release is None and weights is None:
+    if weights == RANDOM_INIT or release is None and weights in (None, OFFICIAL_OR_RANDOM):
         return None
+    if weights == OFFICIAL_OR_RANDOM:
+        try:
+            path = resolve_weights_file(release, None, download=False)
+        except WeightsNotFoundError:
+            return None
+        return path if path.is_file() else None
     return resolve_weights_file(release, weights, download)
 
 

@@ -4,7 +4,8 @@
 Without it a grid on a fresh machine fails cell after cell, each with the first missing thing it
 meets, and leaves a FAILED run per cell. ``ablate`` and ``tune`` run this check before creating any
 run and exit with code 2 when something is missing; ``ablate --dry-run`` shows it as "will fail".
-The output root is checked first, the same way (``output_root_error``).
+The output root is checked first, the same way (``output_root_error``), and the free space for the
+evaluation caches last (``disk_warning``: a warning, since a cache can be turned off).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from segtricks.backbones import RELEASES, WeightsNotFoundError, find_weights
 from segtricks.config import Config, DatasetRef
 from segtricks.datasets import DatasetError, build_dataset
+from segtricks.estimate import disk_needed, free_bytes, human_bytes
 
 
 @dataclass(frozen=True)
@@ -125,3 +127,14 @@ def output_root_error(root: str) -> Optional[str]:
         reason = _NOT_WRITABLE.get(exc.errno, exc.strerror)
         return f"{prefix}{'' if folder == path else 'is '}not writable ({reason}); choose another --output-root"
     return None
+
+
+def disk_warning(cells: Sequence, actions: Dict[str, str], root: Path) -> Optional[str]:
+    """One line when the evaluation caches the cells to run will write (``estimate.disk_needed``:
+    exact row sizes) exceed the free space where the output root is; None when they fit."""
+    needed, free = disk_needed(cells, actions), free_bytes(root)
+    if needed <= free:
+        return None
+    return (f"warning: the grid's evaluation caches need about {human_bytes(needed)} and {human_bytes(free)} "
+            f"is free at {root}; free space, choose another --output-root, or turn caching off "
+            f"(--set cache.keys=false --set cache.masks=false: slower, the same numbers)")

@@ -143,3 +143,23 @@ def test_random_init_names_one_set_of_weights():
     b = build_backbone("demo_vit4", "random-init")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("name", ["dino_vits16", "ibot_vits16"])
+def test_official_or_random_init_takes_the_official_file_when_present_and_never_downloads(tmp_path, monkeypatch, name):
+    from segtricks.backbones import OFFICIAL_OR_RANDOM, RELEASES, find_weights, write_random_release
+    monkeypatch.delenv("SEGTRICKS_OFFLINE")  # online: the fallback must still not try a download
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("download attempted"))
+    monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path))
+    assert find_weights(name, OFFICIAL_OR_RANDOM) is None
+    assert build_backbone(name, OFFICIAL_OR_RANDOM).weights_id == "random-init"
+    path = write_random_release(name, tmp_path)
+    assert path == tmp_path / RELEASES[name].file_name  # the official name and place
+    state = torch.load(path, weights_only=True)
+    if name == "ibot_vits16":  # iBOT's layout: the teacher's prefixed keys under state_dict, beside its head
+        assert set(state) == {"state_dict"} and "backbone.pos_embed" in state["state_dict"]
+    else:  # DINO's: the ViT's own key names at the top level
+        assert "pos_embed" in state and "blocks.11.attn.qkv.weight" in state
+    loaded = build_backbone(name, OFFICIAL_OR_RANDOM)
+    assert loaded.weights_id == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    _same_features(loaded, build_backbone(name, "random-init"))  # random-init weights, loaded from the file

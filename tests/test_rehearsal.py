@@ -1,0 +1,54 @@
+"""The rehearsal grid: table3's model and training config at the paper's scale (ViT-S/8 and S/16 at
+320², batch 8, crop + GF and crop + BF) for two steps per training on real photos, with weights in the
+official checkpoint layouts loaded from $SEGTRICKS_WEIGHTS, then ``make_tables`` on its runs."""
+import hashlib
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis.make_tables import main as make_tables
+from conftest import require_shared
+from segtricks.ablate import main as ablate
+from segtricks.backbones import write_random_release
+from segtricks.grid import read_grid
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_rehearsal_keeps_table3s_model_and_training_config():
+    table3 = dict(read_grid("table3").configs)["dino_s8/crop+gf"]
+    rehearsal = dict(read_grid("rehearsal").configs)
+    for name in ("dino_s8/crop+gf", "ibot_s16/crop+bf"):
+        cfg = rehearsal[name]
+        assert (cfg.data.image_size, cfg.data.resize_short, cfg.optim.batch_size) == (320, 355, 8)
+        assert (cfg.optim.lr, cfg.loss, cfg.crop) == (table3.optim.lr, table3.loss, table3.crop)
+        assert "crop" in cfg.tricks and cfg.backbone.weights == "official-or-random-init"
+
+
+@pytest.mark.slow
+def test_rehearsal_grid_runs_on_official_layout_weights_and_make_tables_renders_it(tmp_path, monkeypatch, capsys):
+    require_shared("sod300")
+    require_shared("davis16")
+    weights = {name: write_random_release(name, tmp_path / "weights") for name in ("dino_vits8", "ibot_vits16")}
+    monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.chdir(REPO)  # run from the checkout: the grid's data roots are relative to it
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert ablate(["--grid", "rehearsal", "--tracking-uri", uri, "--output-root", str(tmp_path / "outputs")]) == 0
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("rehearsal").experiment_id])
+    assert sorted(r.data.tags["cell"] for r in runs) == ["dino_s8/crop+bf", "dino_s8/crop+gf",
+                                                         "ibot_s16/crop+bf", "ibot_s16/crop+gf"]
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        path = weights["dino_vits8" if run.data.tags["backbone"] == "dino_vits8" else "ibot_vits16"]
+        assert run.data.tags["weights"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        assert 0 <= run.data.metrics["folder.iou"] <= 1 and "train.crop_eq" in run.data.metrics or \
+            "model_from_run" in run.data.tags
+    assert sum(r.data.tags.get("role") == "train" for r in runs) == 2  # crop+bf shares crop+gf's training
+    capsys.readouterr()
+    out = tmp_path / "tables"
+    assert make_tables(["--grid", "rehearsal", "--tracking-uri", uri, "--out-dir", str(out)]) == 0
+    assert (out / "rehearsal.md").is_file() and list((out / "figures").glob("rehearsal_size*.png"))
+    table = (out / "rehearsal.md").read_text()
+    assert "dino_s8/crop+gf" in table and "ibot_s16/crop+bf" in table
