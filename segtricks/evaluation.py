@@ -126,13 +126,15 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
                 inputs = batch.images.to(device)
             raw_masks = raw_masks_of(model, inputs, batch.ids, protocol, cache, keys)
             seen += batch.ids
-            with one_thread(inputs.device.type == "cpu"):  # small ops per image (segtricks.threads)
-                soft = postprocess(raw_masks.to(device), inputs, tricks, cfg)
-                preds = list(soft[:, 0]) if protocol == "reference" else resize_to(soft, [o.shape[-2:] for o in images])
-                for image_id, image, pred, mask, box in zip(batch.ids, images, preds, masks, boxes):
-                    evaluator.update(pred, None if mask is None else mask.to(pred.device), image_id, boxes=box)
+            with one_thread():  # small ops per image (segtricks.threads)
+                # one device-to-host copy per batch: metrics run on the CPU, and each mask is resized
+                # to its original size only when scored (a batch of large originals is never held)
+                soft = postprocess(raw_masks.to(device), inputs, tricks, cfg).cpu()
+                for image_id, image, mask, box, m in zip(batch.ids, images, masks, boxes, soft):
+                    pred = m[0] if protocol == "reference" else resize_to(m[None], [image.shape[-2:]])[0]
+                    evaluator.update(pred, mask, image_id, boxes=box)
                     if len(evaluator.samples) < keep_samples:
-                        evaluator.samples.append((image_id, image, mask, pred.cpu()))
+                        evaluator.samples.append((image_id, image, mask, pred))
     except BaseException:  # a failure or a kill: what was predicted so far is not a cache
         for c in (cache, keys):
             if c is not None:

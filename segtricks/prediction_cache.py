@@ -8,8 +8,8 @@ Prediction is 86–95% of a cell's evaluation time; post-processing and metrics 
 - **Keys** (``key_cache``): trainings on one backbone see the same frozen keys for each evaluation
   image, so every evaluation after the first runs only the head. Stored in ``<output root>/keys/``.
 
-Each is one memory-mapped float16 ``.npy`` (rows in dataset order) and a ``.json`` naming the ids it
-holds and what the cache belongs to (kind, backbone and weights, dataset, size, protocol, rows, the
+Each is one float16 ``.npy`` (rows in dataset order, read and written a row at a time: ``RowFile``)
+and a ``.json`` naming the ids it holds and what the cache belongs to (kind, backbone and weights, dataset, size, protocol, rows, the
 training for masks, when it was made: what ``python -m segtricks.cache ls|rm`` reads). The file name
 carries a content hash of everything the rows depend on (for masks: the head's weights and buffers
 and the backbone's weights id; for keys: the backbone and its weights id; for both: the dataset's
@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -48,6 +50,41 @@ def model_digest(model: SegmentationModel) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class RowFile:
+    """A float16 ``.npy`` of (N, *row) read and written a row at a time with pread/pwrite. Not a memory
+    map: a written map's dirty pages count in the process's resident set until they are flushed
+    (gigabytes while a key cache of DUTS-TE is built), and a read map's pages once touched."""
+
+    file: Any  # an unbuffered binary file object (closed with it: no descriptor outlives the cache)
+    offset: int  # where the rows start, after the .npy header
+
+    @classmethod
+    def create(cls, path: Path, shape: Tuple[int, ...]) -> "RowFile":
+        fh = open(path, "w+b", buffering=0)
+        np.lib.format.write_array_header_2_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)),
+                                                  "fortran_order": False, "shape": shape})
+        offset = fh.tell()
+        fh.truncate(offset + 2 * math.prod(shape))  # sparse until written
+        return cls(fh, offset)
+
+    @classmethod
+    def open(cls, path: Path) -> "RowFile":
+        fh = open(path, "rb", buffering=0)
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        read_header(fh)
+        return cls(fh, fh.tell())
+
+    def read(self, index: int, shape: Tuple[int, ...]) -> np.ndarray:
+        size = 2 * math.prod(shape)
+        return np.frombuffer(os.pread(self.file.fileno(), size, self.offset + index * size), np.float16).reshape(shape)
+
+    def write(self, index: int, row: np.ndarray) -> None:
+        data = np.ascontiguousarray(row, dtype=np.float16).tobytes()
+        os.pwrite(self.file.fileno(), data, self.offset + index * len(data))
+
+
 class ArrayCache:
     """Rows of one shape per dataset item, by id. ``get(ids)`` returns the rows of a batch (None when
     any is missing); ``put(ids, rows)`` records computed ones; ``close(seen)`` makes what was recorded
@@ -60,14 +97,15 @@ class ArrayCache:
         self.about = about or {}
         self.path = self.folder / f"{stem}-{canonical_sha256({**key, 'ids': ids})[:16]}.npy"
         self.row = {image_id: i for i, image_id in enumerate(ids)}
-        self._stored: Optional[np.ndarray] = None
+        self.row_bytes = 2 * math.prod(row_shape)  # float16
+        self._stored: Optional[RowFile] = None
         self._present: set = set()
         try:  # the .json first: a cache is complete once its .json is there (it is published last)
             present = json.loads(self.path.with_suffix(".json").read_text())["present"]
-            self._stored, self._present = np.load(self.path, mmap_mode="r"), set(present)
+            self._stored, self._present = RowFile.open(self.path), set(present)
         except FileNotFoundError:  # not built yet, or removed meanwhile (cache rm, a newer model's cache)
             pass
-        self._new: Optional[np.ndarray] = None  # the file being written, when the cache is built
+        self._new: Optional[RowFile] = None  # the file being written, when the cache is built
         self._written: set = set()
 
     @property
@@ -77,8 +115,8 @@ class ArrayCache:
     def get(self, ids: List[str]) -> Optional[torch.Tensor]:
         if self._stored is None or not all(i in self._present for i in ids):
             return None
-        rows = [self.row[i] for i in ids]
-        return torch.from_numpy(np.asarray(self._stored[rows], dtype=np.float32))
+        rows = [self._stored.read(self.row[i], self.row_shape) for i in ids]
+        return torch.from_numpy(np.stack(rows).astype(np.float32))
 
     def put(self, ids: List[str], rows: torch.Tensor) -> None:
         """Record ``rows`` (B, *row_shape) of ``ids`` (the cache is written only when built anew)."""
@@ -87,15 +125,17 @@ class ArrayCache:
         if self._new is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._tmp = temp_path(self.path)
-            self._new = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.float16,
-                                                  shape=(len(self.ids), *self.row_shape))
+            self._new = RowFile.create(self._tmp, (len(self.ids), *self.row_shape))
         known = [k for k, i in enumerate(ids) if i in self.row]  # a dataset whose item_id() differs
-        self._new[[self.row[ids[k]] for k in known]] = rows[known].cpu().numpy().astype(np.float16)
-        self._written.update(ids[k] for k in known)              # from its samples' ids is not cached
+        values = rows[known].cpu().numpy().astype(np.float16)   # from its samples' ids is not cached
+        for k, value in zip(known, values):
+            self._new.write(self.row[ids[k]], value)
+        self._written.update(ids[k] for k in known)
 
     def discard(self) -> None:
         """Drop what was written (the evaluation failed or was interrupted)."""
         if self._new is not None:
+            self._new.file.close()
             self._new = None
             self._tmp.unlink(missing_ok=True)
 
@@ -103,7 +143,7 @@ class ArrayCache:
         """Publish the built cache when it holds every id in ``seen`` (the evaluation ran to its end)."""
         if self._new is None:
             return
-        self._new.flush()
+        self._new.file.close()
         self._new = None
         if not set(seen) <= self._written:
             self._tmp.unlink(missing_ok=True)

@@ -169,3 +169,22 @@ def test_caches_turned_off_write_nothing_and_change_no_number(setting, tmp_path)
                              keys_dir=off_keys)
     assert counted.calls == 3 and not off_cache.exists() and not off_keys.exists()
     assert off.results() == cached.results() and off.records().equals(cached.records())
+
+
+def test_building_and_reading_a_cache_maps_none_of_it_into_memory(setting, monkeypatch):
+    """A memory map's dirty pages count in the resident set until flushed (gigabytes while a DUTS-TE
+    key cache is built): rows go through pread/pwrite instead."""
+    from segtricks import prediction_cache
+    cfg, model, cache = setting
+    mapped = []
+    put = prediction_cache.ArrayCache.put
+
+    def put_and_look(self, ids, rows):
+        put(self, ids, rows)
+        mapped.append(str(self._tmp) in open("/proc/self/maps").read())
+    monkeypatch.setattr(prediction_cache.ArrayCache, "put", put_and_look)
+    first, _ = scores(cfg, model, [], cache)
+    (npy,) = cache.glob("*.npy")
+    again, _ = scores(cfg, model, [], cache)
+    assert mapped == [False] * 3 and str(npy) not in open("/proc/self/maps").read()
+    assert again == first
