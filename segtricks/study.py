@@ -7,26 +7,77 @@
     search_space:
       crop.eq_weight: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}
       gf.radius: {type: int, low: 2, high: 12}
-    sampler: {name: tpe, seed: 0}             # tpe | random
-    pruner: {name: median, n_warmup_steps: 1} # median | threshold (lower/upper) | none
+    sampler: {name: tpe, seed: 0}             # see SAMPLERS: tpe | random | cmaes | qmc | gp
+    pruner: {name: median, n_warmup_steps: 1} # see PRUNERS: median | percentile | successive_halving |
+                                              #   hyperband | threshold | none
     n_trials: 8                               # total, across every resumption
 
 The objective is a validation metric: a test split or a test dataset is refused. Parameters are
 config keys; which of them need retraining follows from ``training_hash`` (post-processing keys
-such as ``gf.radius`` never do).
+such as ``gf.radius`` never do). The sampler and pruner entries are Optuna's classes and their
+constructor arguments (those not given keep Optuna's defaults); an unknown name, argument or value
+type is an error naming the file and line, before any storage or trial exists.
 """
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 import optuna
+import yaml
 
 from segtricks.config import METRICS, Config, ConfigError, DatasetRef, Layer, compose, read_yaml_mapping, set_flag_layers
-from segtricks.grid import base_and_set_layers, experiment_file, experiments_dir, validate_names
+from segtricks.grid import _line_of, base_and_set_layers, experiment_file, experiments_dir, validate_names
 
 TEST_DATASETS = ("duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k")
+
+
+class Component(NamedTuple):
+    """What a study file's ``sampler:`` or ``pruner:`` name stands for: the Optuna class, the
+    constructor arguments a study may set and the values each takes (``int``, ``float``, ``bool`` or
+    literal words, alternatives joined by ``|``), the ones it must set, and a package it needs beyond
+    Optuna (which imports it only at the first sampled trial). Scalar arguments only: callables and
+    nested samplers cannot be written in YAML; arguments Optuna deprecates are left out."""
+
+    cls: str
+    args: Dict[str, str]
+    required: Tuple[str, ...] = ()
+    package: str = ""
+
+
+SAMPLERS = {
+    "tpe": Component("TPESampler", {"seed": "int", "n_startup_trials": "int", "n_ei_candidates": "int",
+                                    "multivariate": "bool", "group": "bool", "constant_liar": "bool"}),
+    "random": Component("RandomSampler", {"seed": "int"}),
+    "cmaes": Component("CmaEsSampler", {"seed": "int", "n_startup_trials": "int", "popsize": "int",
+                                        "use_separable_cma": "bool", "with_margin": "bool", "lr_adapt": "bool",
+                                        "consider_pruned_trials": "bool"}, package="cmaes"),
+    "qmc": Component("QMCSampler", {"seed": "int", "qmc_type": "sobol|halton", "scramble": "bool"}),
+    # GP's torch and scipy are segtricks' own dependencies
+    "gp": Component("GPSampler", {"seed": "int", "n_startup_trials": "int", "deterministic_objective": "bool"}),
+}
+_STEPS = {"n_startup_trials": "int", "n_warmup_steps": "int", "interval_steps": "int", "n_min_trials": "int"}
+PRUNERS = {
+    "median": Component("MedianPruner", _STEPS),
+    "percentile": Component("PercentilePruner", {"percentile": "float", **_STEPS}, ("percentile",)),
+    "successive_halving": Component("SuccessiveHalvingPruner", {"min_resource": "int|auto", "reduction_factor": "int",
+                                                                "min_early_stopping_rate": "int",
+                                                                "bootstrap_count": "int"}),
+    "hyperband": Component("HyperbandPruner", {"min_resource": "int", "max_resource": "int|auto",
+                                               "reduction_factor": "int", "bootstrap_count": "int"}),
+    # stops any trial whose validation metric leaves [lower, upper]
+    "threshold": Component("ThresholdPruner", {"lower": "float", "upper": "float", "n_warmup_steps": "int",
+                                               "interval_steps": "int"}),
+    "none": Component("NopPruner", {}),
+}
+DEFAULT_SAMPLER = {"name": "tpe", "seed": 0}
+DEFAULT_PRUNER = {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 1}
+_TYPES = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool)}
 
 
 @dataclass
@@ -38,8 +89,8 @@ class StudySpec:
     metric: str
     direction: str
     space: Dict[str, Dict[str, Any]]
-    sampler: Dict[str, Any] = field(default_factory=lambda: {"name": "tpe", "seed": 0})
-    pruner: Dict[str, Any] = field(default_factory=lambda: {"name": "median", "n_warmup_steps": 1})
+    sampler: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SAMPLER))
+    pruner: Dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PRUNER))
     n_trials: int = 8
 
     def config(self, params: Dict[str, Any]) -> Config:
@@ -60,20 +111,66 @@ class StudySpec:
     def make_sampler(self, trials_stored: int = 0, worker: int = 0) -> optuna.samplers.BaseSampler:
         """The sampler, seeded from (study seed, trials already stored, worker index): a continued or
         resumed study proposes new points instead of replaying the first run's sequence, and workers
-        started together on one storage do not propose the same points."""
-        kind, seed = self.sampler.get("name", "tpe"), self.sampler.get("seed")
-        seed = None if seed is None else int(seed) + trials_stored + 100_003 * worker
-        return optuna.samplers.RandomSampler(seed=seed) if kind == "random" else optuna.samplers.TPESampler(seed=seed)
+        started together on one storage do not propose the same points. QMC is the exception: its
+        position in the sequence is kept in the storage, and every worker must share one seed."""
+        kwargs = {k: v for k, v in self.sampler.items() if k != "name"}
+        if kwargs.get("seed") is not None and self.sampler["name"] != "qmc":
+            kwargs["seed"] = int(kwargs["seed"]) + trials_stored + 100_003 * worker
+        return _build(optuna.samplers, SAMPLERS[self.sampler["name"]].cls, kwargs)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        kind = self.pruner.get("name", "median")
-        if kind == "none":
-            return optuna.pruners.NopPruner()
-        if kind == "threshold":  # stop any trial whose validation metric leaves [lower, upper]
-            return optuna.pruners.ThresholdPruner(lower=self.pruner.get("lower"), upper=self.pruner.get("upper"),
-                                                  n_warmup_steps=self.pruner.get("n_warmup_steps", 0))
-        return optuna.pruners.MedianPruner(n_startup_trials=self.pruner.get("n_startup_trials", 1),
-                                           n_warmup_steps=self.pruner.get("n_warmup_steps", 1))
+        kwargs = {k: v for k, v in self.pruner.items() if k != "name"}
+        return _build(optuna.pruners, PRUNERS[self.pruner["name"]].cls, kwargs)
+
+
+def _build(module, cls: str, kwargs: Dict[str, Any]):
+    with warnings.catch_warnings():  # QMC and GP are experimental in Optuna; a study file chose them on purpose
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(module, cls)(**kwargs)
+
+
+def _where(path: Path, node: yaml.Node, *keys: str) -> str:
+    """``path:line`` of the value at ``keys`` (or of the nearest enclosing one that is in the file)."""
+    for depth in range(len(keys), 0, -1):
+        line = _line_of(node, list(keys[:depth]))
+        if line:
+            return f"{path}:{line}"
+    return str(path)
+
+
+def check_component(path: Path, node: yaml.Node, what: str, entry: Any, table: Dict[str, Component]) -> None:
+    """A study's ``sampler`` or ``pruner`` entry (``what``) against ``table``: a known name whose
+    packages are installed, only the arguments it takes, each of the right type."""
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"{_where(path, node, what)}: {what} must be a mapping with a name, e.g. "
+                          f"{{name: {next(iter(table))}}}; got {entry!r}")
+    name = entry["name"]
+    if name not in table:
+        raise ConfigError(f"{_where(path, node, what, 'name')}: {what} {name!r} is unknown; "
+                          f"valid {what}s: {', '.join(sorted(table))}")
+    package = table[name].package
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"{_where(path, node, what, 'name')}: {what} {name!r} needs the {package} package, "
+                          f"which is not installed: pip install {package}")
+    args = table[name].args
+    for key, value in entry.items():
+        if key == "name":
+            continue
+        if key not in args:
+            raise ConfigError(f"{_where(path, node, what, key)}: {what} {name!r} has no argument {key!r}; "
+                              + (f"valid: {', '.join(sorted(args))}" if args else "it takes none"))
+        if not any(_TYPES[alt](value) if alt in _TYPES else value == alt for alt in args[key].split("|")):
+            raise ConfigError(f"{_where(path, node, what, key)}: {what} {name!r}: {key} must be "
+                              f"{_describe(args[key])}, got {value!r}")
+    for key in table[name].required:
+        if key not in entry:
+            raise ConfigError(f"{_where(path, node, what)}: {what} {name!r} needs {key} ({_describe(args[key])})")
+
+
+def _describe(kind: str) -> str:
+    """``int|auto`` → ``an integer or 'auto'``."""
+    words = {"int": "an integer", "float": "a number", "bool": "true or false"}
+    return " or ".join(words.get(alt, repr(alt)) for alt in kind.split("|"))
 
 
 def study_path(name_or_path: str) -> Path:
@@ -104,9 +201,18 @@ def _check_param(path: Path, key: str, p: Any) -> None:
 def load_study(name_or_path: str, flags: Sequence[str] = ()) -> StudySpec:
     path = study_path(name_or_path)
     data = read_yaml_mapping(path, "study file")
+    node = yaml.compose(path.read_text())
     valid = {"name", "description", "base", "set", "objective", "search_space", "sampler", "pruner", "n_trials"}
-    if set(data) - valid:
-        raise ConfigError(f"{path}: unknown key(s) {', '.join(sorted(set(data) - valid))}; valid: {', '.join(sorted(valid))}")
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ConfigError(f"{_where(path, node, unknown[0])}: unknown key(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(sorted(valid))}")
+    sampler, pruner = data.get("sampler") or dict(DEFAULT_SAMPLER), data.get("pruner") or dict(DEFAULT_PRUNER)
+    check_component(path, node, "sampler", sampler, SAMPLERS)
+    check_component(path, node, "pruner", pruner, PRUNERS)
+    n_trials = data.get("n_trials", 8)
+    if not _TYPES["int"](n_trials) or n_trials < 1:
+        raise ConfigError(f"{_where(path, node, 'n_trials')}: n_trials must be a positive integer, got {n_trials!r}")
     layers = base_and_set_layers(path, data, str(path), f"{path}: set")
     obj = data.get("objective") or {}
     ref_data = obj.get("dataset") or {}
@@ -129,8 +235,12 @@ def load_study(name_or_path: str, flags: Sequence[str] = ()) -> StudySpec:
         _check_param(path, key, p)
     layers.append(Layer({"data.val": ref_data}, f"{path}: objective.dataset"))  # pruning sees the same split
     spec = StudySpec(data.get("name", path.stem), path, [*layers, *set_flag_layers(flags)], ref, metric, direction, space,
-                     data.get("sampler") or {"name": "tpe", "seed": 0},
-                     data.get("pruner") or {"name": "median", "n_warmup_steps": 1}, int(data.get("n_trials", 8)))
+                     sampler, pruner, n_trials)
+    for what, make in (("sampler", spec.make_sampler), ("pruner", spec.make_pruner)):
+        try:  # Optuna's own range checks (a percentile over 100, no threshold bound), before any storage
+            make()
+        except (ValueError, TypeError) as exc:  # ThresholdPruner raises TypeError without a bound
+            raise ConfigError(f"{_where(path, node, what)}: {what} {getattr(spec, what)['name']!r}: {exc}") from None
     cfg = spec.config({})  # the base and its overrides, before any parameter is blamed
     for key, p in space.items():  # an unknown parameter fails here, naming the key
         probe = p["choices"][0] if p["type"] == "categorical" else p["low"]

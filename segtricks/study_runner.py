@@ -100,7 +100,8 @@ def mlflow_parent(store: tracking.Store, spec: StudySpec) -> tracking.RunLog:
 
 class Pruning(Hook):
     """Training hook: reports each epoch's validation IoU to the trial and stops a trial the pruner
-    rejects (the epoch's checkpoint is already saved, so an equal later trial resumes it)."""
+    rejects (the epoch's checkpoint is already saved, so an equal later trial resumes it). The last
+    epoch is reported but never pruned: its training is complete, and pruning would only discard it."""
 
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
@@ -109,7 +110,7 @@ class Pruning(Hook):
     def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
         self.epochs_run.append(state.epoch)
         self.trial.report(metrics["val.iou"], state.epoch)
-        if self.trial.should_prune():
+        if state.epoch + 1 < state.cfg.optim.epochs and self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {state.epoch + 1} (validation IoU {metrics['val.iou']:.3f})")
 
 
@@ -287,7 +288,9 @@ def submit_study(spec: StudySpec, args, storage: str, opts: slurm.SlurmOptions) 
     errors = slurm.wait_for(submitted, f"study {spec.name}")
     for error in filter(None, errors):
         print(f"error: {error}", file=sys.stderr)
-    print_study_summary(spec, open_study(spec, storage), storage)
+    study = open_study(spec, storage)
+    print_study_summary(spec, study, storage)
+    print_next_steps(spec, study, args, storage)
     return 1 if any(errors) else 0
 
 
@@ -298,6 +301,24 @@ def print_study_summary(spec: StudySpec, study: optuna.Study, storage: str) -> N
           f"{states.count('PRUNED')} pruned, {states.count('FAIL')} failed) in {storage}")
     if states.count("COMPLETE"):
         print(best_override(study))
+
+
+def print_next_steps(spec: StudySpec, study: optuna.Study, args: argparse.Namespace, storage: str) -> None:
+    """What a user does with a finished study: its best parameters as overrides, and its runs in the
+    MLflow UI (a direct link to the study's runs: the UI's home page opens on its GenAI view)."""
+    uri = tracking.tracking_uri(args.tracking_uri)
+    exp_id = tracking.Store(uri).experiment(f"study-{spec.name}", create=False)
+    where = "" if storage == default_storage() else f" --storage {storage}"
+    print("Next:")
+    if any(t.state == TrialState.COMPLETE for t in study.trials):
+        print(f"  python -m segtricks.tune --study {args.study}{where} --best   # as --set flags / a grid's set: block")
+    done = sum(t.state in DONE for t in study.trials)
+    print(f"  python -m segtricks.tune --study {args.study}{where} --n-trials {done + spec.n_trials}"
+          f"   # {spec.n_trials} more trials")
+    if uri.startswith("sqlite:"):
+        print(f"  mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/#/experiments/{exp_id}")
+    else:
+        print(f"  the runs: {uri.rstrip('/')}/#/experiments/{exp_id}")
 
 
 def close_failed_trial_runs(store: tracking.Store, study: optuna.Study) -> None:
@@ -316,6 +337,10 @@ def launch(spec: StudySpec, args: argparse.Namespace) -> int:
     """What ``python -m segtricks.tune`` does once its arguments and study are known to be valid."""
     storage = args.storage or default_storage()
     if not args.best:  # every trial needs the base config's weights and datasets: check before any run
+        error = preflight.output_root_error(args.output_root)
+        if error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
         missing = preflight.Preflight().missing(spec.config({}), trains=True)
         if missing:
             print(f"error: {preflight.report({f'study {spec.name}': missing})}", file=sys.stderr)
@@ -337,4 +362,5 @@ def launch(spec: StudySpec, args: argparse.Namespace) -> int:
     except Exception as exc:
         return tracking.exit_on_environment_error(exc, tracking.tracking_uri(args.tracking_uri))
     print_study_summary(spec, study, storage)
+    print_next_steps(spec, study, args, storage)
     return 0

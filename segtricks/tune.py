@@ -41,6 +41,12 @@ def parse_args(argv: List[str] | None) -> argparse.Namespace:
 
 def main(argv: List[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.workers < 1:
+        print(f"error: --workers {args.workers}: the number of Slurm array tasks must be at least 1", file=sys.stderr)
+        return 2
+    if args.n_trials is not None and args.n_trials < 1:
+        print(f"error: --n-trials {args.n_trials}: a study's total must be at least 1", file=sys.stderr)
+        return 2
     try:
         spec = load_study(args.study, args.set)
     except ConfigError as exc:

@@ -1,5 +1,9 @@
 """Optuna studies end to end on CPU: a tiny study on synthetic data, scratch SQLite stores."""
+import inspect
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -7,14 +11,15 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from segtricks.config import ConfigError, config_from_dict
-from segtricks.study import load_study
-from segtricks.study_runner import tune
+from segtricks import study as study_module
+from segtricks.study import PRUNERS, SAMPLERS, load_study
+from segtricks.study_runner import Pruning, tune
 from segtricks.tune import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_study(tmp_path, name="tiny", pruner="{name: none}", space=None, **extra):
+def write_study(tmp_path, name="tiny", pruner="{name: none}", space=None, sampler="{name: random, seed: 0}", **extra):
     space = space or {"crop.eq_weight": "{type: float, low: 1.0e-3, high: 1.0e-1, log: true}",
                       "gf.radius": "{type: int, low: 1, high: 6}"}
     lines = [f"name: {name}", f"base: {REPO / 'experiments' / 'demo_cell.yaml'}",
@@ -22,7 +27,7 @@ def write_study(tmp_path, name="tiny", pruner="{name: none}", space=None, **extr
              "      tricks: [crop, gf]}",
              "objective: {dataset: {name: synthetic, split: val, limit: 4}, metric: iou, direction: maximize}",
              "search_space:"] + [f"  {k}: {v}" for k, v in space.items()]
-    lines += [f"pruner: {pruner}", "sampler: {name: random, seed: 0}", f"n_trials: {extra.get('n_trials', 2)}"]
+    lines += [f"pruner: {pruner}", f"sampler: {sampler}", f"n_trials: {extra.get('n_trials', 2)}"]
     path = tmp_path / f"study_{name}.yaml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -33,6 +38,15 @@ def test_study_end_to_end_resume_and_best_export(in_tmp, capsys):
     assert main(["--study", str(path)]) == 0
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{in_tmp / 'optuna.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    # the next steps, as ablate prints them: the best parameters, more trials, the runs in the MLflow UI
+    out = capsys.readouterr().out
+    next_steps = out[out.index("Next:"):].splitlines()[1:]
+    exp_id = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}").get_experiment_by_name("study-tiny").experiment_id
+    assert next_steps == [
+        f"  python -m segtricks.tune --study {path} --best   # as --set flags / a grid's set: block",
+        f"  python -m segtricks.tune --study {path} --n-trials 4   # 2 more trials",
+        f"  mlflow ui --backend-store-uri sqlite:///{in_tmp / 'mlflow.db'}   then open "
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}"]
     client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
     exp = client.get_experiment_by_name("study-tiny")
     runs = client.search_runs([exp.experiment_id])
@@ -156,3 +170,137 @@ def test_a_study_missing_weights_is_refused_before_any_trial_or_run(in_tmp, caps
     assert main(["--study", str(path), "--set", f"backbone.weights={in_tmp / 'nope.pth'}"]) == 2
     assert f"weights file {in_tmp / 'nope.pth'} does not exist" in capsys.readouterr().err
     assert not (in_tmp / "optuna.db").exists() and not (in_tmp / "mlflow.db").exists()
+
+
+# sampler (line 10) and pruner (line 9) of write_study's file
+@pytest.mark.parametrize("sampler,pruner,line", [
+    ("{name: cmaes2, seed: 0}", "{name: none}",
+     ":10: sampler 'cmaes2' is unknown; valid samplers: cmaes, gp, qmc, random, tpe"),
+    ("{name: tpee}", "{name: none}", ":10: sampler 'tpee' is unknown; valid samplers: cmaes, gp, qmc, random, tpe"),
+    ("{name: tpe}", "{name: medain}", ":9: pruner 'medain' is unknown; valid pruners: hyperband, median, none, "
+                                      "percentile, successive_halving, threshold"),
+    ("{name: random, sed: 0}", "{name: none}", ":10: sampler 'random' has no argument 'sed'; valid: seed"),
+    ("{name: tpe}", "{name: median, n_warmup: 1}", ":9: pruner 'median' has no argument 'n_warmup'; valid: "
+                                                   "interval_steps, n_min_trials, n_startup_trials, n_warmup_steps"),
+    ("{name: tpe}", "{name: none, n_warmup_steps: 0}",
+     ":9: pruner 'none' has no argument 'n_warmup_steps'; it takes none"),
+    ("{name: qmc, qmc_type: sobel}", "{name: none}",
+     ":10: sampler 'qmc': qmc_type must be 'sobol' or 'halton', got 'sobel'"),
+    ("{name: tpe, seed: '0'}", "{name: none}", ":10: sampler 'tpe': seed must be an integer, got '0'"),
+    ("{name: tpe}", "{name: percentile}", ":9: pruner 'percentile' needs percentile (a number)"),
+    ("{name: tpe}", "{name: percentile, percentile: 150}",  # Optuna's own range check
+     ":9: pruner 'percentile': Percentile must be between 0 and 100 inclusive, but got percentile=150."),
+    ("tpe", "{name: none}", ":10: sampler must be a mapping with a name, e.g. {name: tpe}; got 'tpe'"),
+])
+def test_a_bad_sampler_or_pruner_is_refused_before_any_storage(in_tmp, capsys, sampler, pruner, line):
+    """Issue: anything but random ran TPE, any unknown pruner the median pruner."""
+    path = write_study(in_tmp, sampler=sampler, pruner=pruner)
+    assert main(["--study", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {path}{line}"]
+    assert not (in_tmp / "optuna.db").exists() and not (in_tmp / "mlflow.db").exists()
+
+
+def test_a_sampler_typo_is_refused_without_importing_torch(in_tmp):
+    path = write_study(in_tmp, sampler="{name: cmaes2}")
+    code = ("import sys; from segtricks.tune import main; rc = main(['--study', sys.argv[1]]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"error: {path}:10: sampler 'cmaes2' is unknown; "
+                                        f"valid samplers: cmaes, gp, qmc, random, tpe"]
+
+
+def test_cmaes_without_its_package_says_how_to_install_it(in_tmp, capsys, monkeypatch):
+    real = study_module.importlib.util.find_spec
+    monkeypatch.setattr(study_module.importlib.util, "find_spec", lambda n: None if n == "cmaes" else real(n))
+    path = write_study(in_tmp, sampler="{name: cmaes, seed: 0}")
+    assert main(["--study", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {path}:10: sampler 'cmaes' needs the cmaes package, which is not installed: pip install cmaes"]
+
+
+SAMPLER_CASES = {"tpe": "{name: tpe, seed: 1, n_startup_trials: 2, multivariate: true}", "random": "{name: random}",
+                 "cmaes": "{name: cmaes, seed: 1, popsize: 6}", "qmc": "{name: qmc, qmc_type: halton, scramble: true}",
+                 "gp": "{name: gp, seed: 1, n_startup_trials: 3}"}
+PRUNER_CASES = {"median": "{name: median, n_startup_trials: 2, n_warmup_steps: 0}",
+                "percentile": "{name: percentile, percentile: 25.0}",
+                "successive_halving": "{name: successive_halving, min_resource: auto, reduction_factor: 2}",
+                "hyperband": "{name: hyperband, min_resource: 1, max_resource: 4}",
+                "threshold": "{name: threshold, lower: 0.1}",
+                "none": "{name: none}"}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_each_sampler_builds_its_optuna_class(in_tmp, monkeypatch, name):
+    real = study_module.importlib.util.find_spec  # CmaEsSampler imports cmaes only when it samples
+    monkeypatch.setattr(study_module.importlib.util, "find_spec", lambda n: object() if n == "cmaes" else real(n))
+    spec = load_study(str(write_study(in_tmp, sampler=SAMPLER_CASES[name])))
+    assert type(spec.make_sampler()) is getattr(optuna.samplers, SAMPLERS[name].cls)
+
+
+@pytest.mark.parametrize("name", sorted(PRUNERS))
+def test_each_pruner_builds_its_optuna_class(in_tmp, name):
+    spec = load_study(str(write_study(in_tmp, pruner=PRUNER_CASES[name])))
+    assert type(spec.make_pruner()) is getattr(optuna.pruners, PRUNERS[name].cls)
+
+
+def test_the_arguments_a_study_may_set_are_the_optuna_constructors():
+    """The tables are written out (read without Optuna state); an Optuna upgrade renaming one fails here."""
+    for module, table in ((optuna.samplers, SAMPLERS), (optuna.pruners, PRUNERS)):
+        for name, component in table.items():
+            accepted = set(inspect.signature(getattr(module, component.cls)).parameters)
+            assert set(component.args) <= accepted, (name, set(component.args) - accepted)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "qmc", "gp"])
+def test_every_sampler_continues_a_study_with_new_points(in_tmp, name):
+    """Issue 11 defect 7 for every sampler: a continued study must not replay its first trials. QMC
+    keeps its place in the sequence in the storage: it continues with the points an uninterrupted
+    study would have sampled, so its seed stays the study's."""
+    sampler = {"qmc": "{name: qmc, seed: 0, scramble: true}"}.get(name, f"{{name: {name}, seed: 0}}")
+    spec = load_study(str(write_study(in_tmp, sampler=sampler)))
+
+    def run(parts):
+        study = optuna.create_study(direction="maximize")
+        for n in parts:
+            study.sampler = spec.make_sampler(len(study.trials))
+            study.optimize(lambda t: sum(float(v) for v in spec.suggest(t).values()), n_trials=n)
+        return [t.params for t in study.trials]
+
+    continued = run([2, 2])
+    assert not any(p in continued[:2] for p in continued[2:])
+    if name == "qmc":
+        assert continued == run([4])
+
+
+def test_the_last_epoch_is_reported_but_never_pruned():
+    """Issue: a trial pruned after its last epoch had trained fully, and was then discarded."""
+    reported = []
+    trial = SimpleNamespace(report=lambda value, step: reported.append(step), should_prune=lambda: True)
+    hook = Pruning(trial)
+    state = SimpleNamespace(cfg=SimpleNamespace(optim=SimpleNamespace(epochs=2)), epoch=1)
+    hook.after_epoch(state, {"val.iou": 0.5})  # the last epoch: the training is complete
+    assert reported == [1]
+    state.epoch = 0
+    with pytest.raises(optuna.TrialPruned, match="pruned at epoch 1"):
+        hook.after_epoch(state, {"val.iou": 0.5})
+
+
+def test_the_demo_studys_pruner_can_stop_a_trial_before_its_last_epoch():
+    """Issue: with 2 epochs (steps 0, 1) and n_warmup_steps 1 the demo's pruner could only fire after
+    the last epoch, when nothing is saved by stopping."""
+    spec = load_study("demo")
+    assert spec.pruner["name"] == "median"
+    assert spec.pruner["n_warmup_steps"] < spec.config({}).optim.epochs - 1
+
+
+@pytest.mark.parametrize("flag,value,line", [
+    ("--workers", "0", "error: --workers 0: the number of Slurm array tasks must be at least 1"),
+    ("--workers", "-3", "error: --workers -3: the number of Slurm array tasks must be at least 1"),
+    ("--n-trials", "0", "error: --n-trials 0: a study's total must be at least 1"),
+])
+def test_a_count_below_one_is_refused(in_tmp, capsys, flag, value, line):
+    """Issue: --workers 0 and --workers -3 were accepted and ran as 1."""
+    assert main(["--study", "demo", flag, value]) == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert not (in_tmp / "optuna.db").exists()
