@@ -28,9 +28,10 @@ import submitit  # noqa: E402
 import yaml  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from segtricks import preflight, slurm, tracking  # noqa: E402
-from segtricks.config import ConfigError  # noqa: E402
+from segtricks import estimate, preflight, slurm, tracking  # noqa: E402
+from segtricks.config import ConfigError, config_hash  # noqa: E402
 from segtricks.evaluation import evaluate_model  # noqa: E402
+from segtricks.grid import Cell  # noqa: E402
 from segtricks.study import StudySpec, load_study  # noqa: E402
 from segtricks.trainer import Hook, LoopState, resolve_device  # noqa: E402
 from segtricks.training import Training  # noqa: E402
@@ -333,6 +334,25 @@ def close_failed_trial_runs(store: tracking.Store, study: optuna.Study) -> None:
                          f"Optuna retried its parameters as a new trial")
 
 
+def estimate_study(spec: StudySpec, args: argparse.Namespace) -> str:
+    """``tune --estimate``: one trial of the base config priced as a grid cell (training with its
+    per-epoch validation, then the objective's evaluation), times the trials left. An upper bound:
+    pruned trials stop early, and trials that change only post-processing share a training."""
+    cfg = spec.config({})
+    cfg.eval = [spec.objective_ref]
+    training = Training.in_root(cfg, args.output_root)
+    trial = Cell("one trial", training.cfg, config_hash(training.cfg), training)
+    store = tracking.sqlite_path(tracking.tracking_uri(args.tracking_uri))
+    est = estimate.estimate_grid([trial], {}, resolve_device(args.device), args.estimate_steps,
+                                 store_exists=store is None or store.is_file())
+    n = args.n_trials or spec.n_trials
+    one = est.cells[0].total_s
+    return (estimate.format_estimate(est, estimate.free_bytes(Path(args.output_root)))
+            + f"\n  study {spec.name}: up to {n} trials × {estimate.human_s(one)} + start-up "
+              f"{estimate.human_s(est.startup_s)} ≈ {estimate.human_s(est.startup_s + n * one)} (at most: pruned "
+              f"trials stop early, and trials that change only post-processing share a training)")
+
+
 def launch(spec: StudySpec, args: argparse.Namespace) -> int:
     """What ``python -m segtricks.tune`` does once its arguments and study are known to be valid."""
     storage = args.storage or default_storage()
@@ -341,10 +361,13 @@ def launch(spec: StudySpec, args: argparse.Namespace) -> int:
         if error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-        missing = preflight.Preflight().missing(spec.config({}), trains=True)
+        missing = preflight.Preflight(download=not args.estimate).missing(spec.config({}), trains=True)
         if missing:
             print(f"error: {preflight.report({f'study {spec.name}': missing})}", file=sys.stderr)
             return 2
+    if args.estimate:
+        print(estimate_study(spec, args))
+        return 0
     try:
         if args.launcher == "slurm" and not args.best:
             return submit_study(spec, args, storage, slurm.options_from(args, args.output_root))

@@ -35,6 +35,11 @@ def parse_args(argv: List[str] | None) -> argparse.Namespace:
     ap.add_argument("--output-root", default="outputs")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=1, help="Slurm array tasks sharing the study (--launcher slurm)")
+    ap.add_argument("--estimate", action="store_true",
+                    help="measure a few training steps and evaluation batches of the base config here "
+                         "(random-init weights) and print a trial's and the study's time, memory and disk; runs nothing")
+    ap.add_argument("--estimate-steps", type=int, default=2, metavar="N",
+                    help="timed steps per workload for --estimate, after one warm-up (default 2)")
     slurm.add_arguments(ap)
     return ap.parse_args(argv)
 

@@ -304,3 +304,14 @@ def test_a_count_below_one_is_refused(in_tmp, capsys, flag, value, line):
     assert main(["--study", "demo", flag, value]) == 2
     assert capsys.readouterr().err.splitlines() == [line]
     assert not (in_tmp / "optuna.db").exists()
+
+
+def test_estimate_prices_one_trial_and_the_study_and_runs_nothing(in_tmp, capsys):
+    path = write_study(in_tmp, n_trials=5)
+    before = sorted(p.name for p in in_tmp.iterdir())
+    assert main(["--study", str(path), "--estimate", "--estimate-steps", "1"]) == 0
+    out = capsys.readouterr().out
+    trial = next(line.split() for line in out.splitlines() if line.strip().startswith("one trial"))
+    assert trial[2] == "train+evaluate" and "checkpoints" in trial
+    assert "study tiny: up to 5 trials × " in out and "synthetic/val: 4 images" in out
+    assert sorted(p.name for p in in_tmp.iterdir()) == before  # no storage, store or output folder
