@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from segtricks import figures, preflight, slurm, tracking
+from segtricks import estimate, figures, preflight, slurm, tracking
 from segtricks.checkpoint import NoSpaceError
 from segtricks.config import DatasetRef
 from segtricks.evaluation import describe_skipped, evaluate_maps, evaluate_model, skipped_csv
@@ -114,15 +114,15 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
     return steps
 
 
-def missing_by_cell(steps: List[Step]) -> Dict[str, List[preflight.Missing]]:
+def missing_by_cell(steps: List[Step], check: preflight.Preflight) -> Dict[str, List[preflight.Missing]]:
     """What each cell that will run needs and this machine lacks (``segtricks.preflight``)."""
-    check = preflight.Preflight()
     return {s.cell.name: check.missing(s.cell.cfg, trains=s.cell.trains and
                                        s.cell.training.status().state is not State.COMPLETE)
             for s in steps if s.action is not Action.SKIP}
 
 
-def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[preflight.Missing]]) -> None:
+def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[preflight.Missing]],
+               downloads: Dict[str, str]) -> None:
     trainings = {s.cell.training_hash for s in steps if s.cell.trains}
     print(f"grid {grid.name} ({grid.path}): {len(steps)} cells, {len(trainings)} trainings")
     width = max(len(s.cell.name) for s in steps)
@@ -133,6 +133,42 @@ def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[preflight.
               + (f"  will fail: missing {fails}" if fails else ""))
     if any(missing.values()):
         print(preflight.report(missing).replace("; nothing was run:", ":"))
+    for what, where in downloads.items():
+        print(f"  {what}: not on this machine; the run downloads it from {where}")
+
+
+def warn_disk(steps: List[Step], root: Path) -> None:
+    """Say before the grid starts when its evaluation caches will not fit (``preflight.disk_warning``)."""
+    line = preflight.disk_warning([s.cell for s in steps], {s.cell.name: s.action.value for s in steps}, Path(root))
+    if line:
+        print(line, file=sys.stderr)
+
+
+def dry_run(grid: Grid, uri: str, args: argparse.Namespace) -> int:
+    """``--dry-run``: the plan against the store as it is, changing nothing. No store, experiment or
+    run is created (an absent store or experiment plans every cell as new) and no weights are
+    downloaded. With ``--estimate``, each cell's time, memory and disk (``segtricks.estimate``)."""
+    path = tracking.sqlite_path(uri)
+    runs: Dict[str, list] = {}
+    exp_id = None
+    if path is None or path.is_file():  # opening an absent SQLite store would create it
+        store = tracking.Store(uri)
+        exp_id = store.experiment(grid.name, create=False)
+        runs = store.runs_by_hash(exp_id) if exp_id is not None else {}
+    if exp_id is None:
+        print(f"(no experiment {grid.name!r} in {uri}: no cell has a run yet)")
+    since_ms = int(time.time() * 1000) if args.force else None
+    steps = plan(grid, runs, args.force, args.rerun_failed, since_ms)
+    check = preflight.Preflight(download=False)
+    print_plan(grid, steps, missing_by_cell(steps, check), check.downloads)
+    actions = {s.cell.name: s.action.value for s in steps}
+    if args.estimate:
+        est = estimate.estimate_grid([s.cell for s in steps], actions, resolve_device(args.device),
+                                     args.estimate_steps, store_exists=path is None or path.is_file())
+        print(estimate.format_estimate(est, estimate.free_bytes(Path(args.output_root))))
+    else:
+        warn_disk(steps, Path(args.output_root))
+    return 0
 
 
 def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:
@@ -274,21 +310,20 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                 break
             if bar is None:
                 bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell")
-            for step in todo:
-                bar.set_postfix_str(step.cell.name)
-                if step.action is Action.RESUME:
-                    run = store.run(step.run_id)
-                else:
-                    run = store.claim(exp_id, step.cell.name, cell_tags(grid, step.cell), since_ms)
-                    if run is None:
-                        continue  # another worker claimed this cell first
-                summary[step.cell.name] = row = run_cell(store, exp_id, step, run, dev, force)
-                if row["status"] == "FAILED" and fail_fast:
-                    return list(summary.values())
-                bar.update()
-                break  # plan again: what other workers did meanwhile changes what is left
+            step = todo[0]  # one cell, then plan again: what other workers did meanwhile changes what is left
+            bar.set_postfix_str(step.cell.name)
+            if step.action is Action.RESUME:
+                run = store.run(step.run_id)
             else:
-                time.sleep(5)  # every cell left was claimed by another worker just now: let them start
+                run = store.claim(exp_id, step.cell.name, cell_tags(grid, step.cell), since_ms)
+                if run is None:
+                    # another worker claimed this cell first; this plan predates its claim, and a cell that
+                    # shares the training it now trains would train it again: plan again
+                    continue
+            summary[step.cell.name] = row = run_cell(store, exp_id, step, run, dev, force)
+            if row["status"] == "FAILED" and fail_fast:
+                return list(summary.values())
+            bar.update()
     finally:  # closed before any error is printed, so that the message starts its own line
         if bar is not None:
             bar.close()
@@ -337,7 +372,7 @@ def submit_grid(grid: Grid, args, uri: str, opts: slurm.SlurmOptions) -> int:
     exp_id = store.experiment(grid.name, grid.description)  # before any task starts
     since_ms = int(time.time() * 1000) if args.force else None
     steps = plan(grid, store.runs_by_hash(exp_id), args.force, args.rerun_failed, since_ms)
-    missing = missing_by_cell(steps)
+    missing = missing_by_cell(steps, preflight.Preflight())
     if any(missing.values()):
         print(f"error: {preflight.report(missing)}", file=sys.stderr)
         return 2
@@ -435,20 +470,24 @@ def launch(args: argparse.Namespace, argv: List[str], opts: Optional[slurm.Slurm
     """What ``python -m segtricks.ablate`` does once its arguments and grid are known to be valid."""
     grid = load_grid(args.grid, args.set, args.output_root)
     uri = tracking.tracking_uri(args.tracking_uri)
+    error = preflight.output_root_error(args.output_root)
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     try:
-        if opts is not None and not args.dry_run:
+        if args.dry_run:
+            return dry_run(grid, uri, args)
+        if opts is not None:
             return submit_grid(grid, args, uri, opts)
         store = tracking.Store(uri)
         exp_id = store.experiment(grid.name, grid.description)  # before any worker starts
         since_ms = int(time.time() * 1000) if args.force else None
         steps = plan(grid, store.runs_by_hash(exp_id), args.force, args.rerun_failed, since_ms)
-        missing = missing_by_cell(steps)
-        if args.dry_run:
-            print_plan(grid, steps, missing)
-            return 0
+        missing = missing_by_cell(steps, preflight.Preflight())
         if any(missing.values()):
             print(f"error: {preflight.report(missing)}", file=sys.stderr)
             return 2
+        warn_disk(steps, args.output_root)
         if args.workers > 1:
             return spawn_workers(strip_workers(argv), args.workers)
         rows = run_grid(grid, uri, args.force, args.rerun_failed, args.fail_fast, args.device, since_ms)

@@ -11,12 +11,15 @@ the reference's, ``objective.<metric>`` for a study trial. Names with ``/`` are 
 Creating a SQLite store is serialised by a file lock (``<db>.lock``), and the new store is built
 in a temporary file and renamed into place (an existing file is therefore always complete): a kill during MLflow's schema creation leaves no
 half-created ``mlflow.db``, and workers started at once on a fresh folder do not race the migration.
-Store failures (locked, read-only, not a database, half-migrated) become one ``StoreError`` line.
+Store failures (locked, read-only, not a database, half-migrated, not a file) become one ``StoreError``
+line, and so do a URI of a scheme MLflow does not know (``TrackingUriError``) and an http(s) URI at
+which nothing answers (probed with a short timeout first: MLflow would retry it for minutes).
 
 Claims: a worker owns a cell's run while its ``heartbeat`` tag (unix seconds, refreshed by a
 background thread) is fresh; a RUNNING run whose heartbeat is older than ``STALE_AFTER_S`` belongs
 to a dead worker and is resumed by whoever finds it. Two workers that create a run for the same cell
-at once both see both runs; the older run (start time, then run id) wins and the other is deleted.
+at once: the earlier claim (``claimed_at``, then run id) wins, and the other run is marked KILLED and
+deleted (``Store.claim`` says why its claim time is taken only once the run is in the store).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.parse
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +46,7 @@ from typing import Dict, Iterator, List, Optional
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 
 from segtricks.checkpoint import NoSpaceError
 from segtricks.config import Config, resolved_yaml, to_dict
@@ -59,6 +64,9 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 HEARTBEAT_S = float(os.environ.get("SEGTRICKS_HEARTBEAT_S", 15))
 STALE_AFTER_S = float(os.environ.get("SEGTRICKS_STALE_AFTER_S", 90))
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# How long an http(s) store may take to accept a connection at first contact before it is reported
+# as not answering.
+CONNECT_TIMEOUT_S = 5
 
 
 def tracking_uri(explicit: Optional[str] = None) -> str:
@@ -71,6 +79,10 @@ def tracking_uri(explicit: Optional[str] = None) -> str:
 
 class StoreError(RuntimeError):
     """The tracking store cannot be used; the message names the store and what to do."""
+
+
+class TrackingUriError(StoreError):
+    """The tracking URI itself is wrong (a scheme MLflow has no store for): bad input, exit status 2."""
 
 
 def sqlite_path(uri: str) -> Optional[Path]:
@@ -155,27 +167,71 @@ def explain_store_error(exc: BaseException, uri: str) -> Optional[str]:
 
 def exit_on_environment_error(exc: BaseException, uri: str) -> int:
     """For a CLI's last ``except``: print one line and return exit status 1 for a store problem
-    (``explain_store_error``) or a full disk while checkpointing; re-raise anything else."""
+    (``explain_store_error``) or a full disk while checkpointing, 2 for a malformed tracking URI;
+    re-raise anything else."""
     message = str(exc) if isinstance(exc, NoSpaceError) else explain_store_error(exc, uri)
     if message is None:
         raise exc
     print(f"error: {message}", file=sys.stderr)
-    return 1
+    return 2 if isinstance(exc, TrackingUriError) else 1
+
+
+def _probe_server(uri: str) -> None:
+    """A StoreError at once when nothing answers at an http(s) store. MLflow retries a refused or
+    timed-out connection with backoff (minutes, silently). Any HTTP answer, even an error, passes:
+    what a server that is not MLflow's says is reported by ``open_client``."""
+    import requests  # MLflow's own HTTP client: the same proxies and certificates apply
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=(CONNECT_TIMEOUT_S, 30))
+    except requests.exceptions.SSLError:  # a server answered; MLflow's TLS settings decide
+        return
+    except requests.exceptions.Timeout:
+        reason = f"no answer within {CONNECT_TIMEOUT_S} s"
+    except requests.exceptions.ConnectionError as exc:
+        text = str(exc)
+        reason = ("connection refused" if "refused" in text else "host name not found"
+                  if "resolve" in text or "Name or service" in text else "cannot connect")
+    else:
+        return
+    url = urllib.parse.urlparse(uri)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    fix = (f"start one with: mlflow server --host {url.hostname} --port {port} --backend-store-uri "
+           f"sqlite:///mlflow.db" if url.hostname in ("127.0.0.1", "localhost", "::1")
+           else "check that the server runs and the address is right")
+    raise StoreError(f"no MLflow server answers at {uri} ({reason}); {fix}, or drop --tracking-uri "
+                     f"(and $MLFLOW_TRACKING_URI) to use ./mlflow.db")
 
 
 def open_client(uri: str) -> MlflowClient:
     """A client on ``uri`` whose store exists and has MLflow's schema (see the module docstring)."""
     path = sqlite_path(uri)
     try:
+        if path is None and urllib.parse.urlparse(uri).scheme in ("http", "https"):
+            _probe_server(uri)
+            try:
+                return _touch_store(uri)
+            except mlflow.exceptions.MlflowException as exc:  # not MLflow's API, or our credentials refused
+                said = str(exc).split(". Response body")[0].splitlines()[0]
+                raise StoreError(f"{uri} does not answer as an MLflow tracking server ({said}); check its address "
+                                 f"(host, port, path) and credentials") from None
         if path is None:
             return _touch_store(uri)
         if not path.parent.is_dir():
             raise StoreError(f"MLflow store {path}: folder {path.parent} does not exist")
+        if path.exists() and not path.is_file():  # MLflow would retry opening it for minutes
+            kind = "a directory" if path.is_dir() else "not a regular file"
+            raise StoreError(f"MLflow store {path} is {kind}, not an SQLite file: move it aside (mv {path} "
+                             f"{path}.aside) and rerun, or point --tracking-uri at another file")
         if not path.exists():  # an existing file is complete: it was renamed into place whole
             with file_lock(path.with_name(path.name + ".lock")):
                 if not path.exists():
                     _create_sqlite_store(path)
         return _touch_store(uri)
+    except UnsupportedModelRegistryStoreURIException:  # MLflow raises it for tracking stores too
+        raise TrackingUriError(
+            f"tracking URI {uri} (--tracking-uri or $MLFLOW_TRACKING_URI): MLflow has no store for scheme "
+            f"{urllib.parse.urlparse(uri).scheme!r}; use sqlite:///<file>.db, file:<folder>, http(s)://<host>:<port> "
+            f"of an MLflow server, postgresql://, mysql://, mssql:// or databricks") from None
     except Exception as exc:
         message = explain_store_error(exc, uri)
         if message is None:
@@ -404,16 +460,35 @@ class Store:
         return RunLog(self.client, self.client.create_run(exp_id, tags=tags, run_name=name).info.run_id)
 
     def claim(self, exp_id: str, name: str, tags: Dict[str, str], since_ms: Optional[int] = None) -> Optional[RunLog]:
-        """A RUNNING run for a cell, or None when another worker's run for it won the race.
+        """A RUNNING run for a cell, or None when another worker's claim of it won the race (this
+        claim's run is then marked KILLED and deleted).
 
-        Rivals are the cell's RUNNING runs and its FINISHED runs, except (``since_ms``, for
-        ``--force``) FINISHED runs started before that time: those are history, not claims."""
+        Rivals are the cell's other RUNNING runs and its FINISHED runs, except (``since_ms``, for
+        ``--force``) FINISHED runs started before that time: those are history, not claims. A FINISHED
+        rival always wins; among RUNNING ones the earliest ``claimed_at`` (then run id) wins.
+
+        ``claimed_at`` is taken once the run is in the store, not before it is created as MLflow's
+        start time is: a claim whose insert waited (SQLite's write lock, a loaded machine) had an
+        earlier start time than a rival that had already looked, seen no one and started training,
+        and both trained. Taken after the insert, a rival this claim does not see claims later than
+        this one, and sees it. A visible rival without ``claimed_at`` yet is between those two
+        writes: it is waited for while it is live, for at most STALE_AFTER_S; then, or if it is dead, it
+        counts as earlier (losing is always safe: the next plan waits for it, or resumes it)."""
         run = self.start(exp_id, name, {**tags, "heartbeat": str(time.time()), **worker_tags()})
-        rival = [r for r in self.runs(exp_id, f"tags.config_hash = '{tags['config_hash']}'")
-                 if r.info.status == "RUNNING"
-                 or r.info.status == "FINISHED" and (since_ms is None or r.info.start_time >= since_ms)]
-        rival.sort(key=lambda r: (r.info.start_time, r.info.run_id))
-        if rival and rival[0].info.run_id != run.id:
+        mine = (time.time(), run.id)
+        run.set_tags({"claimed_at": repr(mine[0])})
+        deadline = mine[0] + STALE_AFTER_S
+        while True:
+            rivals = [r for r in self.runs(exp_id, f"tags.config_hash = '{tags['config_hash']}'")
+                      if r.info.run_id != run.id and (r.info.status == "RUNNING" or r.info.status == "FINISHED"
+                                                      and (since_ms is None or r.info.start_time >= since_ms))]
+            if time.time() > deadline or not any(r.info.status == "RUNNING" and "claimed_at" not in r.data.tags
+                                                 and is_live(r) for r in rivals):
+                break
+            time.sleep(0.1)
+        if any(r.info.status == "FINISHED" or "claimed_at" not in r.data.tags
+               or (float(r.data.tags["claimed_at"]), r.info.run_id) < mine for r in rivals):
+            self.client.set_terminated(run.id, RunStatus.to_string(RunStatus.KILLED))
             self.client.delete_run(run.id)
             return None
         return run

@@ -112,7 +112,7 @@ def test_bad_grid_input_fails_before_anything_runs(in_tmp, capsys):
     bad.write_text("name: bad\naxes:\n  tricks:\n    - {name: a, sett: {}}\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:4: axis 'tricks' entry 0"):
         load_grid(str(bad))
-    with pytest.raises(ConfigError, match="unknown grid 'tabel3'; grids in .*: demo, table1"):
+    with pytest.raises(ConfigError, match="unknown grid 'tabel3'; grids in .*: demo, (.*, )?table1"):
         load_grid("tabel3")
     with pytest.raises(ConfigError, match=r"^--set backbone.name=dino_vitz: unknown backbone 'dino_vitz'"):
         load_grid("demo", ["backbone.name=dino_vitz"])  # the flag that set the name is blamed
@@ -124,6 +124,58 @@ def test_dry_run_shows_the_plan(in_tmp, capsys):
     out = capsys.readouterr().out
     assert "12 cells, 6 trainings" in out
     assert out.count("train+evaluate") == 6 and "model of dino_s8/crop" in out
+
+
+def test_dry_run_writes_nothing_and_reaches_no_network(in_tmp, tmp_path_factory, monkeypatch, capsys):
+    """A dry run created mlflow.db and the grid's experiment, and downloaded the backbone weights."""
+    torch_home = tmp_path_factory.mktemp("torch_home")
+    monkeypatch.delenv("SEGTRICKS_OFFLINE")  # downloads allowed: the dry run must still not fetch
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    connects = []
+    monkeypatch.setattr(socket.socket, "connect", lambda sock, addr: connects.append(addr) or 1 / 0)
+    assert main(["--grid", "table3", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "(no experiment 'table3' in sqlite:///" in out and out.count("train+evaluate") == 6
+    assert ("  weights of dino_vits8: not on this machine; the run downloads it from https://dl.fbaipublicfiles.com/"
+            f"dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth to {torch_home}/hub/checkpoints/"
+            "dino_deitsmall8_pretrain.pth") in out.splitlines()
+    assert list(in_tmp.iterdir()) == [] and list(torch_home.iterdir()) == [] and connects == []
+    # a store that exists is read, and the grid's experiment is not created in it
+    from segtricks import tracking
+    tracking.Store().experiment("other")
+    assert main(["--grid", "table3", "--dry-run"]) == 0
+    assert sorted(e.name for e in MlflowClient(tracking.tracking_uri()).search_experiments()) == ["Default", "other"]
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["mlflow.db", "mlflow.db.lock"] and connects == []
+
+
+def test_an_output_root_that_cannot_be_written_is_refused_before_any_run(in_tmp, monkeypatch, capsys):
+    """An --output-root that was a file crashed with NotADirectoryError; a read-only one failed every
+    cell, each with a FAILED run."""
+    from segtricks.tune import main as tune
+    afile = in_tmp / "afile"
+    afile.write_text("")
+    cases = {str(afile): f"error: --output-root {afile}: is a file, not a folder; choose another --output-root",
+             str(afile / "sub"): f"error: --output-root {afile / 'sub'}: cannot be created: {afile} is a file, "
+                                 f"not a folder; choose another --output-root"}
+    for root, line in cases.items():
+        for command in (["--grid", "demo"], ["--grid", "demo", "--launcher", "slurm"],
+                        ["--grid", "demo", "--dry-run"]):
+            assert main([*command, "--output-root", root]) == 2
+            assert capsys.readouterr().err.splitlines() == [line]
+        assert tune(["--study", "demo", "--output-root", root]) == 2
+        assert capsys.readouterr().err.splitlines() == [line]
+    if Path("/sys/kernel").is_dir():  # sysfs refuses new files, to root too (permission bits would not tell)
+        assert main(["--grid", "demo", "--output-root", "/sys/kernel/outputs"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --output-root /sys/kernel/outputs: cannot be created: /sys/kernel is not "
+                              "writable (") and err.count("\n") == 1
+    # a read-only mount, as the probe file's creation meets it (tests cannot mount one)
+    monkeypatch.setattr("tempfile.mkstemp", lambda **kw: (_ for _ in ()).throw(
+        OSError(errno.EROFS, "Read-only file system")))
+    assert main(["--grid", "demo", "--output-root", str(in_tmp)]) == 2
+    assert capsys.readouterr().err == (f"error: --output-root {in_tmp}: not writable (read-only filesystem); "
+                                       f"choose another --output-root\n")
+    assert [p.name for p in in_tmp.iterdir()] == ["afile"]  # no store, no run, no optuna.db, no outputs/
 
 
 def _env(tmp_path):
@@ -277,7 +329,7 @@ def test_skipped_images_are_a_metric_and_an_artifact_of_the_run(in_tmp, capsys):
         folder.mkdir(parents=True)
     for i in range(3):
         Image.new("RGB", (24, 16), (40 * i, 90, 10)).save(root / "images" / f"a{i}.png")
-        Image.new("L", (24, 16), 255 * (i % 2)).save(root / "masks" / f"a{i}.png")
+        Image.new("L", (24, 16), 255 * (i != 1)).save(root / "masks" / f"a{i}.png")  # the scored ones have an object
         if i != 1:
             Image.new("L", (24, 16), 180).save(maps / f"a{i}.png")
     grid = in_tmp / "maps.yaml"

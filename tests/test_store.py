@@ -1,9 +1,13 @@
-"""The tracking store's first contact and its failure states (issue 11 defect 3 and its messages)."""
+"""The tracking store's first contact and its failure states (issue 11 defect 3 and its messages),
+and claims of a cell by concurrent workers."""
+import http.server
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -148,3 +152,138 @@ def test_a_read_only_store_is_one_line(in_tmp, capsys):
             subprocess.run(["umount", "-l", str(folder)])  # lazy: this process still has the file open
         else:
             folder.chmod(0o755)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_tracking_server_that_is_not_running_is_one_line_within_seconds(in_tmp, capsys):
+    """Before: MLflow retried the refused connection with backoff, silently, for minutes."""
+    import segtricks.grid_runner  # noqa: F401  (imported first: the time asserted is the store's first contact)
+    port = _free_port()  # closed again: nothing listens there
+    start = time.time()
+    assert ablate(["--grid", str(_grid(in_tmp)), "--tracking-uri", f"http://127.0.0.1:{port}"]) == 1
+    assert time.time() - start < 10
+    assert _one_error_line(capsys) == (
+        f"error: no MLflow server answers at http://127.0.0.1:{port} (connection refused); start one with: "
+        f"mlflow server --host 127.0.0.1 --port {port} --backend-store-uri sqlite:///mlflow.db, or drop "
+        f"--tracking-uri (and $MLFLOW_TRACKING_URI) to use ./mlflow.db")
+
+
+class _NotMlflow(http.server.BaseHTTPRequestHandler):
+    """Answers every request 501, silently."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_an_http_server_that_is_not_mlflow_is_one_line(in_tmp, capsys):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _NotMlflow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert ablate(["--grid", str(_grid(in_tmp)), "--tracking-uri", uri]) == 1
+    finally:
+        server.shutdown()
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {uri} does not answer as an MLflow tracking server (") and "501" in line
+
+
+def test_an_unknown_tracking_uri_scheme_is_one_line(in_tmp, capsys):
+    """Before: a 52-line traceback ending in UnsupportedModelRegistryStoreURIException."""
+    assert ablate(["--grid", str(_grid(in_tmp)), "--tracking-uri", "garbage://x"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("error: tracking URI garbage://x (--tracking-uri or $MLFLOW_TRACKING_URI): MLflow has "
+                           "no store for scheme 'garbage'; use sqlite:///<file>.db, file:<folder>, http(s)://")
+    assert not (in_tmp / "mlflow.db").exists()
+
+
+def test_a_store_path_that_is_a_directory_is_one_line(in_tmp, capsys):
+    """Before: MLflow retried opening it for about 100 s, then 156 lines of SQLAlchemy errors."""
+    db = in_tmp / "mlflow.db"
+    db.mkdir()
+    start = time.time()
+    assert ablate(["--grid", str(_grid(in_tmp))]) == 1
+    assert time.time() - start < 10
+    assert _one_error_line(capsys) == (f"error: MLflow store {db} is a directory, not an SQLite file: move it aside "
+                                       f"(mv {db} {db}.aside) and rerun, or point --tracking-uri at another file")
+    assert list(db.iterdir()) == []
+
+
+CELL = {"cell": "c", "config_hash": "h" * 64}
+
+
+def _all_runs(store: tracking.Store, exp_id: str) -> dict:
+    from mlflow.entities import ViewType
+    return {r.info.run_id: r for r in store.client.search_runs([exp_id], run_view_type=ViewType.ALL)}
+
+
+def test_a_losing_claim_is_killed_and_deleted(tmp_path):
+    """Before: the loser's run was deleted but left RUNNING."""
+    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = store.experiment("x")
+    won = store.claim(exp_id, "c", CELL)
+    assert won is not None and store.claim(exp_id, "c", CELL) is None
+    (lost,) = [r for r in _all_runs(store, exp_id).values() if r.info.run_id != won.id]
+    assert (lost.info.status, lost.info.lifecycle_stage) == ("KILLED", "deleted")
+    assert [r.info.run_id for r in store.runs(exp_id)] == [won.id] and won.status() == "RUNNING"
+
+
+def test_a_claim_whose_insert_waited_loses_to_the_claim_that_looked_first(tmp_path, monkeypatch):
+    """Before: the older MLflow start time won, and it is taken before the insert: a claim stalled
+    between the two (SQLite's write lock, a loaded machine) won over a rival that had already looked,
+    seen no one and started; both trained."""
+    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = store.experiment("x")
+    first = store.claim(exp_id, "c", CELL)
+    started = store.client.get_run(first.id).info.start_time
+    create_run = store.client.create_run
+    monkeypatch.setattr(store.client, "create_run", lambda *a, **k: create_run(*a, start_time=started - 1000, **k))
+    assert store.claim(exp_id, "c", CELL) is None
+    assert [r.info.run_id for r in store.runs(exp_id)] == [first.id]
+
+
+def test_a_claim_counts_a_rival_not_yet_timed_as_earlier_once_it_has_waited(tmp_path, monkeypatch):
+    """A rival run created but whose claim time is not written yet is waited for, then lost to."""
+    monkeypatch.setattr(tracking, "STALE_AFTER_S", 1.0)
+    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = store.experiment("x")
+    rival = store.start(exp_id, "c", {**CELL, "heartbeat": str(time.time() + 60), **tracking.worker_tags()})
+    start = time.time()
+    assert store.claim(exp_id, "c", CELL) is None
+    assert time.time() - start >= 1.0
+    assert [r.info.run_id for r in store.runs(exp_id)] == [rival.id]
+
+
+def test_a_lost_claim_plans_again_instead_of_training_a_cell_that_shares_the_rivals_training(in_tmp, monkeypatch):
+    """Issue: two workers that planned at once both saw the grid empty; the loser of the baseline's
+    claim went on with its plan to the GF cell, whose training it then ran a second time (two
+    role=train runs). The rival here claims the baseline just before this worker and dies."""
+    from segtricks import grid_runner
+    from segtricks.grid import load_grid
+    monkeypatch.setattr(tracking, "STALE_AFTER_S", 3.0)  # the dead rival's run is resumed soon
+    path = in_tmp / "g.yaml"
+    path.write_text(f"name: g\nbase: {REPO / 'experiments' / 'demo_cell.yaml'}\nset: {{optim.epochs: 1}}\n"
+                    f"axes:\n  tricks:\n    - {{name: base, set: {{tricks: []}}}}\n"
+                    f"    - {{name: gf, set: {{tricks: [gf]}}}}\n")
+    grid = load_grid(str(path), ["optim.steps_per_epoch=2", "optim.batch_size=4", "data.train.limit=8",
+                                 "data.val.limit=4", "eval=[{name: synthetic, split: test, limit: 4}]"])
+    claim, rival = tracking.Store.claim, []
+
+    def rival_first(self, exp_id, name, tags, since_ms=None):
+        if not rival:
+            rival.append(claim(self, exp_id, name, tags, since_ms))
+        return claim(self, exp_id, name, tags, since_ms)
+
+    monkeypatch.setattr(tracking.Store, "claim", rival_first)
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    rows = grid_runner.run_grid(grid, uri)
+    assert sorted((r["cell"], r["status"]) for r in rows) == [("base", "FINISHED"), ("gf", "FINISHED")]
+    store = tracking.Store(uri)
+    by_cell = {r.data.tags["cell"]: r for r in store.runs(store.experiment("g"))}
+    assert by_cell["base"].info.run_id == rival[0].id  # the dead rival's run, resumed
+    assert by_cell["base"].data.tags["role"] == "train" and "role" not in by_cell["gf"].data.tags
+    assert by_cell["gf"].data.tags["model_from_run"] == rival[0].id
