@@ -3,11 +3,11 @@
     python benchmarks/estimate_accuracy.py                 # the rehearsal grid (needs ../shared/data)
     python benchmarks/estimate_accuracy.py --grid demo --set optim.epochs=1
 
-Both commands run in a fresh folder (their own store and output root), as a user would run them, with
+Both commands run in fresh folders (their own store and output root), as a user would run them, with
 random-init weights written in the official checkpoint layouts under a temporary $SEGTRICKS_WEIGHTS
 (so the real loading path runs). Wall time is the grid command's own, from start to exit; peak memory
-is the child's resident-set peak (``getrusage``; on CUDA the estimate's figure is the GPU allocator's,
-printed beside the host's). The table gives estimate / measured for each.
+is its resident-set peak (``getrusage`` of the child; on CUDA the estimate's peak is the GPU
+allocator's instead). The table gives estimate / measured for each.
 """
 from __future__ import annotations
 
@@ -19,24 +19,59 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
 
 
-def seconds(text: str) -> float:
-    value, unit = text.split()
-    return float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
-
-
-def run(cmd, env, cwd) -> tuple[float, str]:
+def run_command(cmd: List[str], env: Dict[str, str]) -> Tuple[float, str]:
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         sys.exit(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return wall, done.stdout
+
+
+def estimated_total(out: str) -> Tuple[float, float]:
+    """(seconds, peak bytes) from the ``total`` row that ``--estimate`` prints."""
+    total = next(line for line in out.splitlines() if line.strip().startswith("total "))
+    value, unit = re.search(r"(\d+(?:\.\d+)?) (s|min|h)\b", total).groups()
+    seconds = float(value) * {"s": 1, "min": 60, "h": 3600}[unit]
+    value, unit = re.search(r"(\d+(?:\.\d+)?) (B|kB|MB|GB)\b", total).groups()
+    return seconds, float(value) * UNITS[unit]
+
+
+@dataclass
+class Comparison:
+    estimate_s: float
+    measured_s: float
+    estimate_bytes: float
+    measured_bytes: float
+    estimate_output: str
+
+
+def estimate_then_run(grid: str, flags: Sequence[str] = ()) -> Comparison:
+    """Run ``grid`` (the children's resident-set peak is then the grid's alone), then estimate it afresh."""
+    sys.path.insert(0, str(REPO))
+    from segtricks.backbones import write_random_release
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("dino_vits8", "dino_vits16", "ibot_vits16"):
+            write_random_release(name, Path(tmp) / "weights")
+        env = {**os.environ, "SEGTRICKS_WEIGHTS": f"{tmp}/weights"}
+
+        def fresh(folder: str) -> List[str]:  # each command in its own store and output root
+            return [sys.executable, "-m", "segtricks.ablate", "--grid", grid, *flags,
+                    "--tracking-uri", f"sqlite:///{tmp}/{folder}/mlflow.db", "--output-root", f"{tmp}/{folder}/outputs"]
+
+        wall, _ = run_command(fresh("run"), env)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        _, out = run_command(fresh("estimate") + ["--dry-run", "--estimate"], env)
+    est_s, est_bytes = estimated_total(out)
+    return Comparison(est_s, wall, est_bytes, peak, out)
 
 
 def main() -> None:
@@ -44,34 +79,14 @@ def main() -> None:
     ap.add_argument("--grid", default="rehearsal")
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
-    sys.path.insert(0, str(REPO))
-    from segtricks.backbones import write_random_release
-    flags = [f for s in args.set for f in ("--set", s)]
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "weights"
-        for name in ("dino_vits8", "dino_vits16", "ibot_vits16"):
-            write_random_release(name, weights)
-        env = {**os.environ, "SEGTRICKS_WEIGHTS": str(weights)}
-
-        def fresh(folder: str) -> list:  # each command in its own store and output root
-            return ["--grid", args.grid, *flags, "--tracking-uri", f"sqlite:///{tmp}/{folder}/mlflow.db",
-                    "--output-root", f"{tmp}/{folder}/outputs"]
-
-        # the grid first: the children's resident-set peak is then the grid's alone
-        wall, _ = run([sys.executable, "-m", "segtricks.ablate", *fresh("run")], env, REPO)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-        _, out = run([sys.executable, "-m", "segtricks.ablate", *fresh("estimate"), "--dry-run", "--estimate"],
-                     env, REPO)
-        total = next(line for line in out.splitlines() if line.strip().startswith("total "))
-        est_s = seconds(re.search(r"(\d+(?:\.\d+)? (?:s|min|h))", total).group(1))
-        value, unit = re.search(r"(\d+(?:\.\d+)?) (B|kB|MB|GB)", total).groups()
-        est_bytes = float(value) * UNITS[unit]
-    print(out)
+    c = estimate_then_run(args.grid, [f for s in args.set for f in ("--set", s)])
+    print(c.estimate_output)
     print(f"grid {args.grid} {' '.join(args.set)}")
     print("| what | estimate | measured | estimate / measured |")
     print("|---|---|---|---|")
-    print(f"| wall time | {est_s:.0f} s | {wall:.0f} s | {est_s / wall:.2f} |")
-    print(f"| peak memory | {est_bytes / 1e9:.2f} GB | {peak / 1e9:.2f} GB | {est_bytes / peak:.2f} |")
+    print(f"| wall time | {c.estimate_s:.0f} s | {c.measured_s:.0f} s | {c.estimate_s / c.measured_s:.2f} |")
+    print(f"| peak memory | {c.estimate_bytes / 1e9:.2f} GB | {c.measured_bytes / 1e9:.2f} GB | "
+          f"{c.estimate_bytes / c.measured_bytes:.2f} |")
 
 
 if __name__ == "__main__":

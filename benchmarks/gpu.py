@@ -8,17 +8,23 @@ images/s (prediction with foreground selection); GF masks/s at batch 64; BF mask
 each row; the data loader's images/s (decode + augment of 400×300 JPEGs, per worker process); and the
 projected wall time of a 30-epoch DUTS-TR run (10,553 images) at the fastest training setting, set
 beside what the data loader can feed. Backbones are random-init (same arithmetic as pretrained).
+Without --tiny, two whole grids as users run them: the rehearsal grid end to end (measured wall time
+beside its ``--estimate``; needs ../shared/data) and table3's ``--estimate`` beside six trainings at
+this table's fastest step.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import statistics
 from typing import Callable, List, Tuple
 
 import torch
 
 from core import time_ms, train_step_fn
+from estimate_accuracy import estimate_then_run, estimated_total, run_command
 from segtricks.bilateral_solver import bilateral_solver_filter
 from segtricks.config import config_from_dict
 from segtricks.estimate import loader_images_per_s
@@ -83,6 +89,17 @@ def main() -> None:
     compute_s = steps * best / 1e3
     rows.append((f"projected {EPOCHS}-epoch DUTS-TR training (fastest setting)", f"{compute_s / 60:.1f} min compute",
                  f"loader needs ≥ {batch * 1e3 / best / feed:.1f} workers", ""))
+    if not args.tiny:  # whole grids, as users run them (the rehearsal needs ../shared/data)
+        rehearsal = estimate_then_run("rehearsal")
+        rows.append(("rehearsal grid end to end (4 cells, 2 trainings × 2 steps, 24 images): measured vs --estimate",
+                     f"{rehearsal.measured_s:.0f} s", f"estimate {rehearsal.estimate_s:.0f} s "
+                     f"({rehearsal.estimate_s / rehearsal.measured_s:.2f}×)", f"{rehearsal.estimate_bytes / 2 ** 20:.0f}"))
+        _, out = run_command([sys.executable, "-m", "segtricks.ablate", "--grid", "table3", "--dry-run", "--estimate"],
+                             dict(os.environ))
+        table3_s, table3_bytes = estimated_total(out)
+        rows.append(("Table 3 (12 cells, 6 trainings × 30 epochs, 11,187 evaluation images): --estimate",
+                     f"{table3_s / 3600:.1f} h", f"6 trainings at this table's fastest step: "
+                     f"{6 * compute_s / 3600:.1f} h of training", f"{table3_bytes / 2 ** 20:.0f}"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{name}; torch {torch.__version__}{'; --tiny sizes' if args.tiny else ''}\n")
     print("| what | throughput | median | peak GPU MiB |")

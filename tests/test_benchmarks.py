@@ -21,3 +21,11 @@ def test_evaluation_cache_benchmark_runs_and_prints_every_row():
     assert out.returncode == 0, out.stderr[-2000:]
     for row in ("| no cache", "| masks cached (a GF cell)", "| keys cached (another training)"):
         assert row in out.stdout, row
+
+
+def test_memory_benchmark_runs_at_tiny_sizes_and_breaks_the_peak_down():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "memory.py"), "--tiny"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for row in ("| none |", "| crop |", "| crop forward | head.proj |", "| main forward | head.fine |"):
+        assert row in out.stdout, row

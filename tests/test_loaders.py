@@ -68,3 +68,13 @@ def test_more_workers_than_cpus_print_no_pytorch_warning(cpus):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(batches(4, 0)) == 3
+
+
+def test_on_cuda_loaders_pin_persist_and_prefetch(cpus):
+    """The CUDA branch, checked on CPU: the loader is only configured here, never iterated."""
+    cpus(4)
+    view = TrainView(build_dataset(DatasetRef("synthetic", split="train", limit=4)), 32, 36)
+    cuda = data_loader(view, 2, "auto", torch.device("cuda"), TrainView.collate, sampler=EpochSampler(4))
+    assert (cuda.num_workers, cuda.pin_memory, cuda.persistent_workers, cuda.prefetch_factor) == (3, True, True, 4)
+    cpu = data_loader(view, 2, "auto", torch.device("cpu"), TrainView.collate, sampler=EpochSampler(4))
+    assert (cpu.pin_memory, cpu.persistent_workers) == (False, False)
