@@ -98,3 +98,15 @@ def test_dry_run_estimate_prints_time_memory_and_disk_per_cell_and_in_total(in_t
     assert len(total) == 1 and ("GB" in total[0] or "MB" in total[0])
     assert "random-init" in out and "synthetic/test: 8 images of about 128×128 (data)" in out
     assert list(in_tmp.iterdir()) == []  # a dry run writes nothing, estimate included
+
+
+def test_the_preflight_warns_when_the_caches_would_not_fit(monkeypatch, tmp_path):
+    from segtricks import preflight
+    monkeypatch.delenv("SEGTRICKS_DATA", raising=False)  # ECSSD's published 1,000 images
+    cells = [cell("a", "t1")]
+    assert preflight.disk_warning(cells, {}, tmp_path) is None  # 7 MB of masks and 38 MB of keys fit here
+    monkeypatch.setattr(preflight, "free_bytes", lambda root: 1e6)
+    line = preflight.disk_warning(cells, {}, tmp_path)
+    assert line.startswith("warning: the grid's evaluation caches need about 43.9 MB and 1.0 MB is free at ")
+    assert "--set cache.keys=false" in line
+    assert preflight.disk_warning(cells, {"a": "skip"}, tmp_path) is None  # a finished cell writes nothing

@@ -7,7 +7,7 @@ from segtricks.config import config_from_dict
 from segtricks.model import build_model
 from segtricks.predict import predict_masks, predict_raw, select_foreground
 from segtricks.registry import UnknownNameError
-from segtricks.trainer import Hook, NonFiniteLossError, loss_terms, loss_weights
+from segtricks.trainer import Hook, NonFiniteLossError, loss_terms, loss_weights, resolve_device
 from segtricks.tricks import postprocess
 from segtricks.training import ConfigMismatchError, Training
 
@@ -203,3 +203,9 @@ def test_prediction_under_cpu_bf16_autocast_hands_float32_downstream(tmp_path):
     assert bf16.dtype == torch.float32
     torch.testing.assert_close(bf16, fp32, rtol=0, atol=1e-2)
     assert postprocess(bf16, images, ["gf", "bf"], cfg).dtype == torch.float32
+
+
+def test_auto_device_is_cuda_when_present(monkeypatch):
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda") and resolve_device("cpu") == torch.device("cpu")
