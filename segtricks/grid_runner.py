@@ -376,6 +376,7 @@ def submit_grid(grid: Grid, args, uri: str, opts: slurm.SlurmOptions) -> int:
     if any(missing.values()):
         print(f"error: {preflight.report(missing)}", file=sys.stderr)
         return 2
+    warn_disk(steps, Path(args.output_root))
     groups = training_groups(steps)
     if not groups:
         print(f"grid {grid.name}: nothing to submit, every cell is done")
