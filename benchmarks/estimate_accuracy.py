@@ -12,6 +12,7 @@ allocator's instead). The table gives estimate / measured for each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import resource
@@ -21,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
@@ -54,16 +55,18 @@ class Comparison:
     estimate_output: str
 
 
-def estimate_then_run(grid: str, flags: Sequence[str] = ()) -> Comparison:
-    """Run ``grid`` (the children's resident-set peak is then the grid's alone), then estimate it afresh."""
+def estimate_then_run(grid: str, flags: Sequence[str] = (), keep: Optional[Path] = None) -> Comparison:
+    """Run ``grid`` (the children's resident-set peak is then the grid's alone), then estimate it
+    afresh; ``keep``: a folder for both (kept), instead of a temporary one."""
     sys.path.insert(0, str(REPO))
     from segtricks.backbones import write_random_release
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() if keep is None else contextlib.nullcontext(str(keep)) as tmp:
         for name in ("dino_vits8", "dino_vits16", "ibot_vits16"):
             write_random_release(name, Path(tmp) / "weights")
         env = {**os.environ, "SEGTRICKS_WEIGHTS": f"{tmp}/weights"}
 
         def fresh(folder: str) -> List[str]:  # each command in its own store and output root
+            Path(tmp, folder).mkdir(parents=True, exist_ok=True)
             return [sys.executable, "-m", "segtricks.ablate", "--grid", grid, *flags,
                     "--tracking-uri", f"sqlite:///{tmp}/{folder}/mlflow.db", "--output-root", f"{tmp}/{folder}/outputs"]
 
@@ -78,8 +81,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", default="rehearsal")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (its store: <keep>/run/mlflow.db)")
     args = ap.parse_args()
-    c = estimate_then_run(args.grid, [f for s in args.set for f in ("--set", s)])
+    c = estimate_then_run(args.grid, [f for s in args.set for f in ("--set", s)], args.keep)
     print(c.estimate_output)
     print(f"grid {args.grid} {' '.join(args.set)}")
     print("| what | estimate | measured | estimate / measured |")

@@ -168,6 +168,8 @@ class TrainCost:
 
 @dataclass
 class EvalCost:
+    """An evaluation's costs, assembled from measurements that each depend on less (``Estimator``)."""
+
     backbone: Timing  # per batch
     head: Timing  # per batch
     post: Dict[str, Timing]  # per image, at the prediction size
@@ -209,12 +211,19 @@ def measure_training(cfg: Config, device: torch.device, repeats: int) -> TrainCo
     return TrainCost(timing, peak.bytes, ckpt)
 
 
-def measure_evaluation(cfg: Config, post: Sequence[str], original_hw: Tuple[int, int], device: torch.device,
-                       repeats: int) -> EvalCost:
-    """Evaluation batches as ``evaluate_model`` runs them: backbone, head, post-processing, metrics."""
+@dataclass
+class PredictionCost:
+    backbone: Timing  # per batch
+    head: Timing  # per batch
+    masks: torch.Tensor  # (B, 1, S, S) on the CPU: what post-processing and metrics are timed on
+    images: torch.Tensor  # (B, 3, S, S) on the CPU
+    peak_bytes: int
+
+
+def measure_prediction(cfg: Config, device: torch.device, repeats: int) -> PredictionCost:
+    """Evaluation batches of the model as ``evaluate_model`` runs them: the backbone, then the head."""
     torch.manual_seed(0)
     batch, size = cfg.optim.batch_size, cfg.data.image_size
-    h, w = original_hw
     with PeakMemory(device) as peak:
         model = build_model(cfg).to(device).eval()
         images = torch.rand(batch, 3, size, size, device=device)
@@ -223,20 +232,28 @@ def measure_evaluation(cfg: Config, post: Sequence[str], original_hw: Tuple[int,
             t_backbone = time_calls(lambda: model.backbone(model.normalise(images)), repeats, device)
             t_head = time_calls(lambda: predict_raw(model, images, features=features), repeats, device)
             masks = predict_raw(model, images, features=features).cpu()
-        cpu_images = images.cpu()
-        gt = torch.zeros(h, w, dtype=torch.bool)
-        gt[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = True
-        evaluator = SaliencyEvaluator(with_structure=True)
-        with one_thread(True):
-            t_post = {name: time_calls(lambda name=name: postprocess(masks[:1], cpu_images[:1], [name], cfg),
-                                       repeats, torch.device("cpu")) for name in post}
+    return PredictionCost(t_backbone, t_head, masks, images.cpu(), peak.bytes)
 
-            def score() -> None:
-                pred = resize_to(masks[:1], [torch.Size((h, w))])[0]
-                evaluator.update(pred, gt, "x")
 
-            t_metrics = time_calls(score, repeats, torch.device("cpu"))
-    return EvalCost(t_backbone, t_head, t_post, t_metrics, batch, peak.bytes)
+def measure_post(prediction: PredictionCost, name: str, cfg: Config, repeats: int) -> Timing:
+    """One image's post-processing trick ``name`` at the prediction size (on the CPU, one thread)."""
+    with one_thread(True):
+        return time_calls(lambda: postprocess(prediction.masks[:1], prediction.images[:1], [name], cfg), repeats,
+                          torch.device("cpu"))
+
+
+def measure_metrics(prediction: PredictionCost, original_hw: Tuple[int, int], repeats: int) -> Timing:
+    """One image resized to ``original_hw`` and scored with every metric (on the CPU, one thread)."""
+    h, w = original_hw
+    gt = torch.zeros(h, w, dtype=torch.bool)
+    gt[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = True
+    evaluator = SaliencyEvaluator(with_structure=True)
+
+    def score() -> None:
+        evaluator.update(resize_to(prediction.masks[:1], [torch.Size((h, w))])[0], gt, "x")
+
+    with one_thread(True):
+        return time_calls(score, repeats, torch.device("cpu"))
 
 
 def loader_images_per_s(cfg: Config, original_hw: Tuple[int, int], n: int = 16) -> float:
@@ -381,7 +398,9 @@ class Estimator:
     def __init__(self, device: torch.device, repeats: int = 2, progress: bool = True) -> None:
         self.device, self.repeats = device, repeats
         self._train: Dict[Tuple, TrainCost] = {}
-        self._eval: Dict[Tuple, EvalCost] = {}
+        self._predict: Dict[Tuple, PredictionCost] = {}  # by (architecture, size, batch)
+        self._post: Dict[Tuple, Timing] = {}  # by (trick and its config section, size)
+        self._metrics: Dict[Tuple, Timing] = {}  # by original size
         self._loader: Dict[Tuple, float] = {}
         self._sizes: Dict[Tuple, DatasetSize] = {}
         self.bar = tqdm(desc="estimate: measuring", unit="workload", disable=not progress, leave=False)
@@ -402,13 +421,22 @@ class Estimator:
         return self._train[key]
 
     def evaluation(self, cfg: Config, hw: Tuple[int, int]) -> EvalCost:
-        post = tuple(post_trick_names(cfg.tricks))
-        key = (architecture(cfg), post, cfg.data.image_size, cfg.optim.batch_size, hw)
-        if key not in self._eval:
-            self.bar.set_description(f"estimate: evaluation of {cfg.backbone.name} {list(post)} at {hw[1]}×{hw[0]}")
-            self._eval[key] = measure_evaluation(measurement_config(cfg, post), post, hw, self.device, self.repeats)
+        key = (architecture(cfg), cfg.data.image_size, cfg.optim.batch_size)
+        if key not in self._predict:
+            self.bar.set_description(f"estimate: evaluation batches of {cfg.backbone.name}")
+            self._predict[key] = measure_prediction(measurement_config(cfg, []), self.device, self.repeats)
             self.bar.update()
-        return self._eval[key]
+        prediction = self._predict[key]
+        post = {}
+        for name in post_trick_names(cfg.tricks):
+            section = repr(getattr(cfg, name, None))  # gf.radius, bf.cg_iterations… change what it costs
+            if (name, section, cfg.data.image_size) not in self._post:
+                self._post[(name, section, cfg.data.image_size)] = measure_post(prediction, name, cfg, self.repeats)
+            post[name] = self._post[(name, section, cfg.data.image_size)]
+        if hw not in self._metrics:
+            self._metrics[hw] = measure_metrics(prediction, hw, self.repeats)
+        return EvalCost(prediction.backbone, prediction.head, post, self._metrics[hw], cfg.optim.batch_size,
+                        prediction.peak_bytes)
 
     def loader(self, cfg: Config, hw: Tuple[int, int]) -> float:
         key = (cfg.data.image_size, cfg.data.resize_short, hw)
@@ -510,12 +538,12 @@ def estimate_grid(cells: Sequence, actions: Dict[str, str], device: torch.device
                             ("artifacts", size.images * RECORD_BYTES + FIXED_ARTIFACT_BYTES)):
                 row.disk_bytes[kind] = row.disk_bytes.get(kind, 0) + n
     est.bar.close()
-    spreads = [t.step.spread for t in est._train.values()] + [e.backbone.spread for e in est._eval.values()]
+    spreads = [t.step.spread for t in est._train.values()] + [p.backbone.spread for p in est._predict.values()]
     sources = sorted({f"{k[0]}/{k[2]}: {v.images} images of about {v.typical_hw[1]}×{v.typical_hw[0]} ({v.source})"
                       for k, v in est._sizes.items()})
     assumptions = [
         f"measured on {device.type}: {len(est._train)} training workload(s), {repeats} timed steps each after "
-        f"one warm-up; {len(est._eval)} evaluation workload(s), {repeats} timed batches each; random-init "
+        f"one warm-up; {len(est._predict)} evaluation workload(s), {repeats} timed batches each; random-init "
         f"backbones (the same arithmetic as pretrained ones)",
         f"timing spread between repeats: up to {100 * max(spreads + [0.0]):.0f}% (the machine's load moves it)",
         f"start-up {startup:.0f} s (imports" + ("" if store_exists else f", creating the store {created_s:.1f} s")
