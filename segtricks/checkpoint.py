@@ -1,4 +1,8 @@
-"""Atomic checkpoint files: a killed process leaves the previous checkpoint intact, never half a file."""
+"""Atomic checkpoint files: a killed process leaves the previous checkpoint intact, never half a file.
+
+Torch is imported by the two functions that use it: ``NoSpaceError`` is caught by code that must
+not import torch (``segtricks.tracking``, which ``analysis`` reads MLflow through; the CLIs).
+"""
 from __future__ import annotations
 
 import errno
@@ -6,8 +10,6 @@ import io
 import os
 from pathlib import Path
 from typing import Any
-
-import torch
 
 
 class NoSpaceError(OSError):
@@ -21,6 +23,8 @@ def save_atomic(obj: Any, path: Path) -> None:
     """Serialise in memory, write to a temporary file beside ``path``, flush it to disk, then rename
     over ``path``. Serialising first turns a full disk into a plain ``OSError(ENOSPC)`` from the
     write (torch.save writing straight to the file reports it as an opaque RuntimeError)."""
+    import torch
+
     path = Path(path)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -42,4 +46,6 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load(path: Path) -> Any:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)

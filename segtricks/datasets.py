@@ -1,9 +1,9 @@
 """Dataset registry and the views the trainer and evaluator read through.
 
 A registered dataset is ``fn(ref: DatasetRef) -> RawDataset``: a list of items, each loading as a
-``Sample`` (id, RGB PIL image, boolean mask or None, ground-truth boxes or None). ``TrainView``
-applies SPEC §6's augmentations; ``EvalView`` resizes the image to the prediction size and keeps
-the mask and boxes at the original size. Roots come from ``ref.root`` or
+``Sample`` (id, RGB PIL image, boolean mask or None, ground-truth boxes or None); the torch views
+the trainer and the model evaluation read through are in ``segtricks.views`` (this module imports
+no torch: scoring saliency maps reads datasets without it). Roots come from ``ref.root`` or
 ``$SEGTRICKS_DATA/<release folder>``; each dataset's docstring gives its expected layout.
 
 Bad files (unreadable image, mask of another size, image without a mask, a file name that is not
@@ -25,11 +25,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
-import torch
 from PIL import Image
-from scipy import ndimage
-from torch.utils.data import Dataset
-from torchvision import transforms as T
 
 from segtricks.config import DatasetRef
 from segtricks.registry import Registry
@@ -421,6 +417,8 @@ class SyntheticShapes(RawDataset):
 
 def boxes_from_mask(mask: np.ndarray) -> np.ndarray:
     """One box (x0, y0, x1, y1; exclusive ends) per 8-connected component of a mask, (K, 4)."""
+    from scipy import ndimage  # only the synthetic set uses it: scoring maps on a folder loads no SciPy
+
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
     boxes = [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in ndimage.find_objects(labels) if s]
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)
@@ -447,77 +445,3 @@ def load_or_skip(raw: RawDataset, index: int, on_error: str) -> Union[Sample, Sk
             raise
         warnings.warn(f"skipped: {exc}")
         return Skipped(raw.item_id(index), str(exc))
-
-
-class TrainView(Dataset):
-    """Augmented training images (SPEC §6): shorter side → resize_short, random crop, flip, jitter."""
-
-    def __init__(self, raw: RawDataset, image_size: int, resize_short: int, on_error: str = "raise") -> None:
-        if resize_short < image_size:
-            raise ValueError(f"data.resize_short ({resize_short}) must be ≥ data.image_size ({image_size})")
-        self.raw, self.on_error = raw, on_error
-        self.transform = T.Compose([
-            T.Resize(resize_short),
-            T.RandomCrop(image_size),
-            T.RandomHorizontalFlip(0.5),
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-            T.RandomGrayscale(0.2),
-            T.ToTensor(),
-        ])
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, item: Tuple[int, int]) -> Optional[torch.Tensor]:
-        """``item`` = (index, seed): the image is augmented from its own seed (``loaders.EpochSampler``),
-        so it comes out the same in any worker process."""
-        index, seed = item
-        sample = load_or_skip(self.raw, index, self.on_error)
-        if isinstance(sample, Skipped):
-            return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.transform(sample.image)
-
-    @staticmethod
-    def collate(batch: List[Optional[torch.Tensor]]) -> torch.Tensor:
-        return torch.stack([b for b in batch if b is not None])
-
-
-@dataclass
-class EvalBatch:
-    ids: List[str]
-    images: torch.Tensor  # (B, 3, S, S) in [0, 1], resized to the prediction size
-    originals: List[torch.Tensor] = field(default_factory=list)  # (3, H, W) in [0, 1]
-    masks: List[Optional[torch.Tensor]] = field(default_factory=list)  # (H, W) bool
-    boxes: List[Optional[np.ndarray]] = field(default_factory=list)
-    skipped: List[Skipped] = field(default_factory=list)  # items of the batch that failed to load
-
-
-class EvalView(Dataset):
-    """Samples resized to the prediction size, with their originals, masks and boxes."""
-
-    def __init__(self, raw: RawDataset, image_size: int, on_error: str = "raise") -> None:
-        if not (raw.has_masks or raw.has_boxes):
-            raise DatasetError("evaluation needs a dataset with masks or boxes")
-        self.raw, self.on_error, self.size = raw, on_error, image_size
-        self.to_tensor = T.ToTensor()
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def __getitem__(self, index: int) -> Union[Sample, Skipped]:
-        return load_or_skip(self.raw, index, self.on_error)
-
-    def collate(self, batch: List[Union[Sample, Skipped]]) -> EvalBatch:
-        samples = [s for s in batch if isinstance(s, Sample)]
-        originals = [self.to_tensor(s.image) for s in samples]
-        resized = [T.functional.resize(o, [self.size, self.size], antialias=True) for o in originals]
-        return EvalBatch(
-            ids=[s.id for s in samples],
-            images=torch.stack(resized) if resized else torch.empty(0, 3, self.size, self.size),
-            originals=originals,
-            masks=[None if s.mask is None else torch.from_numpy(s.mask) for s in samples],
-            boxes=[s.boxes for s in samples],
-            skipped=[s for s in batch if isinstance(s, Skipped)],
-        )

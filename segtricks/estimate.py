@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from segtricks import checkpoint
 from segtricks.backbones import RANDOM_INIT, build_backbone
 from segtricks.config import Config, DatasetRef, config_from_dict, to_dict
-from segtricks.datasets import PUBLISHED_SIZES, DatasetError, Sample, TrainView, build_dataset
+from segtricks.datasets import PUBLISHED_SIZES, DatasetError, Sample, build_dataset
 from segtricks.loaders import resolve_workers
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import build_model
@@ -54,6 +54,7 @@ from segtricks.predict import predict_raw, resize_to
 from segtricks.threads import one_thread
 from segtricks.trainer import loss_terms, loss_weights
 from segtricks.tricks import post_trick_names, postprocess, training_tricks
+from segtricks.views import TrainView
 
 RECORD_BYTES = 160  # one per-image row of records/<dataset>.csv (measured on the demo: 120–170 B)
 FIXED_ARTIFACT_BYTES = 1.5e6  # per cell and dataset: samples .npz, prediction figure (demo: 0.6–1.4 MB)

@@ -11,11 +11,11 @@ centre-cropped to a square of that size; the model predicts on batches of ``REFE
 BatchNorm in train mode and one inversion decision per batch; metrics are computed on the crop.
 Precomputed maps get the same crop (BatchNorm and inversion do not apply to them).
 
-Both return the streaming ``SaliencyEvaluator`` (``results()``, ``records()``).
+Both return the streaming ``SaliencyEvaluator`` (``results()``, ``records()``). Maps are scored by
+``segtricks.map_evaluation``, which imports torch only for what needs it (here: the reference view).
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -25,16 +25,17 @@ import torch
 import torchvision.transforms.functional as TF
 from tqdm.auto import tqdm
 
-from segtricks.config import EVAL_PROTOCOLS, Config, DatasetRef
-from segtricks.datasets import (GT_THRESHOLD, IMAGE_SUFFIXES, DatasetError, EvalView, Sample, Skipped,
-                                build_dataset, load_or_skip, open_image)
+from segtricks.config import Config, DatasetRef
+from segtricks.datasets import build_dataset
 from segtricks.loaders import data_loader
+from segtricks.map_evaluation import check_foreground, check_post_tricks, check_protocol
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import SegmentationModel
 from segtricks.prediction_cache import ArrayCache, NoCache, as_cached, key_cache, prediction_cache
 from segtricks.predict import predict_raw, resize_to
 from segtricks.threads import one_thread
-from segtricks.tricks import TRICKS, get_tricks, postprocess
+from segtricks.tricks import postprocess
+from segtricks.views import EvalView
 
 
 REFERENCE_BATCH = 8  # the reference evaluated in batches of 8, and inverted per batch (SPEC §8.3)
@@ -64,19 +65,6 @@ def reference_boxes(boxes: Optional[np.ndarray], height: int, width: int, size: 
     return moved[(moved[:, 2] > moved[:, 0]) & (moved[:, 3] > moved[:, 1])]
 
 
-def _check_protocol(protocol: str) -> None:
-    if protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {protocol!r}; use one of {', '.join(EVAL_PROTOCOLS)}")
-
-
-def _check_post(tricks: Sequence[str]) -> None:
-    for trick in get_tricks(tricks):
-        if trick.stage != "post":
-            post = [n for n in TRICKS.names() if TRICKS.get(n).stage == "post"]
-            raise ValueError(f"trick {trick.name!r} is a training trick; evaluation applies only "
-                             f"post-processing tricks ({', '.join(post)})")
-
-
 @torch.no_grad()
 def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
                    device: Optional[torch.device] = None, with_structure: bool = True,
@@ -90,8 +78,8 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
     (``<output root>/keys``) the backbone's keys too, so a new model on the same backbone runs only
     its head (``segtricks.prediction_cache``).
     The first ``keep_samples`` (id, image, mask, prediction) are kept in ``evaluator.samples``."""
-    _check_post(tricks)
-    _check_protocol(protocol)
+    check_post_tricks(tricks)
+    check_protocol(protocol)
     device = device or next(model.head.parameters()).device
     size = cfg.data.image_size
     raw = build_dataset(ref)
@@ -147,15 +135,6 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
     return evaluator
 
 
-def check_foreground(evaluator: SaliencyEvaluator, ref: DatasetRef) -> None:
-    """Refuse scores against ground truth that is all background: IoU, F and recall then say nothing
-    about the predictions (a wrong masks folder, or masks the binarisation rule does not fit)."""
-    if evaluator.n and not any(row.get("object_ratio", 0) > 0 for row in evaluator.rows):
-        where = f" ({ref.root})" if ref.root else ""
-        raise DatasetError(f"dataset {ref.name!r}{where}: none of the {evaluator.n} ground-truth masks has a "
-                           f"foreground pixel (> {GT_THRESHOLD}, or 1 in 0/1 masks); check its masks, nothing was scored")
-
-
 @torch.no_grad()
 def raw_masks_of(model: SegmentationModel, inputs: torch.Tensor, ids: List[str], protocol: str,
                  cache: Optional[ArrayCache | NoCache], keys: Optional[ArrayCache | NoCache]) -> torch.Tensor:
@@ -184,82 +163,3 @@ def describe_skipped(name: str, skipped: Sequence[tuple], shown: int = 10) -> st
 def skipped_csv(skipped: Sequence[tuple]) -> str:
     """The skipped images as CSV (image_id, reason): the artifact that lists them."""
     return pd.DataFrame(list(skipped), columns=["image_id", "reason"]).to_csv(index=False)
-
-
-def find_map(maps_dir: Path, image_id: str) -> Path:
-    for suffix in (".png",) + IMAGE_SUFFIXES:
-        path = maps_dir / f"{image_id}{suffix}"
-        if path.is_file():
-            return path
-    raise DatasetError(f"no saliency map for image {image_id!r} in {maps_dir} (expected {image_id}.png)")
-
-
-def centre_prior(h: int, w: int, sigma: float = 0.25) -> torch.Tensor:
-    """A centred Gaussian map exp(−d²/2σ²), d the distance to the centre in units of each side."""
-    y = (torch.arange(h, dtype=torch.float64) + 0.5) / h - 0.5
-    x = (torch.arange(w, dtype=torch.float64) + 0.5) / w - 0.5
-    return torch.exp(-(y[:, None] ** 2 + x[None, :] ** 2) / (2 * sigma ** 2))
-
-
-def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
-                  with_structure: bool = True, progress: bool = True, keep_samples: int = 0,
-                  protocol: str = "ours") -> SaliencyEvaluator:
-    """Score a folder of grayscale maps ``<id>.png`` (0–255, the ground truth's size) on ``ref``.
-
-    ``maps_dir=None`` scores the centred Gaussian prior instead (the no-learning baseline). Under the
-    reference protocol map, image and ground truth are scored in the reference's centre-crop view.
-    """
-    _check_post(tricks)
-    _check_protocol(protocol)
-    if maps_dir is not None:
-        maps_dir = Path(maps_dir)
-        if not maps_dir.is_dir():
-            raise DatasetError(f"maps folder {maps_dir} does not exist")
-    raw = build_dataset(ref)
-    if not (raw.has_masks or raw.has_boxes):
-        raise DatasetError(f"dataset {ref.name!r} has neither masks nor boxes to evaluate against")
-    evaluator = SaliencyEvaluator(with_structure=with_structure)
-    for s in raw.skipped:
-        evaluator.skip(s.id, s.reason)
-    label = maps_dir.name if maps_dir is not None else "centre prior"
-    size = cfg.data.image_size
-    with one_thread():  # no model: every step is a small per-image operation (segtricks.threads)
-        for index in tqdm(range(len(raw)), desc=f"evaluate {label} on {ref.name}", disable=not progress):
-            sample = load_or_skip(raw, index, ref.on_error)
-            if isinstance(sample, Skipped):
-                evaluator.skip(sample.id, sample.reason)
-                continue
-            try:
-                soft = (centre_prior(sample.image.height, sample.image.width) if maps_dir is None
-                        else read_map(maps_dir, sample))
-            except DatasetError as exc:
-                if ref.on_error != "skip":
-                    raise
-                warnings.warn(f"skipped: {exc}")
-                evaluator.skip(sample.id, str(exc))
-                continue
-            image = torch.from_numpy(np.asarray(sample.image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-            mask = None if sample.mask is None else torch.from_numpy(sample.mask)
-            boxes = sample.boxes
-            if protocol == "reference":
-                boxes = reference_boxes(boxes, *image.shape[-2:], size)
-                soft, image = reference_view(soft[None], size)[0], reference_view(image, size)
-                mask = None if mask is None else reference_mask(mask, size)
-            if tricks:
-                soft = postprocess(soft[None, None].float(), image[None], tricks, cfg)[0, 0].double()
-            evaluator.update(soft, mask, sample.id, boxes=boxes)
-            if len(evaluator.samples) < keep_samples:
-                evaluator.samples.append((sample.id, image, mask, soft.float()))
-    check_foreground(evaluator, ref)
-    return evaluator
-
-
-def read_map(maps_dir: Path, sample: Sample) -> torch.Tensor:
-    """The sample's map as float64 in [0, 1]; a missing, unreadable or wrongly sized map is a
-    DatasetError naming the file."""
-    path = find_map(maps_dir, sample.id)
-    soft = torch.from_numpy(np.asarray(open_image(path, "L"), dtype=np.float64) / 255.0)
-    if soft.shape != (sample.image.height, sample.image.width):
-        raise DatasetError(f"map {path} is {soft.shape[1]}×{soft.shape[0]} but image {sample.id} is "
-                           f"{sample.image.width}×{sample.image.height}; maps must have their image's size")
-    return soft

@@ -30,8 +30,10 @@ from tqdm.auto import tqdm
 from segtricks import estimate, figures, preflight, slurm, tracking
 from segtricks.checkpoint import NoSpaceError
 from segtricks.config import DatasetRef
-from segtricks.evaluation import describe_skipped, evaluate_maps, evaluate_model, skipped_csv
+from segtricks.evaluation import describe_skipped, evaluate_model, skipped_csv
 from segtricks.grid import Cell, Grid, load_grid
+from segtricks.map_evaluation import evaluate_maps
+from segtricks.tracking_hooks import EpochLogger
 from segtricks.trainer import resolve_device
 from segtricks.training import State
 from segtricks.tricks import post_trick_names
@@ -220,7 +222,7 @@ def execute(store: tracking.Store, step: Step, run: tracking.RunLog, device: tor
                        if r.info.run_id != run.id]
             if trainer:
                 run.set_tags({"model_from_run": trainer[0].info.run_id})
-        status = training.run([tracking.EpochLogger(run)] if trains else [])
+        status = training.run([EpochLogger(run)] if trains else [])
         if trains:
             run.log_epochs(training.history())
         run.set_tags({"weights": status.weights_id})

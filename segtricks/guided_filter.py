@@ -4,20 +4,19 @@ Box means use truncated windows at the borders (each output pixel averages only 
 window that lie inside the image), so the result needs no padding rule.
 
 Two paths, the same numbers (to float32 rounding; tests hold them to each other and to a float64
-brute force): on CPU without autograd, each image is filtered with OpenCV's box filter
-(``cv2.boxFilter`` unnormalised with zero borders = the truncated window sum) and in-place numpy
-arithmetic on reused planes, which stay in cache; on CUDA, or when gradients are needed, torch ops:
-two cumulative sums per box filter with the window differences sliced out, the window-count
-normaliser computed once per (size, radius, device). Timings: benchmarks/guided_filter.py.
+brute force): on CPU without autograd, ``segtricks.guided_filter_numpy`` (OpenCV box filters and
+in-place numpy arithmetic on reused planes, which stay in cache; it imports no torch, so scoring
+saliency maps calls it directly); on CUDA, or when gradients are needed, torch ops: two cumulative
+sums per box filter with the window differences sliced out, the window-count normaliser computed
+once per (size, radius, device). Timings: benchmarks/guided_filter.py.
 """
 from __future__ import annotations
 
-import threading
 from functools import lru_cache
 
-import cv2
-import numpy as np
 import torch
+
+from segtricks.guided_filter_numpy import guided_filter_planes, inverse_counts
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -42,11 +41,8 @@ def _window_sums(x: torch.Tensor, r: int, dim: int) -> torch.Tensor:
 
 @lru_cache(maxsize=64)
 def _inverse_counts(h: int, w: int, r: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """1 / (pixels of each truncated window), (H, W): separable, a row count times a column count."""
-    def counts(n: int) -> torch.Tensor:
-        i = torch.arange(n, dtype=torch.float64)
-        return (i + r).clamp(max=n - 1) - (i - r).clamp(min=0) + 1
-    return (1.0 / (counts(h)[:, None] * counts(w)[None, :])).to(device=device, dtype=dtype)
+    """1 / (pixels of each truncated window), (H, W), on ``device``."""
+    return torch.from_numpy(inverse_counts(h, w, r)).to(device=device, dtype=dtype)
 
 
 def guided_filter_gray(src: torch.Tensor, guide: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
@@ -90,73 +86,4 @@ def _guided_filter_opencv(mask: torch.Tensor, image: torch.Tensor, radius: int, 
     reused planes (they stay in cache; torch ops on whole batches do not)."""
     masks = mask.detach().float().contiguous().numpy()
     images = image.detach().float().contiguous().numpy()
-    out = np.empty_like(masks)
-    planes = _planes(*masks.shape[-2:], radius)
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # a 320² box filter is too small to share: OpenCV's pool made it 4× slower here
-    try:
-        for m, rgb, q in zip(masks[:, 0], images, out[:, 0]):
-            planes.filter(m, rgb, eps, q)
-    finally:
-        cv2.setNumThreads(threads)
-    return torch.from_numpy(out).to(mask.dtype)
-
-
-_SCRATCH = threading.local()  # per thread: the scratch planes of the last sizes filtered
-
-
-def _planes(h: int, w: int, radius: int) -> "_Planes":
-    """Scratch planes for this size, reused across calls (fresh pages cost more than the arithmetic)."""
-    cache = _SCRATCH.__dict__.setdefault("planes", {})
-    key = (h, w, radius)
-    if key not in cache:
-        if len(cache) >= 8:
-            cache.clear()
-        cache[key] = _Planes(h, w, radius)
-    return cache[key]
-
-
-class _Planes:
-    """Scratch planes of one image size, reused for every image of a batch."""
-
-    def __init__(self, h: int, w: int, radius: int) -> None:
-        self.inv = _inverse_counts(h, w, radius, torch.device("cpu"), torch.float32).numpy()
-        self.window = (2 * radius + 1, 2 * radius + 1)
-        self.g, self.p, self.mean_i, self.mean_p, self.a, self.b, self.tmp = (np.empty_like(self.inv) for _ in range(7))
-
-    def box_mean(self, x: np.ndarray, dst: np.ndarray) -> None:
-        cv2.boxFilter(x, -1, self.window, dst=dst, normalize=False, borderType=cv2.BORDER_CONSTANT)
-        np.multiply(dst, self.inv, out=dst)
-
-    def filter(self, m: np.ndarray, rgb: np.ndarray, eps: float, q: np.ndarray) -> None:
-        """q ← the guided filter of mask m (H, W) with guide mean(rgb), as ``guided_filter``."""
-        g, p, mean_i, mean_p, a, b, tmp = self.g, self.p, self.mean_i, self.mean_p, self.a, self.b, self.tmp
-        np.add(rgb[0], rgb[1], out=g)
-        g += rgb[2]
-        g *= 1 / 3
-        g -= float(g.mean(dtype=np.float64))  # a Python float keeps the arithmetic in float32
-        mu = float(m.mean(dtype=np.float64))
-        np.subtract(m, mu, out=p)
-        flat = p.reshape(-1)  # unbiased std from a dot product: no temporary array
-        sd = float(np.sqrt(np.dot(flat, flat) / max(flat.size - 1, 1))) + 1e-6
-        p /= sd
-        self.box_mean(g, mean_i)
-        self.box_mean(p, mean_p)
-        np.multiply(g, p, out=tmp)
-        self.box_mean(tmp, a)
-        np.multiply(mean_i, mean_p, out=tmp)
-        a -= tmp  # cov(I, p)
-        np.multiply(g, g, out=tmp)
-        self.box_mean(tmp, b)
-        np.multiply(mean_i, mean_i, out=tmp)
-        b -= tmp
-        b += eps  # var(I) + eps
-        a /= b
-        np.multiply(a, mean_i, out=tmp)
-        np.subtract(mean_p, tmp, out=b)  # b = mean(p) − a·mean(I)
-        self.box_mean(a, mean_i)
-        self.box_mean(b, mean_p)
-        np.multiply(mean_i, g, out=q)
-        q += mean_p
-        q *= sd
-        q += mu
+    return torch.from_numpy(guided_filter_planes(masks[:, 0], images, radius, eps)[:, None]).to(mask.dtype)

@@ -1,10 +1,11 @@
 """Saliency and detection metrics, streamed image by image, each protocol under its own name.
 
 ``SaliencyEvaluator.update(pred, gt)`` takes one soft prediction (H, W) in [0, 1] already at the
-ground truth's original size, on CPU or CUDA (scored on the CPU in numpy, arrays reused from image
-to image); memory does not grow with the dataset except for the
-per-image records (one row per image). Every threshold sweep comes from a 512-bin histogram per
-image; S-measure, MAE and the object terms come from sums over the four centroid quadrants.
+ground truth's original size, a numpy array or a torch tensor on CPU or CUDA (scored on the CPU in
+numpy, arrays reused from image to image; this module imports no torch); memory does not grow with
+the dataset except for the per-image records (one row per image). Every threshold sweep comes from
+a 512-bin histogram per image; S-measure, MAE and the object terms come from sums over the four
+centroid quadrants.
 
 Two families of protocols see the map differently (SPEC §7):
 - **paper** protocols (acc, iou, max_fbeta, max_fbeta_per_image) score the soft mask as predicted,
@@ -36,8 +37,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy import ndimage
 
 BETA2 = 0.3
 EPS = float(np.spacing(1))  # MATLAB's eps, as the S/E-measure reference code uses
@@ -59,12 +58,16 @@ class Scratch:
         return flat[:n].reshape(shape)
 
 
-def prepared_maps(pred: torch.Tensor, scratch: Scratch) -> Tuple[np.ndarray, np.ndarray]:
-    """(p, r): the prediction as a CPU numpy map clipped to [0, 1], and r, p rescaled by its own min
-    and max to [0, 1] (p itself when constant) as pysodmetrics' and the SOD toolboxes' data
-    preparation does. float64 stays float64, so the toolbox quantisation equals pysodmetrics' on maps
-    read from PNGs; anything else is float32."""
-    p = pred.detach().cpu().numpy()
+def as_array(x) -> np.ndarray:
+    """A numpy array as it is; a torch tensor (any device) copied to a CPU numpy array."""
+    return x if isinstance(x, np.ndarray) else x.detach().cpu().numpy()
+
+
+def prepared_maps(p: np.ndarray, scratch: Scratch) -> Tuple[np.ndarray, np.ndarray]:
+    """(p, r): the prediction map clipped to [0, 1], and r, p rescaled by its own min and max to
+    [0, 1] (p itself when constant) as pysodmetrics' and the SOD toolboxes' data preparation does.
+    float64 stays float64, so the toolbox quantisation equals pysodmetrics' on maps read from PNGs;
+    anything else is float32."""
     p = p if p.dtype == np.float64 else p.astype(np.float32, copy=False)
     lo, hi = p.min(), p.max()
     if lo < 0 or hi > 1:
@@ -206,30 +209,30 @@ class SaliencyEvaluator:
         self.sum_e_curve = np.zeros(256)
         self.rows: List[Dict[str, object]] = []
         self.skipped: List[Tuple[str, str]] = []  # (id, reason) of images left out (on_error: skip)
-        # (id, image (3,H,W), mask or None, prediction) of the first images, kept by the caller for figures
-        self.samples: List[Tuple[str, torch.Tensor, Optional[torch.Tensor], torch.Tensor]] = []
+        # (id, image (3,H,W), mask or None, prediction) tensors of the first images, kept by the caller for figures
+        self.samples: List[Tuple[str, object, Optional[object], object]] = []
         self.flush_every = 64  # images whose histograms wait for one batched curve computation
         self._pending_hists: List[np.ndarray] = []
         self._pending_rows: List[Dict[str, object]] = []
         self._scratch = Scratch()
 
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, gt: Optional[torch.Tensor] = None, image_id: str = "",
-               boxes: Optional[np.ndarray] = None, **extra: object) -> Dict[str, object]:
+    def update(self, pred, gt=None, image_id: str = "", boxes: Optional[np.ndarray] = None,
+               **extra: object) -> Dict[str, object]:
         """Add one image: pred (H, W) soft in [0, 1]; gt (H, W) bool at the same size and/or GT boxes
-        (K, 4) for CorLoc. ``extra`` fields go into the image's record, which is returned; its
-        threshold-curve fields (acc, iou, max_fbeta_image) are filled in batches, at the latest by
-        ``records()`` or ``results()``."""
-        if not pred.is_floating_point():
+        (K, 4) for CorLoc; numpy arrays or torch tensors. ``extra`` fields go into the image's record,
+        which is returned; its threshold-curve fields (acc, iou, max_fbeta_image) are filled in
+        batches, at the latest by ``records()`` or ``results()``."""
+        p = as_array(pred)
+        if not np.issubdtype(p.dtype, np.floating):
             raise TypeError(f"{image_id}: prediction must be a float map in [0, 1], got {pred.dtype}")
         row: Dict[str, object] = {"image_id": image_id}
         if gt is not None:
-            if pred.shape != gt.shape:
-                raise ValueError(f"{image_id}: prediction {tuple(pred.shape)} and mask {tuple(gt.shape)} differ "
+            if p.shape != tuple(gt.shape):
+                raise ValueError(f"{image_id}: prediction {tuple(p.shape)} and mask {tuple(gt.shape)} differ "
                                  f"in size; resize the prediction to the mask's original size first")
-            self._saliency(pred, gt.detach().cpu().numpy().astype(bool, copy=False), row)
+            self._saliency(p, as_array(gt).astype(bool, copy=False), row)
         if boxes is not None:
-            binary = (pred >= 0.5).cpu().numpy()  # as q ≥ 128 of the saliency protocols
+            binary = p >= 0.5  # as q ≥ 128 of the saliency protocols
             hit, box = corloc_hit(binary, boxes)
             row.update(corloc_hit=hit, pred_box=box)
             if gt is None:  # object size from the union of the GT boxes
@@ -241,7 +244,7 @@ class SaliencyEvaluator:
         self.rows.append(row)
         return row
 
-    def _saliency(self, pred: torch.Tensor, gt: np.ndarray, row: Dict[str, object]) -> None:
+    def _saliency(self, pred: np.ndarray, gt: np.ndarray, row: Dict[str, object]) -> None:
         # numpy on the CPU: per image the work is a few passes over one map, where torch's per-op
         # overhead and thread hand-offs (on a busy host) cost more than the arithmetic
         h, w = gt.shape
@@ -328,6 +331,8 @@ class SaliencyEvaluator:
 
 def largest_component_box(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     """(x0, y0, x1, y1), x1/y1 exclusive, of the largest 8-connected component; None if empty."""
+    from scipy import ndimage  # a fifth of the import time of scoring maps, which need no CorLoc
+
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
     if n == 0:
         return None

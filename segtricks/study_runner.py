@@ -33,6 +33,7 @@ from segtricks.config import ConfigError, config_hash  # noqa: E402
 from segtricks.evaluation import evaluate_model  # noqa: E402
 from segtricks.grid import Cell  # noqa: E402
 from segtricks.study import StudySpec, load_study  # noqa: E402
+from segtricks.tracking_hooks import EpochLogger  # noqa: E402
 from segtricks.trainer import Hook, LoopState, resolve_device  # noqa: E402
 from segtricks.training import Training  # noqa: E402
 from segtricks.tricks import post_trick_names  # noqa: E402
@@ -129,7 +130,7 @@ def objective_fn(spec: StudySpec, store: tracking.Store, parent: tracking.RunLog
         trial.set_user_attr("mlflow_run_id", run.id)  # closed FAILED if a killed worker leaves it RUNNING
         pruning = Pruning(trial)
         try:
-            training.run([tracking.EpochLogger(run), pruning])
+            training.run([EpochLogger(run), pruning])
             trial.set_user_attr("trained", bool(pruning.epochs_run))
             dev = resolve_device(device)
             ev = evaluate_model(training.model(dev), cfg, spec.objective_ref, post_trick_names(cfg.tricks), dev,

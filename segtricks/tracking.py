@@ -1,8 +1,9 @@
 """The one MLflow interface of the project: a ``Store`` of experiments and runs, and ``RunLog``, one run.
 
-``ablate``, ``tune`` and ``analysis`` call only this module. Default store: ``sqlite:///mlflow.db``
-in the working directory, artifacts under ``./mlruns`` (``mlflow ui --backend-store-uri
-sqlite:///mlflow.db`` shows them). ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI`` selects a server.
+``ablate``, ``tune`` and ``analysis`` call only this module (and ``segtricks.tracking_hooks``, its
+training hook); it imports no torch, so reading results does not load the model stack. Default
+store: ``sqlite:///mlflow.db`` in the working directory, artifacts under ``./mlruns`` (``mlflow ui
+--backend-store-uri sqlite:///mlflow.db`` shows them). ``--tracking-uri`` or ``$MLFLOW_TRACKING_URI`` selects a server.
 
 Metric names, one scheme everywhere: ``train.<term>`` and ``val.iou`` per epoch (step = epoch),
 ``<dataset>.<metric>`` for evaluations under our protocol and ``<dataset>.reference.<metric>`` under
@@ -51,7 +52,6 @@ from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
 from segtricks.checkpoint import NoSpaceError
 from segtricks.config import Config, resolved_yaml, to_dict
 from segtricks.slurm import slurm_job
-from segtricks.trainer import Hook, LoopState
 
 # MLflow's SQL layer logs each database error with a traceback before raising it, and a note on store
 # creation; the raised error becomes one line here (explain_store_error), so those logs are noise.
@@ -378,16 +378,6 @@ class RunLog:
 
     def heartbeat(self) -> "Heartbeat":
         return Heartbeat(self)
-
-
-class EpochLogger(Hook):
-    """Training hook: each finished epoch's metrics to the run, at step = epoch."""
-
-    def __init__(self, run: RunLog) -> None:
-        self.run = run
-
-    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
-        self.run.log_metrics(metrics, step=state.epoch)
 
 
 class Heartbeat:

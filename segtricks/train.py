@@ -1,6 +1,7 @@
 """Train one cell from a YAML config: ``python -m segtricks.train --config FILE [--set key=value ...]``.
 
 Resumes from ``<output_dir>/last.pt`` when the folder holds an unfinished training of the same config.
+The arguments and the config are checked before torch and timm are imported.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import List
 
 from segtricks.checkpoint import NoSpaceError
 from segtricks.config import ConfigError, load_config
-from segtricks.training import ConfigMismatchError, Training
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -20,7 +20,14 @@ def main(argv: List[str] | None = None) -> int:
                         help="override a config key (dotted path), repeatable")
     args = parser.parse_args(argv)
     try:
-        training = Training(load_config(args.config, flags=args.set))
+        cfg = load_config(args.config, flags=args.set)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from segtricks.training import ConfigMismatchError, Training  # torch, timm: only for a valid config
+
+    try:
+        training = Training(cfg)
         status = training.run()
     except (ConfigError, ConfigMismatchError) as exc:
         print(f"error: {exc}", file=sys.stderr)

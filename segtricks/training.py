@@ -26,10 +26,11 @@ from tqdm.auto import tqdm
 
 from segtricks import checkpoint
 from segtricks.config import NUMBER_NEUTRAL, Config, canonical_sha256, resolved_yaml, to_dict
-from segtricks.datasets import TrainView, build_dataset
+from segtricks.datasets import build_dataset
 from segtricks.model import SegmentationModel, build_model, load_trained
 from segtricks.trainer import Hook, LoopState, ProgressLine, Validation, fit, resolve_device, seed_everything
 from segtricks.tricks import TRICKS, get_tricks
+from segtricks.views import TrainView
 
 
 class ConfigMismatchError(RuntimeError):

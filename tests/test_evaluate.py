@@ -11,7 +11,8 @@ from PIL import Image
 from conftest import require_shared
 from segtricks.config import Config, DatasetRef, config_from_dict, load_config
 from segtricks.evaluate import main
-from segtricks.evaluation import evaluate_maps, evaluate_model
+from segtricks.evaluation import evaluate_model
+from segtricks.map_evaluation import evaluate_maps
 from segtricks.metrics import SaliencyEvaluator
 from segtricks.model import build_model
 from test_demo import DEMO
@@ -189,3 +190,18 @@ def test_per_image_phases_run_on_one_thread_and_the_count_is_restored(tmp_path, 
     finally:
         torch.set_num_threads(threads)
     assert seen[0] == ("model", 2) and seen[1:] == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("tricks", [["gf"], ["gf", "bf"]])
+def test_post_processing_of_maps_in_numpy_gives_the_torch_tricks_numbers(tricks):
+    """Issue 21: GF on maps runs without torch (segtricks.guided_filter_numpy), to the same bits."""
+    from segtricks.map_evaluation import postprocess_map
+    from segtricks.tricks import postprocess
+
+    rng = np.random.default_rng(0)
+    soft = rng.random((37, 53))
+    hwc = rng.random((37, 53, 3)).astype(np.float32)
+    rgb = hwc.transpose(2, 0, 1)  # the layout evaluate_maps passes
+    expected = postprocess(torch.from_numpy(soft)[None, None].float(), torch.from_numpy(hwc).permute(2, 0, 1)[None],
+                           tricks, Config())[0, 0].double().numpy()
+    assert np.array_equal(postprocess_map(soft, rgb, tricks, Config()), expected)
