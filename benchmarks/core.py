@@ -11,12 +11,11 @@ Timings of random-init backbones equal those of pretrained ones (same arithmetic
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Callable, List, Optional
 
 import numpy as np
 import torch
+from torch.utils.benchmark import Timer
 
 from segtricks.bilateral_solver import bilateral_solver_filter
 from segtricks.config import config_from_dict
@@ -25,19 +24,11 @@ from segtricks.model import build_model
 from segtricks.trainer import loss_terms, loss_weights
 
 
-def time_ms(fn: Callable[[], object], repeats: int, device: torch.device, warmup: int = 1) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+def time_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Mean milliseconds per call of ``fn`` over ``repeats`` calls in one block, by
+    ``torch.utils.benchmark.Timer`` at this process's torch thread count: two untimed calls warm it up,
+    and its clock synchronises the GPU at both ends of the block."""
+    return Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).timeit(repeats).mean * 1e3
 
 
 def train_step_fn(tricks: List[str], device: torch.device, autocast: Optional[bool] = None,
@@ -77,23 +68,22 @@ def main() -> None:
     device = torch.device(args.device)
     rows = []
 
-    base = statistics.median(time_ms(train_step_fn([], device), args.step_repeats, device))
-    tricks = statistics.median(time_ms(train_step_fn(["crop", "gf"], device), args.step_repeats, device))
+    base = time_ms(train_step_fn([], device), args.step_repeats)
+    tricks = time_ms(train_step_fn(["crop", "gf"], device), args.step_repeats)
     rows += [("train step, batch 8, 320², ViT-S/8: baseline", base, "1.00×"),
              ("train step, batch 8, 320², ViT-S/8: crop + GF", tricks, f"{tricks / base:.2f}× baseline")]
 
     rng = np.random.default_rng(0)
     timg = torch.from_numpy(rng.random((320, 320, 3), dtype=np.float32)).permute(2, 0, 1)[None]
     tmask = torch.from_numpy(rng.random((320, 320), dtype=np.float32))[None, None]
-    gf = statistics.median(time_ms(lambda: guided_filter(tmask, timg, 9, 1e-3), args.repeats, torch.device("cpu")))
+    gf = time_ms(lambda: guided_filter(tmask, timg, 9, 1e-3), args.repeats)
     rows.append(("GF per 320² mask (CPU; benchmarks/guided_filter.py compares)", gf, "1.00×"))
-    bf = statistics.median(time_ms(lambda: bilateral_solver_filter(tmask, timg), max(3, args.repeats // 4),
-                                   torch.device("cpu")))
+    bf = time_ms(lambda: bilateral_solver_filter(tmask, timg), max(3, args.repeats // 4))
     rows.append(("BF per 320² mask: ours (CPU, 25 CG iterations)", bf, f"{bf / gf:.1f}× GF"))
 
     print(f"\ndevice: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
     width = max(len(r[0]) for r in rows)
-    print(f"| {'what':<{width}} | {'ms (median)':>12} | {'ratio':<22} |")
+    print(f"| {'what':<{width}} | {'ms (mean)':>12} | {'ratio':<22} |")
     print(f"|{'-' * (width + 2)}|{'-' * 14}|{'-' * 24}|")
     for name, ms, ratio in rows:
         print(f"| {name:<{width}} | {ms:>12.1f} | {ratio:<22} |")

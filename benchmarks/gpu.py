@@ -18,7 +18,6 @@ import argparse
 import math
 import os
 import sys
-import statistics
 from typing import Callable, List, Tuple
 
 import torch
@@ -42,11 +41,10 @@ def peak_mib(device: torch.device) -> str:
 
 
 def measure(fn: Callable[[], object], repeats: int, device: torch.device) -> Tuple[float, str]:
-    """Median ms of ``fn`` and the peak GPU memory it reached."""
+    """Mean ms of ``fn`` (``core.time_ms``) and the peak GPU memory it reached."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    ms = statistics.median(time_ms(fn, repeats, device, warmup=2 if repeats > 2 else 1))
-    return ms, peak_mib(device)
+    return time_ms(fn, repeats), peak_mib(device)
 
 
 def main() -> None:
@@ -102,7 +100,7 @@ def main() -> None:
                      f"{6 * compute_s / 3600:.1f} h of training", f"{table3_bytes / 2 ** 20:.0f}"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"\n{name}; torch {torch.__version__}{'; --tiny sizes' if args.tiny else ''}\n")
-    print("| what | throughput | median | peak GPU MiB |")
+    print("| what | throughput | mean | peak GPU MiB |")
     print("|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

@@ -3,8 +3,9 @@
     python benchmarks/guided_filter.py [--rounds N] [--size 320]
 
 One 320×320 mask with an RGB guide, radius 9, eps 1e-3, at batch 1 and batch 8 (time per mask), with
-torch at 1 and at 2 threads. Each round times every implementation once, in turn (interleaved), so a
-change of machine load hits them all alike; the table gives medians over rounds and ratios to OpenCV.
+torch (``torch.utils.benchmark.Timer``'s ``num_threads``) and OpenCV at 1 and at 2 threads. Each round
+times every implementation once, in turn (interleaved, ``timing.interleaved_ms``), so a change of
+machine load hits them all alike; the table gives medians over rounds and ratios to OpenCV.
 "The reference" is the torch guided filter the reference implementation calls (DeepGuidedFilter's
 ``GuidedFilter``: box sums by cumsum, ``diff_x``/``diff_y`` slicing and ``torch.cat``), copied below.
 Outputs are checked to agree (ours vs OpenCV inside a 2r border, where OpenCV pads instead of truncating).
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from segtricks.guided_filter import guided_filter
-from timing import ms  # benchmarks/timing.py (the script's folder is on sys.path)
+from timing import interleaved_ms  # benchmarks/timing.py (the script's folder is on sys.path)
 
 
 def _diff_x(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -77,15 +78,9 @@ def main() -> None:
     print(f"| what | threads | ms per mask (median of {args.rounds}) | vs OpenCV | vs reference, same batch |")
     print("|---|---|---|---|---|")
     for threads in (1, 2):
-        torch.set_num_threads(threads)
-        cv2.setNumThreads(threads)
-        times: Dict[str, list] = {k: [] for k in cases}
-        for fn in cases.values():  # warm-up
-            fn()
-        for _ in range(args.rounds):
-            for name, fn in cases.items():
-                times[name].append(ms(fn) / (8 if "batch 8" in name else 1))
-        med = {k: statistics.median(v) for k, v in times.items()}
+        cv2.setNumThreads(threads)  # the Timer sets torch's
+        times = interleaved_ms(cases, args.rounds, threads)
+        med = {k: statistics.median(v) / (8 if "batch 8" in k else 1) for k, v in times.items()}
         for name, value in med.items():
             ref = med["reference torch GF, batch 8 (per mask)" if "batch 8" in name else "reference torch GF, batch 1"]
             versus = f"{ref / value:.2f}× faster" if name.startswith("ours") else ""

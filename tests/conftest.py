@@ -1,9 +1,33 @@
 import os
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from segtricks.config import Config, Layer, compose, read_yaml_mapping
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEMO_CELL = REPO / "experiments" / "demo_cell.yaml"
+
+# The demo cell cut to a training of seconds: one epoch of one step of 4 on 8 synthetic images at
+# 32², validated on 4, no tricks, at the default (the paper's) learning rate, on demo_vit4's default
+# weights (it has no official release: random-init).
+TINY = {"data.train.limit": 8, "data.val.limit": 4, "data.image_size": 32, "data.resize_short": 36,
+        "optim.epochs": 1, "optim.steps_per_epoch": 1, "optim.lr": 1.0e-4, "backbone.weights": None,
+        "tricks": []}
+
+# The CLI tests' grids over the demo cell (56², as users run it): 2 steps of 4 per epoch on 8
+# images, validated on 4, evaluated on 4 test images (the last two items: drop them for no evaluation).
+TINY_FLAGS = ["--set", "optim.steps_per_epoch=2", "--set", "optim.batch_size=4", "--set", "data.train.limit=8",
+              "--set", "data.val.limit=4", "--set", "eval=[{name: synthetic, split: test, limit: 4}]"]
+
+
+def tiny_config(output_dir: Path, overrides: Optional[Dict[str, Any]] = None) -> Config:
+    """The tiny test cell in ``output_dir``: experiments/demo_cell.yaml, then ``TINY``, then the test's
+    own ``overrides`` (dotted keys), merged by ``compose`` as a user's file and ``--set`` flags are."""
+    return compose([Layer(read_yaml_mapping(DEMO_CELL), str(DEMO_CELL)), Layer(TINY, "TINY (tests/conftest.py)"),
+                    Layer({"output_dir": str(output_dir), **(overrides or {})}, "the test's overrides")])
 
 
 @pytest.fixture(autouse=True)

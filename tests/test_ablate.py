@@ -11,19 +11,17 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import unreadable_folder
+from conftest import DEMO_CELL, TINY_FLAGS, unreadable_folder
 from segtricks import checkpoint
 from segtricks.ablate import main
 from segtricks.config import ConfigError
 from segtricks.grid import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--set", "optim.steps_per_epoch=2", "--set", "optim.batch_size=4", "--set", "data.train.limit=8",
-        "--set", "data.val.limit=4", "--set", "eval=[{name: synthetic, split: test, limit: 4}]"]
 
 
 def write_grid(tmp_path, entries, epochs=1, name="mini"):
-    lines = [f"name: {name}", f"base: {REPO / 'experiments' / 'demo_cell.yaml'}",
+    lines = [f"name: {name}", f"base: {DEMO_CELL}",
              f"set: {{optim.epochs: {epochs}}}", "axes:", "  tricks:"]
     lines += [f"    - {e}" for e in entries]
     path = tmp_path / f"{name}.yaml"
@@ -37,8 +35,9 @@ def runs(tmp_path, grid="mini"):
     return client, client.search_runs([exp.experiment_id]) if exp else []
 
 
+@pytest.mark.slow
 def test_demo_grid_runs_tags_metrics_and_rerun_creates_nothing(in_tmp, capsys):
-    assert main(["--grid", "demo", "--set", "optim.epochs=1", *TINY]) == 0
+    assert main(["--grid", "demo", "--set", "optim.epochs=1", *TINY_FLAGS]) == 0
     client, rs = runs(in_tmp, "demo")
     assert len(rs) == 4 and all(r.info.status == "FINISHED" for r in rs)
     by_cell = {r.data.tags["cell"]: r for r in rs}
@@ -58,7 +57,7 @@ def test_demo_grid_runs_tags_metrics_and_rerun_creates_nothing(in_tmp, capsys):
     out = capsys.readouterr().out
     assert "4 cells: 4 run, 0 skipped, 0 failed" in out
     # rerunning a finished grid does no work and creates no runs
-    assert main(["--grid", "demo", "--set", "optim.epochs=1", *TINY]) == 0
+    assert main(["--grid", "demo", "--set", "optim.epochs=1", *TINY_FLAGS]) == 0
     assert len(runs(in_tmp, "demo")[1]) == 4
     out = capsys.readouterr().out
     assert "4 cells: 0 run, 4 skipped, 0 failed" in out
@@ -68,11 +67,12 @@ def test_demo_grid_runs_tags_metrics_and_rerun_creates_nothing(in_tmp, capsys):
     assert f"http://127.0.0.1:5000/#/experiments/{base.info.experiment_id}" in out
 
 
+@pytest.mark.slow
 def test_failed_cell_is_recorded_and_the_grid_goes_on(in_tmp, capsys):
     grid = write_grid(in_tmp, ["{name: ok, set: {tricks: []}}",
                                "{name: broken, set: {tricks: [gf], eval: [{name: folder, root: %s}]}}" %
                                unreadable_folder(in_tmp)])
-    assert main(["--grid", str(grid), *TINY[:-2]]) == 1
+    assert main(["--grid", str(grid), *TINY_FLAGS[:-2]]) == 1
     client, rs = runs(in_tmp)
     status = {r.data.tags["cell"]: r for r in rs}
     assert status["ok"].info.status == "FINISHED" and status["broken"].info.status == "FAILED"
@@ -80,7 +80,7 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(in_tmp, capsys):
     assert "DatasetError" in Path(tb).read_text()
     assert "1 failed" in capsys.readouterr().out
     # --rerun-failed touches only the failed cell (and it fails again, still recorded)
-    assert main(["--grid", str(grid), "--rerun-failed", *TINY[:-2]]) == 1
+    assert main(["--grid", str(grid), "--rerun-failed", *TINY_FLAGS[:-2]]) == 1
     rs = runs(in_tmp)[1]
     assert sum(r.data.tags["cell"] == "ok" for r in rs) == 1 and sum(r.data.tags["cell"] == "broken" for r in rs) == 2
 
@@ -89,12 +89,12 @@ def test_missing_weights_and_data_are_listed_at_once_and_no_run_is_created(in_tm
     """Issue 14: the preflight check names every missing file and folder before any run exists."""
     grid = write_grid(in_tmp, [f"{{name: a, set: {{backbone.weights: {in_tmp / 'nope.pth'}}}}}",
                                f"{{name: b, set: {{eval: [{{name: folder, root: {in_tmp / 'no_data'}}}]}}}}"])
-    assert main(["--grid", str(grid), *TINY[:-2]]) == 2
+    assert main(["--grid", str(grid), *TINY_FLAGS[:-2]]) == 2
     err = capsys.readouterr().err
     assert "2 thing(s) the cells need are missing; nothing was run" in err
     assert f"weights file {in_tmp / 'nope.pth'} does not exist" in err and f"{in_tmp / 'no_data'}" in err
     assert not runs(in_tmp)[1]
-    assert main(["--grid", str(grid), *TINY[:-2], "--dry-run"]) == 0  # the same, as a column
+    assert main(["--grid", str(grid), *TINY_FLAGS[:-2], "--dry-run"]) == 0  # the same, as a column
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert "will fail: missing weights of demo_vit4" in rows["a"]
     assert "will fail: missing dataset folder" in rows["b"]
@@ -183,9 +183,10 @@ def _env(tmp_path):
             "PYTHONPATH": str(REPO), "SEGTRICKS_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_in_the_same_run(in_tmp):
     grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"], epochs=3)
-    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY[:-2]]
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2]]
     proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = next(iter(in_tmp.glob("outputs/trainings/*")), None)
     deadline = time.time() + 240
@@ -208,10 +209,11 @@ def test_killed_training_resumes_in_the_same_run(in_tmp):
     assert sorted(steps) == [0, 1, 2]  # every epoch logged once: none trained twice, none lost
 
 
+@pytest.mark.slow
 def test_two_concurrent_invocations_train_each_cell_once(in_tmp):
     grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}",
                                "{name: bf, set: {tricks: [bf]}}"])
-    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY[:-2], "--workers", "2"]
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
     result = subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     client, rs = runs(in_tmp)
@@ -222,11 +224,12 @@ def test_two_concurrent_invocations_train_each_cell_once(in_tmp):
     assert len(client.get_metric_history(trainers[0].info.run_id, "train.loss")) == 1
 
 
+@pytest.mark.slow
 def test_reference_protocol_cell_logs_both_protocols_and_the_table_shows_both(in_tmp):
     from analysis.runs import load_runs
     from analysis.tables import build_table, to_markdown
     path = write_grid(in_tmp, ["{name: baseline, set: {tricks: []}}"])
-    assert main(["--grid", str(path), "--set", "eval_protocol=reference", *TINY]) == 0
+    assert main(["--grid", str(path), "--set", "eval_protocol=reference", *TINY_FLAGS]) == 0
     client, (run,) = runs(in_tmp)
     assert run.data.tags["eval_protocol"] == "reference"
     m = run.data.metrics
@@ -240,11 +243,12 @@ def test_reference_protocol_cell_logs_both_protocols_and_the_table_shows_both(in
     assert "inversion per batch of 8" in cap and "Evaluation protocol: ours" in cap
 
 
+@pytest.mark.slow
 def test_force_on_a_finished_grid_makes_one_new_run_per_cell_and_exits(in_tmp):
     """Issue 11 defect 1: --force took the cell's FINISHED run for a rival claim and looped forever."""
     from analysis.runs import load_runs
     grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}"])
-    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY]
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS]
     assert subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True, timeout=300).returncode == 0
     first = {r.data.tags["cell"]: r.info.run_id for r in runs(in_tmp)[1]}
     result = subprocess.run(cmd + ["--force"], cwd=in_tmp, env=_env(in_tmp), capture_output=True, text=True,
@@ -262,11 +266,12 @@ def test_force_on_a_finished_grid_makes_one_new_run_per_cell_and_exits(in_tmp):
     assert len(runs(in_tmp)[1]) == 4
 
 
+@pytest.mark.slow
 def test_resumed_trainer_run_keeps_its_role_and_logs_its_last_epoch(in_tmp):
     """Issue 11 defect 2: a run killed after its training's last checkpoint, resumed, tagged itself
     model_from_run=<own id> and never logged the last epoch."""
     grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"], epochs=2)
-    assert main(["--grid", str(grid), *TINY]) == 0
+    assert main(["--grid", str(grid), *TINY_FLAGS]) == 0
     client, (done,) = runs(in_tmp)
     # the state a kill leaves: training complete on disk, its run RUNNING with a dead heartbeat and
     # only the first epoch logged
@@ -275,27 +280,29 @@ def test_resumed_trainer_run_keeps_its_role_and_logs_its_last_epoch(in_tmp):
     for key in ("train.loss", "val.iou"):
         client.log_metric(killed.info.run_id, key, done.data.metrics[key], step=0)
     client.delete_run(done.info.run_id)
-    assert main(["--grid", str(grid), *TINY]) == 0
+    assert main(["--grid", str(grid), *TINY_FLAGS]) == 0
     client, (resumed,) = runs(in_tmp)
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     assert resumed.data.tags["role"] == "train" and "model_from_run" not in resumed.data.tags
     assert sorted(m.step for m in client.get_metric_history(resumed.info.run_id, "train.loss")) == [0, 1]
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_retrains_that_cell_and_the_grid_goes_on(in_tmp, capsys):
     """Issue 11 defect 4: a truncated last.pt crashed a --force rerun with an OSError naming no file."""
     grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}"])
-    assert main(["--grid", str(grid), *TINY]) == 0
+    assert main(["--grid", str(grid), *TINY_FLAGS]) == 0
     (last,) = in_tmp.glob("outputs/trainings/*/last.pt")
     last.write_bytes(last.read_bytes()[:5000])  # truncate -s 5000
     capsys.readouterr()
-    assert main(["--grid", str(grid), "--force", *TINY]) == 0
+    assert main(["--grid", str(grid), "--force", *TINY_FLAGS]) == 0
     out = capsys.readouterr().out
     assert f"{last.relative_to(in_tmp)} does not load" in out and "starts again from scratch" in out
     assert checkpoint.load(last)["epoch"] == 0 and (last.parent / "last.pt.corrupt").is_file()
     assert "2 cells: 2 run, 0 skipped, 0 failed" in out
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_stops_with_one_line_and_keeps_the_last_checkpoint(in_tmp, monkeypatch, capsys):
     """Issue 11: a full disk was `RuntimeError: [enforce fail at inline_container.cc:672]`, naming nothing."""
     grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}"], epochs=2)
@@ -308,7 +315,7 @@ def test_disk_full_while_checkpointing_stops_with_one_line_and_keeps_the_last_ch
         real_fsync(fd)
 
     monkeypatch.setattr(checkpoint.os, "fsync", full_after_first_last_pt)
-    assert main(["--grid", str(grid), *TINY]) == 1
+    assert main(["--grid", str(grid), *TINY_FLAGS]) == 1
     (last,) = in_tmp.glob("outputs/trainings/*/last.pt")
     err = capsys.readouterr().err
     assert "Traceback" not in err and [line for line in err.splitlines() if "error" in line.lower()] == [
@@ -317,7 +324,7 @@ def test_disk_full_while_checkpointing_stops_with_one_line_and_keeps_the_last_ch
     assert checkpoint.load(last)["epoch"] == 0 and not list(last.parent.glob(".*.tmp"))
     assert [r.info.status for r in runs(in_tmp)[1]] == ["FAILED"]  # the grid stopped: gf never started
     monkeypatch.setattr(checkpoint.os, "fsync", real_fsync)
-    assert main(["--grid", str(grid), *TINY, "--rerun-failed"]) == 0  # space freed: resumes and completes
+    assert main(["--grid", str(grid), *TINY_FLAGS, "--rerun-failed"]) == 0  # space freed: resumes and completes
     assert checkpoint.load(last)["epoch"] == 1
 
 
@@ -333,7 +340,7 @@ def test_skipped_images_are_a_metric_and_an_artifact_of_the_run(in_tmp, capsys):
         if i != 1:
             Image.new("L", (24, 16), 180).save(maps / f"a{i}.png")
     grid = in_tmp / "maps.yaml"
-    grid.write_text(f"name: maps\nbase: {REPO / 'experiments' / 'demo_cell.yaml'}\n"
+    grid.write_text(f"name: maps\nbase: {DEMO_CELL}\n"
                     f"set: {{maps: {in_tmp / 'maps'}, eval: [{{name: folder, root: {root}, on_error: skip}}]}}\n"
                     f"axes:\n  post:\n    - {{name: none, set: {{tricks: []}}}}\n")
     assert main(["--grid", str(grid)]) == 0
@@ -344,6 +351,7 @@ def test_skipped_images_are_a_metric_and_an_artifact_of_the_run(in_tmp, capsys):
     assert "folder: skipped 1 image(s) that could not be read: a1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_dead_local_worker_is_taken_over_at_once_and_a_live_one_is_announced_once(in_tmp, monkeypatch, capsys):
     """Issue 11: after a kill, a rerun waited silently up to 90 s for the dead worker's heartbeat."""
     from segtricks import tracking
@@ -352,11 +360,11 @@ def test_a_dead_local_worker_is_taken_over_at_once_and_a_live_one_is_announced_o
     dead.wait()
     store = tracking.Store()
     exp = store.experiment("mini")
-    cell = load_grid(str(grid), TINY[1::2]).cells[0]
+    cell = load_grid(str(grid), TINY_FLAGS[1::2]).cells[0]
     tags = {"config_hash": cell.config_hash, "training_hash": cell.training_hash, "cell": "only",
             "heartbeat": str(time.time())}
     mine = store.start(exp, "only", {**tags, "worker": f"{socket.gethostname()}:{dead.pid}"})
-    assert main(["--grid", str(grid), *TINY]) == 0  # resumed without waiting for staleness
+    assert main(["--grid", str(grid), *TINY_FLAGS]) == 0  # resumed without waiting for staleness
     client, (run,) = runs(in_tmp)
     assert run.info.run_id == mine.id and run.info.status == "FINISHED"
     assert "waiting" not in capsys.readouterr().out
@@ -364,7 +372,7 @@ def test_a_dead_local_worker_is_taken_over_at_once_and_a_live_one_is_announced_o
     monkeypatch.setattr(tracking, "STALE_AFTER_S", 6)
     client.delete_run(run.info.run_id)
     other = store.start(exp, "only", {**tags, "heartbeat": str(time.time()), "worker": "elsewhere:1"})
-    assert main(["--grid", str(grid), *TINY]) == 0
+    assert main(["--grid", str(grid), *TINY_FLAGS]) == 0
     assert [r.info.run_id for r in runs(in_tmp)[1]] == [other.id]  # taken over once stale
     out = capsys.readouterr().out
     assert out.count("waiting for cell only: run") == 1 and "of worker elsewhere:1" in out

@@ -3,7 +3,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # each test runs a benchmark script end to end (training steps, evaluations)
 
 
 def test_gpu_benchmark_runs_at_tiny_sizes_and_prints_every_row():

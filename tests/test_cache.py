@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import DEMO_CELL
 from segtricks import prediction_cache
 from segtricks.cache import HOST, main, scan
 from segtricks.config import DatasetRef, load_config
 from segtricks.evaluation import evaluate_model
 from segtricks.training import Training
 
-from test_demo import DEMO
 
 REPO = Path(__file__).resolve().parents[1]
 REF = DatasetRef("synthetic", split="test", limit=8)
@@ -32,7 +32,7 @@ def evaluate(training: Training, root: Path) -> dict:
 
 def trainings_in(root: Path):
     """The two tiny trainings (seeds 0 and 1) of the demo backbone in output root ``root``."""
-    return [Training.in_root(load_config(DEMO, {**TINY, "seed": seed}), root) for seed in (0, 1)]
+    return [Training.in_root(load_config(DEMO_CELL, {**TINY, "seed": seed}), root) for seed in (0, 1)]
 
 
 @pytest.fixture(scope="module")

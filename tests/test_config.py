@@ -1,7 +1,6 @@
-from pathlib import Path
-
 import pytest
 
+from conftest import DEMO_CELL
 from segtricks.config import (Config, ConfigError, compose, config_from_dict, config_hash, load_config,
                               resolved_yaml, set_flag_layers)
 from segtricks.training import training_hash
@@ -79,7 +78,7 @@ def test_training_hash_ignores_post_processing_and_epochs_only():
 def test_out_of_range_sizes_are_refused_at_validation_naming_the_flag(flag, match):
     """Issue 11: optim.epochs=0 trained nothing and failed later with FileNotFoundError ... best.pt."""
     with pytest.raises(ConfigError, match=match):
-        load_config(Path(__file__).resolve().parents[1] / "experiments" / "demo_cell.yaml", flags=[flag])
+        load_config(DEMO_CELL, flags=[flag])
 
 
 @pytest.mark.parametrize("text,first,caret", [

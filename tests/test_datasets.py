@@ -8,8 +8,8 @@ from PIL import Image
 
 from conftest import require_shared
 from segtricks.config import DatasetRef
-from segtricks.datasets import (DATASETS, DatasetError, EvalView, TrainView, boxes_from_mask, build_dataset,
-                                SyntheticShapes)
+from segtricks.datasets import DATASETS, DatasetError, SyntheticShapes, boxes_from_mask, build_dataset
+from segtricks.views import EvalView, TrainView
 
 
 def write_pairs(root, n=3, size=(40, 30)):

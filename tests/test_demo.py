@@ -1,13 +1,14 @@
 """The embedded default learns: the weight-free demo beats the no-learning baseline on held-out data."""
-from pathlib import Path
+import pytest
 
+from conftest import DEMO_CELL as DEMO
 from segtricks.config import DatasetRef, load_config
-from segtricks.evaluation import evaluate_maps, evaluate_model
+from segtricks.evaluation import evaluate_model
+from segtricks.map_evaluation import evaluate_maps
 from segtricks.training import Training
 
-DEMO = Path(__file__).resolve().parents[1] / "experiments" / "demo_cell.yaml"
 
-
+@pytest.mark.slow
 def test_demo_cell_beats_the_centre_prior_on_the_test_split(tmp_path):
     cfg = load_config(DEMO, {"output_dir": str(tmp_path / "demo")})  # the README's demo cell as is
     training = Training(cfg)

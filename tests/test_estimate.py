@@ -10,7 +10,6 @@ from segtricks.config import DatasetRef, config_from_dict
 from segtricks.datasets import DATASETS, PUBLISHED_SIZES
 from segtricks.estimate import CachePlan, DatasetSize, dataset_size, disk_needed, format_estimate
 
-from test_demo import DEMO
 
 
 def cell(name, training, backbone="demo_vit4", size=56, eval_protocol="ours", cache=None):

@@ -1,14 +1,10 @@
 """Grid files and the ``ablate`` command line's checks before anything heavy runs (read_grid, torch-free)."""
-from pathlib import Path
-
 import pytest
 
+from conftest import DEMO_CELL
 from segtricks.ablate import main
 from segtricks.config import ConfigError
 from segtricks.grid import read_grid
-
-DEMO_CELL = Path(__file__).resolve().parents[1] / "experiments" / "demo_cell.yaml"
-
 
 def write_grid(tmp_path, axes, name="mini"):
     """A grid over demo_cell.yaml; ``axes`` are its ``axes:`` lines (indented under it)."""

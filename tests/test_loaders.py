@@ -7,8 +7,9 @@ import torch
 
 from segtricks import loaders
 from segtricks.config import DatasetRef
-from segtricks.datasets import TrainView, build_dataset
+from segtricks.datasets import build_dataset
 from segtricks.loaders import EpochSampler, data_loader, resolve_workers
+from segtricks.views import TrainView
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ a changed model never served stale masks, and a killed evaluation leaves no cach
 import pytest
 import torch
 
+from conftest import DEMO_CELL
 from segtricks.config import DatasetRef, load_config
 from segtricks.evaluation import evaluate_model
 from segtricks.model import build_model
@@ -10,14 +11,12 @@ from segtricks.prediction_cache import as_cached
 from segtricks.predict import predict_raw
 from segtricks.tricks import postprocess
 
-from test_demo import DEMO
-
 REF = DatasetRef("synthetic", split="test", limit=12)
 
 
 @pytest.fixture
 def setting(tmp_path):
-    cfg = load_config(DEMO, {"output_dir": str(tmp_path / "run"), "optim.batch_size": 4})
+    cfg = load_config(DEMO_CELL, {"output_dir": str(tmp_path / "run"), "optim.batch_size": 4})
     torch.manual_seed(0)
     return cfg, build_model(cfg).eval(), tmp_path / "run" / "predictions"
 

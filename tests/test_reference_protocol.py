@@ -8,21 +8,19 @@ import pytest
 import torch
 from PIL import Image
 
-from segtricks.config import ConfigError, DatasetRef, config_from_dict
+from conftest import tiny_config
+from segtricks.config import ConfigError, DatasetRef
 from segtricks.training import training_hash
 from segtricks.evaluate import main
-from segtricks.evaluation import evaluate_maps, evaluate_model, reference_boxes, reference_mask
+from segtricks.evaluation import evaluate_model, reference_boxes, reference_mask
+from segtricks.map_evaluation import evaluate_maps
 from segtricks.model import build_model
 from segtricks.predict import predict_masks, select_foreground, select_foreground_per_batch
 
 
-def small_cfg(tmp_path, **top):
-    return config_from_dict({
-        "backbone": {"name": "demo_vit4"},
-        "data": {"train": {"name": "synthetic", "limit": 8}, "image_size": 32, "resize_short": 36,
-                 "num_workers": 0},
-        "optim": {"epochs": 1, "batch_size": 4, "steps_per_epoch": 1},
-        "output_dir": str(tmp_path / "run"), **top})
+def small_cfg(tmp_path, over=None):
+    """The tiny cell without a validation set: nothing here trains."""
+    return tiny_config(tmp_path / "run", {"data.val": None, **(over or {})})
 
 
 def test_per_batch_inversion_flips_an_image_that_per_image_inversion_keeps():
@@ -97,7 +95,7 @@ def test_maps_are_scored_on_the_centre_crop(tmp_path):
         Image.new("RGB", (32, 16), (90, 90, 90)).save(root / "images" / f"m{i}.png")
         Image.fromarray(gt).save(root / "masks" / f"m{i}.png")
         Image.fromarray(pred).save(maps / f"m{i}.png")
-    cfg = small_cfg(tmp_path, data={"image_size": 16})
+    cfg = small_cfg(tmp_path, {"data.image_size": 16})
     dataset = DatasetRef("folder", root=str(root))
     ours = evaluate_maps(maps, cfg, dataset, progress=False).results()
     reference = evaluate_maps(maps, cfg, dataset, progress=False, protocol="reference").results()
@@ -119,9 +117,9 @@ def test_model_evaluation_under_both_protocols(tmp_path):
 
 def test_config_names_the_protocol_and_it_does_not_change_the_training(tmp_path):
     assert small_cfg(tmp_path).eval_protocol == "ours"
-    assert training_hash(small_cfg(tmp_path)) == training_hash(small_cfg(tmp_path, eval_protocol="reference"))
+    assert training_hash(small_cfg(tmp_path)) == training_hash(small_cfg(tmp_path, {"eval_protocol": "reference"}))
     with pytest.raises(ConfigError, match="eval_protocol: expected one of ours, reference"):
-        small_cfg(tmp_path, eval_protocol="paper")
+        small_cfg(tmp_path, {"eval_protocol": "paper"})
 
 
 def test_evaluate_cli_names_the_protocol(tmp_path, capsys):

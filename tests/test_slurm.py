@@ -15,7 +15,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import unreadable_folder
+from conftest import DEMO_CELL, TINY_FLAGS, unreadable_folder
 from segtricks import checkpoint, slurm
 from segtricks.ablate import main as ablate
 from segtricks.tune import main as tune
@@ -31,14 +31,11 @@ def _slurm_up() -> bool:
 
 needs_slurm = pytest.mark.skipif(not _slurm_up(), reason="no Slurm cluster here (sinfo/sbatch absent or no idle "
                                                          "node): .ci/slurm.sh starts a one-node cluster")
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["--set", "optim.steps_per_epoch=2", "--set", "optim.batch_size=4", "--set", "data.train.limit=8",
-        "--set", "data.val.limit=4", "--set", "eval=[{name: synthetic, split: test, limit: 4}]"]
 SLURM = ["--launcher", "slurm", "--cpus-per-task", "1", "--time", "15"]
 
 
 def write_grid(tmp_path, entries, epochs=1):
-    lines = ["name: sl", f"base: {REPO / 'experiments' / 'demo_cell.yaml'}", f"set: {{optim.epochs: {epochs}}}",
+    lines = ["name: sl", f"base: {DEMO_CELL}", f"set: {{optim.epochs: {epochs}}}",
              "axes:", "  tricks:"] + [f"    - {e}" for e in entries]
     path = tmp_path / "sl.yaml"
     path.write_text("\n".join(lines) + "\n")
@@ -51,12 +48,13 @@ def runs(tmp_path):
     return client, {r.data.tags["cell"]: r for r in client.search_runs([exp.experiment_id])}
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_two_group_grid_finishes_every_cell_once_with_one_gpu_per_task(in_tmp, capsys):
     grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}",
                                "{name: crop, set: {tricks: [crop]}}"])
     start = time.time()
-    assert ablate(["--grid", str(grid), *TINY, *SLURM, "--wait"]) == 0
+    assert ablate(["--grid", str(grid), *TINY_FLAGS, *SLURM, "--wait"]) == 0
     out = capsys.readouterr().out
     print(f"tiny two-group grid: submit to all FINISHED in {time.time() - start:.0f} s")
     assert "submitted 2 Slurm array task(s)" in out and "3 cells: 3 finished, 0 not" in out
@@ -73,7 +71,7 @@ def test_two_group_grid_finishes_every_cell_once_with_one_gpu_per_task(in_tmp, c
     if a.start_time < b.end_time and b.start_time < a.end_time:  # the two tasks ran at the same time
         assert gpus["base"] != gpus["crop"]
     # a plain rerun submits nothing
-    assert ablate(["--grid", str(grid), *TINY, *SLURM, "--wait"]) == 0
+    assert ablate(["--grid", str(grid), *TINY_FLAGS, *SLURM, "--wait"]) == 0
     assert "nothing to submit" in capsys.readouterr().out
 
 
@@ -81,10 +79,11 @@ def _queued() -> set:
     return set(subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split())
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_a_preempted_task_is_requeued_and_finishes_without_training_an_epoch_twice(in_tmp, capsys):
     grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"], epochs=4)
-    assert ablate(["--grid", str(grid), *TINY, *SLURM]) == 0  # submit and return
+    assert ablate(["--grid", str(grid), *TINY_FLAGS, *SLURM]) == 0  # submit and return
     job = next(line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip().endswith("only"))
     deadline = time.time() + 300
     while time.time() < deadline and not list(in_tmp.glob("outputs/trainings/*/last.pt")):
@@ -116,18 +115,20 @@ def test_a_preempted_task_is_requeued_and_finishes_without_training_an_epoch_twi
     assert checkpoint.load(last)["epoch"] == 3
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_a_failing_cell_is_failed_while_the_other_group_finishes(in_tmp, capsys):
     grid = write_grid(in_tmp, ["{name: ok, set: {tricks: []}}",
                                "{name: broken, set: {tricks: [crop], eval: [{name: folder, root: %s}]}}" %
                                unreadable_folder(in_tmp)])
-    assert ablate(["--grid", str(grid), *TINY[:-2], *SLURM, "--wait"]) == 1
+    assert ablate(["--grid", str(grid), *TINY_FLAGS[:-2], *SLURM, "--wait"]) == 1
     client, by_cell = runs(in_tmp)
     assert by_cell["ok"].info.status == "FINISHED" and by_cell["broken"].info.status == "FAILED"
     tb = client.download_artifacts(by_cell["broken"].info.run_id, "traceback.txt", str(in_tmp))
     assert "DatasetError" in Path(tb).read_text()
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_a_study_with_two_array_tasks_finishes_the_requested_trials(in_tmp, capsys):
     path = write_study(in_tmp, name="slurm_study", n_trials=4)
@@ -266,13 +267,14 @@ def deadline():
     signal.signal(signal.SIGALRM, previous)
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_the_default_slurm_flags_run_or_are_refused_before_submission(in_tmp, capsys, deadline):
     """The issue's command, `--cpus-per-task 4` by default, on the CI node (as many CPUs as the machine)."""
     node = _ci_node()
     argv = ["--grid", "demo", "--launcher", "slurm", "--wait"]
     if node.cpus >= 4:
-        assert ablate([*argv, *TINY]) == 0  # the defaults fit: it runs (tiny, to finish in a minute)
+        assert ablate([*argv, *TINY_FLAGS]) == 0  # the defaults fit: it runs (tiny, to finish in a minute)
     else:
         assert ablate(argv) == 2
         assert capsys.readouterr().err.splitlines()[-1] == (
@@ -282,6 +284,7 @@ def test_the_default_slurm_flags_run_or_are_refused_before_submission(in_tmp, ca
     assert "segtricks-demo" not in _queued_names()
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_a_task_slurm_can_never_start_is_cancelled_and_the_grid_exits_1_saying_what_to_change(
         in_tmp, capsys, monkeypatch, deadline):
@@ -290,7 +293,7 @@ def test_a_task_slurm_can_never_start_is_cancelled_and_the_grid_exits_1_saying_w
     grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"])
     monkeypatch.setattr(slurm, "partition_info", lambda name: slurm.Partition(name, [], {}))
     cpus = _ci_node().cpus + 1
-    assert ablate(["--grid", str(grid), *TINY, *SLURM, "--cpus-per-task", str(cpus), "--wait"]) == 1
+    assert ablate(["--grid", str(grid), *TINY_FLAGS, *SLURM, "--cpus-per-task", str(cpus), "--wait"]) == 1
     out, err = capsys.readouterr()
     job = next(line.split()[0] for line in out.splitlines() if line.strip().endswith("only"))
     assert "1 pending (PartitionConfig)" in err  # the progress line
@@ -302,6 +305,7 @@ def test_a_task_slurm_can_never_start_is_cancelled_and_the_grid_exits_1_saying_w
     assert job not in _queued()
 
 
+@pytest.mark.slow
 @needs_slurm
 def test_the_progress_line_says_why_a_task_waits(tmp_path, capsys, deadline):
     opts = slurm.SlurmOptions(tmp_path / "slurm", time_min=5, gpus=0, cpus_per_task=1)

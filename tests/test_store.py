@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 OPEN_STORE = "import sys; from segtricks.tracking import Store; print(Store(sys.argv[1]).experiment('x'))"
 
 
+@pytest.mark.slow
 def test_four_invocations_on_a_fresh_folder_share_one_store(tmp_path):
     """Before: three of four processes crashed in MLflow's schema migration (duplicate column,
     table already exists, alembic row mismatch)."""
@@ -116,6 +117,7 @@ def test_a_file_that_is_not_a_database_is_one_line(in_tmp, capsys):
     assert (in_tmp / "mlflow.db").read_bytes().startswith(b"these are notes")  # nothing overwritten
 
 
+@pytest.mark.slow
 def test_a_locked_store_is_one_line_suggesting_a_server(in_tmp, capsys):
     db = _store(in_tmp)
     holder = sqlite3.connect(db, isolation_level=None)
@@ -258,6 +260,7 @@ def test_a_claim_counts_a_rival_not_yet_timed_as_earlier_once_it_has_waited(tmp_
     assert [r.info.run_id for r in store.runs(exp_id)] == [rival.id]
 
 
+@pytest.mark.slow
 def test_a_lost_claim_plans_again_instead_of_training_a_cell_that_shares_the_rivals_training(in_tmp, monkeypatch):
     """Issue: two workers that planned at once both saw the grid empty; the loser of the baseline's
     claim went on with its plan to the GF cell, whose training it then ran a second time (two

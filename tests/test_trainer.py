@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from conftest import tiny_config
 from segtricks import checkpoint, losses
-from segtricks.config import config_from_dict
 from segtricks.model import build_model
 from segtricks.predict import predict_masks, predict_raw, select_foreground
 from segtricks.registry import UnknownNameError
@@ -12,23 +12,14 @@ from segtricks.tricks import postprocess
 from segtricks.training import ConfigMismatchError, Training
 
 
-def tiny(tmp_path, name="run", **over):
-    d = {
-        "backbone": {"name": "demo_vit4"},
-        "data": {"train": {"name": "synthetic", "limit": 16},
-                 "val": {"name": "synthetic", "split": "val", "limit": 8},
-                 "image_size": 32, "resize_short": 36, "num_workers": 0},
-        "optim": {"epochs": 2, "batch_size": 4, "steps_per_epoch": 2},
-        "tricks": ["crop", "gf"],
-        "output_dir": str(tmp_path / name),
-    }
-    for key, value in over.items():
-        node = d
-        *parents, last = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return config_from_dict(d)
+# Two epochs of two steps, so that a training can be interrupted and resumed between them, with the
+# tricks on; 16 training and 8 validation images
+TRAINER = {"data.train.limit": 16, "data.val.limit": 8, "optim.epochs": 2, "optim.steps_per_epoch": 2,
+           "tricks": ["crop", "gf"]}
+
+
+def tiny(tmp_path, name="run", over=None):
+    return tiny_config(tmp_path / name, {**TRAINER, **(over or {})})
 
 
 class Interrupt(Exception):
@@ -74,9 +65,9 @@ def test_resumed_training_ends_with_the_same_weights(tmp_path):
 
 
 def test_training_changes_the_head_and_is_deterministic(tmp_path):
-    cfg = tiny(tmp_path, "a", optim__epochs=1)
+    cfg = tiny(tmp_path, "a", {"optim.epochs": 1})
     first = checkpoint.load(trained(cfg).last_path)["head"]
-    second = checkpoint.load(trained(tiny(tmp_path, "b", optim__epochs=1)).last_path)["head"]
+    second = checkpoint.load(trained(tiny(tmp_path, "b", {"optim.epochs": 1})).last_path)["head"]
     torch.manual_seed(cfg.seed)
     init = build_model(cfg).head.state_dict()
     assert any(not torch.equal(first[k], init[k]) for k in first)
@@ -92,7 +83,7 @@ def test_finished_training_does_no_more_work(tmp_path):
 
 
 def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
-    result = trained(tiny(tmp_path, optim__epochs=3))
+    result = trained(tiny(tmp_path, over={"optim.epochs": 3}))
     ious = [h["val.iou"] for h in result.history()]
     best = checkpoint.load(result.best_path)
     assert best["epoch"] == result.status().best_epoch == ious.index(max(ious))
@@ -101,9 +92,9 @@ def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
 
 
 def test_output_dir_of_another_config_is_refused(tmp_path):
-    trained(tiny(tmp_path, optim__epochs=1))
+    trained(tiny(tmp_path, over={"optim.epochs": 1}))
     with pytest.raises(ConfigMismatchError, match="another config"):
-        trained(tiny(tmp_path, optim__epochs=1, optim__lr=1e-3))
+        trained(tiny(tmp_path, over={"optim.epochs": 1, "optim.lr": 1e-3}))
 
 
 def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
@@ -114,18 +105,18 @@ def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("over,error,match", [
     ({"tricks": ["crop", "sharpen"]}, UnknownNameError, "unknown trick 'sharpen'; registered tricks: bf, crop, gf"),
-    ({"backbone__name": "dino_vitz8"}, UnknownNameError, "registered backbones: .*dino_vits8"),
-    ({"data__image_size": 34, "data__resize_short": 40}, ValueError, "34 is not divisible by the patch size 4"),
+    ({"backbone.name": "dino_vitz8"}, UnknownNameError, "registered backbones: .*dino_vits8"),
+    ({"data.image_size": 34, "data.resize_short": 40}, ValueError, "34 is not divisible by the patch size 4"),
 ])
 def test_bad_cell_fails_before_training(tmp_path, over, error, match):
     with pytest.raises(error, match=match):
-        trained(tiny(tmp_path, **over))
+        trained(tiny(tmp_path, over=over))
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
 def test_prediction_uses_running_batchnorm_statistics(tmp_path):
     """A mask must not depend on which other images share its batch (SPEC §8.2)."""
-    cfg = tiny(tmp_path, optim__epochs=1)
+    cfg = tiny(tmp_path, over={"optim.epochs": 1})
     model = build_model(cfg)
     model.head.load_state_dict(checkpoint.load(trained(cfg).last_path)["head"])
     model.train()
@@ -155,7 +146,7 @@ def test_loss_terms_under_cpu_bf16_autocast_match_float32(tmp_path):
     39%, so it is compared on the float32 features (measured 1.3e-2, rtol 4e-2). The head's gradient:
     cosine to the float32 one ≥ 0.9988 measured, 0.99 asserted.
     """
-    cfg = tiny(tmp_path, tricks=["crop"], data__image_size=48, data__resize_short=48)
+    cfg = tiny(tmp_path, over={"tricks": ["crop"], "data.image_size": 48, "data.resize_short": 48})
     torch.manual_seed(0)
     model = build_model(cfg).train()
     images = torch.rand(2, 3, 48, 48)

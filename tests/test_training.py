@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import DEMO_CELL, TINY_FLAGS, tiny_config
 from segtricks import checkpoint, model as model_module, training as training_module
 from segtricks.ablate import main as ablate
-from segtricks.config import config_from_dict
 from segtricks.trainer import loss_terms
 from segtricks.training import State, Training
 from segtricks.tricks import TRICKS, TrainingTrick
@@ -17,12 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(tmp_path, epochs=2, **top):
-    return config_from_dict({
-        "backbone": {"name": "demo_vit4"},
-        "data": {"train": {"name": "synthetic", "limit": 8}, "val": {"name": "synthetic", "split": "val", "limit": 4},
-                 "image_size": 32, "resize_short": 36, "num_workers": 0},
-        "optim": {"epochs": epochs, "batch_size": 4, "steps_per_epoch": 1},
-        "output_dir": str(tmp_path / "run"), **top})
+    return tiny_config(tmp_path / "run", {"optim.epochs": epochs, **top})
 
 
 class Stop(Exception):
@@ -84,13 +79,11 @@ def test_status_is_rebuilt_when_a_kill_left_it_behind_the_checkpoints(tmp_path):
     assert training.status().state is State.COMPLETE  # a folder written before status.json existed
 
 
+@pytest.mark.slow
 def test_evaluation_only_cell_builds_no_trainer_and_loads_the_weights_once(in_tmp, monkeypatch):
-    base = REPO / "experiments" / "demo_cell.yaml"
-    common = ["--set", "optim.epochs=1", "--set", "optim.steps_per_epoch=1", "--set", "optim.batch_size=4",
-              "--set", "data.train.limit=8", "--set", "data.val.limit=4",
-              "--set", "eval=[{name: synthetic, split: test, limit: 4}]"]
+    common = [*TINY_FLAGS, "--set", "optim.epochs=1", "--set", "optim.steps_per_epoch=1"]
     first = in_tmp / "first.yaml"
-    first.write_text(f"name: first\nbase: {base}\naxes:\n  tricks:\n    - {{name: base, set: {{tricks: []}}}}\n")
+    first.write_text(f"name: first\nbase: {DEMO_CELL}\naxes:\n  tricks:\n    - {{name: base, set: {{tricks: []}}}}\n")
     assert ablate(["--grid", str(first), *common]) == 0
     counts = {"train_view": 0, "adamw": 0, "best_loads": 0}
 
@@ -107,7 +100,7 @@ def test_evaluation_only_cell_builds_no_trainer_and_loads_the_weights_once(in_tm
                         lambda path: (counts.__setitem__("best_loads", counts["best_loads"] + (Path(path).name == "best.pt")),
                                       real_load(path))[1])
     second = in_tmp / "second.yaml"  # the same training, post-processed: evaluation only
-    second.write_text(f"name: second\nbase: {base}\naxes:\n  tricks:\n    - {{name: gf, set: {{tricks: [gf]}}}}\n"
+    second.write_text(f"name: second\nbase: {DEMO_CELL}\naxes:\n  tricks:\n    - {{name: gf, set: {{tricks: [gf]}}}}\n"
                       f"    - {{name: bf, set: {{tricks: [bf]}}}}\n")
     assert ablate(["--grid", str(second), *common]) == 0
     assert counts == {"train_view": 0, "adamw": 0, "best_loads": 1}

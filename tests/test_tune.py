@@ -10,6 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from conftest import DEMO_CELL
 from segtricks.config import ConfigError, config_from_dict
 from segtricks import study as study_module
 from segtricks.study import PRUNERS, SAMPLERS, load_study
@@ -22,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def write_study(tmp_path, name="tiny", pruner="{name: none}", space=None, sampler="{name: random, seed: 0}", **extra):
     space = space or {"crop.eq_weight": "{type: float, low: 1.0e-3, high: 1.0e-1, log: true}",
                       "gf.radius": "{type: int, low: 1, high: 6}"}
-    lines = [f"name: {name}", f"base: {REPO / 'experiments' / 'demo_cell.yaml'}",
+    lines = [f"name: {name}", f"base: {DEMO_CELL}",
              "set: {optim.epochs: 2, optim.steps_per_epoch: 2, optim.batch_size: 4, data.train.limit: 8,",
              "      tricks: [crop, gf]}",
              "objective: {dataset: {name: synthetic, split: val, limit: 4}, metric: iou, direction: maximize}",
@@ -33,6 +34,7 @@ def write_study(tmp_path, name="tiny", pruner="{name: none}", space=None, sample
     return path
 
 
+@pytest.mark.slow
 def test_study_end_to_end_resume_and_best_export(in_tmp, capsys):
     path = write_study(in_tmp)
     assert main(["--study", str(path)]) == 0
@@ -75,6 +77,7 @@ def test_study_end_to_end_resume_and_best_export(in_tmp, capsys):
     assert config_from_dict(data).gf.radius == best["gf.radius"]
 
 
+@pytest.mark.slow
 def test_pruned_trial_is_recorded_as_pruned(in_tmp):
     path = write_study(in_tmp, name="prune", pruner="{name: threshold, lower: 2.0}")  # IoU < 2 always
     assert main(["--study", str(path)]) == 0
@@ -87,6 +90,7 @@ def test_pruned_trial_is_recorded_as_pruned(in_tmp):
     assert all(len(client.get_metric_history(r.info.run_id, "train.loss")) == 1 for r in trials)  # stopped early
 
 
+@pytest.mark.slow
 def test_gf_only_trial_reuses_the_training(in_tmp):
     spec = load_study(str(write_study(in_tmp, name="reuse")))
     first = {"crop.eq_weight": 0.01, "gf.radius": 2}
@@ -117,6 +121,7 @@ def test_test_split_objective_and_unreachable_storage_are_refused(in_tmp, capsys
     assert "cannot open study storage sqlite:////nonexistent/dir/optuna.db" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_trial_of_a_killed_worker_is_failed_and_retried(in_tmp, monkeypatch):
     import os
     import signal
@@ -154,6 +159,7 @@ def test_trial_of_a_killed_worker_is_failed_and_retried(in_tmp, monkeypatch):
     assert all(r.info.status != "RUNNING" for r in by_trial.values())
 
 
+@pytest.mark.slow
 def test_a_continued_study_proposes_new_points(in_tmp):
     """Issue 11 defect 7: each invocation seeded the sampler alike, so a continuation replayed trial k."""
     space = {"gf.radius": "{type: int, low: 1, high: 40}", "gf.eps": "{type: float, low: 1.0e-6, high: 1.0, log: true}"}

@@ -18,6 +18,7 @@ URL = os.environ.get("SEGTRICKS_TEST_POSTGRES_URL")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not URL, reason="no PostgreSQL server: set $SEGTRICKS_TEST_POSTGRES_URL (.ci/postgres.sh starts one)")
 def test_two_workers_share_one_study_on_postgresql(tmp_path):
     pytest.importorskip("psycopg", reason="the PostgreSQL driver (psycopg[binary], test extra) is missing")
