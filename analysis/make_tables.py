@@ -28,7 +28,7 @@ from analysis.figures import pick_examples, plot_iou_vs_size, plot_qualitative, 
 from analysis.paper import table_grids
 from analysis.runs import NoRunsError, NoStoreError, load_records, load_runs
 from analysis.tables import build_table, layout_for, to_latex, to_markdown
-from segtricks import tracking
+from segtricks.tracking import store as tracking
 
 
 def analysis_run(store: tracking.Store, grid: str, experiment: Optional[str]) -> tracking.RunLog:

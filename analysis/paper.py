@@ -19,8 +19,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from segtricks.config import ConfigError, read_yaml_mapping
-from segtricks.grid import grid_path, list_grids
+from segtricks.spec.config import ConfigError, read_yaml_mapping
+from segtricks.spec.grid import grid_path, list_grids
 
 DATASET_LABELS = {"dut_omron": "DUT-OMRON", "duts_te": "DUTS-TE", "ecssd": "ECSSD", "voc07": "VOC07",
                   "voc12": "VOC12", "coco20k": "COCO20K", "synthetic": "Synthetic (test)"}

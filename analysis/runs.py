@@ -7,7 +7,7 @@ from typing import Optional
 
 import pandas as pd
 
-from segtricks import tracking
+from segtricks.tracking import store as tracking
 
 
 class NoStoreError(LookupError):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segtricks.bilateral_solver import SparseBilateralGrid, bilateral_solve, bilateral_solver_filter, bistochastize
+from segtricks.method.bilateral_solver import SparseBilateralGrid, bilateral_solve, bilateral_solver_filter, bistochastize
 from timing import interleaved_ms  # benchmarks/timing.py (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]

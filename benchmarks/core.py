@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch.utils.benchmark import Timer
 
-from segtricks.bilateral_solver import bilateral_solver_filter
-from segtricks.config import config_from_dict
-from segtricks.guided_filter import guided_filter
-from segtricks.model import build_model
-from segtricks.trainer import loss_terms, loss_weights
+from segtricks.method.bilateral_solver import bilateral_solver_filter
+from segtricks.spec.config import config_from_dict
+from segtricks.method.guided_filter import guided_filter
+from segtricks.models.model import build_model
+from segtricks.engine.loop import loss_terms, loss_weights
 
 
 def time_ms(fn: Callable[[], object], repeats: int) -> float:

@@ -59,7 +59,7 @@ def estimate_then_run(grid: str, flags: Sequence[str] = (), keep: Optional[Path]
     """Run ``grid`` (the children's resident-set peak is then the grid's alone), then estimate it
     afresh; ``keep``: a folder for both (kept), instead of a temporary one."""
     sys.path.insert(0, str(REPO))
-    from segtricks.backbones import write_random_release
+    from segtricks.models.backbones import write_random_release
     with tempfile.TemporaryDirectory() if keep is None else contextlib.nullcontext(str(keep)) as tmp:
         for name in ("dino_vits8", "dino_vits16", "ibot_vits16"):
             write_random_release(name, Path(tmp) / "weights")

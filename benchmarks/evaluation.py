@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segtricks.metrics import SaliencyEvaluator
+from segtricks.evaluation.metrics import SaliencyEvaluator
 
 SOD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sod300"
 # The pysodmetrics loop a user would write, as one script: read each map and mask, step every metric.

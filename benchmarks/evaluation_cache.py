@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from segtricks.config import DatasetRef, load_config
-from segtricks.evaluation import evaluate_model
-from segtricks.model import build_model
+from segtricks.spec.config import DatasetRef, load_config
+from segtricks.evaluation.model_evaluation import evaluate_model
+from segtricks.models.model import build_model
 
 DEMO = Path(__file__).resolve().parents[1] / "experiments" / "demo_cell.yaml"
 

@@ -24,12 +24,12 @@ import torch
 
 from core import time_ms, train_step_fn
 from estimate_accuracy import estimate_then_run, estimated_total, run_command
-from segtricks.bilateral_solver import bilateral_solver_filter
-from segtricks.config import config_from_dict
-from segtricks.estimate import loader_images_per_s
-from segtricks.guided_filter import guided_filter
-from segtricks.model import build_model
-from segtricks.predict import predict_masks
+from segtricks.method.bilateral_solver import bilateral_solver_filter
+from segtricks.spec.config import config_from_dict
+from segtricks.runners.estimate import loader_images_per_s
+from segtricks.method.guided_filter import guided_filter
+from segtricks.models.model import build_model
+from segtricks.evaluation.predict import predict_masks
 
 DUTS_TR_IMAGES, EPOCHS = 10_553, 30
 

@@ -19,7 +19,7 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 
-from segtricks.guided_filter import guided_filter
+from segtricks.method.guided_filter import guided_filter
 from timing import interleaved_ms  # benchmarks/timing.py (the script's folder is on sys.path)
 
 

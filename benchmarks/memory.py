@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from core import train_step_fn
-from segtricks.model import SegmentationModel
+from segtricks.models.model import SegmentationModel
 
 PHASES = ("main", "crop")  # the model calls of loss_terms, in order (a third call would be "call 3")
 MIB = 2 ** 20  # /usr/bin/time -v reports KiB: its maximum resident set / 1024 is the peak here

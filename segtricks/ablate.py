@@ -9,7 +9,7 @@ all that is missing is listed at once (exit 2); ``--dry-run`` lists it as each c
 A ``--set`` on a key that a grid axis varies is refused (exit 2); ``--force-set`` applies it anyway.
 
 This module is only the command line: it checks the arguments and the grid before importing torch,
-timm and MLflow (seconds), so that a typo is reported at once; ``segtricks.grid_runner`` runs it.
+timm and MLflow (seconds), so that a typo is reported at once; ``segtricks.runners.grid_runner`` runs it.
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import argparse
 import sys
 from typing import List
 
-from segtricks import slurm
-from segtricks.config import ConfigError
-from segtricks.grid import read_grid
+from segtricks.runners import slurm
+from segtricks.spec.config import ConfigError
+from segtricks.spec.grid import read_grid
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -65,7 +65,7 @@ def main(argv: List[str] | None = None) -> int:
         return 2
     for line in grid_file.overridden:
         print(f"warning: --force-set: {line}", file=sys.stderr)
-    from segtricks import grid_runner  # torch, timm, MLflow: only once the grid is known to be valid
+    from segtricks.runners import grid_runner  # torch, timm, MLflow: only once the grid is known to be valid
     return grid_runner.launch(args, argv, opts)
 
 

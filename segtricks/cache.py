@@ -4,7 +4,7 @@
     python -m segtricks.cache rm [--grid G] [--training HASH_PREFIX] [--backbone NAME]
                                  [--older-than 7d|12h|30m] [--kind masks|keys] [--all] [--dry-run]
 
-An output root holds two caches (``segtricks.prediction_cache``): backbone keys in ``<root>/keys/``,
+An output root holds two caches (``segtricks.evaluation.prediction_cache``): backbone keys in ``<root>/keys/``,
 shared by every training on one backbone (ViT-S/8: 1.2 MB per evaluation image), and raw masks in
 ``<root>/trainings/<training hash>/predictions/``, one training's (0.2 MB per image at 320 px).
 
@@ -205,12 +205,12 @@ class StoreUnreadable(RuntimeError):
 
 
 def store_uri(explicit: Optional[str]) -> str:
-    """The store ``segtricks.tracking.tracking_uri`` would use (that module imports MLflow and torch)."""
+    """The store ``segtricks.tracking.store.tracking_uri`` would use (that module imports MLflow and torch)."""
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
 def store_file(uri: str) -> Optional[Path]:
-    """The SQLite file of ``uri`` (``segtricks.tracking.sqlite_path``), None for a server."""
+    """The SQLite file of ``uri`` (``segtricks.tracking.store.sqlite_path``), None for a server."""
     if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
         return None
     return Path(uri[len("sqlite:///"):].split("?")[0])
@@ -226,7 +226,7 @@ def store_exists(uri: str) -> bool:
 def grid_labels(uri: str) -> Dict[str, Set[str]]:
     """Training hash (first 16 digits) → the grids whose runs used it, and ``study:<name>`` for a
     study's trials: from the run tags ``training_hash``, ``grid`` and ``study``."""
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # as segtricks.tracking
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # as segtricks.tracking.store
     from mlflow.tracking import MlflowClient  # only here: seconds to import, and only for a store that exists
     labels: Dict[str, Set[str]] = {}
     try:

@@ -10,7 +10,7 @@ writes one row per image (id, object ratio, IoU, Acc, predicted box, CorLoc hit,
 inversion per batch of 8, metrics on a centre crop of the resized ground truth; SPEC §8.2–8.4)
 instead of our protocol (SPEC §7), to compare with the paper's tables.
 
-Arguments are checked, and maps scored (``segtricks.map_evaluation``), without importing torch; it
+Arguments are checked, and maps scored (``segtricks.evaluation.map_evaluation``), without importing torch; it
 is imported for ``--run``, ``--post bf`` and the reference protocol on maps.
 """
 from __future__ import annotations
@@ -20,12 +20,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from segtricks.config import EVAL_PROTOCOLS, METRICS, Config, ConfigError, DatasetRef, load_config
-from segtricks.map_evaluation import evaluate_maps
-from segtricks.registry import UnknownNameError
+from segtricks.spec.config import EVAL_PROTOCOLS, METRICS, Config, ConfigError, DatasetRef, load_config
+from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.spec.registry import UnknownNameError
 
 if TYPE_CHECKING:
-    from segtricks.model import SegmentationModel
+    from segtricks.models.model import SegmentationModel
 
 
 def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Config]:
@@ -35,7 +35,7 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Con
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training folder?")
     cfg = load_config(cfg_path)
-    from segtricks.training import Training  # torch and timm: only to evaluate a model
+    from segtricks.engine.training import Training  # torch and timm: only to evaluate a model
 
     return Training(cfg, run_dir).model(which=which), cfg
 
@@ -75,8 +75,8 @@ def main(argv: List[str] | None = None) -> int:
             weights = f"maps from {args.maps}" if args.maps else "centred Gaussian prior (σ = 0.25)"
         else:
             model, cfg = load_run(args.run, args.checkpoint)
-            from segtricks.evaluation import evaluate_model  # torch, as load_run
-            from segtricks.trainer import resolve_device
+            from segtricks.evaluation.model_evaluation import evaluate_model  # torch, as load_run
+            from segtricks.engine.loop import resolve_device
 
             device = resolve_device(args.device)
             evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device, protocol=args.eval_protocol,

@@ -9,8 +9,8 @@ import argparse
 import sys
 from typing import List
 
-from segtricks.checkpoint import NoSpaceError
-from segtricks.config import ConfigError, load_config
+from segtricks.engine.checkpoint import NoSpaceError
+from segtricks.spec.config import ConfigError, load_config
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -24,7 +24,7 @@ def main(argv: List[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from segtricks.training import ConfigMismatchError, Training  # torch, timm: only for a valid config
+    from segtricks.engine.training import ConfigMismatchError, Training  # torch, timm: only for a valid config
 
     try:
         training = Training(cfg)

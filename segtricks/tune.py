@@ -19,9 +19,9 @@ import argparse
 import sys
 from typing import List
 
-from segtricks import slurm
-from segtricks.config import ConfigError
-from segtricks.study import load_study
+from segtricks.runners import slurm
+from segtricks.spec.config import ConfigError
+from segtricks.spec.study import load_study
 
 
 def parse_args(argv: List[str] | None) -> argparse.Namespace:
@@ -57,7 +57,7 @@ def main(argv: List[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from segtricks import study_runner  # torch, timm, MLflow: only once the study is known to be valid
+    from segtricks.runners import study_runner  # torch, timm, MLflow: only once the study is known to be valid
     return study_runner.launch(spec, args)
 
 

@@ -4,7 +4,7 @@ from typing import Any, Dict, Optional
 
 import pytest
 
-from segtricks.config import Config, Layer, compose, read_yaml_mapping
+from segtricks.spec.config import Config, Layer, compose, read_yaml_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -1,9 +1,9 @@
 """The reference implementation's bilateral solver in numpy/scipy: what tests/test_bilateral_solver.py
-compares ``segtricks.bilateral_solver`` against, and what benchmarks/bilateral_solver.py times it against.
+compares ``segtricks.method.bilateral_solver`` against, and what benchmarks/bilateral_solver.py times it against.
 
 It is the BilateralGrid/BilateralSolver that TokenCut, MOVE and FOUND ship (sparse splat and per-axis
 blur matrices, np.unique hashing, bistochastisation, scipy.sparse.linalg.cg with a Jacobi
-preconditioner), with only the I/O stripped; it shares no code with segtricks.bilateral_solver. It
+preconditioner), with only the I/O stripped; it shares no code with segtricks.method.bilateral_solver. It
 lives beside the tests, which import it as they import conftest (pytest puts this folder on sys.path);
 the benchmark script adds the folder to its own sys.path.
 """

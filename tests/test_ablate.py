@@ -12,10 +12,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import DEMO_CELL, TINY_FLAGS, unreadable_folder
-from segtricks import checkpoint
+from segtricks.engine import checkpoint
 from segtricks.ablate import main
-from segtricks.config import ConfigError
-from segtricks.grid import load_grid
+from segtricks.spec.config import ConfigError
+from segtricks.spec.grid import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,7 +141,7 @@ def test_dry_run_writes_nothing_and_reaches_no_network(in_tmp, tmp_path_factory,
             "dino_deitsmall8_pretrain.pth") in out.splitlines()
     assert list(in_tmp.iterdir()) == [] and list(torch_home.iterdir()) == [] and connects == []
     # a store that exists is read, and the grid's experiment is not created in it
-    from segtricks import tracking
+    from segtricks.tracking import store as tracking
     tracking.Store().experiment("other")
     assert main(["--grid", "table3", "--dry-run"]) == 0
     assert sorted(e.name for e in MlflowClient(tracking.tracking_uri()).search_experiments()) == ["Default", "other"]
@@ -354,7 +354,7 @@ def test_skipped_images_are_a_metric_and_an_artifact_of_the_run(in_tmp, capsys):
 @pytest.mark.slow
 def test_a_dead_local_worker_is_taken_over_at_once_and_a_live_one_is_announced_once(in_tmp, monkeypatch, capsys):
     """Issue 11: after a kill, a rerun waited silently up to 90 s for the dead worker's heartbeat."""
-    from segtricks import tracking
+    from segtricks.tracking import store as tracking
     grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"])
     dead = subprocess.Popen(["true"])
     dead.wait()

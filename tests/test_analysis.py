@@ -14,7 +14,7 @@ from analysis.make_tables import main as make_tables
 from analysis.runs import load_records, load_runs
 from analysis.tables import build_table, to_latex, to_markdown, wide
 from segtricks.ablate import main as ablate
-from segtricks.study_runner import thin_log_ticks, write_study_plots
+from segtricks.runners.study_runner import thin_log_ticks, write_study_plots
 
 TINY = ["--set", "optim.epochs=1", "--set", "optim.steps_per_epoch=2", "--set", "optim.batch_size=4",
         "--set", "data.train.limit=8", "--set", "data.val.limit=4",

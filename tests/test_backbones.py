@@ -3,7 +3,7 @@ import hashlib
 import pytest
 import torch
 
-from segtricks.backbones import (BACKBONES, CheckpointMismatchError, WeightsNotFoundError,
+from segtricks.models.backbones import (BACKBONES, CheckpointMismatchError, WeightsNotFoundError,
                                  build_backbone)
 
 torch.set_grad_enabled(True)
@@ -147,7 +147,7 @@ def test_random_init_names_one_set_of_weights():
 
 @pytest.mark.parametrize("name", ["dino_vits16", "ibot_vits16"])
 def test_official_or_random_init_takes_the_official_file_when_present_and_never_downloads(tmp_path, monkeypatch, name):
-    from segtricks.backbones import OFFICIAL_OR_RANDOM, RELEASES, find_weights, write_random_release
+    from segtricks.models.backbones import OFFICIAL_OR_RANDOM, RELEASES, find_weights, write_random_release
     monkeypatch.delenv("SEGTRICKS_OFFLINE")  # online: the fallback must still not try a download
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("download attempted"))
     monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path))

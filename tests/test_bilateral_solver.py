@@ -1,5 +1,5 @@
 """The bilateral solver against the reference implementation's numpy/scipy build and solve of the
-same system (tests/reference_bilateral_solver.py, which shares no code with segtricks.bilateral_solver),
+same system (tests/reference_bilateral_solver.py, which shares no code with segtricks.method.bilateral_solver),
 and against a direct sparse solve of that system. The solver's CPU path (numpy grid) and CUDA path
 (torch grid) are also checked against each other.
 """
@@ -11,7 +11,7 @@ from scipy.sparse.linalg import spsolve
 
 from conftest import require_shared
 from reference_bilateral_solver import reference_bilateral_solve, reference_system
-from segtricks.bilateral_solver import (BilateralGrid, SparseBilateralGrid, _solve, bilateral_solve,
+from segtricks.method.bilateral_solver import (BilateralGrid, SparseBilateralGrid, _solve, bilateral_solve,
                                         bilateral_solver_filter)
 
 

@@ -12,11 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import DEMO_CELL
-from segtricks import prediction_cache
+from segtricks.evaluation import prediction_cache
 from segtricks.cache import HOST, main, scan
-from segtricks.config import DatasetRef, load_config
-from segtricks.evaluation import evaluate_model
-from segtricks.training import Training
+from segtricks.spec.config import DatasetRef, load_config
+from segtricks.evaluation.model_evaluation import evaluate_model
+from segtricks.engine.training import Training
 
 
 REPO = Path(__file__).resolve().parents[1]

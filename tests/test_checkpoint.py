@@ -3,7 +3,7 @@ import subprocess
 import pytest
 import torch
 
-from segtricks import checkpoint
+from segtricks.engine import checkpoint
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -1,9 +1,9 @@
 import pytest
 
 from conftest import DEMO_CELL
-from segtricks.config import (Config, ConfigError, compose, config_from_dict, config_hash, load_config,
+from segtricks.spec.config import (Config, ConfigError, compose, config_from_dict, config_hash, load_config,
                               resolved_yaml, set_flag_layers)
-from segtricks.training import training_hash
+from segtricks.engine.training import training_hash
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):

@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segtricks.crop_consistency import crop_and_resize, crop_consistency_terms, sample_crop_boxes
-from segtricks.guided_filter import guided_filter
-from segtricks.head import SempartHead
+from segtricks.method.crop_consistency import crop_and_resize, crop_consistency_terms, sample_crop_boxes
+from segtricks.method.guided_filter import guided_filter
+from segtricks.models.head import SempartHead
 
 
 def test_window_positions_cover_the_valid_range_uniformly():

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from conftest import require_shared
-from segtricks.config import DatasetRef
-from segtricks.datasets import DATASETS, DatasetError, SyntheticShapes, boxes_from_mask, build_dataset
-from segtricks.views import EvalView, TrainView
+from segtricks.spec.config import DatasetRef
+from segtricks.data.datasets import DATASETS, DatasetError, SyntheticShapes, boxes_from_mask, build_dataset
+from segtricks.data.views import EvalView, TrainView
 
 
 def write_pairs(root, n=3, size=(40, 30)):

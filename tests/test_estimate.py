@@ -4,11 +4,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from segtricks import estimate
+from segtricks.runners import estimate
 from segtricks.ablate import main
-from segtricks.config import DatasetRef, config_from_dict
-from segtricks.datasets import DATASETS, PUBLISHED_SIZES
-from segtricks.estimate import CachePlan, DatasetSize, dataset_size, disk_needed, format_estimate
+from segtricks.spec.config import DatasetRef, config_from_dict
+from segtricks.data.datasets import DATASETS, PUBLISHED_SIZES
+from segtricks.runners.estimate import CachePlan, DatasetSize, dataset_size, disk_needed, format_estimate
 
 
 
@@ -65,7 +65,7 @@ def test_present_data_is_counted_with_its_typical_size(tmp_path):
 def test_table3_needs_its_cache_sizes_before_anything_is_downloaded(monkeypatch):
     """Table 3's 12 cells: 6 trainings × 11,187 masks at 320², and 11,187 keys for each backbone."""
     monkeypatch.delenv("SEGTRICKS_DATA", raising=False)
-    from segtricks.grid import read_grid
+    from segtricks.spec.grid import read_grid
     cells = [SimpleNamespace(name=n, cfg=c, trains=True, training_hash=n.split("/")[0] + ("crop" in n) * "+crop")
              for n, c in read_grid("table3").configs]
     masks = 6 * 11_187 * 320 * 320 * 2
@@ -100,7 +100,7 @@ def test_dry_run_estimate_prints_time_memory_and_disk_per_cell_and_in_total(in_t
 
 
 def test_the_preflight_warns_when_the_caches_would_not_fit(monkeypatch, tmp_path):
-    from segtricks import preflight
+    from segtricks.runners import preflight
     monkeypatch.delenv("SEGTRICKS_DATA", raising=False)  # ECSSD's published 1,000 images
     cells = [cell("a", "t1")]
     assert preflight.disk_warning(cells, {}, tmp_path) is None  # 7 MB of masks and 38 MB of keys fit here

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 
 from conftest import require_shared
-from segtricks.config import Config, DatasetRef, config_from_dict, load_config
+from segtricks.spec.config import Config, DatasetRef, config_from_dict, load_config
 from segtricks.evaluate import main
-from segtricks.evaluation import evaluate_model
-from segtricks.map_evaluation import evaluate_maps
-from segtricks.metrics import SaliencyEvaluator
-from segtricks.model import build_model
+from segtricks.evaluation.model_evaluation import evaluate_model
+from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.evaluation.metrics import SaliencyEvaluator
+from segtricks.models.model import build_model
 from test_demo import DEMO
-from segtricks.training import Training
+from segtricks.engine.training import Training
 
 
 def test_maps_cli_prints_table_and_writes_records(tmp_path, capsys):
@@ -173,7 +173,7 @@ def test_skip_bad_counts_and_lists_every_skipped_image(tmp_path, capsys):
 
 
 def test_per_image_phases_run_on_one_thread_and_the_count_is_restored(tmp_path, monkeypatch):
-    """segtricks.threads: the model keeps every thread; post-processing and metrics run on one."""
+    """segtricks.engine.threads: the model keeps every thread; post-processing and metrics run on one."""
     cfg = load_config(DEMO, {"output_dir": str(tmp_path)})
     model = build_model(cfg).eval()
     seen, update = [], SaliencyEvaluator.update
@@ -194,9 +194,9 @@ def test_per_image_phases_run_on_one_thread_and_the_count_is_restored(tmp_path, 
 
 @pytest.mark.parametrize("tricks", [["gf"], ["gf", "bf"]])
 def test_post_processing_of_maps_in_numpy_gives_the_torch_tricks_numbers(tricks):
-    """Issue 21: GF on maps runs without torch (segtricks.guided_filter_numpy), to the same bits."""
-    from segtricks.map_evaluation import postprocess_map
-    from segtricks.tricks import postprocess
+    """Issue 21: GF on maps runs without torch (segtricks.method.guided_filter_numpy), to the same bits."""
+    from segtricks.evaluation.map_evaluation import postprocess_map
+    from segtricks.method.tricks import postprocess
 
     rng = np.random.default_rng(0)
     soft = rng.random((37, 53))

@@ -3,8 +3,8 @@ import pytest
 
 from conftest import DEMO_CELL
 from segtricks.ablate import main
-from segtricks.config import ConfigError
-from segtricks.grid import read_grid
+from segtricks.spec.config import ConfigError
+from segtricks.spec.grid import read_grid
 
 def write_grid(tmp_path, axes, name="mini"):
     """A grid over demo_cell.yaml; ``axes`` are its ``axes:`` lines (indented under it)."""

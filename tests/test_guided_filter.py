@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import require_shared
-from segtricks.guided_filter import box_mean, guided_filter, guided_filter_gray
+from segtricks.method.guided_filter import box_mean, guided_filter, guided_filter_gray
 
 cv2 = pytest.importorskip("cv2", reason="opencv-contrib-python-headless is the reference (test extra)")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segtricks.head import SempartHead
+from segtricks.models.head import SempartHead
 
 # Hand count of SPEC §2 (in_dim 384, dim 64, 2 layers, 2 heads × 64, MLP 64):
 #   proj 384·64+64 = 24,640

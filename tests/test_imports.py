@@ -52,9 +52,9 @@ def _maps_folder(tmp_path, n=3):
     return root, maps
 
 
-@pytest.mark.parametrize("module", ["analysis.make_tables", "analysis.runs", "segtricks.tracking",
-                                    "segtricks.map_evaluation", "segtricks.metrics", "segtricks.datasets",
-                                    "segtricks.guided_filter_numpy", "segtricks.checkpoint"])
+@pytest.mark.parametrize("module", ["analysis.make_tables", "analysis.runs", "segtricks.tracking.store",
+                                    "segtricks.evaluation.map_evaluation", "segtricks.evaluation.metrics", "segtricks.data.datasets",
+                                    "segtricks.method.guided_filter_numpy", "segtricks.engine.checkpoint"])
 def test_reading_results_and_scoring_maps_import_no_torch(module):
     code, out, heavy = loaded(module, "import")
     assert code == 0 and heavy == [], out

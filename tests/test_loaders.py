@@ -5,11 +5,11 @@ import warnings
 import pytest
 import torch
 
-from segtricks import loaders
-from segtricks.config import DatasetRef
-from segtricks.datasets import build_dataset
-from segtricks.loaders import EpochSampler, data_loader, resolve_workers
-from segtricks.views import TrainView
+from segtricks.data import loaders
+from segtricks.spec.config import DatasetRef
+from segtricks.data.datasets import build_dataset
+from segtricks.data.loaders import EpochSampler, data_loader, resolve_workers
+from segtricks.data.views import TrainView
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from segtricks.losses import (coarse_fine_consistency, coarse_graph_tv, fine_graph_tv, ncut_loss,
+from segtricks.method.losses import (coarse_fine_consistency, coarse_graph_tv, fine_graph_tv, ncut_loss,
                               thresholded_affinity)
 
 
@@ -175,7 +175,7 @@ def test_losses_are_differentiable():
 
 def all_loss_terms(mask, fine, feats, image):
     """Every loss of this module, and the crop trick's terms, on one set of masks and features."""
-    from segtricks.crop_consistency import crop_consistency_terms
+    from segtricks.method.crop_consistency import crop_consistency_terms
 
     crop = crop_consistency_terms(lambda x, fine_grad: {"coarse": mask, "fine": fine, "features": feats}, image.float(),
                                   fine, torch.tensor([[4, 8, 16], [0, 12, 20]]), 0.2, 1e-6, 2, 1e-3)

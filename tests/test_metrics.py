@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 from conftest import require_shared
-from segtricks.datasets import boxes_from_mask
-from segtricks.metrics import SaliencyEvaluator, box_iou, corloc_hit, largest_component_box
+from segtricks.data.datasets import boxes_from_mask
+from segtricks.evaluation.metrics import SaliencyEvaluator, box_iou, corloc_hit, largest_component_box
 
 
 def load_gray(path):

@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from conftest import DEMO_CELL
-from segtricks.config import DatasetRef, load_config
-from segtricks.evaluation import evaluate_model
-from segtricks.model import build_model
-from segtricks.prediction_cache import as_cached
-from segtricks.predict import predict_raw
-from segtricks.tricks import postprocess
+from segtricks.spec.config import DatasetRef, load_config
+from segtricks.evaluation.model_evaluation import evaluate_model
+from segtricks.models.model import build_model
+from segtricks.evaluation.prediction_cache import as_cached
+from segtricks.evaluation.predict import predict_raw
+from segtricks.method.tricks import postprocess
 
 REF = DatasetRef("synthetic", split="test", limit=12)
 
@@ -69,7 +69,7 @@ def test_cached_masks_are_the_models_masks_at_float16(setting):
     # the GF cell on cached masks equals GF on the model's masks at the cache's precision
     with CountingForward(model, forbid=True):
         cached_gf, _ = scores(cfg, model, ["gf"], cache)
-    import segtricks.evaluation as evaluation
+    import segtricks.evaluation.model_evaluation as evaluation
     original = evaluation.predict_raw
     evaluation.predict_raw = lambda m, x, p="ours", f=None: as_cached(original(m, x, p, f))
     try:
@@ -128,8 +128,8 @@ def test_two_workers_publishing_the_same_cache_at_once_both_finish(tmp_path, mon
     """Before: the .json was written through one temporary name for every process, so the second of
     two workers publishing the same keys at once (--workers N, trainings on one backbone) found its
     temporary file taken by the first's rename and failed its evaluation with FileNotFoundError."""
-    from segtricks import prediction_cache
-    from segtricks.prediction_cache import ArrayCache
+    from segtricks.evaluation import prediction_cache
+    from segtricks.evaluation.prediction_cache import ArrayCache
     pid = {"now": 1001}
     monkeypatch.setattr(prediction_cache.os, "getpid", lambda: pid["now"])
     ids = ["a", "b"]
@@ -173,7 +173,7 @@ def test_caches_turned_off_write_nothing_and_change_no_number(setting, tmp_path)
 def test_building_and_reading_a_cache_maps_none_of_it_into_memory(setting, monkeypatch):
     """A memory map's dirty pages count in the resident set until flushed (gigabytes while a DUTS-TE
     key cache is built): rows go through pread/pwrite instead."""
-    from segtricks import prediction_cache
+    from segtricks.evaluation import prediction_cache
     cfg, model, cache = setting
     mapped = []
     put = prediction_cache.ArrayCache.put

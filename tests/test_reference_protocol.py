@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
-from segtricks.config import ConfigError, DatasetRef
-from segtricks.training import training_hash
+from segtricks.spec.config import ConfigError, DatasetRef
+from segtricks.engine.training import training_hash
 from segtricks.evaluate import main
-from segtricks.evaluation import evaluate_model, reference_boxes, reference_mask
-from segtricks.map_evaluation import evaluate_maps
-from segtricks.model import build_model
-from segtricks.predict import predict_masks, select_foreground, select_foreground_per_batch
+from segtricks.evaluation.model_evaluation import evaluate_model, reference_boxes, reference_mask
+from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.models.model import build_model
+from segtricks.evaluation.predict import predict_masks, select_foreground, select_foreground_per_batch
 
 
 def small_cfg(tmp_path, over=None):

@@ -3,10 +3,10 @@ import sys
 
 import pytest
 
-from segtricks.backbones import BACKBONES, build_backbone
-from segtricks.datasets import DATASETS
-from segtricks.registry import Registry, UnknownNameError, _declared_names
-from segtricks.tricks import TRICKS, get_tricks
+from segtricks.models.backbones import BACKBONES, build_backbone
+from segtricks.data.datasets import DATASETS
+from segtricks.spec.registry import Registry, UnknownNameError, _declared_names
+from segtricks.method.tricks import TRICKS, get_tricks
 
 
 def test_duplicate_name_is_a_loud_error():
@@ -45,7 +45,7 @@ def test_every_registered_callable_documents_its_contract(name):
 def test_names_read_from_source_equal_the_live_registries():
     """The command-line tools check a grid's names by reading the registering modules' source (no
     torch import); a registration that reading cannot see would make a valid grid fail."""
-    from segtricks.grid import COMPONENTS
+    from segtricks.spec.grid import COMPONENTS
     live = {"backbone": BACKBONES, "trick": TRICKS, "dataset": DATASETS}
     for kind, (module, registry, helpers) in COMPONENTS.items():
         assert _declared_names(module, registry, tuple(helpers)) == live[kind].names(), kind

@@ -10,8 +10,8 @@ from mlflow.tracking import MlflowClient
 from analysis.make_tables import main as make_tables
 from conftest import require_shared
 from segtricks.ablate import main as ablate
-from segtricks.backbones import write_random_release
-from segtricks.grid import read_grid
+from segtricks.models.backbones import write_random_release
+from segtricks.spec.grid import read_grid
 
 REPO = Path(__file__).resolve().parents[1]
 

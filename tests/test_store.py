@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from segtricks import tracking
+from segtricks.tracking import store as tracking
 from segtricks.ablate import main as ablate
 
 REPO = Path(__file__).resolve().parents[1]
-OPEN_STORE = "import sys; from segtricks.tracking import Store; print(Store(sys.argv[1]).experiment('x'))"
+OPEN_STORE = "import sys; from segtricks.tracking.store import Store; print(Store(sys.argv[1]).experiment('x'))"
 
 
 @pytest.mark.slow
@@ -164,7 +164,7 @@ def _free_port() -> int:
 
 def test_a_tracking_server_that_is_not_running_is_one_line_within_seconds(in_tmp, capsys):
     """Before: MLflow retried the refused connection with backoff, silently, for minutes."""
-    import segtricks.grid_runner  # noqa: F401  (imported first: the time asserted is the store's first contact)
+    import segtricks.runners.grid_runner  # noqa: F401  (imported first: the time asserted is the store's first contact)
     port = _free_port()  # closed again: nothing listens there
     start = time.time()
     assert ablate(["--grid", str(_grid(in_tmp)), "--tracking-uri", f"http://127.0.0.1:{port}"]) == 1
@@ -265,8 +265,8 @@ def test_a_lost_claim_plans_again_instead_of_training_a_cell_that_shares_the_riv
     """Issue: two workers that planned at once both saw the grid empty; the loser of the baseline's
     claim went on with its plan to the GF cell, whose training it then ran a second time (two
     role=train runs). The rival here claims the baseline just before this worker and dies."""
-    from segtricks import grid_runner
-    from segtricks.grid import load_grid
+    from segtricks.runners import grid_runner
+    from segtricks.spec.grid import load_grid
     monkeypatch.setattr(tracking, "STALE_AFTER_S", 3.0)  # the dead rival's run is resumed soon
     path = in_tmp / "g.yaml"
     path.write_text(f"name: g\nbase: {REPO / 'experiments' / 'demo_cell.yaml'}\nset: {{optim.epochs: 1}}\n"

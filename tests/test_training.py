@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from conftest import DEMO_CELL, TINY_FLAGS, tiny_config
-from segtricks import checkpoint, model as model_module, training as training_module
+from segtricks.engine import checkpoint, training as training_module
+from segtricks.models import model as model_module
 from segtricks.ablate import main as ablate
-from segtricks.trainer import loss_terms
-from segtricks.training import State, Training
-from segtricks.tricks import TRICKS, TrainingTrick
+from segtricks.engine.loop import loss_terms
+from segtricks.engine.training import State, Training
+from segtricks.method.tricks import TRICKS, TrainingTrick
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -132,8 +133,8 @@ def test_a_training_trick_registered_elsewhere_adds_its_term_without_trainer_edi
 
 
 CLI_MODULES = {"segtricks.train", "segtricks.evaluate", "segtricks.ablate", "segtricks.tune", "analysis.make_tables"}
-TRICK_IMPLEMENTATIONS = {"segtricks.tricks", "segtricks.guided_filter", "segtricks.bilateral_solver",
-                         "segtricks.crop_consistency"}
+TRICK_IMPLEMENTATIONS = {"segtricks.method.tricks", "segtricks.method.guided_filter", "segtricks.method.bilateral_solver",
+                         "segtricks.method.crop_consistency"}
 
 
 def imports_of(path: Path) -> set:
@@ -148,10 +149,11 @@ def imports_of(path: Path) -> set:
 
 
 def test_import_graph():
-    modules = {f"{p.parent.name}.{p.stem}": p for d in ("segtricks", "analysis") for p in (REPO / d).glob("*.py")}
+    modules = {".".join(p.relative_to(REPO).with_suffix("").parts): p
+               for d in ("segtricks", "analysis") for p in (REPO / d).rglob("*.py")}
     assert len(modules) > 20
     for name, path in modules.items():
         if name in CLI_MODULES:
             continue
         assert not imports_of(path) & CLI_MODULES, f"library module {name} imports a CLI module"
-    assert not imports_of(modules["segtricks.config"]) & TRICK_IMPLEMENTATIONS
+    assert not imports_of(modules["segtricks.spec.config"]) & TRICK_IMPLEMENTATIONS

@@ -11,10 +11,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import DEMO_CELL
-from segtricks.config import ConfigError, config_from_dict
-from segtricks import study as study_module
-from segtricks.study import PRUNERS, SAMPLERS, load_study
-from segtricks.study_runner import Pruning, tune
+from segtricks.spec.config import ConfigError, config_from_dict
+from segtricks.spec import study as study_module
+from segtricks.spec.study import PRUNERS, SAMPLERS, load_study
+from segtricks.runners.study_runner import Pruning, tune
 from segtricks.tune import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,0 +1,1 @@
+"""Datasets (registry, folder layouts, the synthetic set) and the torch views and loaders the loop reads."""

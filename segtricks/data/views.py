@@ -1,0 +1,90 @@
+"""The torch views the trainer and the model evaluation read a dataset through (``segtricks.data.datasets``).
+
+``TrainView`` applies SPEC §6's augmentations; ``EvalView`` resizes the image to the prediction size
+and keeps the mask and boxes at the original size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from segtricks.data.datasets import DatasetError, RawDataset, Sample, Skipped, load_or_skip
+
+
+class TrainView(Dataset):
+    """Augmented training images (SPEC §6): shorter side → resize_short, random crop, flip, jitter."""
+
+    def __init__(self, raw: RawDataset, image_size: int, resize_short: int, on_error: str = "raise") -> None:
+        if resize_short < image_size:
+            raise ValueError(f"data.resize_short ({resize_short}) must be ≥ data.image_size ({image_size})")
+        self.raw, self.on_error = raw, on_error
+        self.transform = T.Compose([
+            T.Resize(resize_short),
+            T.RandomCrop(image_size),
+            T.RandomHorizontalFlip(0.5),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            T.RandomGrayscale(0.2),
+            T.ToTensor(),
+        ])
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Optional[torch.Tensor]:
+        """``item`` = (index, seed): the image is augmented from its own seed (``loaders.EpochSampler``),
+        so it comes out the same in any worker process."""
+        index, seed = item
+        sample = load_or_skip(self.raw, index, self.on_error)
+        if isinstance(sample, Skipped):
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(sample.image)
+
+    @staticmethod
+    def collate(batch: List[Optional[torch.Tensor]]) -> torch.Tensor:
+        return torch.stack([b for b in batch if b is not None])
+
+
+@dataclass
+class EvalBatch:
+    ids: List[str]
+    images: torch.Tensor  # (B, 3, S, S) in [0, 1], resized to the prediction size
+    originals: List[torch.Tensor] = field(default_factory=list)  # (3, H, W) in [0, 1]
+    masks: List[Optional[torch.Tensor]] = field(default_factory=list)  # (H, W) bool
+    boxes: List[Optional[np.ndarray]] = field(default_factory=list)
+    skipped: List[Skipped] = field(default_factory=list)  # items of the batch that failed to load
+
+
+class EvalView(Dataset):
+    """Samples resized to the prediction size, with their originals, masks and boxes."""
+
+    def __init__(self, raw: RawDataset, image_size: int, on_error: str = "raise") -> None:
+        if not (raw.has_masks or raw.has_boxes):
+            raise DatasetError("evaluation needs a dataset with masks or boxes")
+        self.raw, self.on_error, self.size = raw, on_error, image_size
+        self.to_tensor = T.ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int) -> Union[Sample, Skipped]:
+        return load_or_skip(self.raw, index, self.on_error)
+
+    def collate(self, batch: List[Union[Sample, Skipped]]) -> EvalBatch:
+        samples = [s for s in batch if isinstance(s, Sample)]
+        originals = [self.to_tensor(s.image) for s in samples]
+        resized = [T.functional.resize(o, [self.size, self.size], antialias=True) for o in originals]
+        return EvalBatch(
+            ids=[s.id for s in samples],
+            images=torch.stack(resized) if resized else torch.empty(0, 3, self.size, self.size),
+            originals=originals,
+            masks=[None if s.mask is None else torch.from_numpy(s.mask) for s in samples],
+            boxes=[s.boxes for s in samples],
+            skipped=[s for s in batch if isinstance(s, Skipped)],
+        )

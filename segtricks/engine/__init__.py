@@ -1,0 +1,1 @@
+"""Training: the loop, its hooks, one ``Training`` per training hash, atomic checkpoints."""

@@ -1,0 +1,1 @@
+"""Scoring models and saliency maps: protocols, predictions, their caches, the metrics."""

@@ -1,0 +1,75 @@
+"""Foreground masks from a trained model, under our evaluation protocol or the reference's.
+
+Ours (SPEC §7): BatchNorm uses its running statistics (eval mode), and each mask whose mean is above
+0.5 is inverted on its own. The reference's (SPEC §8.2–8.3), reproduced on request only: BatchNorm
+normalises with the test batch's statistics (train mode), and one inversion decision is taken for
+the whole batch.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from segtricks.spec.config import Config
+from segtricks.models.model import SegmentationModel
+from segtricks.method.tricks import postprocess
+
+
+def select_foreground(mask: torch.Tensor) -> torch.Tensor:
+    """Invert each mask (B, 1, H, W) whose mean is above 0.5: the object is the smaller side."""
+    flip = mask.mean(dim=(1, 2, 3), keepdim=True) > 0.5
+    return torch.where(flip, 1 - mask, mask)
+
+
+def select_foreground_per_batch(mask: torch.Tensor) -> torch.Tensor:
+    """The reference's inversion (SPEC §8.3): invert every mask of the batch when the batch mean is
+    above 0.5, so an image can be flipped because of its neighbours in the batch."""
+    return 1 - mask if mask.mean() > 0.5 else mask
+
+
+@contextmanager
+def evaluation_mode(model: SegmentationModel, protocol: str) -> Iterator[None]:
+    """Eval mode (ours), or train mode with the BatchNorm buffers restored afterwards (reference):
+    the reference's test-batch statistics must not leak into the model's running statistics."""
+    was_training = model.training
+    saved = [b.clone() for b in model.head.buffers()] if protocol == "reference" else []
+    model.train(protocol == "reference")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        for buffer, value in zip(model.head.buffers(), saved):
+            buffer.copy_(value)
+
+
+@torch.no_grad()
+def predict_raw(model: SegmentationModel, images: torch.Tensor, protocol: str = "ours",
+                features: Optional[torch.Tensor] = None, autocast: Optional[bool] = None) -> torch.Tensor:
+    """Soft float32 foreground masks (B, 1, H, W) in [0, 1] at the input size, before any post-processing.
+
+    ``protocol`` "ours" or "reference" (see the module docstring); the caller's train/eval mode is
+    restored afterwards. ``features``: the backbone's keys of ``images``, when already known.
+    ``autocast``: run the model under bf16 autocast (default: on CUDA only)."""
+    with evaluation_mode(model, protocol):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16,
+                            enabled=images.is_cuda if autocast is None else autocast):
+            fine = model(images, features)["fine"]
+    select = select_foreground_per_batch if protocol == "reference" else select_foreground
+    # float32 before anything downstream (the inversion's mean > 0.5, GF/BF, the float16 caches)
+    return select(fine.float())
+
+
+@torch.no_grad()
+def predict_masks(model: SegmentationModel, images: torch.Tensor, cfg: Config,
+                  tricks: Sequence[str] = (), protocol: str = "ours") -> torch.Tensor:
+    """``predict_raw``, then the post-processing ``tricks`` (names), in order."""
+    return postprocess(predict_raw(model, images, protocol), images, tricks, cfg)
+
+
+def resize_to(masks: torch.Tensor, sizes: List[torch.Size]) -> List[torch.Tensor]:
+    """Upsample each soft mask (1, H, W) to its ground truth's original size (bilinear)."""
+    return [F.interpolate(m[None], size=tuple(s), mode="bilinear", align_corners=False)[0, 0]
+            for m, s in zip(masks, sizes)]

@@ -1,0 +1,65 @@
+"""Frozen backbone + trainable Sempart head, taking [0, 1] images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from segtricks.engine import checkpoint
+from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
+from segtricks.spec.config import Config
+from segtricks.models.head import SempartHead
+
+
+class SegmentationModel(nn.Module):
+    """``forward(images01)`` → ``{"coarse", "fine", "features"}``; only the head is trainable.
+
+    Images are (B, 3, H, W) in [0, 1] (the guided filter needs them unnormalised); the model
+    ImageNet-normalises them for the backbone and for the image concatenated inside the head.
+    """
+
+    def __init__(self, backbone: KeyBackbone, head: SempartHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor, features: Optional[torch.Tensor] = None,
+                fine_grad: bool = True) -> Dict[str, torch.Tensor]:
+        """``features``: the backbone's keys of ``images`` when already known (evaluation's key cache);
+        ``fine_grad=False``: the fine mask without a graph (``SempartHead.forward``)."""
+        x = self.normalise(images)
+        if features is None:
+            with torch.no_grad():
+                features = self.backbone(x)
+        out = self.head(features, x, fine_grad=fine_grad)
+        out["features"] = features
+        return out
+
+
+def build_model(cfg: Config) -> SegmentationModel:
+    """Backbone (weights resolved per cfg.backbone) and a freshly initialised head."""
+    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights)
+    if cfg.data.image_size % backbone.patch_size:
+        raise ValueError(
+            f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
+            f"{backbone.patch_size} of backbone {cfg.backbone.name!r}"
+        )
+    return SegmentationModel(backbone, SempartHead(backbone.embed_dim, backbone.patch_size))
+
+
+def load_trained(cfg: Config, checkpoint_path: Path) -> SegmentationModel:
+    """The model of a training checkpoint; its backbone must resolve to the weights it trained on."""
+    model = build_model(cfg)
+    state = checkpoint.load(checkpoint_path)
+    if state["weights_id"] != model.backbone.weights_id:
+        raise ValueError(f"{checkpoint_path} was trained on backbone weights {state['weights_id']}, but "
+                         f"{cfg.backbone.name} resolves to {model.backbone.weights_id} here")
+    model.head.load_state_dict(state["head"])
+    return model

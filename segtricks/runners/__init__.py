@@ -1,0 +1,1 @@
+"""Running many cells: planning against the store, the grid and study runners, the local and Slurm launchers, preflight checks and cost estimates."""

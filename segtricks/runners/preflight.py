@@ -1,0 +1,140 @@
+"""The check before a grid or a study runs: every weights file and dataset its cells need, looked up
+(as loading them would, without loading them), and everything missing listed at once.
+
+Without it a grid on a fresh machine fails cell after cell, each with the first missing thing it
+meets, and leaves a FAILED run per cell. ``ablate`` and ``tune`` run this check before creating any
+run and exit with code 2 when something is missing; ``ablate --dry-run`` shows it as "will fail".
+The output root is checked first, the same way (``output_root_error``), and the free space for the
+evaluation caches last (``disk_warning``: a warning, since a cache can be turned off).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from segtricks.models.backbones import RELEASES, WeightsNotFoundError, find_weights
+from segtricks.spec.config import Config, DatasetRef
+from segtricks.data.datasets import DatasetError, build_dataset
+from segtricks.runners.estimate import disk_needed, free_bytes, human_bytes
+
+
+@dataclass(frozen=True)
+class Missing:
+    what: str  # "weights of dino_vits8", "dataset duts_te (test)"
+    message: str  # the loader's own error: the file, where it is published, where to put it
+
+
+class Preflight:
+    """Looks each weights file and dataset up once, however many cells need it. ``download=False`` (a
+    dry run): official weights absent from this machine are not downloaded but listed in ``downloads``
+    (what -> "<url> to <path>"), which the run would fetch."""
+
+    def __init__(self, download: bool = True) -> None:
+        self._seen: Dict[Tuple, List[Missing]] = {}
+        self._download = download
+        self.downloads: Dict[str, str] = {}
+
+    def missing(self, cfg: Config, trains: bool) -> List[Missing]:
+        """What a cell with config ``cfg`` needs and this machine lacks. ``trains``: the cell will
+        train (its training datasets are needed; a cell whose training is complete needs only its
+        backbone and evaluation datasets)."""
+        if cfg.maps is not None:  # scores precomputed maps: no model at all
+            return [m for ref in cfg.eval for m in self._maps(Path(cfg.maps) / ref.name)
+                    + self._dataset(ref)]
+        refs = list(cfg.eval)
+        if trains:
+            refs = [cfg.data.train, *([cfg.data.val] if cfg.data.val else []), *refs]
+        return self._weights(cfg.backbone.name, cfg.backbone.weights) + [m for r in refs for m in self._dataset(r)]
+
+    def _weights(self, name: str, weights) -> List[Missing]:
+        key = ("weights", name, weights)
+        if key not in self._seen:
+            try:
+                path = find_weights(name, weights, self._download)
+                self._seen[key] = []
+                if path is not None and not path.is_file():  # not downloaded: see __init__
+                    self.downloads[f"weights of {name}"] = f"{RELEASES[name].url} to {path}"
+            except WeightsNotFoundError as exc:
+                self._seen[key] = [Missing(f"weights of {name}", str(exc))]
+        return self._seen[key]
+
+    def _dataset(self, ref: DatasetRef) -> List[Missing]:
+        key = ("dataset", ref.name, ref.root, ref.split, ref.on_error)
+        if key not in self._seen:
+            try:
+                build_dataset(ref)  # lists the folders: layout and file pairs, reads no image
+                self._seen[key] = []
+            except DatasetError as exc:
+                self._seen[key] = [Missing(f"dataset {ref.name} ({ref.split})", str(exc))]
+        return self._seen[key]
+
+    def _maps(self, folder: Path) -> List[Missing]:
+        key = ("maps", str(folder))
+        if key not in self._seen:
+            self._seen[key] = [] if folder.is_dir() else [
+                Missing(f"maps {folder}", f"maps folder {folder} does not exist (one <image id>.png per image)")]
+        return self._seen[key]
+
+
+def report(missing_by_cell: Dict[str, Sequence[Missing]]) -> str:
+    """Every missing thing once, with the cells that need it, as the lines of one error message (two
+    things with one cause, such as both splits of an absent DUTS-TR, are one line)."""
+    by_message: Dict[str, Tuple[List[str], List[str]]] = {}
+    for cell, missing in missing_by_cell.items():
+        for m in missing:
+            whats, cells = by_message.setdefault(m.message, ([], []))
+            if m.what not in whats:
+                whats.append(m.what)
+            if cell not in cells:
+                cells.append(cell)
+    lines = [f"{len(by_message)} thing(s) the cells need are missing; nothing was run:"]
+    for message, (whats, cells) in by_message.items():
+        who = cells[0] if len(cells) == 1 else f"{len(cells)} cells"
+        lines.append(f"  - {', '.join(whats)} (needed by {who}): {message}")
+    return "\n".join(lines)
+
+
+# why a probe file could not be created, in the words of the error line
+_NOT_WRITABLE = {errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.ENOSPC: "no space left on the device"}
+
+
+def output_root_error(root: str) -> Optional[str]:
+    """Why trainings cannot keep their checkpoints under ``--output-root root`` (one line), or None.
+
+    Checked before any store or run exists: otherwise every cell fails on it and leaves a FAILED run.
+    The root must be a folder, or be creatable (the nearest existing folder above it is one), and
+    writable there: a file is created in it and removed at once (a dry run too: it leaves nothing),
+    since permission bits do not tell (root ignores them; a read-only mount, sysfs or a
+    root-squashing NFS server refuse root all the same)."""
+    path = Path(root).expanduser()
+    folder = path
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    prefix = f"--output-root {root}: " + ("" if folder == path else f"cannot be created: {folder} ")
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.is_file() else "is not a folder"
+        return f"{prefix}{what}; choose another --output-root"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".segtricks-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = _NOT_WRITABLE.get(exc.errno, exc.strerror)
+        return f"{prefix}{'' if folder == path else 'is '}not writable ({reason}); choose another --output-root"
+    return None
+
+
+def disk_warning(cells: Sequence, actions: Dict[str, str], root: Path) -> Optional[str]:
+    """One line when the evaluation caches the cells to run will write (``estimate.disk_needed``:
+    exact row sizes) exceed the free space where the output root is; None when they fit."""
+    needed, free = disk_needed(cells, actions), free_bytes(root)
+    if needed <= free:
+        return None
+    return (f"warning: the grid's evaluation caches need about {human_bytes(needed)} and {human_bytes(free)} "
+            f"is free at {root}; free space, choose another --output-root, or turn caching off "
+            f"(--set cache.keys=false --set cache.masks=false: slower, the same numbers)")

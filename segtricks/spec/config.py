@@ -1,0 +1,373 @@
+"""The run configuration: nested dataclasses, one merge path for every source of values, hashing.
+
+One ``Config`` describes one ablation cell. Every source of values is a ``Layer`` (a mapping of
+dotted keys, and where it came from): a YAML file, a grid's ``set:`` and axis entries, a study's
+``set:`` and sampled parameters, each ``--set key=value`` flag. ``compose(layers)`` merges them in
+order and validates strictly: an unknown key or a value of the wrong type is an error naming the
+layer that set it (file and line where there is one, or the flag) and the key path, before anything
+runs. ``resolved_yaml`` is what every run logs; ``config_hash`` identifies a cell (the training's
+identity is ``segtricks.engine.training.training_hash``).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the source and the key.
+
+    ``key`` is the dotted key path at fault where there is one (used to blame the layer that set it).
+    """
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# How a trained model is scored (SPEC §7, §8.2–8.4). "ours": BatchNorm in eval mode, foreground
+# chosen per image, metrics against the original-size ground truth. "reference": additionally score
+# under the reference implementation's protocol (BatchNorm in train mode, inversion per batch of 8,
+# metrics on a centre crop of the resized ground truth), to tell protocol gaps from model gaps.
+EVAL_PROTOCOLS = ("ours", "reference")
+
+# The saliency metrics ``segtricks.evaluation.metrics.SaliencyEvaluator`` reports, in table order (a study's
+# objective names one of them, checked before anything heavy is imported).
+METRICS = ("acc", "iou", "max_fbeta", "max_fbeta_per_image", "max_fbeta_pr_curve",
+           "mean_fbeta_adaptive", "mae", "s_measure", "max_e_measure", "mean_e_measure")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "dino_vits8"
+    weights: Optional[str] = None  # a file path, "random-init", None: the official release, or "official-or-random-init"
+
+
+@dataclass
+class DatasetRef:
+    name: str = "synthetic"
+    root: Optional[str] = None  # dataset folder; None: $SEGTRICKS_DATA/<dataset's folder>
+    split: str = "train"
+    limit: Optional[int] = None  # use only the first N items (quick runs, tests)
+    on_error: str = "raise"  # "skip": log, count and leave out unreadable or inconsistent files
+
+
+@dataclass
+class DataConfig:
+    train: DatasetRef = field(default_factory=lambda: DatasetRef("duts_tr"))
+    val: Optional[DatasetRef] = None  # model selection; never a test set
+    image_size: int = 320
+    resize_short: int = 355  # the paper; the reference code used image_size + 15
+    num_workers: Union[int, str] = "auto"  # loader processes; auto: the CPUs this process may use − 1 (segtricks.data.loaders)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: Tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    epochs: int = 30
+    steps_per_epoch: Optional[int] = None  # cap on steps per epoch; None: the whole dataset
+
+
+@dataclass
+class LossConfig:
+    tau: float = 0.4  # affinity threshold on cosine similarity
+    eps: float = 1e-6  # affinity below the threshold
+    sigma: float = 1.0  # fine graph-TV colour bandwidth
+    ncut: float = 1.0
+    fine_tv: float = 1.0
+    coarse_tv: float = 1.0
+    consistency: float = 1.0
+
+
+@dataclass
+class CropConfig:
+    frac: float = 0.5  # window side as a fraction of the image side
+    eq_weight: float = 0.01  # λ, the weight of L_eq
+    ncut_weight: float = 0.01  # weight of the crop's own NCut term
+    teacher_gf_radius: int = 9  # the teacher's guided filter (training-time, unlike gf.*)
+    teacher_gf_eps: float = 1e-3
+
+
+@dataclass
+class GFConfig:
+    radius: int = 9
+    eps: float = 1e-3
+
+
+@dataclass
+class BFConfig:
+    sigma_spatial: float = 16.0
+    sigma_luma: float = 16.0
+    sigma_chroma: float = 8.0
+    lam: float = 256.0
+    cg_iterations: int = 25
+
+
+@dataclass
+class CacheConfig:
+    """What evaluation keeps on disk (``segtricks.evaluation.prediction_cache``); ``python -m segtricks.cache``
+    lists and removes it. Off costs time, never changes a number: grid evaluations round keys and
+    masks through float16 either way."""
+
+    keys: bool = True  # backbone keys per (backbone, weights, dataset): <output root>/keys (ViT-S/8: 1.2 MB an image)
+    masks: bool = True  # a training's raw masks per dataset: <training>/predictions (0.2 MB an image at 320²)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    tricks: List[str] = field(default_factory=list)  # names from segtricks.method.tricks.TRICKS
+    crop: CropConfig = field(default_factory=CropConfig)
+    gf: GFConfig = field(default_factory=GFConfig)
+    bf: BFConfig = field(default_factory=BFConfig)
+    eval: List[DatasetRef] = field(default_factory=list)  # datasets the cell is evaluated on
+    maps: Optional[str] = None  # evaluate precomputed maps <maps>/<dataset>/<id>.png instead of a model
+    eval_protocol: str = "ours"  # one of EVAL_PROTOCOLS; "reference" scores under both protocols
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    output_dir: str = "outputs/run"
+    device: str = "auto"  # auto: CUDA when present, else CPU
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check/convert one YAML value to the annotated type; ``where`` names it in errors."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _convert(value, inner[0], where)
+        for alternative in inner:  # the first type that takes the value
+            try:
+                return _convert(value, alternative, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {' or '.join(a.__name__ for a in inner)}, got {value!r}", where)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}", where)
+        return _build(tp, value, where)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}", where)
+        (inner,) = typing.get_args(tp)
+        return [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (tuple, Tuple):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {value!r}", where)
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}", where)
+
+
+def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where + ': ' if where else ''}unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys: {', '.join(sorted(names))}",
+                          f"{where}.{unknown[0]}" if where else unknown[0])
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+@dataclass
+class Layer:
+    """One source of config values: ``values`` maps dotted keys (``optim.lr``) or top-level keys to
+    values, each replacing what earlier layers set there; ``source`` names it in errors."""
+
+    values: Dict[str, Any]
+    source: str
+
+
+def _blame(origin: Dict[str, str], key: str, default: str) -> str:
+    """The source of the layer that last set ``key`` or the nearest key above it."""
+    best = ""
+    for k in origin:
+        if (key == k or key.startswith(k + ".") or key.startswith(k + "[")) and len(k) > len(best):
+            best = k
+    return origin.get(best, default)
+
+
+def compose(layers: Sequence[Layer]) -> Config:
+    """Merge ``layers`` in order over the defaults and validate the result (see the module docstring)."""
+    data: Dict[str, Any] = {}
+    origin: Dict[str, str] = {}
+    for layer in layers:
+        for key, value in layer.values.items():
+            key = str(key)
+            set_dotted(data, key, copy.deepcopy(value))
+            for k in [k for k in origin if k.startswith(key + ".")]:
+                del origin[k]  # replaced together with the mapping above them
+            origin[key] = layer.source
+    default = layers[0].source if layers else "<defaults>"
+    try:
+        cfg = _build(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{_blame(origin, exc.key, default)}: {exc}", exc.key) from None
+    if cfg.eval_protocol not in EVAL_PROTOCOLS:
+        raise ConfigError(f"{_blame(origin, 'eval_protocol', default)}: eval_protocol: expected one of "
+                          f"{', '.join(EVAL_PROTOCOLS)}, got {cfg.eval_protocol!r}", "eval_protocol")
+    for key, value, rule in _out_of_range(cfg):
+        raise ConfigError(f"{_blame(origin, key, default)}: {key}: expected {rule}, got {value!r}", key)
+    repeated = [t for i, t in enumerate(cfg.tricks) if t in cfg.tricks[:i]]
+    if repeated:  # it would run twice (filter twice, add its loss twice): a typo, not an ablation
+        raise ConfigError(f"{_blame(origin, 'tricks', default)}: tricks: {repeated[0]!r} listed twice", "tricks")
+    return cfg
+
+
+def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
+    """(key, value, rule) of every value outside its allowed range: sizes and counts that would only
+    fail later (an epoch count of 0 trains nothing and leaves no checkpoint to evaluate)."""
+    at_least_1 = {"optim.epochs": cfg.optim.epochs, "optim.batch_size": cfg.optim.batch_size,
+                  "data.image_size": cfg.data.image_size, "gf.radius": cfg.gf.radius,
+                  "crop.teacher_gf_radius": cfg.crop.teacher_gf_radius, "bf.cg_iterations": cfg.bf.cg_iterations}
+    if cfg.optim.steps_per_epoch is not None:
+        at_least_1["optim.steps_per_epoch"] = cfg.optim.steps_per_epoch
+    refs = [("data.train", cfg.data.train)] + ([("data.val", cfg.data.val)] if cfg.data.val else [])
+    refs += [(f"eval[{i}]", r) for i, r in enumerate(cfg.eval)]
+    at_least_1.update({f"{where}.limit": r.limit for where, r in refs if r.limit is not None})
+    for key, value in at_least_1.items():
+        if value < 1:
+            yield key, value, "an integer ≥ 1"
+    positive = {"optim.lr": cfg.optim.lr, "loss.sigma": cfg.loss.sigma, "gf.eps": cfg.gf.eps,
+                "crop.teacher_gf_eps": cfg.crop.teacher_gf_eps, "bf.sigma_spatial": cfg.bf.sigma_spatial,
+                "bf.sigma_luma": cfg.bf.sigma_luma, "bf.sigma_chroma": cfg.bf.sigma_chroma, "bf.lam": cfg.bf.lam}
+    for key, value in positive.items():
+        if not value > 0:
+            yield key, value, "a number > 0"
+    if isinstance(cfg.data.num_workers, str) and cfg.data.num_workers != "auto":
+        yield "data.num_workers", cfg.data.num_workers, "an integer ≥ 0 or auto"
+    workers = {"data.num_workers": cfg.data.num_workers} if isinstance(cfg.data.num_workers, int) else {}
+    non_negative = {**workers, "optim.weight_decay": cfg.optim.weight_decay,
+                    "loss.eps": cfg.loss.eps, "crop.eq_weight": cfg.crop.eq_weight,
+                    "crop.ncut_weight": cfg.crop.ncut_weight,
+                    **{f"loss.{k}": getattr(cfg.loss, k) for k in ("ncut", "fine_tv", "coarse_tv", "consistency")}}
+    for key, value in non_negative.items():
+        if value < 0:
+            yield key, value, "a number ≥ 0"
+    if not 0 < cfg.crop.frac <= 1:
+        yield "crop.frac", cfg.crop.frac, "a fraction in (0, 1]"
+    if cfg.data.resize_short < cfg.data.image_size:
+        yield "data.resize_short", cfg.data.resize_short, f"≥ data.image_size ({cfg.data.image_size})"
+
+
+def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:
+    """Build a Config from nested dicts; missing keys keep their defaults."""
+    return compose([Layer(data or {}, source)])
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> Dict[str, Any]:
+    """A YAML file whose top level is a mapping; a missing file or bad YAML is one clear error."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        where, problem, caret = _yaml_error(exc)
+        raise ConfigError(f"{path}{where}: could not parse YAML: {problem}{caret}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return data
+
+
+def _yaml_error(exc: yaml.YAMLError) -> Tuple[str, str, str]:
+    """PyYAML's error as (``:line:column`` or "", the problem on one line, "\n" + its caret lines or ""):
+    its own message starts with the context ("while parsing a flow sequence") and a made-up file name."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: an offset, no mark
+        return "", f"{str(exc).splitlines()[0]} (character {exc.position + 1})", ""
+    mark, problem = exc.problem_mark, exc.problem
+    if exc.context and exc.context_mark:
+        problem += f" ({exc.context} at {exc.context_mark.line + 1}:{exc.context_mark.column + 1})"
+    snippet = mark.get_snippet() or ""
+    shown = snippet.splitlines()[0].strip() if snippet else ""  # the end of the text has nothing to point at
+    return f":{mark.line + 1}:{mark.column + 1}", problem, f"\n{snippet}" if shown else ""
+
+
+def load_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None, flags: Sequence[str] = ()) -> Config:
+    """A YAML config file, then ``overrides`` (dotted keys), then ``--set key=value`` flags."""
+    layers = [Layer(read_yaml_mapping(path), str(path))]
+    if overrides:
+        layers.append(Layer(overrides, f"overrides of {path}"))
+    return compose([*layers, *set_flag_layers(flags)])
+
+
+def set_flag_layers(flags: Sequence[str]) -> List[Layer]:
+    """``["optim.lr=1e-3", "tricks=[crop,gf]"]`` → one layer per flag (values parsed as YAML), each
+    named ``--set <flag>`` in errors."""
+    layers = []
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {flag!r}: expected key=value, e.g. --set optim.lr=1e-3")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            _, problem, caret = _yaml_error(exc)
+            raise ConfigError(f"--set {flag!r}: could not parse the value as YAML: {problem}{caret}") from None
+        layers.append(Layer({key.strip(): parsed}, f"--set {flag}"))
+    return layers
+
+
+def set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "optim.lr", 1e-3)`` sets d["optim"]["lr"], creating mappings on the way."""
+    *parents, last = key.split(".")
+    for p in parents:
+        data = data.setdefault(p, {})
+    data[last] = value
+
+
+def to_dict(cfg: Config) -> Dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples → lists, as YAML writes them
+
+
+def resolved_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=True)
+
+
+def canonical_sha256(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 of the canonical resolved config, less what cannot change a number: where outputs go,
+    how many processes load the data, and what is cached."""
+    d = to_dict(cfg)
+    for key in NUMBER_NEUTRAL:
+        d.pop(key)
+    d["data"].pop("num_workers")
+    return canonical_sha256(d)
+
+
+NUMBER_NEUTRAL = ("output_dir", "cache")  # top-level sections no hash depends on (with data.num_workers)

@@ -1,0 +1,1 @@
+"""The MLflow store (torch-free): runs, claims and heartbeats, what a run logs."""
