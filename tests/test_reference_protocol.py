@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
-from segtricks.spec.config import ConfigError, DatasetRef
+from segtricks.spec import config as config_module
+from segtricks.spec.config import ConfigError, DatasetRef, config_from_dict, config_hash
 from segtricks.engine.training import training_hash
 from segtricks.evaluate import main
 from segtricks.evaluation.model_evaluation import evaluate_model, reference_boxes, reference_mask
@@ -116,10 +117,28 @@ def test_model_evaluation_under_both_protocols(tmp_path):
 
 
 def test_config_names_the_protocol_and_it_does_not_change_the_training(tmp_path):
-    assert small_cfg(tmp_path).eval_protocol == "ours"
-    assert training_hash(small_cfg(tmp_path)) == training_hash(small_cfg(tmp_path, {"eval_protocol": "reference"}))
-    with pytest.raises(ConfigError, match="eval_protocol: expected one of ours, reference"):
-        small_cfg(tmp_path, {"eval_protocol": "paper"})
+    assert small_cfg(tmp_path).eval_protocols == ["ours"]
+    both = small_cfg(tmp_path, {"eval_protocols": ["ours", "reference"]})
+    assert training_hash(small_cfg(tmp_path)) == training_hash(both)
+    assert config_hash(both) != config_hash(small_cfg(tmp_path))
+    with pytest.raises(ConfigError, match="eval_protocols: 'paper' is not a protocol; expected some of ours, reference"):
+        small_cfg(tmp_path, {"eval_protocols": ["paper"]})
+
+
+def test_the_old_eval_protocol_key_reads_as_the_list_it_meant_with_one_line_and_the_same_hash(tmp_path, capsys,
+                                                                                             monkeypatch):
+    monkeypatch.setattr(config_module, "_warned_legacy", set())  # one line per source and process
+    legacy = small_cfg(tmp_path, {"eval_protocol": "reference"})
+    assert legacy.eval_protocols == ["ours", "reference"]
+    assert config_hash(legacy) == config_hash(small_cfg(tmp_path, {"eval_protocols": ["reference", "ours"]}))
+    # the hash the key had before eval_protocols existed (commit c8f5d0c): every earlier run stays done
+    assert config_hash(config_from_dict({"eval_protocol": "reference"})) == \
+        "2d01b42286797290716c455d6e3533517aa0d9a2707db4266720ffd746140957"
+    assert config_hash(config_from_dict({})) == "8e5b9a5d41d2f6914d6a96b164bc29ea011e32c0e576b84f91a5f494d3b378d6"
+    warned = [line for line in capsys.readouterr().err.splitlines() if "deprecated" in line]
+    assert len(warned) == 2 and "write eval_protocols: [ours, reference]" in warned[0]
+    with pytest.raises(ConfigError, match="eval_protocol and eval_protocols are both set"):
+        small_cfg(tmp_path, {"eval_protocol": "ours", "eval_protocols": ["ours"]})
 
 
 def test_evaluate_cli_names_the_protocol(tmp_path, capsys):

@@ -45,7 +45,7 @@ def training_hash(cfg: Config) -> str:
     continues a shorter one). A training trick's parameter section counts only when that trick is on.
     """
     d = to_dict(cfg)
-    for key in (*NUMBER_NEUTRAL, "device", "eval", "maps", "eval_protocol"):
+    for key in (*NUMBER_NEUTRAL, "device", "eval", "maps", "eval_protocols"):
         d.pop(key)
     d["data"].pop("num_workers")
     d["optim"].pop("epochs")

@@ -475,7 +475,7 @@ class CachePlan:
 
     def evaluations(self, cell) -> List[PlannedEvaluation]:
         cfg, out = cell.cfg, []
-        protocols = ["ours", "reference"] if cfg.eval_protocol == "reference" else ["ours"]
+        protocols = cfg.eval_protocols
         patch, dim, _ = architecture(cfg)
         side = cfg.data.image_size // patch
         for ref in cfg.eval:

@@ -179,7 +179,7 @@ def dry_run(grid: Grid, uri: str, args: argparse.Namespace) -> int:
 
 def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:
     return {"grid": grid.name, "cell": cell.name, "backbone": cell.cfg.backbone.name,
-            "tricks": ",".join(cell.cfg.tricks) or "none", "eval_protocol": cell.cfg.eval_protocol,
+            "tricks": ",".join(cell.cfg.tricks) or "none", "eval_protocol": ",".join(cell.cfg.eval_protocols),
             "config_hash": cell.config_hash,
             "training_hash": cell.training_hash, "mlflow.runName": cell.name}
 
@@ -237,7 +237,7 @@ def execute(store: tracking.Store, step: Step, run: tracking.RunLog, device: tor
     post = post_trick_names(cfg.tricks)
     # Our protocol always; with eval_protocol "reference" also the reference's, under
     # <dataset>.reference.<metric> and records/<dataset>.reference.csv
-    protocols = ("ours", "reference") if cfg.eval_protocol == "reference" else ("ours",)
+    protocols = cfg.eval_protocols
     for ref in cfg.eval:
         for protocol in protocols:
             keep = SAMPLES if protocol == "ours" else 0

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import yaml
+
+from segtricks.spec.registry import registered_names
 
 
 class ConfigError(ValueError):
@@ -34,11 +37,11 @@ class ConfigError(ValueError):
         self.key = key
 
 
-# How a trained model is scored (SPEC §7, §8.2–8.4). "ours": BatchNorm in eval mode, foreground
-# chosen per image, metrics against the original-size ground truth. "reference": additionally score
-# under the reference implementation's protocol (BatchNorm in train mode, inversion per batch of 8,
-# metrics on a centre crop of the resized ground truth), to tell protocol gaps from model gaps.
-EVAL_PROTOCOLS = ("ours", "reference")
+# How trained models are scored: the protocols registered in segtricks.evaluation.protocols ("ours",
+# SPEC §7; "reference", SPEC §8.2–8.4), read from its source so that validating a config imports no torch.
+EVAL_PROTOCOLS = tuple(registered_names("segtricks.evaluation.protocols", "PROTOCOLS"))
+# The key ``eval_protocols`` replaced: "ours" meant [ours], "reference" meant both.
+LEGACY_EVAL_PROTOCOL = {"ours": ["ours"], "reference": ["ours", "reference"]}
 
 # The saliency metrics ``segtricks.evaluation.metrics.SaliencyEvaluator`` reports, in table order (a study's
 # objective names one of them, checked before anything heavy is imported).
@@ -138,7 +141,7 @@ class Config:
     bf: BFConfig = field(default_factory=BFConfig)
     eval: List[DatasetRef] = field(default_factory=list)  # datasets the cell is evaluated on
     maps: Optional[str] = None  # evaluate precomputed maps <maps>/<dataset>/<id>.png instead of a model
-    eval_protocol: str = "ours"  # one of EVAL_PROTOCOLS; "reference" scores under both protocols
+    eval_protocols: List[str] = field(default_factory=lambda: ["ours"])  # each cell is scored under each (EVAL_PROTOCOLS)
     cache: CacheConfig = field(default_factory=CacheConfig)
     output_dir: str = "outputs/run"
     device: str = "auto"  # auto: CUDA when present, else CPU
@@ -228,19 +231,47 @@ def compose(layers: Sequence[Layer]) -> Config:
                 del origin[k]  # replaced together with the mapping above them
             origin[key] = layer.source
     default = layers[0].source if layers else "<defaults>"
+    if "eval_protocol" in data:
+        _read_legacy_eval_protocol(data, origin, default)
     try:
         cfg = _build(Config, data, "")
     except ConfigError as exc:
         raise ConfigError(f"{_blame(origin, exc.key, default)}: {exc}", exc.key) from None
-    if cfg.eval_protocol not in EVAL_PROTOCOLS:
-        raise ConfigError(f"{_blame(origin, 'eval_protocol', default)}: eval_protocol: expected one of "
-                          f"{', '.join(EVAL_PROTOCOLS)}, got {cfg.eval_protocol!r}", "eval_protocol")
+    for name in cfg.eval_protocols:
+        if name not in EVAL_PROTOCOLS:
+            raise ConfigError(f"{_blame(origin, 'eval_protocols', default)}: eval_protocols: {name!r} is not a "
+                              f"protocol; expected some of {', '.join(EVAL_PROTOCOLS)}", "eval_protocols")
+    if not cfg.eval_protocols or len(set(cfg.eval_protocols)) < len(cfg.eval_protocols):
+        raise ConfigError(f"{_blame(origin, 'eval_protocols', default)}: eval_protocols: expected a non-empty list "
+                          f"of distinct protocols, got {cfg.eval_protocols!r}", "eval_protocols")
     for key, value, rule in _out_of_range(cfg):
         raise ConfigError(f"{_blame(origin, key, default)}: {key}: expected {rule}, got {value!r}", key)
     repeated = [t for i, t in enumerate(cfg.tricks) if t in cfg.tricks[:i]]
     if repeated:  # it would run twice (filter twice, add its loss twice): a typo, not an ablation
         raise ConfigError(f"{_blame(origin, 'tricks', default)}: tricks: {repeated[0]!r} listed twice", "tricks")
     return cfg
+
+
+_warned_legacy: set = set()
+
+
+def _read_legacy_eval_protocol(data: Dict[str, Any], origin: Dict[str, str], default: str) -> None:
+    """``eval_protocol: ours|reference`` (the key before ``eval_protocols``) as the list it meant, with
+    one deprecation line per source that still writes it."""
+    source = _blame(origin, "eval_protocol", default)
+    value = data.pop("eval_protocol")
+    if "eval_protocols" in data:
+        raise ConfigError(f"{source}: eval_protocol and eval_protocols are both set; keep eval_protocols",
+                          "eval_protocol")
+    if value not in LEGACY_EVAL_PROTOCOL:
+        raise ConfigError(f"{source}: eval_protocol: expected one of ours, reference, got {value!r} (the key is "
+                          f"deprecated: write eval_protocols: [ours] or [ours, reference])", "eval_protocol")
+    data["eval_protocols"] = LEGACY_EVAL_PROTOCOL[value]
+    origin["eval_protocols"] = origin.pop("eval_protocol", source)
+    if source not in _warned_legacy:
+        _warned_legacy.add(source)
+        print(f"warning: {source}: eval_protocol: {value} is deprecated; write eval_protocols: "
+              f"[{', '.join(LEGACY_EVAL_PROTOCOL[value])}] (the same cells, the same hashes)", file=sys.stderr)
 
 
 def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
@@ -362,11 +393,15 @@ def canonical_sha256(obj: Any) -> str:
 
 def config_hash(cfg: Config) -> str:
     """sha256 of the canonical resolved config, less what cannot change a number: where outputs go,
-    how many processes load the data, and what is cached."""
+    how many processes load the data, and what is cached. The protocols hash as the key they replaced
+    wherever it could say the same (``LEGACY_EVAL_PROTOCOL``), so that every earlier run stays done."""
     d = to_dict(cfg)
     for key in NUMBER_NEUTRAL:
         d.pop(key)
     d["data"].pop("num_workers")
+    protocols = sorted(d.pop("eval_protocols"))
+    legacy = [name for name, meant in LEGACY_EVAL_PROTOCOL.items() if sorted(meant) == protocols]
+    d.update({"eval_protocol": legacy[0]} if legacy else {"eval_protocols": protocols})
     return canonical_sha256(d)
 
 
