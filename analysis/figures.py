@@ -1,19 +1,22 @@
-"""IoU against object size (paper Fig. 6–8) and qualitative examples, from per-image records."""
+"""IoU against object size (paper Fig. 6–8) and qualitative examples, from per-image records.
+
+Figures are ``matplotlib.figure.Figure`` objects, built without pyplot: no backend is chosen and
+nothing needs closing (``Figure.savefig`` picks the renderer from the file's suffix).
+"""
 from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from analysis.paper import DATASET_LABELS  # noqa: E402
+from analysis.paper import DATASET_LABELS
+from segtricks.spec.vocabulary import CELL_SEPARATOR
 
 BINS = 20  # equal bins of the object ratio over [0, 1]
 MIN_IMAGES = 5  # a bin with fewer images is drawn hollow and faded, without an interval
@@ -21,6 +24,11 @@ LINESTYLES = ["-", "--", "-.", ":"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]  # 4 and 7 are coprime: the first 28 cells differ in both
 DODGE = 0.12 / BINS  # cells' error bars side by side within a bin (8 cells still fit in one)
 TIE = 0.005  # an IoU difference smaller than this prints as ±0.00: neither a gain nor a loss
+
+
+def last_entry(cell: str) -> str:
+    """A cell's last axis entry (``dino_s8/crop+gf`` → ``crop+gf``): its label within its group."""
+    return cell.split(CELL_SEPARATOR)[-1]
 
 
 def bootstrap_ci(values: np.ndarray, resamples: int = 1000, level: float = 0.95, seed: int = 0) -> Tuple[float, float]:
@@ -49,7 +57,7 @@ def line_style(i: int) -> dict:
     return {"color": f"C{i % 10}", "linestyle": LINESTYLES[i % len(LINESTYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
-def draw_cell(ax: plt.Axes, bins: pd.DataFrame, style: dict, label: str, dodge: float) -> None:
+def draw_cell(ax: Axes, bins: pd.DataFrame, style: dict, label: str, dodge: float) -> None:
     """One cell's mean IoU per bin, shifted by ``dodge`` so that the cells' error bars stand side by
     side. Bins of at least MIN_IMAGES images: filled markers on a full line, with the 95% interval;
     sparser bins: hollow faded markers on a faint line, so that one image at IoU 0 does not weigh
@@ -65,7 +73,7 @@ def draw_cell(ax: plt.Axes, bins: pd.DataFrame, style: dict, label: str, dodge: 
                 fmt="none", ecolor=style["color"], elinewidth=1, alpha=0.7)
 
 
-def draw_counts(ax: plt.Axes, bins: pd.DataFrame) -> None:
+def draw_counts(ax: Axes, bins: pd.DataFrame) -> None:
     """Images per bin (the most of any cell: cells share their images) as grey bars on a second axis
     behind the lines."""
     counts = bins.groupby("bin")["count"].max()
@@ -87,24 +95,25 @@ def legend_rows(*rows: List) -> Tuple[List, int]:
     return [handle for column in zip(*padded) for handle in column], width
 
 
-def plot_iou_vs_size(records_by_dataset: Dict[str, pd.DataFrame], cells: List[str], title: str) -> plt.Figure:
+def plot_iou_vs_size(records_by_dataset: Dict[str, pd.DataFrame], cells: List[str], title: str) -> Figure:
     """One panel per dataset: mean IoU per size bin for each cell (lines with 95% bootstrap intervals),
     image counts (grey bars); one legend below the panels, the cells on its first row."""
     n = len(records_by_dataset)
-    fig, axes = plt.subplots(1, n, figsize=(max(7.0, 5.5 * n), 5), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(max(7.0, 5.5 * n), 5), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)
     dodges = (np.arange(len(cells)) - (len(cells) - 1) / 2) * DODGE
     for ax, (dataset, records) in zip(axes[0], records_by_dataset.items()):
         bins = size_bins(records[records.cell.isin(cells)])
         draw_counts(ax, bins)
         for i, cell in enumerate(cells):
-            draw_cell(ax, bins[bins.cell == cell], line_style(i), cell.split("/")[-1], dodges[i])
+            draw_cell(ax, bins[bins.cell == cell], line_style(i), last_entry(cell), dodges[i])
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("object size (GT pixels / image pixels)")
         ax.set_ylabel("mean IoU")
         ax.set_title(DATASET_LABELS.get(dataset, dataset))
         ax.grid(alpha=0.3)
-    handles, ncol = legend_rows([Line2D([], [], **line_style(i), label=cell.split("/")[-1])
+    handles, ncol = legend_rows([Line2D([], [], **line_style(i), label=last_entry(cell))
                                  for i, cell in enumerate(cells)], [
         Line2D([], [], color="0.3", marker="|", ms=10, linestyle="none", label="95% bootstrap CI of the mean"),
         Line2D([], [], color="0.3", marker="o", mfc="none", linestyle="none", alpha=0.6,
@@ -113,12 +122,6 @@ def plot_iou_vs_size(records_by_dataset: Dict[str, pd.DataFrame], cells: List[st
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title)
     return fig
-
-
-def read_samples(path: str) -> Dict[str, tuple]:
-    """``samples/<dataset>.npz`` of a run → {image id: (image uint8 HWC, gt bool, prediction uint8)}."""
-    with np.load(path) as z:
-        return {str(i): (z[f"image_{k}"], z[f"gt_{k}"], z[f"pred_{k}"]) for k, i in enumerate(z["ids"])}
 
 
 def pick_examples(records: pd.DataFrame, baseline: str, full: str, ids: List[str], n: int = 2) -> List[tuple]:
@@ -138,14 +141,14 @@ def pick_examples(records: pd.DataFrame, baseline: str, full: str, ids: List[str
 
 
 def plot_qualitative(samples: Dict[str, Dict[str, tuple]], records: pd.DataFrame, cells: List[str],
-                     chosen: List[tuple], title: str) -> plt.Figure:
+                     chosen: List[tuple], title: str) -> Figure:
     """Rows: chosen images; columns: image, ground truth, then each cell's soft prediction with its
     IoU, all masks on one 0–1 grey scale explained by a colour bar."""
     cols = 2 + len(cells)
     # rows as tall as the images drawn 2.3 in wide (plus their titles), not square cells with gaps
     aspect = max(samples[cells[0]][i][0].shape[0] / samples[cells[0]][i][0].shape[1] for i, _ in chosen)
-    fig, axes = plt.subplots(len(chosen), cols, figsize=(2.3 * cols + 1, len(chosen) * (2.3 * aspect + 0.5) + 0.4),
-                             squeeze=False, layout="constrained")
+    fig = Figure(figsize=(2.3 * cols + 1, len(chosen) * (2.3 * aspect + 0.5) + 0.4), layout="constrained")
+    axes = fig.subplots(len(chosen), cols, squeeze=False)
     iou = records.assign(image_id=records.image_id.astype(str)).set_index(["cell", "image_id"])["iou"]
     grey = {"cmap": "gray", "vmin": 0, "vmax": 1}
     for row, (image_id, label) in enumerate(chosen):
@@ -156,7 +159,7 @@ def plot_qualitative(samples: Dict[str, Dict[str, tuple]], records: pd.DataFrame
         axes[row, 1].set_title("ground truth", fontsize=8)
         for col, cell in enumerate(cells, start=2):
             mask = axes[row, col].imshow(samples[cell][image_id][2] / 255, **grey)  # stored as uint8 0–255
-            axes[row, col].set_title(f"{cell.split('/')[-1]} (IoU {iou.get((cell, image_id), float('nan')):.2f})",
+            axes[row, col].set_title(f"{last_entry(cell)} (IoU {iou.get((cell, image_id), float('nan')):.2f})",
                                      fontsize=8)
         for ax in axes[row]:
             ax.axis("off")
@@ -164,4 +167,38 @@ def plot_qualitative(samples: Dict[str, Dict[str, tuple]], records: pd.DataFrame
     bar.set_label("predicted foreground score (ground truth: 0 or 1)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_contrasts(table: pd.DataFrame, title: str) -> Figure:
+    """A forest plot of a contrasts table (``analysis.contrasts``): Δ and its 95% interval over images
+    per contrast, one panel per dataset (a row of panels per metric), a zero line. Filled markers:
+    significant after Holm's correction; hollow: not."""
+    datasets, metrics = list(dict.fromkeys(table.dataset)), list(dict.fromkeys(table.metric))
+    contrasts = list(dict.fromkeys(table.contrast))
+    fig = Figure(figsize=(max(6.0, 3.6 * len(datasets)) + 2.5, 0.9 + len(metrics) * (0.45 * len(contrasts) + 0.9)),
+                 layout="constrained")
+    axes = fig.subplots(len(metrics), len(datasets), squeeze=False, sharey=True)
+    for r, metric in enumerate(metrics):
+        for c, dataset in enumerate(datasets):
+            ax = axes[r, c]
+            rows = table[(table.dataset == dataset) & (table.metric == metric)].set_index("contrast")
+            for y, name in enumerate(contrasts):
+                if name not in rows.index:
+                    continue
+                row = rows.loc[name]
+                strong = row.p_holm < 0.05
+                ax.errorbar(row.delta, y, xerr=[[row.delta - row.ci_low], [row.ci_high - row.delta]], fmt="o",
+                            color="C0" if strong else "0.35", mfc="C0" if strong else "white", capsize=3, ms=6)
+            ax.axvline(0, color="0.5", lw=0.8, ls="--")
+            ax.set_yticks(range(len(contrasts)), contrasts, fontsize=8)
+            ax.set_ylim(len(contrasts) - 0.5, -0.5)
+            ax.set_xlabel(f"Δ {metric} (trick − baseline)", fontsize=9)
+            ax.grid(axis="x", alpha=0.3)
+            if r == 0:
+                ax.set_title(DATASET_LABELS.get(dataset, dataset), fontsize=10)
+    handles = [Line2D([], [], marker="o", color="C0", ls="", label="Holm-adjusted p < 0.05"),
+               Line2D([], [], marker="o", color="0.35", mfc="white", ls="", label="not significant")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    fig.suptitle(f"{title}\n95% BCa intervals over images; dashed: no difference", fontsize=10)
     return fig

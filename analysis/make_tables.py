@@ -17,48 +17,48 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
 
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-from analysis.figures import pick_examples, plot_iou_vs_size, plot_qualitative, read_samples
+from analysis.figures import last_entry, pick_examples, plot_iou_vs_size, plot_qualitative
 from analysis.paper import table_grids
 from analysis.runs import NoRunsError, NoStoreError, load_records, load_runs
 from analysis.tables import build_table, layout_for, to_latex, to_markdown
-from segtricks.tracking import store as tracking
+from segtricks import errors
+from segtricks.spec.vocabulary import CELL_SEPARATOR
+from segtricks.tracking.artifacts import read_samples
+from segtricks.tracking.connect import exit_on_environment_error
+from segtricks.tracking.store import RunLog, Store
+from segtricks.tracking.tags import ANALYSIS, GRID, UPDATED
+from segtricks.tracking.uri import tracking_uri
 
 
-def analysis_run(store: tracking.Store, grid: str, experiment: Optional[str]) -> tracking.RunLog:
+def analysis_run(store: Store, grid: str, experiment: Optional[str]) -> RunLog:
     """The grid's ``analysis`` run (created once; it carries no cell tags, so cells never see it)."""
     exp_id = store.experiment(experiment or grid, create=False)
-    found = store.runs(exp_id, "tags.`segtricks.analysis` = 'true'")
+    found = store.runs(exp_id, f"tags.`{ANALYSIS}` = 'true'")
     if found:
         return store.run(found[0].info.run_id)
-    run = store.start(exp_id, "analysis", {"segtricks.analysis": "true", "grid": grid})
+    run = store.start(exp_id, "analysis", {ANALYSIS: "true", GRID: grid})
     run.finish()
     return run
 
 
-def save(fig, stem: Path) -> List[Path]:
+def save(fig: Figure, stem: Path) -> List[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
     for path in paths:
         fig.savefig(path, dpi=130)
-    plt.close(fig)
     return paths
 
 
 def run_samples(runs, cell: str, dataset: str, uri: Optional[str]) -> dict:
     """The kept sample predictions of a cell's first FINISHED run ({} when it has none)."""
     done = runs[(runs.cell == cell) & (runs.status == "FINISHED")]
-    if done.empty:
-        return {}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = tracking.Store(uri).download(done.run_id.iloc[0], f"samples/{dataset}.npz", tmp)
-        return {} if path is None else read_samples(path)  # None: runs logged before samples were kept
+    return {} if done.empty else read_samples(Store(uri), done.run_id.iloc[0], dataset)
 
 
 def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Optional[str],
@@ -82,7 +82,7 @@ def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Opt
     if records:
         groups = {}
         for cell in layout.rows:
-            groups.setdefault(cell.split("/")[0] if "/" in cell else grid, []).append(cell)
+            groups.setdefault(cell.split(CELL_SEPARATOR)[0] if CELL_SEPARATOR in cell else grid, []).append(cell)
         for group, cells in groups.items():
             present = [c for c in cells if any(c in set(r.cell) for r in records.values())]
             if not present:
@@ -101,16 +101,17 @@ def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Opt
                 if chosen:
                     fig = plot_qualitative(samples, recs, present, chosen,
                                            f"{grid} on {dataset}: largest IoU gains and losses of "
-                                           f"{present[-1].split('/')[-1]} over {present[0].split('/')[-1]}")
+                                           f"{last_entry(present[-1])} over {last_entry(present[0])}")
                     written += save(fig, out_dir / "figures" / f"{grid}_qualitative{suffix}_{dataset}")
     if log:
-        run = analysis_run(tracking.Store(uri), grid, experiment)
+        run = analysis_run(Store(uri), grid, experiment)
         for path in written:
             run.log_file(path, "figures" if path.parent.name == "figures" else "tables")
-        run.set_tags({"updated": time.strftime("%Y-%m-%d %H:%M:%S")})
+        run.set_tags({UPDATED: time.strftime("%Y-%m-%d %H:%M:%S")})
     return md
 
 
+@errors.command
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", action="append", help="grid name (repeatable); default: every known grid in the store")
@@ -126,9 +127,8 @@ def main(argv: List[str] | None = None) -> int:
         try:
             print(make(grid, args.format, args.out_dir, args.tracking_uri, args.experiment, not args.no_log))
             found += 1
-        except NoStoreError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        except NoStoreError:
+            raise  # no grid is readable from a store that does not exist (errors.command says so)
         except NoRunsError as exc:
             if args.grid:  # asked for by name: an error
                 print(f"error: {exc}", file=sys.stderr)
@@ -136,11 +136,10 @@ def main(argv: List[str] | None = None) -> int:
             elif exc.experiment_exists:  # among every known grid, only those ever started are news
                 print(f"note: {exc}", file=sys.stderr)
         except Exception as exc:
-            return tracking.exit_on_environment_error(exc, tracking.tracking_uri(args.tracking_uri))
+            return exit_on_environment_error(exc, tracking_uri(args.tracking_uri))
     if not found and not args.grid:
-        print(f"error: no grid of {', '.join(grids)} has runs in {tracking.tracking_uri(args.tracking_uri)}",
-              file=sys.stderr)
-        return 2
+        raise NoRunsError(f"no grid of {', '.join(grids)} has runs in {tracking_uri(args.tracking_uri)}",
+                          experiment_exists=False)
     if found:
         print(f"tables and figures written to {args.out_dir}/")
     return 2 if empty else 0

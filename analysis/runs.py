@@ -1,20 +1,24 @@
 """Read a grid's cell runs from MLflow into tidy DataFrames (nothing is recomputed)."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
 
-from segtricks.tracking import store as tracking
+from segtricks import errors
+from segtricks.tracking.artifacts import read_records
+from segtricks.tracking.claims import is_live
+from segtricks.tracking.store import Store
+from segtricks.tracking.tags import BACKBONE, CELL, EVAL_PROTOCOL, SUPERSEDED_BY, WEIGHTS
+from segtricks.tracking.uri import sqlite_path, tracking_uri
 
 
-class NoStoreError(LookupError):
+class NoStoreError(errors.BadInput, LookupError):
     """The chosen SQLite store does not exist (opening it would create an empty one)."""
 
 
-class NoRunsError(LookupError):
+class NoRunsError(errors.BadInput, LookupError):
     """The grid has no cell runs in the chosen store: its experiment does not exist
     (``experiment_exists`` False), or holds none (left by an older dry run, or its runs were deleted)."""
 
@@ -23,16 +27,16 @@ class NoRunsError(LookupError):
         self.experiment_exists = experiment_exists
 
 
-def open_store(uri: Optional[str] = None) -> tracking.Store:
+def open_store(uri: Optional[str] = None) -> Store:
     """The store to read; reading creates nothing, so an absent SQLite file raises ``NoStoreError``."""
-    uri = tracking.tracking_uri(uri)
-    path = tracking.sqlite_path(uri)
+    uri = tracking_uri(uri)
+    path = sqlite_path(uri)
     if path is not None and not path.exists():
         cwd = Path.cwd().resolve()
         shown = f"./{path.relative_to(cwd)}" if path.is_relative_to(cwd) else str(path)
         raise NoStoreError(f"no MLflow store at {shown}; run a grid first (python -m segtricks.ablate --grid demo) "
                            f"or pass --tracking-uri")
-    return tracking.Store(uri)
+    return Store(uri)
 
 
 def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = None) -> pd.DataFrame:
@@ -48,14 +52,14 @@ def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = 
     rows = []
     for run in store.runs(exp_id):
         tags = run.data.tags
-        if "cell" not in tags or "superseded_by" in tags:  # the analysis run, foreign runs, replaced results
+        if CELL not in tags or SUPERSEDED_BY in tags:  # the analysis run, foreign runs, replaced results
             continue
         status = run.info.status
-        if status == "RUNNING" and not tracking.is_live(run):
+        if status == "RUNNING" and not is_live(run):
             status = "stale"
-        rows.append({"cell": tags["cell"], "status": status, "run_id": run.info.run_id,
-                     "backbone": tags.get("backbone", ""), "weights": tags.get("weights", "unknown"),
-                     "eval_protocol": tags.get("eval_protocol", "ours"),
+        rows.append({"cell": tags[CELL], "status": status, "run_id": run.info.run_id,
+                     "backbone": tags.get(BACKBONE, ""), "weights": tags.get(WEIGHTS, "unknown"),
+                     "eval_protocol": tags.get(EVAL_PROTOCOL, "ours"),
                      "seed": run.data.params.get("seed", ""), **run.data.metrics})
     if not rows:  # an empty table has no columns to read
         raise NoRunsError(f"no runs for grid {grid} in experiment {name!r} of {store.uri}; run "
@@ -64,15 +68,13 @@ def load_runs(grid: str, uri: Optional[str] = None, experiment: Optional[str] = 
 
 
 def load_records(grid: str, dataset: str, runs: pd.DataFrame, uri: Optional[str] = None) -> pd.DataFrame:
-    """Per-image records of every FINISHED run for one dataset, with a ``cell`` column."""
-    store = tracking.Store(uri)
+    """Per-image records of every FINISHED run for one dataset, with ``cell`` and ``run_id`` columns."""
+    store = Store(uri)
     frames = []
     for _, run in runs[runs.status == "FINISHED"].iterrows():
-        with tempfile.TemporaryDirectory() as tmp:
-            path = store.download(run.run_id, f"records/{dataset}.csv", tmp)
-            if path is None:  # this cell was not evaluated on that dataset
-                continue
-            df = pd.read_csv(path)
+        df = read_records(store, run.run_id, dataset)
+        if df is None:  # this cell was not evaluated on that dataset
+            continue
         df["cell"] = run.cell
         df["run_id"] = run.run_id
         frames.append(df)

@@ -6,14 +6,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pandas as pd
 
-from analysis.paper import DATASET_LABELS, METRIC_LABELS, TableLayout, table_layout
+from analysis.paper import DATASET_LABELS, TableLayout, table_layout
+from segtricks.spec.vocabulary import METRICS
 
-PROTOCOL_NOTES = {
-    "acc": "`acc` (pixel accuracy at 0.5)",
-    "iou": "`iou` (per-image IoU at 0.5, mean over images)",
-    "max_fbeta": "`max_fbeta` (β²=0.3; max over 255 thresholds of the image-averaged F curve, TokenCut/MOVE)",
-    "corloc": "`corloc` (% images whose largest component's box has IoU ≥ 0.5 with a GT box)",
-}
 MISSING = "—"
 OUR_PROTOCOL = ("Evaluation protocol: ours (BatchNorm in eval mode, foreground chosen per image, metrics "
                 "against the original-size ground truth)")
@@ -76,7 +71,8 @@ def caption(grid: str, layout: TableLayout, runs: pd.DataFrame, with_reference: 
     if any("random-init" in w for ws in weights.values() for w in ws):
         parts.append("**Built from random-init backbones: these are NOT paper results.**")
     parts.append("Datasets: " + ", ".join(DATASET_LABELS.get(d, d) for d in layout.datasets) + ".")
-    parts.append("Protocols: " + "; ".join(PROTOCOL_NOTES.get(m, f"`{m}`") for m in layout.metrics) + ".")
+    parts.append("Protocols: " + "; ".join(f"`{m}` ({METRICS[m].note})" if m in METRICS else f"`{m}`"
+                                           for m in layout.metrics) + ".")
     parts.append(OUR_PROTOCOL + ("; " + REFERENCE_PROTOCOL if with_reference else "") + ".")
     published = bool(layout.published)
     parts.append("Ours: mean ± std over seeds (n runs) where several"
@@ -87,8 +83,8 @@ def caption(grid: str, layout: TableLayout, runs: pd.DataFrame, with_reference: 
 def _fmt(metric: str, value: float, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return MISSING
-    spec = "+.1f" if metric == "corloc" and signed else ".1f" if metric == "corloc" else "+.3f" if signed else ".3f"
-    return format(value, spec)
+    percent = metric in METRICS and METRICS[metric].percent
+    return format(value, ("+" if signed else "") + (".1f" if percent else ".3f"))
 
 
 def wide(table: pd.DataFrame) -> pd.DataFrame:
@@ -102,7 +98,8 @@ def wide(table: pd.DataFrame) -> pd.DataFrame:
         ours = _fmt(r.metric, r["mean"])
         if r.n > 1:
             ours += f" ± {_fmt(r.metric, r['std'])} (n={r.n})"
-        head = f"{DATASET_LABELS.get(r.dataset, r.dataset)} {METRIC_LABELS.get(r.metric, r.metric)}"
+        label = METRICS[r.metric].label if r.metric in METRICS else r.metric
+        head = f"{DATASET_LABELS.get(r.dataset, r.dataset)} {label}"
         row = out.setdefault(r.cell, {})
         if not (with_paper or with_reference):
             row[head] = ours

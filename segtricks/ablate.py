@@ -9,7 +9,7 @@ all that is missing is listed at once (exit 2); ``--dry-run`` lists it as each c
 A ``--set`` on a key that a grid axis varies is refused (exit 2); ``--force-set`` applies it anyway.
 
 This module is only the command line: it checks the arguments and the grid before importing torch,
-timm and MLflow (seconds), so that a typo is reported at once; ``segtricks.runners.grid_runner`` runs it.
+timm and MLflow (seconds), so that a typo is reported at once; ``segtricks.runners.launch`` runs it.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import argparse
 import sys
 from typing import List
 
+from segtricks import errors
 from segtricks.runners import slurm
-from segtricks.spec.config import ConfigError
 from segtricks.spec.grid import read_grid
 
 
@@ -45,28 +45,21 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@errors.command
 def main(argv: List[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.workers < 1:
-        print(f"error: --workers must be ≥ 1 (got {args.workers})", file=sys.stderr)
-        return 2
+        raise errors.BadInput(f"--workers must be ≥ 1 (got {args.workers})")
     if args.estimate and not args.dry_run:
-        print("error: --estimate goes with --dry-run (an estimate runs nothing of the grid)", file=sys.stderr)
-        return 2
+        raise errors.BadInput("--estimate goes with --dry-run (an estimate runs nothing of the grid)")
     if args.estimate_steps < 1:
-        print(f"error: --estimate-steps must be ≥ 1 (got {args.estimate_steps})", file=sys.stderr)
-        return 2
-    try:
-        grid_file = read_grid(args.grid, args.set, args.force_set)
-        opts = slurm.options_from(args, args.output_root) if args.launcher == "slurm" else None
-    except (ConfigError, slurm.LaunchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise errors.BadInput(f"--estimate-steps must be ≥ 1 (got {args.estimate_steps})")
+    grid_file = read_grid(args.grid, args.set, args.force_set)
+    opts = slurm.options_from(args, args.output_root) if args.launcher == "slurm" else None
     for line in grid_file.overridden:
         print(f"warning: --force-set: {line}", file=sys.stderr)
-    from segtricks.runners import grid_runner  # torch, timm, MLflow: only once the grid is known to be valid
-    return grid_runner.launch(args, argv, opts)
+    from segtricks.runners import launch  # torch, timm, MLflow: only once the grid is known to be valid
+    return launch.launch_grid(args, opts)
 
 
 if __name__ == "__main__":

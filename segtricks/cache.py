@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -39,17 +38,18 @@ from typing import Dict, List, Optional, Set, Tuple
 import numpy as np
 import yaml
 
+from segtricks import errors
+from segtricks.files import HOST
+from segtricks.tracking.tags import GRID, STUDY, TRAINING_HASH
+from segtricks.tracking.uri import sqlite_path, tracking_uri
+
 KINDS = ("masks", "keys")
 UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-HOST = socket.gethostname()
-# a temporary file: ".<cache file>.<host>.<pid>.tmp"; before hosts were named, ".<file>.<pid>.tmp"
-# (.npy) and ".<file>.tmp" (.json)
+# A cache file's temporary file (``segtricks.files.temp_path``: ".<cache file>.<host>.<pid>.tmp"; before
+# hosts were named, ".<file>.<pid>.tmp" (.npy) and ".<file>.tmp" (.json)), the name anchored at its
+# .npy/.json suffix: unanchored, it would end at its first dot, and ".x.npy.node1.5.tmp" would read as
+# file "x" written on host "npy.node1" (host names have dots too).
 TEMP = re.compile(r"^\.(?P<name>.+?\.(?:npy|json))\.(?:(?:(?P<host>.+)\.)?(?P<pid>\d+)\.)?tmp$")
-
-
-def temp_path(path: Path) -> Path:
-    """Where a cache file is written before it is renamed into place (``TEMP``)."""
-    return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.tmp")
 
 
 @dataclass
@@ -200,47 +200,35 @@ def _describe(kind: str, base: str, about: Dict, files: List[Path], training: Op
 
 # --- which grids use a cache ---------------------------------------------------------------------------
 
-class StoreUnreadable(RuntimeError):
+class StoreUnreadable(errors.Unavailable):
     """The MLflow store exists but could not be read; the message says which and why."""
-
-
-def store_uri(explicit: Optional[str]) -> str:
-    """The store ``segtricks.tracking.store.tracking_uri`` would use (that module imports MLflow and torch)."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def store_file(uri: str) -> Optional[Path]:
-    """The SQLite file of ``uri`` (``segtricks.tracking.store.sqlite_path``), None for a server."""
-    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
-        return None
-    return Path(uri[len("sqlite:///"):].split("?")[0])
 
 
 def store_exists(uri: str) -> bool:
     """A server is taken to exist; a SQLite store exists when its file does (an empty file is what a
     killed creator left: opening it would build a store, so it does not count)."""
-    path = store_file(uri)
+    path = sqlite_path(uri)
     return path is None or path.is_file() and path.stat().st_size > 0
 
 
 def grid_labels(uri: str) -> Dict[str, Set[str]]:
     """Training hash (first 16 digits) → the grids whose runs used it, and ``study:<name>`` for a
     study's trials: from the run tags ``training_hash``, ``grid`` and ``study``."""
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # as segtricks.tracking.store
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # as segtricks.tracking.connect
     from mlflow.tracking import MlflowClient  # only here: seconds to import, and only for a store that exists
     labels: Dict[str, Set[str]] = {}
     try:
         client = MlflowClient(uri)
         experiments = [e.experiment_id for e in _pages(client.search_experiments)]
-        search = functools.partial(client.search_runs, experiments, "tags.training_hash != ''")
+        search = functools.partial(client.search_runs, experiments, f"tags.{TRAINING_HASH} != ''")
         for run in _pages(search) if experiments else []:
             tags = run.data.tags
-            label = tags.get("grid") or (f"study:{tags['study']}" if tags.get("study") else None)
+            label = tags.get(GRID) or (f"study:{tags[STUDY]}" if tags.get(STUDY) else None)
             if label:
-                labels.setdefault(tags["training_hash"][:16], set()).add(label)
+                labels.setdefault(tags[TRAINING_HASH][:16], set()).add(label)
     except Exception as exc:  # locked, damaged, out-of-date schema, unreachable server: one line
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreUnreadable(f"MLflow store {store_file(uri) or uri} could not be read ({reason})") from None
+        raise StoreUnreadable(f"MLflow store {sqlite_path(uri) or uri} could not be read ({reason})") from None
     return labels
 
 
@@ -399,9 +387,9 @@ def remove(args: argparse.Namespace, root: Path, caches: List[Cache]) -> int:
 
 def store_labels(explicit_uri: Optional[str]) -> Tuple[Optional[Dict[str, Set[str]]], Optional[str]]:
     """``grid_labels`` of the store, or None and why there are none."""
-    uri = store_uri(explicit_uri)
+    uri = tracking_uri(explicit_uri)
     if not store_exists(uri):
-        return None, f"no MLflow store {store_file(uri)}; --tracking-uri names another"
+        return None, f"no MLflow store {sqlite_path(uri)}; --tracking-uri names another"
     try:
         return grid_labels(uri), None
     except StoreUnreadable as exc:
@@ -442,13 +430,13 @@ def unknown_selector(args: argparse.Namespace, root: Path, caches: List[Cache],
     return None
 
 
+@errors.command
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     root = Path(args.output_root)
     problem = usage_problem(args) if args.command == "rm" else None
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        raise errors.BadInput(problem)
     if not root.is_dir():
         print(f"no caches: output root {root} does not exist (--output-root names another)")
         return 0
@@ -462,8 +450,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return ls(root, caches, why_no_grids)
     problem = unknown_selector(args, root, caches, labels, why_no_grids)
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        raise errors.BadInput(problem)
     return remove(args, root, caches)
 
 

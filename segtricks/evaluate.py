@@ -20,9 +20,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from segtricks.spec.config import EVAL_PROTOCOLS, METRICS, Config, ConfigError, DatasetRef, load_config
+from segtricks import errors
+from segtricks.spec.config import Config, DatasetRef, dataset_ref_problems, load_config
+from segtricks.spec.vocabulary import METRICS
 from segtricks.evaluation.map_evaluation import evaluate_maps
-from segtricks.spec.registry import UnknownNameError
+from segtricks.evaluation.protocols import PROTOCOLS
 
 if TYPE_CHECKING:
     from segtricks.models.model import SegmentationModel
@@ -33,7 +35,7 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Con
     cfg_path, ckpt_path = run_dir / "config.yaml", run_dir / f"{which}.pt"
     for path in (cfg_path, ckpt_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist: is {run_dir} a finished training folder?")
+            raise errors.BadInput(f"{path} does not exist: is {run_dir} a finished training folder?")
     cfg = load_config(cfg_path)
     from segtricks.engine.training import Training  # torch and timm: only to evaluate a model
 
@@ -41,14 +43,15 @@ def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Con
 
 
 def format_table(results: Dict[str, float]) -> str:
-    names = [p for p in METRICS + ("corloc",) if p in results]
+    names = [p for p in METRICS if p in results]
     lines = ["| protocol | value |", "|---|---|"]
-    lines += [f"| {n} | {results[n]:.2f} |" if n == "corloc" else f"| {n} | {results[n]:.4f} |" for n in names]
+    lines += [f"| {n} | {results[n]:.2f} |" if METRICS[n].percent else f"| {n} | {results[n]:.4f} |" for n in names]
     lines.append(f"| n_images | {int(results['n_images'])} |")
     lines.append(f"| skipped | {int(results['skipped'])} |")
     return "\n".join(lines)
 
 
+@errors.command
 def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = ap.add_mutually_exclusive_group(required=True)
@@ -63,28 +66,26 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable or inconsistent files")
     ap.add_argument("--post", nargs="*", default=[], help="post-processing tricks, in order (gf, bf)")
     ap.add_argument("--out", type=Path, help="per-image records, .csv or .parquet")
-    ap.add_argument("--eval-protocol", choices=EVAL_PROTOCOLS, default="ours",
+    ap.add_argument("--eval-protocol", choices=PROTOCOLS.names(), default="ours",
                     help="ours (SPEC §7, default) or the reference implementation's (SPEC §8.2–8.4)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     ref = DatasetRef(args.dataset, args.root, args.split, args.limit, "skip" if args.skip_bad else "raise")
-    try:
-        if args.maps or args.centre_prior:
-            cfg = Config()
-            evaluator = evaluate_maps(args.maps, cfg, ref, args.post, protocol=args.eval_protocol)
-            weights = f"maps from {args.maps}" if args.maps else "centred Gaussian prior (σ = 0.25)"
-        else:
-            model, cfg = load_run(args.run, args.checkpoint)
-            from segtricks.evaluation.model_evaluation import evaluate_model  # torch, as load_run
-            from segtricks.engine.loop import resolve_device
+    for _, value, rule in dataset_ref_problems(ref, "--dataset"):  # before torch, not as a missing dataset
+        raise errors.BadInput(f"--split {value}: expected {rule}")
+    if args.maps or args.centre_prior:
+        cfg = Config()
+        evaluator = evaluate_maps(args.maps, cfg, ref, args.post, protocol=args.eval_protocol)
+        weights = f"maps from {args.maps}" if args.maps else "centred Gaussian prior (σ = 0.25)"
+    else:
+        model, cfg = load_run(args.run, args.checkpoint)
+        from segtricks.evaluation.model_evaluation import evaluate_model  # torch, as load_run
+        from segtricks.engine.device import resolve_device
 
-            device = resolve_device(args.device)
-            evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device, protocol=args.eval_protocol,
-                                       cache_dir=Path(args.run) / "predictions")
-            weights = f"{cfg.backbone.name} ({model.backbone.weights_id})"
-    except (ConfigError, FileNotFoundError, UnknownNameError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        device = resolve_device(args.device)
+        evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device, protocol=args.eval_protocol,
+                                   cache_dir=Path(args.run) / "predictions")
+        weights = f"{cfg.backbone.name} ({model.backbone.weights_id})"
     results = evaluator.results()
     print(f"\n{args.dataset} ({ref.split if args.dataset == 'synthetic' else ref.root or '$SEGTRICKS_DATA'}), "
           f"{weights}, post-processing: {', '.join(args.post) or 'none'}, "
@@ -95,15 +96,14 @@ def main(argv: List[str] | None = None) -> int:
         for image_id, reason in evaluator.skipped:
             print(f"  {image_id}: {reason}")
     if args.out:
+        if args.out.suffix not in (".csv", ".parquet"):
+            raise errors.BadInput(f"--out {args.out}: use a .csv or .parquet file name")
         records = evaluator.records()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix == ".parquet":
             records.to_parquet(args.out)
-        elif args.out.suffix == ".csv":
-            records.to_csv(args.out, index=False)
         else:
-            print(f"error: --out {args.out}: use a .csv or .parquet file name", file=sys.stderr)
-            return 2
+            records.to_csv(args.out, index=False)
         print(f"\nper-image records: {args.out} ({len(records)} rows)")
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
 import socket
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,8 +20,6 @@ from typing import Callable, Iterator, Union
 from segtricks.errors import Unavailable
 
 HOST = socket.gethostname()
-# ``.<name>.<host>.<pid>.tmp``: what ``temp_path`` names (host and pid optional in older files)
-TEMP = re.compile(r"^\.(?P<name>.+?)\.(?:(?:(?P<host>.+)\.)?(?P<pid>\d+)\.)?tmp$")
 
 
 class NoSpaceError(Unavailable, OSError):
@@ -33,7 +30,8 @@ class NoSpaceError(Unavailable, OSError):
 
 
 def temp_path(path: Path) -> Path:
-    """Where ``path`` is written before it is renamed into place (``TEMP``)."""
+    """Where ``path`` is written before it is renamed into place: ``.<name>.<host>.<pid>.tmp`` (a reader
+    that parses it must know the name's suffix: host names have dots too, see ``segtricks.cache``)."""
     return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.tmp")
 
 

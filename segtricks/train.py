@@ -9,32 +9,22 @@ import argparse
 import sys
 from typing import List
 
-from segtricks.engine.checkpoint import NoSpaceError
-from segtricks.spec.config import ConfigError, load_config
+from segtricks import errors
+from segtricks.spec.config import load_config
 
 
+@errors.command
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted path), repeatable")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, flags=args.set)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from segtricks.engine.training import ConfigMismatchError, Training  # torch, timm: only for a valid config
+    cfg = load_config(args.config, flags=args.set)
+    from segtricks.engine.training import Training  # torch, timm: only for a valid config
 
-    try:
-        training = Training(cfg)
-        status = training.run()
-    except (ConfigError, ConfigMismatchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except NoSpaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    training = Training(cfg)
+    status = training.run()
     history = training.history()
     print(f"weights: {training.cfg.backbone.name} ({status.weights_id})")
     print(f"best checkpoint: {training.best_path} (epoch {status.best_epoch + 1})")

@@ -19,8 +19,8 @@ import argparse
 import sys
 from typing import List
 
+from segtricks import errors
 from segtricks.runners import slurm
-from segtricks.spec.config import ConfigError
 from segtricks.spec.study import load_study
 
 
@@ -44,21 +44,16 @@ def parse_args(argv: List[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@errors.command
 def main(argv: List[str] | None = None) -> int:
     args = parse_args(argv)
     if args.workers < 1:
-        print(f"error: --workers {args.workers}: the number of Slurm array tasks must be at least 1", file=sys.stderr)
-        return 2
+        raise errors.BadInput(f"--workers {args.workers}: the number of Slurm array tasks must be at least 1")
     if args.n_trials is not None and args.n_trials < 1:
-        print(f"error: --n-trials {args.n_trials}: a study's total must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        spec = load_study(args.study, args.set)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from segtricks.runners import study_runner  # torch, timm, MLflow: only once the study is known to be valid
-    return study_runner.launch(spec, args)
+        raise errors.BadInput(f"--n-trials {args.n_trials}: a study's total must be at least 1")
+    spec = load_study(args.study, args.set)
+    from segtricks.runners import launch  # torch, timm, MLflow: only once the study is known to be valid
+    return launch.launch_study(spec, args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import DEMO_CELL, TINY_FLAGS, unreadable_folder
+from segtricks import files
 from segtricks.engine import checkpoint
 from segtricks.ablate import main
 from segtricks.spec.config import ConfigError
@@ -141,10 +142,11 @@ def test_dry_run_writes_nothing_and_reaches_no_network(in_tmp, tmp_path_factory,
             "dino_deitsmall8_pretrain.pth") in out.splitlines()
     assert list(in_tmp.iterdir()) == [] and list(torch_home.iterdir()) == [] and connects == []
     # a store that exists is read, and the grid's experiment is not created in it
-    from segtricks.tracking import store as tracking
-    tracking.Store().experiment("other")
+    from segtricks.tracking.store import Store
+    from segtricks.tracking.uri import tracking_uri
+    Store().experiment("other")
     assert main(["--grid", "table3", "--dry-run"]) == 0
-    assert sorted(e.name for e in MlflowClient(tracking.tracking_uri()).search_experiments()) == ["Default", "other"]
+    assert sorted(e.name for e in MlflowClient(tracking_uri()).search_experiments()) == ["Default", "other"]
     assert sorted(p.name for p in in_tmp.iterdir()) == ["mlflow.db", "mlflow.db.lock"] and connects == []
 
 
@@ -214,7 +216,8 @@ def test_two_concurrent_invocations_train_each_cell_once(in_tmp):
     grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}",
                                "{name: bf, set: {tricks: [bf]}}"])
     cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
-    result = subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True, text=True, timeout=600)
+    env = {**_env(in_tmp), "CUDA_VISIBLE_DEVICES": "3,5"}  # two GPUs, as far as the workers are told
+    result = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     client, rs = runs(in_tmp)
     assert sorted(r.data.tags["cell"] for r in rs) == ["base", "bf", "gf"]  # one run per cell
@@ -222,16 +225,106 @@ def test_two_concurrent_invocations_train_each_cell_once(in_tmp):
     trainers = [r for r in rs if r.data.tags.get("role") == "train"]
     assert len(trainers) == 1  # three cells, one shared training, trained once
     assert len(client.get_metric_history(trainers[0].info.run_id, "train.loss")) == 1
+    gpu_of = {r.data.tags["worker"]: r.data.tags["cuda_visible_devices"] for r in rs}
+    assert set(gpu_of.values()) <= {"3", "5"} and len(set(gpu_of.values())) == len(gpu_of)  # one GPU each
+    assert "3 cells: 3 run, 0 skipped, 0 failed" in result.stdout  # one summary, of both workers' cells
+
+
+def test_local_workers_see_one_gpu_each_in_turn(monkeypatch):
+    from segtricks.runners import local
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # of the GPUs this process may use
+    assert local.gpu_environments(3) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("2", "5", "2")]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setattr(local.torch.cuda, "device_count", lambda: 1)
+    assert local.gpu_environments(2) == [{}, {}]  # one GPU (or none): every worker sees what this process sees
+
+
+def _wait_for_a_checkpoint(tmp_path, proc, timeout=300):
+    """The RUNNING runs once one of them has a last.pt (its worker is in its training's later epochs)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        trained = {p.parent.name for p in tmp_path.glob("outputs/trainings/*/last.pt")}
+        running = [r for r in runs(tmp_path)[1] if r.info.status == "RUNNING"] if trained else []
+        if any(r.data.tags["training_hash"][:16] in trained for r in running):
+            return running, trained
+        time.sleep(0.2)
+    raise AssertionError("no worker wrote a checkpoint")
+
+
+def _each_epoch_logged_once(tmp_path, epochs):
+    client, rs = runs(tmp_path)
+    assert all(r.info.status == "FINISHED" for r in rs)
+    for r in rs:
+        if r.data.tags.get("role") == "train":
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, "train.loss")]
+            assert sorted(steps) == list(range(epochs)), r.data.tags["cell"]  # none trained twice, none lost
+    return rs
 
 
 @pytest.mark.slow
-def test_reference_protocol_cell_logs_both_protocols_and_the_table_shows_both(in_tmp):
+def test_a_killed_worker_of_two_is_taken_over_by_the_other(in_tmp):
+    """``--workers 2``: kill -9 of the worker holding a training mid-way; the other worker resumes it."""
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: crop, set: {tricks: [crop]}}"], epochs=3)
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    running, trained = _wait_for_a_checkpoint(in_tmp, proc)
+    victim = next(r for r in running if r.data.tags["training_hash"][:16] in trained)
+    os.kill(int(victim.data.tags["worker"].rpartition(":")[2]), signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]  # the grid is complete: the other worker resumed the cell
+    assert "was killed by SIGKILL; the run it held is resumed by another worker" in err
+    assert "2 cells: 2 run, 0 skipped, 0 failed" in out  # one summary, of both workers' cells
+    rs = _each_epoch_logged_once(in_tmp, 3)
+    assert sorted(r.data.tags["cell"] for r in rs) == ["base", "crop"]  # the killed run resumed in place
+    assert next(r for r in rs if r.info.run_id == victim.info.run_id).data.tags["worker"] != victim.data.tags["worker"]
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_parent_finish_the_grid(in_tmp):
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: crop, set: {tricks: [crop]}}"], epochs=3)
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_a_checkpoint(in_tmp, proc)
+    os.kill(proc.pid, signal.SIGKILL)  # the parent only holds the workers' results: they go on without it
+    proc.wait()
+    deadline = time.time() + 300
+    while time.time() < deadline and sorted(r.info.status for r in runs(in_tmp)[1]) != ["FINISHED", "FINISHED"]:
+        time.sleep(1)
+    _each_epoch_logged_once(in_tmp, 3)
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_two_workers_leaves_a_grid_that_the_next_run_resumes(in_tmp):
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: crop, set: {tricks: [crop]}}"], epochs=3)
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    _wait_for_a_checkpoint(in_tmp, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the parent and its workers
+    proc.wait(timeout=120)
+    assert proc.returncode != 0
+    left = {r.info.run_id for r in runs(in_tmp)[1]}
+    env = {**_env(in_tmp), "SEGTRICKS_STALE_AFTER_S": "600"}  # no wait: the interrupted workers are gone
+    result = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rs = _each_epoch_logged_once(in_tmp, 3)
+    assert {r.info.run_id for r in rs} >= left and len(rs) == 2
+
+
+@pytest.mark.slow
+def test_reference_protocol_cell_logs_both_protocols_and_the_table_shows_both(in_tmp, capsys):
     from analysis.runs import load_runs
     from analysis.tables import build_table, to_markdown
     path = write_grid(in_tmp, ["{name: baseline, set: {tricks: []}}"])
-    assert main(["--grid", str(path), "--set", "eval_protocol=reference", *TINY_FLAGS]) == 0
+    assert main(["--grid", str(path), "--set", "eval_protocols=[ours, reference]", *TINY_FLAGS]) == 0
     client, (run,) = runs(in_tmp)
-    assert run.data.tags["eval_protocol"] == "reference"
+    assert run.data.tags["eval_protocol"] == "ours,reference"  # both protocols are scored
+    # the old key says the same: the same cell, done
+    capsys.readouterr()
+    assert main(["--grid", str(path), "--set", "eval_protocol=reference", *TINY_FLAGS, "--dry-run"]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  baseline")]
+    assert f"{'skip':<14} done (run {run.info.run_id[:8]})" in row
     m = run.data.metrics
     assert {"synthetic.iou", "synthetic.reference.iou", "synthetic.reference.max_fbeta"} <= set(m)
     assert m["synthetic.iou"] != m["synthetic.reference.iou"]
@@ -314,7 +407,7 @@ def test_disk_full_while_checkpointing_stops_with_one_line_and_keeps_the_last_ch
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full_after_first_last_pt)
+    monkeypatch.setattr(files.os, "fsync", full_after_first_last_pt)  # what write_atomic calls
     assert main(["--grid", str(grid), *TINY_FLAGS]) == 1
     (last,) = in_tmp.glob("outputs/trainings/*/last.pt")
     err = capsys.readouterr().err
@@ -323,7 +416,7 @@ def test_disk_full_while_checkpointing_stops_with_one_line_and_keeps_the_last_ch
         f"free space and rerun, the training resumes from its last checkpoint"]
     assert checkpoint.load(last)["epoch"] == 0 and not list(last.parent.glob(".*.tmp"))
     assert [r.info.status for r in runs(in_tmp)[1]] == ["FAILED"]  # the grid stopped: gf never started
-    monkeypatch.setattr(checkpoint.os, "fsync", real_fsync)
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
     assert main(["--grid", str(grid), *TINY_FLAGS, "--rerun-failed"]) == 0  # space freed: resumes and completes
     assert checkpoint.load(last)["epoch"] == 1
 
@@ -354,11 +447,12 @@ def test_skipped_images_are_a_metric_and_an_artifact_of_the_run(in_tmp, capsys):
 @pytest.mark.slow
 def test_a_dead_local_worker_is_taken_over_at_once_and_a_live_one_is_announced_once(in_tmp, monkeypatch, capsys):
     """Issue 11: after a kill, a rerun waited silently up to 90 s for the dead worker's heartbeat."""
-    from segtricks.tracking import store as tracking
+    from segtricks.tracking import claims
+    from segtricks.tracking.store import Store
     grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"])
     dead = subprocess.Popen(["true"])
     dead.wait()
-    store = tracking.Store()
+    store = Store()
     exp = store.experiment("mini")
     cell = load_grid(str(grid), TINY_FLAGS[1::2]).cells[0]
     tags = {"config_hash": cell.config_hash, "training_hash": cell.training_hash, "cell": "only",
@@ -369,7 +463,7 @@ def test_a_dead_local_worker_is_taken_over_at_once_and_a_live_one_is_announced_o
     assert run.info.run_id == mine.id and run.info.status == "FINISHED"
     assert "waiting" not in capsys.readouterr().out
     # a worker on another machine with a fresh heartbeat is waited for, and that is said once
-    monkeypatch.setattr(tracking, "STALE_AFTER_S", 6)
+    monkeypatch.setattr(claims, "STALE_AFTER_S", 6)
     client.delete_run(run.info.run_id)
     other = store.start(exp, "only", {**tags, "heartbeat": str(time.time()), "worker": "elsewhere:1"})
     assert main(["--grid", str(grid), *TINY_FLAGS]) == 0

@@ -1,5 +1,7 @@
 """Tables and plots from logged runs: a reduced demo grid run in the test, plus hand-made cases; the
 study plots' axes."""
+from pathlib import Path
+
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,7 +16,9 @@ from analysis.make_tables import main as make_tables
 from analysis.runs import load_records, load_runs
 from analysis.tables import build_table, to_latex, to_markdown, wide
 from segtricks.ablate import main as ablate
-from segtricks.runners.study_runner import thin_log_ticks, write_study_plots
+from segtricks.runners.study_plots import thin_log_ticks, write_study_plots
+from segtricks.tracking import artifacts
+from segtricks.tracking.store import Store
 
 TINY = ["--set", "optim.epochs=1", "--set", "optim.steps_per_epoch=2", "--set", "optim.batch_size=4",
         "--set", "data.train.limit=8", "--set", "data.val.limit=4",
@@ -117,6 +121,31 @@ def test_size_histogram_counts_sum_to_the_number_of_images(demo_store):
         assert bins[bins.cell == cell]["count"].sum() == 6
     fig = plot_iou_vs_size({"synthetic": records}, list(runs.cell), "demo")
     assert len(fig.axes) == 2  # one panel (+ its count axis)
+
+
+def test_each_artifact_is_read_back_as_logged_at_the_paths_earlier_runs_used(tmp_path):
+    import torch
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = store.start(store.experiment("x"), "r", {})
+    records = pd.DataFrame({"image_id": ["a", "b"], "iou": [0.5, 1.0], "object_ratio": [0.1, 0.2]})
+    artifacts.log_records(run, "synthetic", records, [("c", "unreadable")])
+    artifacts.log_records(run, "synthetic.reference", records, [])
+    image, gt, pred = torch.rand(3, 300, 400), torch.zeros(300, 400), torch.rand(300, 400)
+    gt[100:200, 100:300] = 1
+    artifacts.log_samples(run, "synthetic", [("a", image, gt, pred), ("b", image, None, pred)], "r on synthetic")
+    logged = {a.path for folder in (None, "records", "samples") for a in store.client.list_artifacts(run.id, folder)}
+    assert logged == {"predictions_synthetic.png", "records", "records/synthetic.csv", "records/synthetic.skipped.csv",
+                      "records/synthetic.reference.csv", "samples", "samples/synthetic.npz"}
+    skipped = store.client.download_artifacts(run.id, "records/synthetic.skipped.csv", str(tmp_path))
+    assert Path(skipped).read_text() == "image_id,reason\nc,unreadable\n"
+    pd.testing.assert_frame_equal(artifacts.read_records(store, run.id, "synthetic"), records)
+    assert artifacts.read_records(store, run.id, "ecssd") is None  # not evaluated there
+    samples = artifacts.read_samples(store, run.id, "synthetic")
+    assert list(samples) == ["a", "b"]
+    (im, mask, soft), (_, no_gt, _) = samples["a"], samples["b"]
+    assert (im.shape, im.dtype, soft.dtype, mask.dtype) == ((144, 192, 3), np.uint8, np.uint8, bool)  # 192 px side
+    assert mask.mean() == pytest.approx(gt.mean().item(), abs=0.01) and not no_gt.any()
+    assert artifacts.read_samples(store, run.id, "ecssd") == {}
 
 
 def test_bin_means_by_hand():

@@ -3,6 +3,7 @@ import hashlib
 import pytest
 import torch
 
+from segtricks.errors import BadInput
 from segtricks.models.backbones import (BACKBONES, CheckpointMismatchError, WeightsNotFoundError,
                                  build_backbone)
 
@@ -163,3 +164,8 @@ def test_official_or_random_init_takes_the_official_file_when_present_and_never_
     loaded = build_backbone(name, OFFICIAL_OR_RANDOM)
     assert loaded.weights_id == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     _same_features(loaded, build_backbone(name, "random-init"))  # random-init weights, loaded from the file
+
+
+def test_weights_and_checkpoint_errors_are_bad_input_with_their_builtin_bases():
+    assert issubclass(WeightsNotFoundError, BadInput) and issubclass(WeightsNotFoundError, FileNotFoundError)
+    assert issubclass(CheckpointMismatchError, BadInput) and issubclass(CheckpointMismatchError, ValueError)

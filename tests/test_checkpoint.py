@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from segtricks.engine import checkpoint
+from segtricks.files import NoSpaceError
 
 
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -33,8 +34,8 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path):
     try:
         path = disk / "last.pt"
         checkpoint.save_atomic({"epoch": 1, "w": torch.ones(150_000)}, path)  # 600 kB: room for one copy only
-        with pytest.raises(checkpoint.NoSpaceError, match=rf"no space left writing {path} \(the previous last.pt "
-                                                          rf"is intact\)"):
+        with pytest.raises(NoSpaceError, match=rf"no space left writing {path} \(the previous last.pt "
+                                                 rf"is intact\); free space and rerun, the training resumes"):
             checkpoint.save_atomic({"epoch": 2, "w": torch.zeros(150_000)}, path)
         state = checkpoint.load(path)
         assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(150_000))

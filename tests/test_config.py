@@ -1,8 +1,12 @@
+import subprocess
+import sys
+
 import pytest
 
 from conftest import DEMO_CELL
-from segtricks.spec.config import (Config, ConfigError, compose, config_from_dict, config_hash, load_config,
-                              resolved_yaml, set_flag_layers)
+from segtricks.errors import BadInput
+from segtricks.spec.config import (Config, ConfigError, check_keys, compose, config_from_dict, config_hash, load_config,
+                                   read_yaml_file, resolved_yaml, set_flag_layers)
 from segtricks.engine.training import training_hash
 
 
@@ -28,8 +32,9 @@ def test_defaults_are_the_reference_defaults():
 
 
 @pytest.mark.parametrize("text,match", [
-    ("optim: {lrr: 1}\n", r"cell.yaml: optim: unknown key\(s\) lrr"),
-    ("optim: {lr: fast}\n", "cell.yaml: optim.lr: expected float, got 'fast'"),
+    ("optim: {lrr: 1}\n", r"cell.yaml:1: optim: unknown key\(s\) lrr"),
+    ("seed: 1\noptim:\n  lr: 1.0e-4\n  lrr: 1\n", r"cell.yaml:4: optim: unknown key\(s\) lrr; valid keys: batch_size,"),
+    ("optim: {lr: fast}\n", "cell.yaml:1: optim.lr: expected float, got 'fast'"),
     ("optim: {epochs: 2.5}\n", "optim.epochs: expected int"),
     ("tricks: gf\n", "tricks: expected a list"),
     ("optim: {lr: [1\n", r"cell.yaml:2:1: could not parse YAML: expected ',' or '\]'"),
@@ -109,7 +114,7 @@ def test_a_set_flag_that_is_not_yaml_is_one_line_then_the_caret():
 
 
 @pytest.mark.parametrize("text,flags,message", [
-    ("tricks: [crop, gf, crop]\n", [], "{path}: tricks: 'crop' listed twice"),
+    ("tricks: [crop, gf, crop]\n", [], "{path}:1: tricks: 'crop' listed twice"),
     ("tricks: [crop]\n", ["tricks=[gf,gf]"], "--set tricks=[gf,gf]: tricks: 'gf' listed twice"),
 ])
 def test_a_trick_listed_twice_is_refused_naming_the_layer(tmp_path, text, flags, message):
@@ -125,3 +130,63 @@ def test_a_top_level_unknown_key_from_a_flag_is_one_clean_line():
     with pytest.raises(ConfigError) as exc:
         compose(set_flag_layers(["sed=1"]))
     assert str(exc.value).startswith("--set sed=1: unknown key(s) sed; valid keys: backbone, bf,")
+
+
+@pytest.mark.parametrize("text,flags,message", [
+    ("data:\n  train: {name: duts_tr, split: tset}\n", [],
+     "{path}:2: data.train.split: expected a split of duts_tr (train, val), got 'tset'"),
+    ("eval:\n  - {name: synthetic, split: test}\n  - name: synthetic\n    split: tst\n", [],
+     "{path}:4: eval[1].split: expected a split of synthetic (train, val, test), got 'tst'"),
+    ("seed: 0\n", ["data.val={name: synthetic, split: vla}"],
+     "--set data.val={{name: synthetic, split: vla}}: data.val.split: expected a split of synthetic "
+     "(train, val, test), got 'vla'"),
+    ("data:\n  train:\n    name: synthetic\n    on_error: skp\n", [],
+     "{path}:4: data.train.on_error: expected raise or skip, got 'skp'"),
+    ("seed: 0\n", ["data.train.on_error=Skip"], "--set data.train.on_error=Skip: data.train.on_error: expected raise "
+                                                "or skip, got 'Skip'"),
+])
+def test_a_split_or_on_error_typo_is_refused_naming_the_layer_and_the_valid_values(tmp_path, text, flags, message):
+    """Issue 21: such typos passed validation and failed after torch was imported, as a missing dataset."""
+    path = tmp_path / "cell.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, flags=flags)
+    assert str(exc.value) == message.format(path=path)
+
+
+def test_datasets_with_one_release_take_any_split_as_build_dataset_does():
+    """The test sets and ``folder`` have one split and ignore ``split`` (table4 evaluates on
+    ``{name: voc07}``, split train by default): config validation accepts what building accepts."""
+    cfg = config_from_dict({"eval": [{"name": "voc07"}, {"name": "duts_te", "split": "test"},
+                                     {"name": "folder", "root": "x", "split": "anything"}]})
+    assert [r.split for r in cfg.eval] == ["train", "test", "anything"]
+
+
+def test_a_split_typo_is_refused_without_importing_torch_or_the_datasets(tmp_path):
+    path = tmp_path / "cell.yaml"
+    path.write_text("data:\n  val: {name: duts_tr, split: validation}\n")
+    code = ("import sys; from segtricks.spec.config import ConfigError, load_config\n"
+            "try:\n    load_config(sys.argv[1])\nexcept ConfigError as exc:\n    print(exc)\n"
+            "print(sorted(m for m in ('torch', 'segtricks.data.datasets') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.stdout.splitlines() == [
+        f"{path}:2: data.val.split: expected a split of duts_tr (train, val), got 'validation'", "[]"], done.stderr
+
+
+def test_config_errors_are_bad_input():
+    assert issubclass(ConfigError, BadInput) and issubclass(ConfigError, ValueError)
+
+
+def test_one_schema_check_names_the_first_unknown_key_for_its_line(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        check_keys({"name": 1, "zeta": 2, "alpha": 3}, ("name", "set"), "axes.a[0]")
+    assert (str(exc.value), exc.value.key) == ("axes.a[0]: unknown key(s) alpha, zeta; valid keys: name, set",
+                                               "axes.a[0].alpha")
+    path = tmp_path / "grid.yaml"
+    path.write_text("name: g\nset:\n  optim:\n    lr: 1\n  seed: 2\neval:\n  - name: a\n    split: b\n")
+    file = read_yaml_file(path)
+    assert [file.where(k) for k in ("set.optim.lr", "set.optim.nope", "eval[0].split", "nope")] == \
+        [f"{path}:4", f"{path}:4", f"{path}:8", str(path)]
+    layer = file.layer("set", file.data["set"])
+    assert (layer.where("optim.lr"), layer.where("seed"), layer.where("tricks")) == \
+        (f"{path}:4", f"{path}:5", f"{path}:3")  # a key it does not set: the mapping's own line

@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from conftest import require_shared
-from segtricks.spec.config import DatasetRef
+from segtricks.errors import BadInput
+from segtricks.spec.config import ConfigError, DatasetRef, config_from_dict
 from segtricks.data.datasets import DATASETS, DatasetError, SyntheticShapes, boxes_from_mask, build_dataset
+from segtricks.data.synthetic import SPLIT_SIZES
 from segtricks.data.views import EvalView, TrainView
 
 
@@ -203,3 +205,30 @@ def test_boxes_from_mask_by_hand():
 def test_registry_lists_every_dataset_of_the_issue():
     assert {"duts_tr", "duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k", "folder",
             "synthetic"} <= set(DATASETS.names())
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_the_declared_splits_are_what_build_dataset_accepts(name, tmp_path):
+    """Config validation checks ``split`` against the registered ``splits`` before anything is imported:
+    each declared split builds, a split outside them is refused by both, and a dataset declaring none
+    ignores ``split`` in both."""
+    splits = DATASETS.attributes(name).get("splits")
+    ref = {"name": name, "root": str(tmp_path / "absent"), "split": "tset"}
+    if splits is None:
+        assert config_from_dict({"eval": [ref]}).eval[0].split == "tset"
+        return
+    with pytest.raises(ConfigError, match=f"eval\\[0\\].split: expected a split of {name} "):
+        config_from_dict({"eval": [ref]})
+    with pytest.raises(DatasetError, match="split 'tset' unknown"):
+        build_dataset(DatasetRef(name, str(tmp_path / "absent"), "tset"))
+    for split in splits:  # past the split check: the dataset is absent, or built
+        try:
+            build_dataset(DatasetRef(name, str(tmp_path / "absent"), split, limit=1))
+        except DatasetError as exc:
+            assert "does not exist" in str(exc)
+    if name == "synthetic":
+        assert splits == tuple(SPLIT_SIZES)
+
+
+def test_dataset_errors_are_bad_input():
+    assert issubclass(DatasetError, BadInput) and issubclass(DatasetError, ValueError)

@@ -12,9 +12,9 @@ from segtricks.runners.estimate import CachePlan, DatasetSize, dataset_size, dis
 
 
 
-def cell(name, training, backbone="demo_vit4", size=56, eval_protocol="ours", cache=None):
+def cell(name, training, backbone="demo_vit4", size=56, eval_protocols=("ours",), cache=None):
     cfg = config_from_dict({"backbone": {"name": backbone}, "data": {"image_size": size},
-                            "eval": [{"name": "ecssd"}], "eval_protocol": eval_protocol,
+                            "eval": [{"name": "ecssd"}], "eval_protocols": list(eval_protocols),
                             "cache": cache or {}})
     return SimpleNamespace(name=name, cfg=cfg, trains=True, training_hash=training)
 
@@ -36,7 +36,7 @@ def test_the_first_cell_of_a_training_predicts_and_the_second_backbone_training_
 
 def test_the_reference_protocol_counts_twice_and_caches_turned_off_take_no_disk():
     plan = CachePlan(sizes)
-    both = plan.evaluations(cell("a", "t1", eval_protocol="reference"))
+    both = plan.evaluations(cell("a", "t1", eval_protocols=("ours", "reference")))
     assert [p.protocol for p in both] == ["ours", "reference"] and all(p.mask_bytes for p in both)
     off = CachePlan(sizes).evaluations(cell("a", "t1", cache={"keys": False, "masks": False}))
     assert off[0].mask_bytes == off[0].key_bytes == 0 and off[0].predict == "model"

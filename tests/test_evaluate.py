@@ -112,6 +112,31 @@ def test_0_1_masks_score_as_their_0_255_originals(tmp_path, capsys):
     assert "| iou | 0.0000 |" not in original
 
 
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    root, maps = _folder_with_maps(tmp_path)
+    out = tmp_path / "r.txt"
+    assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"error: --out {out}: use a .csv or .parquet file name"
+    assert main(["--run", str(tmp_path / "nothing"), "--dataset", "synthetic"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {tmp_path / 'nothing' / 'config.yaml'} does not exist: is {tmp_path / 'nothing'} a finished "
+        f"training folder?")
+    assert main(["--maps", str(maps), "--dataset", "nonesuch"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: unknown dataset 'nonesuch'; registered")
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
+    """Issue 21 item 6: evaluate caught every ValueError, so a bug in the metrics printed as a user error
+    with exit 2; only the errors a user can act on (segtricks.errors) are one line now."""
+    root, maps = _folder_with_maps(tmp_path)
+
+    def broken(self, *args, **kwargs):
+        raise ValueError("operands could not be broadcast together with shapes (10,20) (20,10)")
+    monkeypatch.setattr(SaliencyEvaluator, "update", broken)
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)])
+
+
 def test_all_background_ground_truth_is_refused(tmp_path, capsys):
     root, maps = _folder_with_maps(tmp_path)
     for i in range(3):

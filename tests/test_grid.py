@@ -4,7 +4,8 @@ import pytest
 from conftest import DEMO_CELL
 from segtricks.ablate import main
 from segtricks.spec.config import ConfigError
-from segtricks.spec.grid import read_grid
+from segtricks.spec.grid import read_grid, read_table
+
 
 def write_grid(tmp_path, axes, name="mini"):
     """A grid over demo_cell.yaml; ``axes`` are its ``axes:`` lines (indented under it)."""
@@ -94,3 +95,110 @@ def test_fewer_than_one_worker_is_refused_in_one_line(tmp_path, capsys, workers)
     """Issue: --workers 0 and --workers -3 were accepted and ran as 1."""
     assert main(["--grid", "demo", "--workers", workers, "--dry-run"]) == 2  # before the dry run
     assert capsys.readouterr().err.splitlines() == [f"error: --workers must be ≥ 1 (got {workers})"]
+
+
+def test_a_bad_key_in_the_grid_or_its_base_file_names_its_line(tmp_path):
+    """Issue 21: a bad key in a base file named the file without its line."""
+    grid = write_grid(tmp_path, ["  seed:", "    - {name: s0, set: {seed: 0}}"])
+    grid.write_text(grid.read_text() + "tabel: {}\n")
+    with pytest.raises(ConfigError) as exc:
+        read_grid(str(grid))
+    assert str(exc.value) == f"{grid}:6: unknown key(s) tabel; valid keys: name, description, base, set, axes, table"
+    base = tmp_path / "base.yaml"
+    base.write_text("seed: 1\noptim:\n  lr: 1.0e-4\n  lrr: 1\n")
+    grid.write_text(f"name: g\nbase: base.yaml\naxes:\n  seed:\n    - {{name: s0, set: {{seed: 0}}}}\n")
+    with pytest.raises(ConfigError) as exc:
+        read_grid(str(grid))
+    assert str(exc.value).startswith(f"{base}:4: optim: unknown key(s) lrr; valid keys: batch_size, betas,")
+    assert str(exc.value).endswith(" (cell s0)")
+    grid.write_text(f"name: g\nbase: nope.yaml\naxes:\n  seed:\n    - {{name: s0, set: {{seed: 0}}}}\n")
+    with pytest.raises(ConfigError, match=f"^{grid}:2: base config {tmp_path / 'nope.yaml'} does not exist$"):
+        read_grid(str(grid))
+
+
+def test_a_split_typo_in_an_axis_entry_names_the_line_before_torch(tmp_path):
+    grid = write_grid(tmp_path, ["  val:", "    - {name: a, set: {data.val: {name: synthetic, split: val}}}",
+                                 "    - name: b", "      set:", "        data.val.split: tset"])
+    with pytest.raises(ConfigError) as exc:
+        read_grid(str(grid))
+    assert str(exc.value) == (f"{grid}:8: data.val.split: expected a split of synthetic (train, val, test), got "
+                              f"'tset' (cell b)")
+
+
+TABLE = ["table:", "  title: T", "  datasets: [synthetic]", "  metrics: [iou, corloc]"]
+
+
+@pytest.mark.parametrize("lines,message", [
+    (["  rows: [large/crop, large/crp]"], "{grid}:14: table.rows: 'large/crp' is not a cell of the grid; cells: "
+     "small/crop, small/crop+gf, large/crop, large/crop+gf"),
+    (["  published:", "    small/crop: [0.5, 1.0]", "    smal/crop: [0.5, 1.0]"],
+     "{grid}:16: table.published: 'smal/crop' is not a cell of the grid; cells: small/crop, small/crop+gf, "
+     "large/crop, large/crop+gf"),
+    (["  published:", "    small/crop: [0.5]"],
+     "{grid}:15: table.published.small/crop has 1 values; expected 2 (datasets × metrics, dataset-major)"),
+    (["  published: {small/crop: [0.5, high]}"],
+     "{grid}:14: table.published.small/crop: expected a list of 2 numbers, got [0.5, 'high']"),
+    (["  metric: [iou]"], "{grid}:14: table: unknown key(s) metric; valid keys: title, datasets, metrics, rows, "
+                          "published"),
+])
+def test_the_table_section_is_checked_against_the_cells_when_the_grid_is_read(tmp_path, lines, message):
+    """Issue 21: the grid's table: section was only checked by make_tables, and a row's typo gave a row of —."""
+    from analysis.paper import table_layout
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    grid.write_text(grid.read_text() + "\n".join(TABLE + lines) + "\n")
+    for read in (read_grid, table_layout):
+        with pytest.raises(ConfigError) as exc:
+            read(str(grid))
+        assert str(exc.value) == message.format(grid=grid)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("  metrics: [iou, corlock]", "{grid}:13: table.metrics: 'corlock' is not a metric; metrics: acc, iou,"),
+    ("  metrics: iou", "{grid}:13: table.metrics: expected a non-empty list of metrics, got 'iou'"),
+    ("  datasets: [synthetik]",
+     "{grid}:13: table.datasets: 'synthetik' is not a dataset; registered datasets: coco20k,"),
+])
+def test_table_datasets_and_metrics_must_be_known_names(tmp_path, line, message):
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    key = line.split(":")[0]
+    grid.write_text(grid.read_text() + "\n".join([t for t in TABLE if not t.startswith(key)] + [line]) + "\n")
+    with pytest.raises(ConfigError) as exc:
+        read_grid(str(grid))
+    assert str(exc.value).startswith(message.format(grid=grid))
+
+
+def test_a_valid_table_is_read_with_the_grid_and_by_itself(tmp_path):
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    grid.write_text(grid.read_text() + "\n".join(TABLE + ["  rows: [large/crop]", "  published:",
+                                                          "    large/crop: [0.5, 70]"]) + "\n")
+    table = read_grid(str(grid)).table
+    assert table == read_table(str(grid))
+    assert (table.title, table.rows, table.datasets, table.metrics) == ("T", ("large/crop",), ("synthetic",),
+                                                                        ("iou", "corloc"))
+    assert table.published == {("large/crop", "synthetic", "iou"): 0.5, ("large/crop", "synthetic", "corloc"): 70.0}
+
+
+# Study files are read by the same path (segtricks.spec.study.load_study): every error names its line.
+STUDY = ["name: s", f"base: {DEMO_CELL}", "objective:", "  dataset: {name: synthetic, split: val, limit: 4}",
+         "  metric: iou", "search_space:", "  gf.radius: {type: int, low: 2, high: 4}"]
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ("split: val,", "split: vla,", "{path}:4: objective.dataset.split: expected a split of synthetic (train, val, "
+                                   "test), got 'vla'"),
+    ("split: val,", "splt: val,", "{path}:4: objective.dataset: unknown key(s) splt; valid keys: limit, name, "
+                                  "on_error, root, split"),
+    ("  metric: iou", "  metric: IoU", "{path}:5: objective.metric 'IoU' unknown; one of acc, iou,"),
+    ("  metric: iou", "  metrik: iou", "{path}:5: objective: unknown key(s) metrik; valid keys: dataset, metric, "
+                                       "direction"),
+    ("low: 2, high: 4", "low: 4, high: 2", "{path}:7: search_space.gf.radius: empty or inverted range [4, 2]"),
+    ("name: s", "nme: s", "{path}:1: unknown key(s) nme; valid keys: name, description, base,"),
+])
+def test_a_study_file_error_names_its_line(tmp_path, old, new, message):
+    """Issue 21: most study errors named the file without a line."""
+    from segtricks.spec.study import load_study
+    path = tmp_path / "study_s.yaml"
+    path.write_text("\n".join(STUDY).replace(old, new) + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_study(str(path))
+    assert str(exc.value).startswith(message.format(path=path))

@@ -53,14 +53,15 @@ def _maps_folder(tmp_path, n=3):
 
 
 @pytest.mark.parametrize("module", ["analysis.make_tables", "analysis.runs", "segtricks.tracking.store",
-                                    "segtricks.evaluation.map_evaluation", "segtricks.evaluation.metrics", "segtricks.data.datasets",
+                                    "segtricks.tracking.artifacts", "segtricks.evaluation.map_evaluation",
+                                    "segtricks.evaluation.metrics", "segtricks.data.datasets",
                                     "segtricks.method.guided_filter_numpy", "segtricks.engine.checkpoint"])
 def test_reading_results_and_scoring_maps_import_no_torch(module):
     code, out, heavy = loaded(module, "import")
     assert code == 0 and heavy == [], out
 
 
-@pytest.mark.parametrize("module", ["segtricks.train", "segtricks.evaluate", "analysis.make_tables"])
+@pytest.mark.parametrize("module", ["segtricks.train", "segtricks.evaluate", "analysis.make_tables", "segtricks.cache"])
 def test_help_imports_no_torch(module):
     code, out, heavy = loaded(module, "--help")
     assert code == 0 and "usage:" in out and heavy == []

@@ -3,14 +3,16 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from segtricks.engine import checkpoint
-from segtricks.method import losses
-from segtricks.models.model import build_model
-from segtricks.evaluation.predict import predict_masks, predict_raw, select_foreground
-from segtricks.spec.registry import UnknownNameError
-from segtricks.engine.loop import Hook, NonFiniteLossError, loss_terms, loss_weights, resolve_device
-from segtricks.method.tricks import postprocess
+from segtricks.engine import checkpoint, loop
+from segtricks.engine.device import resolve_device
+from segtricks.engine.hooks import Hook, build_hooks
+from segtricks.engine.loop import NonFiniteLossError, loss_terms, loss_weights
 from segtricks.engine.training import ConfigMismatchError, Training
+from segtricks.evaluation.predict import predict_masks, predict_raw, select_foreground
+from segtricks.method import losses
+from segtricks.method.tricks import postprocess
+from segtricks.models.model import build_model
+from segtricks.spec.registry import UnknownNameError
 
 
 # Two epochs of two steps, so that a training can be interrupted and resumed between them, with the
@@ -27,14 +29,37 @@ class Interrupt(Exception):
     pass
 
 
-class OnEpoch(Hook):
-    """Calls fn(epoch, metrics) after each epoch (after the checkpoint)."""
+class Recorder(Hook):
+    """Records the loop's calls to its hooks; raises Interrupt after epoch ``stop_after`` (which the
+    checkpoint hook, before it, has saved)."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, stop_after=None):
+        self.calls, self.stop_after = [], stop_after
+
+    def before_train(self, state):
+        self.calls.append("before_train")
 
     def after_epoch(self, state, metrics):
-        self.fn(state.epoch, metrics)
+        self.calls.append(f"after_epoch {state.epoch}")
+        if state.epoch == self.stop_after:
+            raise Interrupt
+
+    def after_train(self, state):
+        self.calls.append("after_train")
+
+
+@pytest.fixture
+def step_bars(monkeypatch):
+    """The step bars that ``train_one_epoch`` opens (tqdm marks a bar it has closed ``disable``)."""
+    bars = []
+
+    class Recorded(loop.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self)
+
+    monkeypatch.setattr(loop, "tqdm", Recorded)
+    return bars
 
 
 def trained(cfg, *hooks):
@@ -43,26 +68,33 @@ def trained(cfg, *hooks):
     return training
 
 
-def test_resumed_training_ends_with_the_same_weights(tmp_path):
+def test_resumed_training_ends_with_the_same_weights(tmp_path, step_bars):
     full = trained(tiny(tmp_path, "full"))
-
-    def stop_after_first_epoch(epoch, metrics):
-        if epoch == 0:
-            raise Interrupt
-
     cfg = tiny(tmp_path, "resumed")
+    interrupted = Recorder(stop_after=0)
     with pytest.raises(Interrupt):
-        trained(cfg, OnEpoch(stop_after_first_epoch))
+        trained(cfg, interrupted)
+    assert interrupted.calls == ["before_train", "after_epoch 0", "after_train"]  # after_train on failure too
     assert checkpoint.load(cfg.output_dir + "/last.pt")["epoch"] == 0
-    seen = []
-    resumed = trained(cfg, OnEpoch(lambda e, m: seen.append(e)))
-    assert seen == [1]  # only the second epoch ran
+    resumed_calls = Recorder()
+    resumed = trained(cfg, resumed_calls)
+    assert resumed_calls.calls == ["before_train", "after_epoch 1", "after_train"]  # only the second epoch ran
+    assert len(step_bars) == 4 and all(bar.disable for bar in step_bars)  # every step bar closed
     a = checkpoint.load(full.last_path)["head"]
     b = checkpoint.load(resumed.last_path)["head"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert full.history() == resumed.history()
+
+
+def test_builtin_hooks_run_in_their_order_before_the_callers(tmp_path):
+    caller = Recorder()
+    training = Training(tiny(tmp_path))
+    assert [type(h).__name__ for h in build_hooks(training, [caller])] == [
+        "Validation", "Checkpointing", "ProgressLine", "Recorder"]
+    training.cfg.data.val = None  # nothing to validate on: the latest epoch is the best
+    assert [type(h).__name__ for h in build_hooks(training)] == ["Checkpointing", "ProgressLine"]
 
 
 def test_training_changes_the_head_and_is_deterministic(tmp_path):
@@ -78,9 +110,9 @@ def test_training_changes_the_head_and_is_deterministic(tmp_path):
 def test_finished_training_does_no_more_work(tmp_path):
     cfg = tiny(tmp_path)
     trained(cfg)
-    ran = []
-    result = trained(cfg, OnEpoch(lambda e, m: ran.append(e)))
-    assert ran == [] and len(result.history()) == 2
+    calls = Recorder()
+    result = trained(cfg, calls)
+    assert calls.calls == [] and len(result.history()) == 2
 
 
 def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
@@ -94,14 +126,19 @@ def test_best_checkpoint_is_the_best_validation_epoch(tmp_path):
 
 def test_output_dir_of_another_config_is_refused(tmp_path):
     trained(tiny(tmp_path, over={"optim.epochs": 1}))
-    with pytest.raises(ConfigMismatchError, match="another config"):
+    with pytest.raises(ConfigMismatchError, match="another config") as refused:
         trained(tiny(tmp_path, over={"optim.epochs": 1, "optim.lr": 1e-3}))
+    assert refused.value.exit_code == 2
 
 
-def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch):
+def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch, step_bars):
     monkeypatch.setattr(losses, "fine_graph_tv", lambda *a, **k: torch.tensor(float("nan")))
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1: fine_tv=nan"):
-        trained(tiny(tmp_path))
+    calls = Recorder()
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1: fine_tv=nan") as stopped:
+        trained(tiny(tmp_path), calls)
+    assert stopped.value.exit_code == 1
+    assert calls.calls == ["before_train", "after_train"]  # after_train on failure too
+    assert len(step_bars) == 1 and step_bars[0].disable  # the bar of the failed epoch is closed
 
 
 @pytest.mark.parametrize("over,error,match", [

@@ -9,6 +9,7 @@ from PIL import Image
 from conftest import require_shared
 from segtricks.data.datasets import boxes_from_mask
 from segtricks.evaluation.metrics import SaliencyEvaluator, box_iou, corloc_hit, largest_component_box
+from segtricks.spec.vocabulary import METRICS, SALIENCY_METRICS
 
 
 def load_gray(path):
@@ -148,6 +149,22 @@ def test_hand_computed_small_case():
     p, r = 4 / 6, 1.0
     f = 1.3 * p * r / (0.3 * p + r)
     assert ev.results()["max_fbeta"] == pytest.approx(f)
+
+
+def test_results_are_named_as_the_vocabulary_names_the_metrics():
+    """Every name a study, a table or the grid's summary reads (segtricks.spec.vocabulary) is a key of
+    results(), and results() reports nothing else but the counts."""
+    gt = np.zeros((8, 8), dtype=bool)
+    gt[2:6, 2:6] = True
+    full, quick = SaliencyEvaluator(with_structure=True), SaliencyEvaluator(with_structure=False)
+    for ev in (full, quick):
+        ev.update(gt * 0.8 + 0.1, gt, "boxed", boxes=np.array([[2, 2, 6, 6]]))
+        ev.update(gt * 0.6, gt, "unboxed")
+    assert set(full.results()) == set(METRICS) | {"n_images", "skipped"}
+    assert set(quick.results()) == {n for n, m in METRICS.items() if not m.structure} | {"n_images", "skipped"}
+    masks_only = SaliencyEvaluator()
+    masks_only.update(gt * 0.8, gt, "a")
+    assert set(masks_only.results()) == set(SALIENCY_METRICS) | {"n_images", "skipped"}
 
 
 def test_size_mismatch_is_an_error():

@@ -1,5 +1,8 @@
 """The evaluation's prediction cache: one model run per (model, dataset), the same numbers either way,
 a changed model never served stale masks, and a killed evaluation leaves no cache behind."""
+import json
+import os
+
 import pytest
 import torch
 
@@ -128,16 +131,15 @@ def test_two_workers_publishing_the_same_cache_at_once_both_finish(tmp_path, mon
     """Before: the .json was written through one temporary name for every process, so the second of
     two workers publishing the same keys at once (--workers N, trainings on one backbone) found its
     temporary file taken by the first's rename and failed its evaluation with FileNotFoundError."""
-    from segtricks.evaluation import prediction_cache
     from segtricks.evaluation.prediction_cache import ArrayCache
     pid = {"now": 1001}
-    monkeypatch.setattr(prediction_cache.os, "getpid", lambda: pid["now"])
+    monkeypatch.setattr(os, "getpid", lambda: pid["now"])
     ids = ["a", "b"]
     first, second = (ArrayCache(tmp_path, "keys", {}, ids, (1,)) for _ in range(2))
     first.put(ids, torch.zeros(2, 1))
     pid["now"] = 1002
     second.put(ids, torch.ones(2, 1))
-    real_replace = prediction_cache.os.replace
+    real_replace = os.replace
 
     def replace(src, dst):  # the second worker publishes between the first's .json write and rename
         if str(dst).endswith(".json") and pid["now"] == 1001:
@@ -146,7 +148,7 @@ def test_two_workers_publishing_the_same_cache_at_once_both_finish(tmp_path, mon
             pid["now"] = 1001
         real_replace(src, dst)
 
-    monkeypatch.setattr(prediction_cache.os, "replace", replace)
+    monkeypatch.setattr(os, "replace", replace)
     pid["now"] = 1001
     first.close(ids)
     monkeypatch.undo()
@@ -187,3 +189,17 @@ def test_building_and_reading_a_cache_maps_none_of_it_into_memory(setting, monke
     again, _ = scores(cfg, model, [], cache)
     assert mapped == [False] * 3 and str(npy) not in open("/proc/self/maps").read()
     assert again == first
+
+
+def test_cache_file_names_are_those_earlier_evaluations_wrote(setting, tmp_path):
+    """A cache is found by its file name: the names (protocol name included) and the hash of the key
+    must stay those of the caches already on disk (the key cache's does not depend on the model)."""
+    cfg, model, _ = setting
+    keys = tmp_path / "keys"
+    for protocol in ("ours", "reference"):
+        evaluate_model(model, cfg, REF, [], with_structure=False, progress=False, protocol=protocol, keys_dir=keys)
+    stems = ["demo_vit4-synthetic-test-12-56-ours-a4bf2c0e724e4156",
+             "demo_vit4-synthetic-test-12-56-reference-fb86abc68aab8fa8"]
+    assert sorted(p.name for p in keys.iterdir()) == [f"{stem}.{ext}" for stem in stems for ext in ("json", "npy")]
+    about = json.loads(next(keys.glob("*-ours-*.json")).read_text())
+    assert (about["kind"], about["protocol"], about["rows"]) == ("keys", "ours", 12)

@@ -11,12 +11,18 @@ from PIL import Image
 from conftest import tiny_config
 from segtricks.spec import config as config_module
 from segtricks.spec.config import ConfigError, DatasetRef, config_from_dict, config_hash
+from segtricks.spec.registry import UnknownNameError
 from segtricks.engine.training import training_hash
 from segtricks.evaluate import main
-from segtricks.evaluation.model_evaluation import evaluate_model, reference_boxes, reference_mask
+from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.evaluation.protocols import REFERENCE, Protocol, reference_boxes, reference_mask
 from segtricks.models.model import build_model
 from segtricks.evaluation.predict import predict_masks, select_foreground, select_foreground_per_batch
+
+# The reference's fields under another name: the evaluation reads what to do from the fields alone.
+RENAMED = Protocol("renamed", batch_size=8, centre_crop=True, batch_statistics=True, per_batch_foreground=True,
+                   metric_prefix="renamed", keeps_samples=False)
 
 
 def small_cfg(tmp_path, over=None):
@@ -53,6 +59,23 @@ def test_reference_prediction_uses_test_batch_statistics_and_leaves_the_model_un
         model.train()
         fine = model(images)["fine"]
     torch.testing.assert_close(together, 1 - fine if fine.mean() > 0.5 else fine)
+    torch.testing.assert_close(predict_masks(model, images, cfg, protocol=REFERENCE), together)
+    torch.testing.assert_close(predict_masks(model, images, cfg, protocol=RENAMED), together)
+
+
+def test_batch_statistics_and_per_batch_inversion_are_separate_switches(tmp_path):
+    cfg = small_cfg(tmp_path)
+    model = build_model(cfg).eval()
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 32, 32)
+    only_bn = Protocol("only_bn", batch_size=None, centre_crop=False, batch_statistics=True,
+                       per_batch_foreground=False, metric_prefix="only_bn", keeps_samples=False)
+    with torch.no_grad():
+        model.train()
+        fine = model(images)["fine"]
+        model.eval()
+    torch.testing.assert_close(predict_masks(model, images, cfg, protocol=only_bn), select_foreground(fine))
+    assert not model.training
 
 
 def test_ground_truth_is_resized_and_centre_cropped_by_hand():
@@ -102,6 +125,7 @@ def test_maps_are_scored_on_the_centre_crop(tmp_path):
     reference = evaluate_maps(maps, cfg, dataset, progress=False, protocol="reference").results()
     assert ours["iou"] == pytest.approx(64 / (64 + 96))
     assert reference["iou"] == pytest.approx(1.0)
+    assert evaluate_maps(maps, cfg, dataset, progress=False, protocol=RENAMED).results() == reference
 
 
 def test_model_evaluation_under_both_protocols(tmp_path):
@@ -112,7 +136,10 @@ def test_model_evaluation_under_both_protocols(tmp_path):
     reference = evaluate_model(model, cfg, test, with_structure=False, progress=False, protocol="reference").results()
     assert ours["n_images"] == reference["n_images"] == 10
     assert ours["iou"] != reference["iou"]
-    with pytest.raises(ValueError, match="unknown evaluation protocol"):
+    renamed = evaluate_model(model, cfg, test, with_structure=False, progress=False, protocol=RENAMED).results()
+    assert renamed == reference
+    with pytest.raises(UnknownNameError, match="unknown evaluation protocol 'theirs'; registered evaluation "
+                                               "protocols: ours, reference"):
         evaluate_model(model, cfg, test, progress=False, protocol="theirs")
 
 
@@ -145,3 +172,6 @@ def test_evaluate_cli_names_the_protocol(tmp_path, capsys):
     assert main(["--centre-prior", "--dataset", "synthetic", "--split", "test", "--limit", "4",
                  "--eval-protocol", "reference"]) == 0
     assert "evaluation protocol: reference" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:  # the choices are the registry's names
+        main(["--centre-prior", "--dataset", "synthetic", "--eval-protocol", "theirs"])
+    assert refused.value.code == 2 and "(choose from 'ours', 'reference')" in capsys.readouterr().err

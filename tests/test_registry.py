@@ -5,7 +5,8 @@ import pytest
 
 from segtricks.models.backbones import BACKBONES, build_backbone
 from segtricks.data.datasets import DATASETS
-from segtricks.spec.registry import Registry, UnknownNameError, _declared_names
+from segtricks.errors import BadInput
+from segtricks.spec.registry import Registry, UnknownNameError, _declared_entries, registered_attributes
 from segtricks.method.tricks import TRICKS, get_tricks
 
 
@@ -43,12 +44,36 @@ def test_every_registered_callable_documents_its_contract(name):
 
 
 def test_names_read_from_source_equal_the_live_registries():
-    """The command-line tools check a grid's names by reading the registering modules' source (no
-    torch import); a registration that reading cannot see would make a valid grid fail."""
+    """The command-line tools check a grid's names (and datasets' splits) by reading the registering
+    modules' source (no torch import); a registration that reading cannot see would make a valid grid fail."""
     from segtricks.spec.grid import COMPONENTS
     live = {"backbone": BACKBONES, "trick": TRICKS, "dataset": DATASETS}
     for kind, (module, registry, helpers) in COMPONENTS.items():
-        assert _declared_names(module, registry, tuple(helpers)) == live[kind].names(), kind
+        declared = _declared_entries(module, registry, tuple(helpers))
+        assert list(declared) == live[kind].names(), kind
+        assert declared == registered_attributes(module, registry, helpers), kind  # the live answer (imported)
+        assert declared == {n: live[kind].attributes(n) for n in live[kind].names()}, kind
+
+
+def test_attributes_are_registered_with_the_name_and_read_as_literals():
+    reg = Registry("widget", contract="fn() -> None")
+
+    @reg.register(splits=("a", "b"))
+    def w():
+        """A widget."""
+
+    assert reg.attributes("w") == {"splits": ("a", "b")} and reg.attributes("w") is not reg.attributes("w")
+    with pytest.raises(UnknownNameError, match="unknown widget 'v'; registered widgets: w"):
+        reg.attributes("v")
+
+
+def test_an_unknown_name_is_bad_input_and_a_duplicate_is_a_programming_error():
+    assert issubclass(UnknownNameError, BadInput) and issubclass(UnknownNameError, KeyError)
+    reg = Registry("widget", contract="fn() -> None")
+    reg.register("a")(len)
+    with pytest.raises(ValueError) as duplicate:
+        reg.register("a")(len)
+    assert not isinstance(duplicate.value, BadInput)  # a bug keeps its traceback, not an error: line
 
 
 def test_a_typo_in_a_grid_name_is_reported_without_importing_torch():

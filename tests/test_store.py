@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from segtricks.tracking import store as tracking
+from segtricks.tracking import claims
+from segtricks.tracking.connect import StoreError
+from segtricks.tracking.store import Store
 from segtricks.ablate import main as ablate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,16 +54,16 @@ def test_a_kill_during_store_creation_leaves_no_half_created_store(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
 
 
-def _reopen(db: Path) -> tracking.Store:
+def _reopen(db: Path) -> Store:
     """A fresh first contact with ``db``, as a new process makes (MLflow caches stores per URI)."""
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
     _tracking_store_registry._get_store_with_resolved_uri.cache_clear()
-    return tracking.Store(f"sqlite:///{db}")
+    return Store(f"sqlite:///{db}")
 
 
 def _store(tmp_path) -> Path:
     db = tmp_path / "mlflow.db"
-    tracking.Store(f"sqlite:///{db}").experiment("x")
+    Store(f"sqlite:///{db}").experiment("x")
     return db
 
 
@@ -81,18 +83,18 @@ def test_half_migrated_store_is_named_with_its_recovery(tmp_path):
     with sqlite3.connect(db) as con:
         con.execute("UPDATE alembic_version SET version_num = 'cc1f77228345'")  # the stamp one step behind
     engine.dispose()
-    with pytest.raises(tracking.StoreError, match=rf"{db} is a half-created MLflow store .* holds no runs: "
+    with pytest.raises(StoreError, match=rf"{db} is a half-created MLflow store .* holds no runs: "
                                                   rf"move it aside \(mv {db} {db}.broken\)"):
         _reopen(db)
 
 
 def test_store_with_runs_at_an_older_schema_suggests_mlflow_db_upgrade(tmp_path):
     db = _store(tmp_path)
-    store = tracking.Store(f"sqlite:///{db}")
+    store = Store(f"sqlite:///{db}")
     store.start(store.experiment("x"), "r", {})
     with sqlite3.connect(db) as con:
         con.execute("UPDATE alembic_version SET version_num = '451aebb31d03'")  # an early MLflow revision
-    with pytest.raises(tracking.StoreError, match=rf"{db} holds 1 runs .* mlflow db upgrade sqlite:///{db}"):
+    with pytest.raises(StoreError, match=rf"{db} holds 1 runs .* mlflow db upgrade sqlite:///{db}"):
         _reopen(db)
 
 
@@ -218,14 +220,14 @@ def test_a_store_path_that_is_a_directory_is_one_line(in_tmp, capsys):
 CELL = {"cell": "c", "config_hash": "h" * 64}
 
 
-def _all_runs(store: tracking.Store, exp_id: str) -> dict:
+def _all_runs(store: Store, exp_id: str) -> dict:
     from mlflow.entities import ViewType
     return {r.info.run_id: r for r in store.client.search_runs([exp_id], run_view_type=ViewType.ALL)}
 
 
 def test_a_losing_claim_is_killed_and_deleted(tmp_path):
     """Before: the loser's run was deleted but left RUNNING."""
-    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp_id = store.experiment("x")
     won = store.claim(exp_id, "c", CELL)
     assert won is not None and store.claim(exp_id, "c", CELL) is None
@@ -238,7 +240,7 @@ def test_a_claim_whose_insert_waited_loses_to_the_claim_that_looked_first(tmp_pa
     """Before: the older MLflow start time won, and it is taken before the insert: a claim stalled
     between the two (SQLite's write lock, a loaded machine) won over a rival that had already looked,
     seen no one and started; both trained."""
-    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp_id = store.experiment("x")
     first = store.claim(exp_id, "c", CELL)
     started = store.client.get_run(first.id).info.start_time
@@ -250,10 +252,10 @@ def test_a_claim_whose_insert_waited_loses_to_the_claim_that_looked_first(tmp_pa
 
 def test_a_claim_counts_a_rival_not_yet_timed_as_earlier_once_it_has_waited(tmp_path, monkeypatch):
     """A rival run created but whose claim time is not written yet is waited for, then lost to."""
-    monkeypatch.setattr(tracking, "STALE_AFTER_S", 1.0)
-    store = tracking.Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(claims, "STALE_AFTER_S", 1.0)
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp_id = store.experiment("x")
-    rival = store.start(exp_id, "c", {**CELL, "heartbeat": str(time.time() + 60), **tracking.worker_tags()})
+    rival = store.start(exp_id, "c", {**CELL, "heartbeat": str(time.time() + 60), **claims.worker_tags()})
     start = time.time()
     assert store.claim(exp_id, "c", CELL) is None
     assert time.time() - start >= 1.0
@@ -267,25 +269,25 @@ def test_a_lost_claim_plans_again_instead_of_training_a_cell_that_shares_the_riv
     role=train runs). The rival here claims the baseline just before this worker and dies."""
     from segtricks.runners import grid_runner
     from segtricks.spec.grid import load_grid
-    monkeypatch.setattr(tracking, "STALE_AFTER_S", 3.0)  # the dead rival's run is resumed soon
+    monkeypatch.setattr(claims, "STALE_AFTER_S", 3.0)  # the dead rival's run is resumed soon
     path = in_tmp / "g.yaml"
     path.write_text(f"name: g\nbase: {REPO / 'experiments' / 'demo_cell.yaml'}\nset: {{optim.epochs: 1}}\n"
                     f"axes:\n  tricks:\n    - {{name: base, set: {{tricks: []}}}}\n"
                     f"    - {{name: gf, set: {{tricks: [gf]}}}}\n")
     grid = load_grid(str(path), ["optim.steps_per_epoch=2", "optim.batch_size=4", "data.train.limit=8",
                                  "data.val.limit=4", "eval=[{name: synthetic, split: test, limit: 4}]"])
-    claim, rival = tracking.Store.claim, []
+    claim, rival = Store.claim, []
 
     def rival_first(self, exp_id, name, tags, since_ms=None):
         if not rival:
             rival.append(claim(self, exp_id, name, tags, since_ms))
         return claim(self, exp_id, name, tags, since_ms)
 
-    monkeypatch.setattr(tracking.Store, "claim", rival_first)
+    monkeypatch.setattr(Store, "claim", rival_first)
     uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
     rows = grid_runner.run_grid(grid, uri)
     assert sorted((r["cell"], r["status"]) for r in rows) == [("base", "FINISHED"), ("gf", "FINISHED")]
-    store = tracking.Store(uri)
+    store = Store(uri)
     by_cell = {r.data.tags["cell"]: r for r in store.runs(store.experiment("g"))}
     assert by_cell["base"].info.run_id == rival[0].id  # the dead rival's run, resumed
     assert by_cell["base"].data.tags["role"] == "train" and "role" not in by_cell["gf"].data.tags

@@ -10,6 +10,7 @@ from conftest import DEMO_CELL, TINY_FLAGS, tiny_config
 from segtricks.engine import checkpoint, training as training_module
 from segtricks.models import model as model_module
 from segtricks.ablate import main as ablate
+from segtricks.engine.hooks import Hook
 from segtricks.engine.loop import loss_terms
 from segtricks.engine.training import State, Training
 from segtricks.method.tricks import TRICKS, TrainingTrick
@@ -25,7 +26,7 @@ class Stop(Exception):
     pass
 
 
-class StopAfterFirstEpoch(training_module.Hook):
+class StopAfterFirstEpoch(Hook):
     def after_epoch(self, state, metrics):
         raise Stop
 

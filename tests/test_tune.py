@@ -14,7 +14,8 @@ from conftest import DEMO_CELL
 from segtricks.spec.config import ConfigError, config_from_dict
 from segtricks.spec import study as study_module
 from segtricks.spec.study import PRUNERS, SAMPLERS, load_study
-from segtricks.runners.study_runner import Pruning, tune
+from segtricks.engine.hooks import Pruning
+from segtricks.runners.study_runner import tune
 from segtricks.tune import main
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,10 +27,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from segtricks.errors import BadInput
 from segtricks.spec.config import DatasetRef
 from segtricks.spec.registry import Registry
 from segtricks.data.synthetic import SPLIT_SIZES, SPLIT_STREAMS, render
 
+# ``splits``: the values ``ref.split`` may take (config validation refuses others before anything is
+# imported); a dataset registered without them has one split and ignores ``ref.split``.
 DATASETS = Registry("dataset", contract="fn(ref: DatasetRef) -> RawDataset whose load(i) returns a Sample")
 
 
@@ -64,7 +67,7 @@ COCO_URL = "https://cocodataset.org/#download (images and annotations 2014) and 
            "coco_20k_filenames.txt of https://github.com/valeoai/LOST"
 
 
-class DatasetError(ValueError):
+class DatasetError(BadInput, ValueError):
     """A dataset that cannot be read; the message names the folder or file and the fix."""
 
 
@@ -268,7 +271,7 @@ def folder(ref: DatasetRef) -> RawDataset:
 DUTS_TR_VAL = 500  # the last images (sorted by name) are held out for model selection
 
 
-@DATASETS.register()
+@DATASETS.register(splits=("train", "val"))
 def duts_tr(ref: DatasetRef) -> RawDataset:
     """DUTS-TR, ``DUTS-TR/DUTS-TR-Image/*.jpg`` (+ ``DUTS-TR-Mask/*.png`` for ``split: val``).
 
@@ -424,7 +427,7 @@ def boxes_from_mask(mask: np.ndarray) -> np.ndarray:
     return np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-@DATASETS.register()
+@DATASETS.register(splits=("train", "val", "test"))  # SPLIT_SIZES's keys, a literal: read from the source
 def synthetic(ref: DatasetRef) -> RawDataset:
     """Generated shapes on textured backgrounds (segtricks.data.synthetic); splits train/val/test."""
     return SyntheticShapes(split=ref.split, limit=ref.limit)

@@ -1,106 +1,39 @@
 """The training loop: ``train_one_epoch`` and the driver ``fit`` that calls hooks around it.
 
-Behaviour is added through hooks, in the manner of detectron2 and DINO: validation, checkpointing
-(``segtricks.engine.training``), the per-epoch progress line, MLflow logging (``segtricks.tracking.store``) and
-Optuna pruning (``segtricks.tune``) each implement ``before_train / after_epoch / after_train``.
-Training tricks add loss terms through their ``extra_terms`` contract (``segtricks.method.tricks``); the
-loop names none of them. Every epoch reseeds all random streams from (seed, epoch), so a resumed
-training ends with the same weights as an uninterrupted one on CPU.
+Behaviour is added through hooks (``segtricks.engine.hooks``: validation, checkpointing, the progress
+line, MLflow logging, Optuna pruning), in the manner of detectron2 and DINO. Training tricks add loss
+terms through their ``extra_terms`` contract (``segtricks.method.tricks``); the loop names none of them.
+Every epoch reseeds all random streams from (seed, epoch), so a resumed training ends with the same
+weights as an uninterrupted one on CPU.
 
 Metric names (the same in MLflow): ``train.<term>`` (epoch means of the unweighted loss terms and
 of the weighted total ``train.loss``), ``val.iou``, and ``epoch``.
 """
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from segtricks.method import losses
-from segtricks.spec.config import Config, DatasetRef
-from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.data.loaders import EpochSampler, data_loader
-from segtricks.models.model import SegmentationModel
+from segtricks.engine.device import seed_everything
+from segtricks.engine.hooks import Hook, LoopState
+from segtricks.errors import SegtricksError
+from segtricks.method import losses
 from segtricks.method.tricks import TrainStep, training_tricks
+from segtricks.models.model import SegmentationModel
+from segtricks.spec.config import Config
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite; the message names the term, epoch and step."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+class NonFiniteLossError(SegtricksError, FloatingPointError):
+    """A loss term became NaN or infinite; the message names the term, epoch and step. A training
+    failure (exit 1): the config and files are valid, the optimisation diverged."""
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch + 1
-
-
-@dataclass
-class LoopState:
-    """What the loop and its hooks share. ``score`` is this epoch's model-selection score (set by
-    the validation hook; the epoch number when there is none, so the latest epoch is the best)."""
-
-    cfg: Config
-    model: SegmentationModel
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    training_hash: str
-    directory: Path
-    epoch: int = 0
-    history: List[Dict[str, float]] = field(default_factory=list)
-    best_score: float = -float("inf")
-    best_epoch: int = -1
-    score: float = 0.0
-
-
-class Hook:
-    """Base class of training hooks; override the calls you need. An exception raised by a hook
-    stops training (hooks after the checkpoint hook find the epoch already saved)."""
-
-    def before_train(self, state: LoopState) -> None:
-        pass
-
-    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
-        pass
-
-    def after_train(self, state: LoopState) -> None:
-        pass
-
-
-class Validation(Hook):
-    """Adds ``val.iou`` on the validation split (our protocol, no post-processing) and sets the
-    epoch's selection score to it."""
-
-    def __init__(self, ref: DatasetRef) -> None:
-        self.ref = ref
-
-    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
-        ev = evaluate_model(state.model, state.cfg, self.ref, device=state.device, with_structure=False,
-                            progress=False)
-        metrics["val.iou"] = state.score = ev.results()["iou"]
-
-
-class ProgressLine(Hook):
-    """One line per finished epoch with every metric (the step bar lives in ``train_one_epoch``)."""
-
-    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
-        tqdm.write(f"epoch {state.epoch + 1}/{state.cfg.optim.epochs}: " + ", ".join(
-            f"{k} {v:.4f}" for k, v in metrics.items() if k != "epoch"))
 
 
 def loss_weights(cfg: Config) -> Dict[str, float]:
@@ -161,24 +94,24 @@ def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
     weights = loss_weights(cfg)
     model.train()
     sums: Dict[str, float] = {}
-    bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False)
-    for step, images in enumerate(bar):
-        if step >= steps:
-            break
-        images = images.to(state.device, non_blocking=True)
-        if cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
-        # bf16 on CUDA only: on CPUs without native bf16 kernels (oneDNN here) it was 40× slower
-        terms = loss_terms(model, images, cfg, generator, autocast=cuda)
-        check_finite(terms, epoch, step)
-        loss = sum(weights[k] * v for k, v in terms.items())
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        for k, v in {**terms, "loss": loss}.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()})
-    bar.close()
+    # the step bar is closed however the epoch ends (a non-finite loss, an interrupt)
+    with tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False) as bar:
+        for step, images in enumerate(bar):
+            if step >= steps:
+                break
+            images = images.to(state.device, non_blocking=True)
+            if cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            # bf16 on CUDA only: on CPUs without native bf16 kernels (oneDNN here) it was 40× slower
+            terms = loss_terms(model, images, cfg, generator, autocast=cuda)
+            check_finite(terms, epoch, step)
+            loss = sum(weights[k] * v for k, v in terms.items())
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            state.optimizer.step()
+            for k, v in {**terms, "loss": loss}.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()})
     return {f"train.{k}": v / max(steps, 1) for k, v in sums.items()}
 
 
@@ -190,15 +123,19 @@ def training_loader(state: LoopState, train_set: Dataset, collate) -> DataLoader
 
 
 def fit(state: LoopState, train_set: Dataset, collate, hooks: Sequence[Hook]) -> None:
-    """Epochs ``state.epoch`` … ``cfg.optim.epochs − 1``, each followed by every hook in order."""
+    """Epochs ``state.epoch`` … ``cfg.optim.epochs − 1``, each followed by every hook in order
+    (``segtricks.engine.hooks.build_hooks``). Every hook's ``after_train`` runs however training ends,
+    after an exception too, which then propagates (detectron2's ``train`` does the same)."""
     loader = training_loader(state, train_set, collate)
-    for hook in hooks:
-        hook.before_train(state)
-    for epoch in range(state.epoch, state.cfg.optim.epochs):
-        state.epoch = epoch
-        state.score = float(epoch)
-        metrics = train_one_epoch(state, loader)
+    try:
         for hook in hooks:
-            hook.after_epoch(state, metrics)
-    for hook in hooks:
-        hook.after_train(state)
+            hook.before_train(state)
+        for epoch in range(state.epoch, state.cfg.optim.epochs):
+            state.epoch = epoch
+            state.score = float(epoch)
+            metrics = train_one_epoch(state, loader)
+            for hook in hooks:
+                hook.after_epoch(state, metrics)
+    finally:
+        for hook in hooks:
+            hook.after_train(state)

@@ -24,17 +24,22 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from segtricks.engine import checkpoint
-from segtricks.spec.config import NUMBER_NEUTRAL, Config, canonical_sha256, resolved_yaml, to_dict
 from segtricks.data.datasets import build_dataset
-from segtricks.models.model import SegmentationModel, build_model, load_trained
-from segtricks.engine.loop import Hook, LoopState, ProgressLine, Validation, fit, resolve_device, seed_everything
-from segtricks.method.tricks import TRICKS, get_tricks
 from segtricks.data.views import TrainView
+from segtricks.engine import checkpoint
+from segtricks.engine.device import resolve_device, seed_everything
+from segtricks.engine.hooks import Hook, LoopState, build_hooks
+from segtricks.engine.loop import fit
+from segtricks.errors import BadInput
+from segtricks.files import write_atomic
+from segtricks.method.tricks import TRICKS, get_tricks
+from segtricks.models.model import SegmentationModel, build_model, load_trained
+from segtricks.spec.config import NUMBER_NEUTRAL, Config, ConfigError, canonical_sha256, resolved_yaml, to_dict
 
 
-class ConfigMismatchError(RuntimeError):
-    """The folder holds a training of a different training config."""
+class ConfigMismatchError(BadInput, RuntimeError):
+    """The folder holds a training of a different training config (exit 2: choose another output_dir).
+    Still a RuntimeError: a study's ``optimize(catch=(RuntimeError,))`` fails that trial and goes on."""
 
 
 def training_hash(cfg: Config) -> str:
@@ -78,29 +83,6 @@ class TrainingStatus:
         if self.state is State.COMPLETE:
             return f"complete ({self.epochs_done} epochs)"
         return f"corrupt: {self.problem}" if self.state is State.CORRUPT else "absent"
-
-
-class Checkpointing(Hook):
-    """Writes ``best.pt`` (when the epoch's score improved), ``last.pt`` and ``status.json``, in
-    that order, each atomically."""
-
-    def __init__(self, training: "Training") -> None:
-        self.training = training
-
-    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
-        state.history.append({**metrics, "epoch": state.epoch})
-        improved = state.score > state.best_score
-        if improved:
-            state.best_score, state.best_epoch = state.score, state.epoch
-        head, weights = state.model.head.state_dict(), state.model.backbone.weights_id
-        if improved:
-            checkpoint.save_atomic({"head": head, "epoch": state.epoch, "training_hash": state.training_hash,
-                                    "weights_id": weights}, self.training.best_path)
-        checkpoint.save_atomic({"head": head, "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
-                                "history": state.history, "best_score": state.best_score,
-                                "best_epoch": state.best_epoch, "training_hash": state.training_hash,
-                                "weights_id": weights}, self.training.last_path)
-        self.training.write_status(state.epoch + 1, state.best_epoch, state.best_score, weights, state.history)
 
 
 class Training:
@@ -173,9 +155,7 @@ class Training:
         info = {"training_hash": self.hash, "weights_id": weights_id, "epochs_done": epochs_done,
                 "best_epoch": best_epoch, "best_score": best_score, "history": history,
                 "files": {p.name: self._size(p.name) for p in (self.last_path, self.best_path)}}
-        tmp = self.status_path.with_name(f".status.json.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(info, indent=1))
-        os.replace(tmp, self.status_path)
+        write_atomic(self.status_path, json.dumps(info, indent=1))
 
     def _read_status(self) -> Optional[Dict[str, Any]]:
         try:
@@ -222,8 +202,8 @@ class Training:
         """Train, or resume from ``last.pt``; a complete training returns at once, building nothing.
         A corrupt one (a checkpoint that does not load) is set aside and trains again from scratch.
 
-        ``hooks`` run after the built-in ones (validation, checkpointing, progress line), so an
-        exception they raise stops training with the epoch already saved."""
+        ``hooks`` run after the built-in ones (``segtricks.engine.hooks.build_hooks``: validation,
+        checkpointing, progress line), so an exception they raise stops training with the epoch saved."""
         status = self.status()
         if status.state is State.COMPLETE:
             return status
@@ -241,8 +221,9 @@ class Training:
         train_set = TrainView(build_dataset(cfg.data.train), cfg.data.image_size, cfg.data.resize_short,
                               cfg.data.train.on_error)
         if cfg.data.val and not build_dataset(cfg.data.val).has_masks:  # fail before training, not after
-            raise ValueError(f"validation dataset {cfg.data.val.name!r} has no masks; model selection needs them")
-        state = LoopState(cfg, model, optimizer, device, self.hash, self.dir)
+            raise ConfigError(f"data.val: validation dataset {cfg.data.val.name!r} has no masks; model selection "
+                              f"needs them (choose a dataset with masks, or drop data.val)", "data.val")
+        state = LoopState(cfg, model, optimizer, device, self.hash)
         if status.state is State.PARTIAL:
             saved = checkpoint.load(self.last_path)
             model.head.load_state_dict(saved["head"])
@@ -251,8 +232,7 @@ class Training:
             state.best_score, state.best_epoch = saved["best_score"], saved["best_epoch"]
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.yaml").write_text(resolved_yaml(cfg))
-        builtin: List[Hook] = [Validation(cfg.data.val)] if cfg.data.val else []
-        fit(state, train_set, TrainView.collate, [*builtin, Checkpointing(self), ProgressLine(), *hooks])
+        fit(state, train_set, TrainView.collate, build_hooks(self, hooks))
         return self.status()
 
     def model(self, device: Optional[torch.device] = None, which: str = "best") -> SegmentationModel:

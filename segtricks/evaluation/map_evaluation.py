@@ -4,10 +4,10 @@ Maps ``<image id>.png`` (0–255, at their image's size) are read as float64 in 
 full size by ``SaliencyEvaluator`` (SPEC §7); post-processing tricks run on the full-size map.
 Scoring a few hundred maps takes less time than importing torch, so the plain path imports none: the
 guided filter (``gf``) runs through ``segtricks.method.guided_filter_numpy``, the numbers of the torch trick
-on CPU. Torch is imported only for what is torch: other tricks (``bf``), the reference protocol's
-centre-crop view (torchvision's resize, ``segtricks.evaluation.model_evaluation``), and kept samples (tensors, for
-the grid's figures). ``check_protocol``, ``check_post_tricks`` and ``check_foreground`` are the
-checks the model evaluation shares.
+on CPU. Torch is imported only for what is torch: other tricks (``bf``), a protocol's centre-crop
+view (torchvision's resize, ``segtricks.evaluation.protocols``), and kept samples (tensors, for the
+grid's figures). ``check_post_tricks`` and ``check_foreground`` are the checks the model evaluation
+shares.
 """
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ from typing import Callable, Dict, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from segtricks.spec.config import EVAL_PROTOCOLS, Config, DatasetRef
+from segtricks import errors
+from segtricks.spec.config import Config, DatasetRef
 from segtricks.data.datasets import (GT_THRESHOLD, IMAGE_SUFFIXES, DatasetError, Sample, Skipped, build_dataset,
                                 load_or_skip, open_image)
 from segtricks.evaluation.metrics import SaliencyEvaluator
+from segtricks.evaluation.protocols import Protocol, get_protocol, reference_boxes, reference_mask, reference_view
 from segtricks.spec.registry import UnknownNameError, registered_names
 
 
@@ -39,11 +41,6 @@ def _gf_on_map(mask: np.ndarray, rgb: np.ndarray, cfg: Config) -> np.ndarray:
 NUMPY_TRICKS: Dict[str, Callable[[np.ndarray, np.ndarray, Config], np.ndarray]] = {"gf": _gf_on_map}
 
 
-def check_protocol(protocol: str) -> None:
-    if protocol not in EVAL_PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {protocol!r}; use one of {', '.join(EVAL_PROTOCOLS)}")
-
-
 def check_post_tricks(tricks: Sequence[str]) -> None:
     """Every name a registered post-processing trick. Names are checked without importing the tricks
     registry (torch); the stage of a name outside NUMPY_TRICKS is looked up in it."""
@@ -58,8 +55,8 @@ def check_post_tricks(tricks: Sequence[str]) -> None:
     for trick in get_tricks(tricks):
         if trick.stage != "post":
             post = [n for n in TRICKS.names() if TRICKS.get(n).stage == "post"]
-            raise ValueError(f"trick {trick.name!r} is a training trick; evaluation applies only "
-                             f"post-processing tricks ({', '.join(post)})")
+            raise errors.BadInput(f"trick {trick.name!r} is a training trick; evaluation applies only "
+                                  f"post-processing tricks ({', '.join(post)})")
 
 
 def check_foreground(evaluator: SaliencyEvaluator, ref: DatasetRef) -> None:
@@ -116,15 +113,16 @@ def postprocess_map(soft: np.ndarray, rgb: np.ndarray, tricks: Sequence[str], cf
 
 def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tricks: Sequence[str] = (),
                   with_structure: bool = True, progress: bool = True, keep_samples: int = 0,
-                  protocol: str = "ours") -> SaliencyEvaluator:
+                  protocol: str | Protocol = "ours") -> SaliencyEvaluator:
     """Score a folder of grayscale maps ``<id>.png`` (0–255, the ground truth's size) on ``ref``.
 
-    ``maps_dir=None`` scores the centred Gaussian prior instead (the no-learning baseline). Under the
-    reference protocol map, image and ground truth are scored in the reference's centre-crop view.
+    ``maps_dir=None`` scores the centred Gaussian prior instead (the no-learning baseline). Under a
+    ``centre_crop`` protocol (the reference's) map, image and ground truth are scored in the reference's
+    centre-crop view; BatchNorm and inversion do not apply to maps.
     The first ``keep_samples`` (id, image, mask, map) are kept in ``evaluator.samples``, as tensors.
     """
     check_post_tricks(tricks)
-    check_protocol(protocol)
+    protocol = get_protocol(protocol)
     if maps_dir is not None:
         maps_dir = Path(maps_dir)
         if not maps_dir.is_dir():
@@ -137,11 +135,10 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
         evaluator.skip(s.id, s.reason)
     label = maps_dir.name if maps_dir is not None else "centre prior"
     size = cfg.data.image_size
-    uses_torch = protocol == "reference" or keep_samples > 0 or not all(n in NUMPY_TRICKS for n in tricks)
+    uses_torch = protocol.centre_crop or keep_samples > 0 or not all(n in NUMPY_TRICKS for n in tricks)
     if uses_torch:
         import torch
 
-        from segtricks.evaluation.model_evaluation import reference_boxes, reference_mask, reference_view
         from segtricks.engine.threads import one_thread
     with one_thread() if uses_torch else nullcontext():  # small per-image tensor ops (segtricks.engine.threads)
         for index in tqdm(range(len(raw)), desc=f"evaluate {label} on {ref.name}", disable=not progress):
@@ -162,7 +159,7 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
             # the image (3, H, W) in [0, 1] only where it is used: a guide, a view, a sample
             rgb = ((np.asarray(sample.image, dtype=np.float32) / 255.0).transpose(2, 0, 1)
                    if tricks or uses_torch else None)
-            if protocol == "reference":
+            if protocol.centre_crop:
                 boxes = reference_boxes(boxes, *rgb.shape[-2:], size)
                 soft = reference_view(torch.from_numpy(soft)[None], size)[0].numpy()
                 rgb = reference_view(torch.from_numpy(rgb), size).numpy()

@@ -38,7 +38,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from segtricks.errors import BadInput
+
 BETA2 = 0.3
+
+
+class NothingScoredError(BadInput, ValueError):
+    """Every image of an evaluation was skipped (or there were none): there is no score to report."""
+
 EPS = float(np.spacing(1))  # MATLAB's eps, as the S/E-measure reference code uses
 
 
@@ -215,6 +222,10 @@ class SaliencyEvaluator:
         self._pending_hists: List[np.ndarray] = []
         self._pending_rows: List[Dict[str, object]] = []
         self._scratch = Scratch()
+        # each image's F curve under the paper's max_fbeta (float32, 1 KB an image): the evidence that
+        # lets analysis recompute the dataset-level statistic on any resample of images
+        self._curve_ids: List[str] = []
+        self._f_curves: List[np.ndarray] = []
 
     def update(self, pred, gt=None, image_id: str = "", boxes: Optional[np.ndarray] = None,
                **extra: object) -> Dict[str, object]:
@@ -281,7 +292,10 @@ class SaliencyEvaluator:
         tp, pos = at_least[:, 0, 1], at_least[:, 0, 0] + at_least[:, 0, 1]  # paper: the map as predicted
         n_gt, size = tp[:, :1], pos[:, :1]
         # paper protocol: pred > k/255 ⇔ q ≥ k + 1, k = 0…254
-        self.sum_f_curve += fbeta(tp[:, 1:] / np.maximum(pos[:, 1:], 1), tp[:, 1:] / np.maximum(n_gt, 1)).sum(0)
+        f_curves = fbeta(tp[:, 1:] / np.maximum(pos[:, 1:], 1), tp[:, 1:] / np.maximum(n_gt, 1))
+        self.sum_f_curve += f_curves.sum(0)
+        self._f_curves.append(f_curves.astype(np.float32))
+        self._curve_ids += [str(row["image_id"]) for row in self._pending_rows]
         best_f = fbeta(tp / np.maximum(pos, 1), tp / np.maximum(n_gt, 1)).max(-1)
         inter, pos_half = tp[:, 128], pos[:, 128]  # q ≥ 128 ⇔ pred ≥ 0.5
         union = pos_half + n_gt[:, 0] - inter
@@ -299,7 +313,9 @@ class SaliencyEvaluator:
     def results(self) -> Dict[str, float]:
         df = self.records()
         if df.empty:
-            raise ValueError("no image was evaluated")
+            first = f" (the first: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ""
+            raise NothingScoredError(f"no image was scored: {len(self.skipped)} were skipped{first}; check the "
+                                     f"dataset's files, or its limit")
         out: Dict[str, float] = {"n_images": len(df), "skipped": len(self.skipped)}
         if "corloc_hit" in df:
             out["corloc"] = 100.0 * df["corloc_hit"].dropna().astype(float).mean()
@@ -318,6 +334,13 @@ class SaliencyEvaluator:
             e = self.sum_e_curve / self.n
             out.update(s_measure=df["s_measure"].mean(), max_e_measure=e.max(), mean_e_measure=e.mean())
         return {k: float(v) for k, v in out.items()}
+
+    def f_curves(self) -> Tuple[List[str], np.ndarray]:
+        """Each scored image's F curve of the paper's ``max_fbeta`` (ids, float32 (n, 255)): the mean of
+        the rows is the image-averaged curve, whose max ``results()["max_fbeta"]`` is (to 1e-6)."""
+        self._flush()
+        return list(self._curve_ids), (np.concatenate(self._f_curves) if self._f_curves
+                                       else np.zeros((0, 255), np.float32))
 
     def skip(self, image_id: str, reason: str) -> None:
         """Count an image that could not be scored (``results()["skipped"]``, ``self.skipped``)."""

@@ -1,9 +1,9 @@
-"""Foreground masks from a trained model, under our evaluation protocol or the reference's.
+"""Foreground masks from a trained model, under an evaluation protocol (``segtricks.evaluation.protocols``).
 
 Ours (SPEC §7): BatchNorm uses its running statistics (eval mode), and each mask whose mean is above
 0.5 is inverted on its own. The reference's (SPEC §8.2–8.3), reproduced on request only: BatchNorm
-normalises with the test batch's statistics (train mode), and one inversion decision is taken for
-the whole batch.
+normalises with the test batch's statistics (train mode, ``Protocol.batch_statistics``), and one
+inversion decision is taken for the whole batch (``Protocol.per_batch_foreground``).
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from segtricks.spec.config import Config
+from segtricks.evaluation.protocols import Protocol, get_protocol
 from segtricks.models.model import SegmentationModel
 from segtricks.method.tricks import postprocess
 
@@ -31,12 +32,12 @@ def select_foreground_per_batch(mask: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def evaluation_mode(model: SegmentationModel, protocol: str) -> Iterator[None]:
-    """Eval mode (ours), or train mode with the BatchNorm buffers restored afterwards (reference):
-    the reference's test-batch statistics must not leak into the model's running statistics."""
+def evaluation_mode(model: SegmentationModel, protocol: Protocol) -> Iterator[None]:
+    """Eval mode, or train mode with the BatchNorm buffers restored afterwards (``batch_statistics``):
+    the test batches' statistics must not leak into the model's running statistics."""
     was_training = model.training
-    saved = [b.clone() for b in model.head.buffers()] if protocol == "reference" else []
-    model.train(protocol == "reference")
+    saved = [b.clone() for b in model.head.buffers()] if protocol.batch_statistics else []
+    model.train(protocol.batch_statistics)
     try:
         yield
     finally:
@@ -46,25 +47,26 @@ def evaluation_mode(model: SegmentationModel, protocol: str) -> Iterator[None]:
 
 
 @torch.no_grad()
-def predict_raw(model: SegmentationModel, images: torch.Tensor, protocol: str = "ours",
+def predict_raw(model: SegmentationModel, images: torch.Tensor, protocol: str | Protocol = "ours",
                 features: Optional[torch.Tensor] = None, autocast: Optional[bool] = None) -> torch.Tensor:
     """Soft float32 foreground masks (B, 1, H, W) in [0, 1] at the input size, before any post-processing.
 
-    ``protocol`` "ours" or "reference" (see the module docstring); the caller's train/eval mode is
-    restored afterwards. ``features``: the backbone's keys of ``images``, when already known.
+    ``protocol``: a registered name or a ``Protocol`` (see the module docstring); the caller's
+    train/eval mode is restored afterwards. ``features``: the backbone's keys of ``images``, when already known.
     ``autocast``: run the model under bf16 autocast (default: on CUDA only)."""
+    protocol = get_protocol(protocol)
     with evaluation_mode(model, protocol):
         with torch.autocast(images.device.type, dtype=torch.bfloat16,
                             enabled=images.is_cuda if autocast is None else autocast):
             fine = model(images, features)["fine"]
-    select = select_foreground_per_batch if protocol == "reference" else select_foreground
+    select = select_foreground_per_batch if protocol.per_batch_foreground else select_foreground
     # float32 before anything downstream (the inversion's mean > 0.5, GF/BF, the float16 caches)
     return select(fine.float())
 
 
 @torch.no_grad()
 def predict_masks(model: SegmentationModel, images: torch.Tensor, cfg: Config,
-                  tricks: Sequence[str] = (), protocol: str = "ours") -> torch.Tensor:
+                  tricks: Sequence[str] = (), protocol: str | Protocol = "ours") -> torch.Tensor:
     """``predict_raw``, then the post-processing ``tricks`` (names), in order."""
     return postprocess(predict_raw(model, images, protocol), images, tricks, cfg)
 

@@ -16,7 +16,9 @@ and the backbone's weights id; for keys: the backbone and its weights id; for bo
 reference and item ids, the prediction size and the protocol). A retrained model or a changed
 dataset hashes differently, so a stale file is never read: it is replaced. Files appear by rename,
 so a killed evaluation leaves no half-written cache; the temporary files carry their writer's host
-and pid (``segtricks.cache.temp_path``), so that ``cache rm`` can tell a live writer's from a dead one's.
+and pid (``segtricks.files.temp_path``), so that ``cache rm`` can tell a live writer's from a dead one's.
+The ``.npy`` is built row by row in its temporary file, synced and renamed; the ``.json`` is then
+written whole (``segtricks.files.write_atomic``): its presence says the cache is complete.
 
 Rows pass through float16 whether they come from the cache or are computed, so that the first
 evaluation and every later one report the same numbers.
@@ -35,7 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from segtricks.cache import temp_path
+from segtricks.files import temp_path, write_atomic
 from segtricks.spec.config import DatasetRef, canonical_sha256
 from segtricks.data.datasets import RawDataset
 from segtricks.models.model import SegmentationModel
@@ -143,19 +145,20 @@ class ArrayCache:
         """Publish the built cache when it holds every id in ``seen`` (the evaluation ran to its end)."""
         if self._new is None:
             return
+        complete = set(seen) <= self._written
+        if complete:  # on disk before the .json says it is complete
+            os.fsync(self._new.file.fileno())
         self._new.file.close()
         self._new = None
-        if not set(seen) <= self._written:
+        if not complete:
             self._tmp.unlink(missing_ok=True)
             return
         for old in self.folder.glob(f"{self.stem}-*"):  # an older model's or dataset's rows: stale
             old.unlink(missing_ok=True)
+        # the rows were written in place through pwrite (RowFile), so the .npy is renamed by hand
         os.replace(self._tmp, self.path)
-        meta = self.path.with_suffix(".json")
-        tmp_meta = temp_path(meta)
-        tmp_meta.write_text(json.dumps({"present": sorted(self._written), **self.about,
-                                        "rows": len(self.ids), "created": time.time()}))
-        os.replace(tmp_meta, meta)
+        write_atomic(self.path.with_suffix(".json"), json.dumps({"present": sorted(self._written), **self.about,
+                                                                 "rows": len(self.ids), "created": time.time()}))
 
 
 class NoCache:
@@ -178,6 +181,8 @@ class NoCache:
 
 
 def _dataset_key(ref: DatasetRef, raw: RawDataset, size: int, protocol: str) -> Tuple[str, Dict[str, Any], List[str]]:
+    """(file name stem, hashed key, ids) of a dataset's rows; ``protocol`` is the protocol's name, as
+    the caches made before ``Protocol`` existed carry it."""
     ids = [raw.item_id(i) for i in range(len(raw))]
     stem = f"{ref.name}-{ref.split}-{ref.limit or 'all'}-{size}-{protocol}"  # segtricks.cache parses it
     return stem, {"size": size, "protocol": protocol, "dataset": [ref.name, ref.root, ref.split, ref.limit]}, ids

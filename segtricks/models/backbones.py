@@ -27,6 +27,7 @@ import timm
 import torch
 from torch import nn
 
+from segtricks.errors import BadInput
 from segtricks.spec.registry import Registry
 
 BACKBONES = Registry(
@@ -44,11 +45,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(BadInput, FileNotFoundError):
     """The weights file is not on this machine and could not be downloaded."""
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(BadInput, ValueError):
     """A checkpoint that does not fit the backbone's architecture."""
 
 

@@ -8,9 +8,14 @@ import torch
 from torch import nn
 
 from segtricks.engine import checkpoint
+from segtricks.errors import BadInput
 from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
-from segtricks.spec.config import Config
 from segtricks.models.head import SempartHead
+from segtricks.spec.config import Config, ConfigError
+
+
+class OtherWeightsError(BadInput, ValueError):
+    """A trained head loaded over backbone weights other than those it was trained on."""
 
 
 class SegmentationModel(nn.Module):
@@ -47,10 +52,8 @@ def build_model(cfg: Config) -> SegmentationModel:
     """Backbone (weights resolved per cfg.backbone) and a freshly initialised head."""
     backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights)
     if cfg.data.image_size % backbone.patch_size:
-        raise ValueError(
-            f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
-            f"{backbone.patch_size} of backbone {cfg.backbone.name!r}"
-        )
+        raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
+                          f"{backbone.patch_size} of backbone {cfg.backbone.name!r}", "data.image_size")
     return SegmentationModel(backbone, SempartHead(backbone.embed_dim, backbone.patch_size))
 
 
@@ -59,7 +62,7 @@ def load_trained(cfg: Config, checkpoint_path: Path) -> SegmentationModel:
     model = build_model(cfg)
     state = checkpoint.load(checkpoint_path)
     if state["weights_id"] != model.backbone.weights_id:
-        raise ValueError(f"{checkpoint_path} was trained on backbone weights {state['weights_id']}, but "
+        raise OtherWeightsError(f"{checkpoint_path} was trained on backbone weights {state['weights_id']}, but "
                          f"{cfg.backbone.name} resolves to {model.backbone.weights_id} here")
     model.head.load_state_dict(state["head"])
     return model

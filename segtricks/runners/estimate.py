@@ -43,18 +43,19 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from segtricks.engine import checkpoint
-from segtricks.models.backbones import RANDOM_INIT, build_backbone
-from segtricks.spec.config import Config, DatasetRef, config_from_dict, to_dict
 from segtricks.data.datasets import PUBLISHED_SIZES, DatasetError, Sample, build_dataset
 from segtricks.data.loaders import resolve_workers
-from segtricks.evaluation.metrics import SaliencyEvaluator
-from segtricks.models.model import build_model
-from segtricks.evaluation.predict import predict_raw, resize_to
-from segtricks.engine.threads import one_thread
-from segtricks.engine.loop import loss_terms, loss_weights
-from segtricks.method.tricks import post_trick_names, postprocess, training_tricks
 from segtricks.data.views import TrainView
+from segtricks.engine import checkpoint
+from segtricks.engine.loop import loss_terms, loss_weights
+from segtricks.engine.threads import one_thread
+from segtricks.evaluation.metrics import SaliencyEvaluator
+from segtricks.evaluation.predict import predict_raw, resize_to
+from segtricks.method.tricks import post_trick_names, postprocess, training_tricks
+from segtricks.models.backbones import RANDOM_INIT, build_backbone
+from segtricks.models.model import build_model
+from segtricks.spec.config import Config, DatasetRef, config_from_dict, to_dict
+from segtricks.tracking.connect import open_client
 
 RECORD_BYTES = 160  # one per-image row of records/<dataset>.csv (measured on the demo: 120–170 B)
 FIXED_ARTIFACT_BYTES = 1.5e6  # per cell and dataset: samples .npz, prediction figure (demo: 0.6–1.4 MB)
@@ -287,11 +288,10 @@ def loader_images_per_s(cfg: Config, original_hw: Tuple[int, int], n: int = 16) 
 
 def measure_store() -> Tuple[float, float]:
     """Seconds to create a fresh SQLite MLflow store, and to log one run (params, metrics, an artifact)."""
-    from segtricks.tracking import store as tracking
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
         t0 = time.perf_counter()
-        client = tracking.open_client(uri)
+        client = open_client(uri)
         created = time.perf_counter() - t0
         t0 = time.perf_counter()
         exp = client.create_experiment("estimate", artifact_location=f"{tmp}/artifacts")
@@ -475,12 +475,11 @@ class CachePlan:
 
     def evaluations(self, cell) -> List[PlannedEvaluation]:
         cfg, out = cell.cfg, []
-        protocols = cfg.eval_protocols
         patch, dim, _ = architecture(cfg)
         side = cfg.data.image_size // patch
         for ref in cfg.eval:
             n = self.size_of(ref).images
-            for protocol in protocols:
+            for protocol in cfg.eval_protocols:  # each protocol predicts (and caches) its own masks
                 masks = (cell.training_hash, ref.name, ref.root, ref.split, ref.limit, protocol)
                 keys = (cfg.backbone.name, cfg.backbone.weights, ref.name, ref.root, ref.split, ref.limit,
                         cfg.data.image_size, protocol)

@@ -3,9 +3,10 @@
 
 Without it a grid on a fresh machine fails cell after cell, each with the first missing thing it
 meets, and leaves a FAILED run per cell. ``ablate`` and ``tune`` run this check before creating any
-run and exit with code 2 when something is missing; ``ablate --dry-run`` shows it as "will fail".
-The output root is checked first, the same way (``output_root_error``), and the free space for the
-evaluation caches last (``disk_warning``: a warning, since a cache can be turned off).
+run and refuse to start when something is missing (``errors.BadInput``: exit 2); ``ablate --dry-run``
+shows it as "will fail". The output root is checked first, the same way (``check_output_root``), and
+the free space for the evaluation caches last (``disk_warning``: a warning, since a cache can be
+turned off).
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from segtricks.models.backbones import RELEASES, WeightsNotFoundError, find_weights
-from segtricks.spec.config import Config, DatasetRef
+from segtricks import errors
 from segtricks.data.datasets import DatasetError, build_dataset
+from segtricks.models.backbones import RELEASES, WeightsNotFoundError, find_weights
 from segtricks.runners.estimate import disk_needed, free_bytes, human_bytes
+from segtricks.spec.config import Config, DatasetRef
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,20 @@ def report(missing_by_cell: Dict[str, Sequence[Missing]]) -> str:
     return "\n".join(lines)
 
 
+def refuse_missing(missing_by_cell: Dict[str, Sequence[Missing]]) -> None:
+    """Stop before any run exists when anything is missing: ``report``'s lines, as a ``BadInput``."""
+    if any(missing_by_cell.values()):
+        raise errors.BadInput(report(missing_by_cell))
+
+
 # why a probe file could not be created, in the words of the error line
 _NOT_WRITABLE = {errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
                  errno.EPERM: "permission denied", errno.ENOSPC: "no space left on the device"}
 
 
-def output_root_error(root: str) -> Optional[str]:
-    """Why trainings cannot keep their checkpoints under ``--output-root root`` (one line), or None.
+def check_output_root(root: str) -> None:
+    """Refuse (``errors.BadInput``, one line) an ``--output-root`` where trainings cannot keep their
+    checkpoints.
 
     Checked before any store or run exists: otherwise every cell fails on it and leaves a FAILED run.
     The root must be a folder, or be creatable (the nearest existing folder above it is one), and
@@ -118,15 +127,15 @@ def output_root_error(root: str) -> Optional[str]:
     prefix = f"--output-root {root}: " + ("" if folder == path else f"cannot be created: {folder} ")
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.is_file() else "is not a folder"
-        return f"{prefix}{what}; choose another --output-root"
+        raise errors.BadInput(f"{prefix}{what}; choose another --output-root")
     try:
         fd, probe = tempfile.mkstemp(prefix=".segtricks-write-test-", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         reason = _NOT_WRITABLE.get(exc.errno, exc.strerror)
-        return f"{prefix}{'' if folder == path else 'is '}not writable ({reason}); choose another --output-root"
-    return None
+        raise errors.BadInput(f"{prefix}{'' if folder == path else 'is '}not writable ({reason}); "
+                              f"choose another --output-root") from None
 
 
 def disk_warning(cells: Sequence, actions: Dict[str, str], root: Path) -> Optional[str]:

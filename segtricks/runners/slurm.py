@@ -1,15 +1,12 @@
-"""Slurm launching through submitit: a grid's training groups, or a study's workers, as array tasks.
+"""The Slurm cluster as the launchers see it: the launcher flags, every check before a submission, the
+submitit executor, and the wait for the tasks. Torch-free and light: the commands parse these flags,
+and the tracking store reads ``slurm_job``, before anything heavy is imported.
 
-``ablate --launcher slurm`` submits one array task per *training group* that still has work: the
-cells sharing a training hash (cells scoring precomputed maps are groups of one). A task trains once
-(resuming from ``last.pt``) and evaluates every cell of its group in the same allocation, so a grid
-needs no job dependencies. ``tune --launcher slurm --workers N`` submits N tasks, each running the
-ordinary ``tune`` loop on the shared study storage.
-
-Preemption and time-outs: the task callables are ``submitit.helpers.Checkpointable``; on Slurm's
-signal submitit requeues the task with the same arguments, and the requeued task resumes. Runs are
-tagged with the Slurm job (``slurm_job``), so a requeued task takes its previous attempt's RUNNING run
-as its own instead of waiting for the heartbeat to go stale (``tracking.is_live``).
+What is submitted (a grid's training groups, a study's workers) is ``segtricks.runners.slurm_submit``'s;
+the tasks themselves (``segtricks.runners.tasks``) are ``submitit.helpers.Checkpointable``: on
+preemption or time-out submitit requeues a task with the same job, and it resumes. Runs are tagged
+with the Slurm job (``slurm_job``), so a requeued task takes its previous attempt's RUNNING run as its
+own instead of waiting for the heartbeat to go stale (``segtricks.tracking.claims.is_live``).
 
 Everything is checked before anything is submitted (``preflight``): ``sbatch`` on PATH, the partition
 (``sinfo``), ``--slurm-arg`` keys (submitit's Slurm parameters), that what a task asks (CPUs, GPUs,
@@ -31,13 +28,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from segtricks.errors import BadInput
+
 # Filesystems every node of a cluster can mount (a node-local disk is none of these).
 SHARED_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "cifs", "smb2", "smbfs", "ceph", "cephfs",
                       "glusterfs", "fuse.glusterfs", "fuse.cephfs", "fuse.sshfs", "panfs", "wekafs", "9p"}
 
 
-class LaunchError(ValueError):
-    """A Slurm submission that cannot work; the message says what to change."""
+class LaunchError(BadInput):
+    """A Slurm submission that cannot work; the message says what to change (exit status 2)."""
 
 
 @dataclass

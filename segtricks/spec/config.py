@@ -3,9 +3,11 @@
 One ``Config`` describes one ablation cell. Every source of values is a ``Layer`` (a mapping of
 dotted keys, and where it came from): a YAML file, a grid's ``set:`` and axis entries, a study's
 ``set:`` and sampled parameters, each ``--set key=value`` flag. ``compose(layers)`` merges them in
-order and validates strictly: an unknown key or a value of the wrong type is an error naming the
-layer that set it (file and line where there is one, or the flag) and the key path, before anything
-runs. ``resolved_yaml`` is what every run logs; ``config_hash`` identifies a cell (the training's
+order and validates strictly: an unknown key, a value of the wrong type or out of range, a split the
+dataset does not have, is an error naming the layer that set it (file and line where there is one,
+or the flag) and the key path, before anything runs or imports torch. Grid and study files are read
+by the same reader (``read_yaml_file``: each value's line) and checked by the same ``check_keys``.
+``resolved_yaml`` is what every run logs; ``config_hash`` identifies a cell (the training's
 identity is ``segtricks.engine.training.training_hash``).
 """
 from __future__ import annotations
@@ -13,20 +15,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import itertools
 import json
 import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from segtricks.spec.registry import registered_names
+from segtricks.errors import BadInput
+from segtricks.spec.registry import registered_attributes, registered_names
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput, ValueError):
     """A config that cannot be used; the message names the source and the key.
 
     ``key`` is the dotted key path at fault where there is one (used to blame the layer that set it).
@@ -43,10 +47,9 @@ EVAL_PROTOCOLS = tuple(registered_names("segtricks.evaluation.protocols", "PROTO
 # The key ``eval_protocols`` replaced: "ours" meant [ours], "reference" meant both.
 LEGACY_EVAL_PROTOCOL = {"ours": ["ours"], "reference": ["ours", "reference"]}
 
-# The saliency metrics ``segtricks.evaluation.metrics.SaliencyEvaluator`` reports, in table order (a study's
-# objective names one of them, checked before anything heavy is imported).
-METRICS = ("acc", "iou", "max_fbeta", "max_fbeta_per_image", "max_fbeta_pr_curve",
-           "mean_fbeta_adaptive", "mae", "s_measure", "max_e_measure", "mean_e_measure")
+# Where datasets are registered, each with the splits it has (``splits``; none: one split, ``split`` ignored).
+DATASET_REGISTRY = ("segtricks.data.datasets", "DATASETS")
+ON_ERROR = ("raise", "skip")  # a dataset's bad files stop the run, or are logged, counted and left out
 
 
 @dataclass
@@ -61,7 +64,7 @@ class DatasetRef:
     root: Optional[str] = None  # dataset folder; None: $SEGTRICKS_DATA/<dataset's folder>
     split: str = "train"
     limit: Optional[int] = None  # use only the first N items (quick runs, tests)
-    on_error: str = "raise"  # "skip": log, count and leave out unreadable or inconsistent files
+    on_error: str = "raise"  # ON_ERROR; "skip": log, count and leave out unreadable or inconsistent files
 
 
 @dataclass
@@ -189,14 +192,19 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {value!r}", where)
 
 
+def check_keys(given: Iterable[Any], valid: Sequence[str], at: str = "") -> None:
+    """The one schema check of the mappings users write (config sections, grid, study and table
+    files): keys outside ``valid`` are ``<at>: unknown key(s) a, b; valid keys: <valid, in order>``,
+    a ConfigError whose ``key`` is the first unknown key's path (its source's line is found by it)."""
+    unknown = sorted(set(map(str, given)) - set(valid))
+    if unknown:
+        raise ConfigError(f"{at + ': ' if at else ''}unknown key(s) {', '.join(unknown)}; valid keys: "
+                          f"{', '.join(valid)}", f"{at}.{unknown[0]}" if at else unknown[0])
+
+
 def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where + ': ' if where else ''}unknown key(s) {', '.join(unknown)}; "
-                          f"valid keys: {', '.join(sorted(names))}",
-                          f"{where}.{unknown[0]}" if where else unknown[0])
+    check_keys(data, sorted(f.name for f in dataclasses.fields(cls)), where)
     kwargs = {k: _convert(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
@@ -204,32 +212,39 @@ def _build(cls: type, data: Dict[str, Any], where: str) -> Any:
 @dataclass
 class Layer:
     """One source of config values: ``values`` maps dotted keys (``optim.lr``) or top-level keys to
-    values, each replacing what earlier layers set there; ``source`` names it in errors."""
+    values, each replacing what earlier layers set there; ``source`` names it in errors, ``lines``
+    (read from a YAML file: ``YamlFile.layer``) the line of each key path it sets."""
 
     values: Dict[str, Any]
     source: str
+    lines: Dict[str, int] = field(default_factory=dict)  # key path → 1-based line; "": the whole layer's
+
+    def where(self, key: str = "") -> str:
+        """``source:line`` of ``key`` (or of the nearest key above it) where the line is known, else ``source``."""
+        line = _line_at(self.lines, key)
+        return f"{self.source}:{line}" if line else self.source
 
 
-def _blame(origin: Dict[str, str], key: str, default: str) -> str:
-    """The source of the layer that last set ``key`` or the nearest key above it."""
+def _blame(origin: Dict[str, Layer], key: str, default: str) -> str:
+    """Where the layer that last set ``key`` (or the nearest key above it) sets it."""
     best = ""
     for k in origin:
         if (key == k or key.startswith(k + ".") or key.startswith(k + "[")) and len(k) > len(best):
             best = k
-    return origin.get(best, default)
+    return origin[best].where(key) if best else default
 
 
 def compose(layers: Sequence[Layer]) -> Config:
     """Merge ``layers`` in order over the defaults and validate the result (see the module docstring)."""
     data: Dict[str, Any] = {}
-    origin: Dict[str, str] = {}
+    origin: Dict[str, Layer] = {}
     for layer in layers:
         for key, value in layer.values.items():
             key = str(key)
             set_dotted(data, key, copy.deepcopy(value))
             for k in [k for k in origin if k.startswith(key + ".")]:
                 del origin[k]  # replaced together with the mapping above them
-            origin[key] = layer.source
+            origin[key] = layer
     default = layers[0].source if layers else "<defaults>"
     if "eval_protocol" in data:
         _read_legacy_eval_protocol(data, origin, default)
@@ -244,7 +259,7 @@ def compose(layers: Sequence[Layer]) -> Config:
     if not cfg.eval_protocols or len(set(cfg.eval_protocols)) < len(cfg.eval_protocols):
         raise ConfigError(f"{_blame(origin, 'eval_protocols', default)}: eval_protocols: expected a non-empty list "
                           f"of distinct protocols, got {cfg.eval_protocols!r}", "eval_protocols")
-    for key, value, rule in _out_of_range(cfg):
+    for key, value, rule in itertools.chain(_out_of_range(cfg), *(dataset_ref_problems(r, k) for k, r in _refs(cfg))):
         raise ConfigError(f"{_blame(origin, key, default)}: {key}: expected {rule}, got {value!r}", key)
     repeated = [t for i, t in enumerate(cfg.tricks) if t in cfg.tricks[:i]]
     if repeated:  # it would run twice (filter twice, add its loss twice): a typo, not an ablation
@@ -255,7 +270,7 @@ def compose(layers: Sequence[Layer]) -> Config:
 _warned_legacy: set = set()
 
 
-def _read_legacy_eval_protocol(data: Dict[str, Any], origin: Dict[str, str], default: str) -> None:
+def _read_legacy_eval_protocol(data: Dict[str, Any], origin: Dict[str, Layer], default: str) -> None:
     """``eval_protocol: ours|reference`` (the key before ``eval_protocols``) as the list it meant, with
     one deprecation line per source that still writes it."""
     source = _blame(origin, "eval_protocol", default)
@@ -267,7 +282,7 @@ def _read_legacy_eval_protocol(data: Dict[str, Any], origin: Dict[str, str], def
         raise ConfigError(f"{source}: eval_protocol: expected one of ours, reference, got {value!r} (the key is "
                           f"deprecated: write eval_protocols: [ours] or [ours, reference])", "eval_protocol")
     data["eval_protocols"] = LEGACY_EVAL_PROTOCOL[value]
-    origin["eval_protocols"] = origin.pop("eval_protocol", source)
+    origin["eval_protocols"] = origin.pop("eval_protocol")
     if source not in _warned_legacy:
         _warned_legacy.add(source)
         print(f"warning: {source}: eval_protocol: {value} is deprecated; write eval_protocols: "
@@ -282,9 +297,7 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
                   "crop.teacher_gf_radius": cfg.crop.teacher_gf_radius, "bf.cg_iterations": cfg.bf.cg_iterations}
     if cfg.optim.steps_per_epoch is not None:
         at_least_1["optim.steps_per_epoch"] = cfg.optim.steps_per_epoch
-    refs = [("data.train", cfg.data.train)] + ([("data.val", cfg.data.val)] if cfg.data.val else [])
-    refs += [(f"eval[{i}]", r) for i, r in enumerate(cfg.eval)]
-    at_least_1.update({f"{where}.limit": r.limit for where, r in refs if r.limit is not None})
+    at_least_1.update({f"{where}.limit": r.limit for where, r in _refs(cfg) if r.limit is not None})
     for key, value in at_least_1.items():
         if value < 1:
             yield key, value, "an integer ≥ 1"
@@ -310,26 +323,118 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
         yield "data.resize_short", cfg.data.resize_short, f"≥ data.image_size ({cfg.data.image_size})"
 
 
+def _refs(cfg: Config) -> List[Tuple[str, DatasetRef]]:
+    """(key path, reference) of every dataset the config reads."""
+    refs = [("data.train", cfg.data.train)] + ([("data.val", cfg.data.val)] if cfg.data.val else [])
+    return refs + [(f"eval[{i}]", r) for i, r in enumerate(cfg.eval)]
+
+
+def dataset_ref_problems(ref: DatasetRef, key: str) -> Iterator[Tuple[str, Any, str]]:
+    """(key, value, rule) for the ``on_error`` and ``split`` of the dataset reference at ``key`` that the
+    dataset would refuse: caught here, torch-free, not as a missing dataset after the imports. A
+    dataset registered without ``splits`` ignores ``split``; an unregistered name is left to
+    ``grid.validate_names``, which lists the registered ones."""
+    if ref.on_error not in ON_ERROR:
+        yield f"{key}.on_error", ref.on_error, " or ".join(ON_ERROR)
+    splits = registered_attributes(*DATASET_REGISTRY).get(ref.name, {}).get("splits")
+    if splits and ref.split not in splits:
+        yield f"{key}.split", ref.split, f"a split of {ref.name} ({', '.join(splits)})"
+
+
 def config_from_dict(data: Dict[str, Any], source: str = "<dict>") -> Config:
     """Build a Config from nested dicts; missing keys keep their defaults."""
     return compose([Layer(data or {}, source)])
 
 
-def read_yaml_mapping(path: str | Path, what: str = "config file") -> Dict[str, Any]:
-    """A YAML file whose top level is a mapping; a missing file or bad YAML is one clear error."""
+@dataclass
+class YamlFile:
+    """A YAML file's top-level mapping and the line of every value in it: what lets each error about
+    a config, grid or study file name ``file:line``."""
+
+    path: Path
+    data: Dict[str, Any]
+    lines: Dict[str, int]  # key path (``optim.lr``, ``axes.tricks[0].set``) → 1-based line of its value
+
+    def where(self, key: str = "") -> str:
+        """``path:line`` of the value at ``key`` (or of the nearest key above it in the file), or the path alone."""
+        line = _line_at(self.lines, key)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """``<path:line of key>: <message>``."""
+        return ConfigError(f"{self.where(key)}: {message}", key)
+
+    def check_keys(self, given: Dict[str, Any], valid: Sequence[str], key: str = "") -> None:
+        """``check_keys`` of the mapping ``given`` found at ``key``, naming the line of its first unknown key."""
+        try:
+            check_keys(given, valid, key)
+        except ConfigError as exc:
+            raise self.error(exc.key, str(exc)) from None
+
+    def section(self, cls: type, key: str, values: Any) -> Any:
+        """``values`` (found at ``key``) as the dataclass ``cls``, converted and checked as a config's
+        sections are; the error names the line of the key at fault."""
+        try:
+            return _convert(values, cls, key)
+        except ConfigError as exc:
+            raise self.error(exc.key, str(exc)) from None
+
+    def layer(self, key: str = "", values: Optional[Dict[str, Any]] = None) -> Layer:
+        """The mapping at ``key`` (the whole file by default, or ``values`` read from there) as a config
+        layer whose errors name this file and the line of the key at fault."""
+        prefix = f"{key}." if key else ""
+        lines = {k[len(prefix):]: n for k, n in self.lines.items() if k.startswith(prefix)}
+        if key in self.lines:
+            lines[""] = self.lines[key]  # keys it does not set are blamed on the mapping's line
+        return Layer(self.data if values is None else values, str(self.path), lines)
+
+
+def _key_lines(node: yaml.Node, key: str = "") -> Dict[str, int]:
+    """The 1-based line of the value at ``key`` and at every key path below it in a composed YAML node:
+    ``{"": 1, "optim": 2, "optim.lr": 3, "eval": 5, "eval[0]": 5, "eval[0].name": 5}``."""
+    lines = {key: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            child = str(getattr(k, "value", k))
+            lines.update(_key_lines(v, f"{key}.{child}" if key else child))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            lines.update(_key_lines(v, f"{key}[{i}]"))
+    return lines
+
+
+def _line_at(lines: Dict[str, int], key: str) -> Optional[int]:
+    """``lines[key]``, else the line of the nearest key above it (``eval[0].name``, ``eval[0]``, ``eval``, "")."""
+    while key not in lines:
+        if not key:
+            return None
+        key = key[:max(key.rfind("."), key.rfind("["), 0)]
+    return lines[key]
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> YamlFile:
+    """A YAML file whose top level is a mapping, with its lines; a missing file or bad YAML is one clear error."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        data = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as exc:
         where, problem, caret = _yaml_error(exc)
         raise ConfigError(f"{path}{where}: could not parse YAML: {problem}{caret}") from None
     if data is None:
-        return {}
+        return YamlFile(path, {}, {})
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of config keys")
-    return data
+    lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))  # parsed above: where each value is
+    del lines[""]  # an error that no key locates names the file alone
+    return YamlFile(path, data, lines)
+
+
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> Dict[str, Any]:
+    """The top-level mapping of a YAML file (``read_yaml_file`` without the lines)."""
+    return read_yaml_file(path, what).data
 
 
 def _yaml_error(exc: yaml.YAMLError) -> Tuple[str, str, str]:
@@ -347,7 +452,7 @@ def _yaml_error(exc: yaml.YAMLError) -> Tuple[str, str, str]:
 
 def load_config(path: str | Path, overrides: Optional[Dict[str, Any]] = None, flags: Sequence[str] = ()) -> Config:
     """A YAML config file, then ``overrides`` (dotted keys), then ``--set key=value`` flags."""
-    layers = [Layer(read_yaml_mapping(path), str(path))]
+    layers = [read_yaml_file(path).layer()]
     if overrides:
         layers.append(Layer(overrides, f"overrides of {path}"))
     return compose([*layers, *set_flag_layers(flags)])

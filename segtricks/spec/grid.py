@@ -11,14 +11,21 @@ A grid file (``experiments/<name>.yaml``)::
       tricks:
         - {name: baseline, set: {tricks: []}}
         - {name: crop+gf, set: {tricks: [crop, gf]}}
-    table: {...}                 # optional: the paper table it regenerates (``analysis.layouts``)
+    table:                       # optional: the paper table it regenerates (``TableSpec``)
+      title: "Table 3: IoU per backbone and trick combination"
+      datasets: [dut_omron, duts_te, ecssd]
+      metrics: [iou]
+      rows: [...]                # optional: the grid's cells, in the paper's order (default: grid order)
+      published:                 # optional: per cell, datasets in order, each with its metrics in order
+        dino_s8/baseline: [.664, .761, .853]
 
-A cell's name joins its axis values (``dino_s8/crop+gf``); its config is composed from the layers
-base file, ``set``, the axis entries and command-line ``--set`` flags (``segtricks.spec.config.compose``).
-Every cell is validated (keys, types, registered backbone, trick and dataset names) before anything
-runs, and before torch is imported (``read_grid``); errors name the file and line, or the flag. A flag
-on a key that an axis varies is refused, as it would give that axis's cells one value (``--force-set``
-applies it). Cells of one training hash share one ``Training`` (``load_grid``).
+A cell's name joins its axis values (``vocabulary.cell_name``: ``dino_s8/crop+gf``); its config is
+composed from the layers base file, ``set``, the axis entries and command-line ``--set`` flags
+(``segtricks.spec.config.compose``). Every cell is validated (keys, types, registered backbone, trick
+and dataset names, splits) and the table checked against the cells before anything runs, and before
+torch is imported (``read_grid``); errors name the file and line (of the grid or its base file), or
+the flag. A flag on a key that an axis varies is refused, as it would give that axis's cells one
+value (``--force-set`` applies it). Cells of one training hash share one ``Training`` (``load_grid``).
 """
 from __future__ import annotations
 
@@ -29,13 +36,16 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 import yaml
 
-from segtricks.spec.config import Config, ConfigError, Layer, compose, config_hash, read_yaml_mapping, set_flag_layers
+from segtricks.spec.config import (DATASET_REGISTRY, Config, ConfigError, Layer, YamlFile, compose, config_hash,
+                                   read_yaml_file, set_flag_layers)
 from segtricks.spec.registry import registered_names
+from segtricks.spec.vocabulary import METRICS, cell_name
 
 if TYPE_CHECKING:
     from segtricks.engine.training import Training
 
 GRID_KEYS = ("name", "description", "base", "set", "axes", "table")
+TABLE_KEYS = ("title", "datasets", "metrics", "rows", "published")
 
 
 def experiments_dir() -> Path:
@@ -43,6 +53,17 @@ def experiments_dir() -> Path:
     beside the package (a source checkout)."""
     here = Path.cwd() / "experiments"
     return here if here.is_dir() else Path(__file__).resolve().parents[2] / "experiments"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """The paper table a grid file declares (its ``table:`` section), checked against the grid's cells."""
+
+    title: str
+    rows: Tuple[str, ...]  # cell names, in the paper's order
+    datasets: Tuple[str, ...]
+    metrics: Tuple[str, ...]
+    published: Dict[Tuple[str, str, str], float] = field(default_factory=dict)  # (row, dataset, metric)
 
 
 @dataclass
@@ -68,7 +89,7 @@ class Grid:
     path: Path
     cells: List[Cell]
     description: str = ""
-    table: Optional[Dict[str, Any]] = None  # the paper table's layout and published values
+    table: Optional[TableSpec] = None
 
 
 def experiment_file(name_or_path: str, kind: str, plural: str, prefix: str, known: Callable[[], List[str]]) -> Path:
@@ -103,49 +124,32 @@ def list_grids() -> List[str]:
     return names
 
 
-def _line_of(node: yaml.Node, keys: List[Any]) -> Optional[int]:
-    """1-based line of the value at ``keys`` inside a composed YAML node, where it can be found."""
-    for key in keys:
-        if isinstance(node, yaml.MappingNode):
-            match = [v for k, v in node.value if k.value == key]
-            if not match:
-                return None
-            node = match[0]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-        else:
-            return None
-    return node.start_mark.line + 1
-
-
-def _read_yaml(path: Path) -> tuple[Dict[str, Any], yaml.Node]:
-    data = read_yaml_mapping(path, "grid file")
-    return data, yaml.compose(path.read_text())
-
-
-def base_and_set_layers(path: Path, data: Dict[str, Any], base_where: str, set_where: str) -> List[Layer]:
+def base_and_set_layers(file: YamlFile) -> List[Layer]:
     """The layers an experiment file (grid or study) starts from: its ``base`` config file (relative
-    to it), then its ``set:`` overrides. ``*_where`` name those entries in errors."""
+    to it), then its ``set:`` overrides."""
     layers: List[Layer] = []
-    if "base" in data:
-        base_path = path.parent / data["base"]
+    if "base" in file.data:
+        base = file.data["base"]
+        if not isinstance(base, str):
+            raise file.error("base", f"base: expected a config file name, got {base!r}")
+        base_path = file.path.parent / base
         if not base_path.is_file():
-            raise ConfigError(f"{base_where}: base config {base_path} does not exist")
-        layers.append(Layer(read_yaml_mapping(base_path), str(base_path)))
-    return layers + [_set_layer(data.get("set") or {}, set_where)]
+            raise file.error("base", f"base config {base_path} does not exist")
+        layers.append(read_yaml_file(base_path).layer())
+    return layers + [_set_layer(file, "set", file.data.get("set") or {})]
 
 
-def _set_layer(overrides: Any, where: str) -> Layer:
+def _set_layer(file: YamlFile, key: str, overrides: Any) -> Layer:
     if not isinstance(overrides, dict):
-        raise ConfigError(f"{where}: 'set' must be a mapping of dotted keys to values, got {overrides!r}")
-    return Layer({str(k): v for k, v in overrides.items()}, where)
+        raise file.error(key, f"'set' must be a mapping of dotted keys to values, got {overrides!r}")
+    return file.layer(key, {str(k): v for k, v in overrides.items()})
 
 
 # Where each kind of name in a config is registered: (module, registry variable, registering helpers).
 COMPONENTS = {
     "backbone": ("segtricks.models.backbones", "BACKBONES", ()),
     "trick": ("segtricks.method.tricks", "TRICKS", ("register_post_trick",)),
-    "dataset": ("segtricks.data.datasets", "DATASETS", ()),
+    "dataset": (*DATASET_REGISTRY, ()),
 }
 
 
@@ -177,7 +181,7 @@ class GridFile:
     path: Path
     configs: List[Tuple[str, Config]]  # (cell name, config), in axis order
     description: str = ""
-    table: Optional[Dict[str, Any]] = None
+    table: Optional[TableSpec] = None
     overridden: List[str] = field(default_factory=list)  # the axes --set flags override (with force_set)
 
 
@@ -190,64 +194,131 @@ def _leaf_keys(values: Dict[Any, Any]) -> Iterator[str]:
             yield str(key)
 
 
-def _axis_overrides(path: Path, node: yaml.Node, axes: Dict[str, List[Dict[str, Any]]],
-                   flag_layers: Sequence[Layer]) -> List[str]:
+def _axis_overrides(file: YamlFile, flag_layers: Sequence[Layer]) -> List[str]:
     """``--set tricks=[gf] overrides grid axis 'tricks' (<file>:<line>: baseline, gf)``, for each flag that
     sets a key (or a mapping above or below it) that entries of an axis set: the flag comes last, so those
     entries would all get its value, and cells meant to differ would silently share a config."""
     found = []
     for flag in flag_layers:
         (key,) = flag.values
-        for axis, entries in axes.items():
+        for axis, entries in file.data["axes"].items():
             names = [str(e["name"]) for e in entries
                      if any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.")
                             for k in _leaf_keys(e.get("set") or {}))]
             if names:
                 found.append(f"{flag.source} overrides grid axis {axis!r} "
-                             f"({path}:{_line_of(node, ['axes', axis])}: {', '.join(names)})")
+                             f"({file.where(f'axes.{axis}')}: {', '.join(names)})")
     return found
+
+
+def _axes(file: YamlFile) -> List[List[Tuple[str, Layer]]]:
+    """Each axis's entries as (name, the layer of its ``set``), in the file's order."""
+    axes = file.data.get("axes") or {}
+    if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
+        raise file.error("axes", "'axes' must map axis names to non-empty lists of {name, set} entries")
+    out = []
+    for axis, entries in axes.items():
+        out.append([])
+        for i, entry in enumerate(entries):
+            key = f"axes.{axis}[{i}]"
+            if not isinstance(entry, dict) or "name" not in entry or set(entry) - {"name", "set"}:
+                raise file.error(key, f"axis {axis!r} entry {i} must be {{name: ..., set: {{...}}}}, got {entry!r}")
+            out[-1].append((str(entry["name"]), _set_layer(file, f"{key}.set", entry.get("set", {}))))
+    return out
+
+
+def _cells(file: YamlFile) -> List[Tuple[str, List[Layer]]]:
+    """(name, axis layers) of every cell: the axes' cartesian product, in axis order."""
+    cells: List[Tuple[str, List[Layer]]] = []
+    for combo in itertools.product(*_axes(file)):
+        name = cell_name([n for n, _ in combo])
+        if any(name == n for n, _ in cells):
+            raise file.error("axes", f"two cells are both named {name!r}; axis entry names must differ")
+        cells.append((name, [layer for _, layer in combo]))
+    return cells
+
+
+def _names(file: YamlFile, key: str, names: Any, known: Sequence[str], kind: str, plural: str) -> Tuple[str, ...]:
+    """The non-empty list of ``known`` names at ``key``; an unknown one is an error listing ``known``."""
+    if not isinstance(names, list) or not names:
+        raise file.error(key, f"{key}: expected a non-empty list of {plural}, got {names!r}")
+    for i, name in enumerate(names):
+        if name not in known:
+            raise file.error(f"{key}[{i}]", f"{key}: {name!r} is not a {kind}; {plural}: {', '.join(known)}")
+    return tuple(names)
+
+
+def _table(file: YamlFile, cells: Sequence[str]) -> Optional[TableSpec]:
+    """The file's ``table:`` section, its rows and published values checked against the grid's ``cells``."""
+    table = file.data.get("table")
+    if not table:
+        return None
+    if not isinstance(table, dict):
+        raise file.error("table", f"table: expected a mapping of {', '.join(TABLE_KEYS)}, got {table!r}")
+    file.check_keys(table, TABLE_KEYS, "table")
+    for key in ("datasets", "metrics"):
+        if key not in table:
+            raise file.error("table", f"table: needs {key} (a list)")
+    datasets = _names(file, "table.datasets", table["datasets"], registered_names(*DATASET_REGISTRY), "dataset",
+                      "registered datasets")
+    metrics = _names(file, "table.metrics", table["metrics"], list(METRICS), "metric", "metrics")
+    rows = _names(file, "table.rows", table["rows"], cells, "cell of the grid", "cells") if "rows" in table else cells
+    published: Dict[Tuple[str, str, str], float] = {}
+    given = table.get("published") or {}
+    if not isinstance(given, dict):
+        raise file.error("table.published", f"table.published: expected a mapping of cells to values, got {given!r}")
+    for row, values in given.items():
+        where = f"table.published.{row}"
+        if row not in cells:
+            raise file.error(where, f"table.published: {row!r} is not a cell of the grid; cells: {', '.join(cells)}")
+        keys = [(row, d, m) for d in datasets for m in metrics]
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in values):
+            raise file.error(where, f"{where}: expected a list of {len(keys)} numbers, got {values!r}")
+        if len(values) != len(keys):
+            raise file.error(where, f"{where} has {len(values)} values; expected {len(keys)} (datasets × metrics, "
+                                    f"dataset-major)")
+        published |= dict(zip(keys, map(float, values)))
+    title = str(table.get("title", f"Grid {file.data.get('name', file.path.stem)}"))
+    return TableSpec(title, tuple(rows), datasets, metrics, published)
+
+
+def _read_grid_file(name_or_path: str) -> YamlFile:
+    file = read_yaml_file(grid_path(name_or_path), "grid file")
+    file.check_keys(file.data, GRID_KEYS)
+    return file
+
+
+def read_table(name_or_path: str) -> Optional[TableSpec]:
+    """The table a grid file declares (None without a ``table:`` section), checked as ``read_grid``
+    checks it, without composing the cells' configs (reading results needs no more)."""
+    file = _read_grid_file(name_or_path)
+    return _table(file, [name for name, _ in _cells(file)])
 
 
 def read_grid(name_or_path: str, flags: Sequence[str] = (), force_set: bool = False) -> GridFile:
     """Expand a grid file into validated cell configs (errors name the file, line and key, or the
     flag). A flag that overrides an axis is an error unless ``force_set`` (then it is listed in
     ``overridden``). Imports nothing heavy: the command-line tools call it before importing torch."""
-    path = grid_path(name_or_path)
-    data, node = _read_yaml(path)
-    unknown = sorted(set(data) - set(GRID_KEYS))
-    if unknown:
-        raise ConfigError(f"{path}:{_line_of(node, [unknown[0]])}: unknown grid key(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(GRID_KEYS)}")
-    layers = base_and_set_layers(path, data, f"{path}:{_line_of(node, ['base'])}", f"{path}:{_line_of(node, ['set'])}")
-    axes = data.get("axes") or {}
-    if not isinstance(axes, dict) or not axes or not all(isinstance(v, list) and v for v in axes.values()):
-        raise ConfigError(f"{path}:{_line_of(node, ['axes'])}: 'axes' must map axis names to non-empty lists "
-                          f"of {{name, set}} entries")
+    file = _read_grid_file(name_or_path)
+    layers = base_and_set_layers(file)
+    cells = _cells(file)
+    table = _table(file, [name for name, _ in cells])
     flag_layers = set_flag_layers(flags)
     configs: List[Tuple[str, Config]] = []
-    for combo in itertools.product(*[list(enumerate(v)) for v in axes.values()]):
-        names, axis_layers = [], []
-        for axis, (i, entry) in zip(axes, combo):
-            where = f"{path}:{_line_of(node, ['axes', axis, i])}"
-            if not isinstance(entry, dict) or "name" not in entry or set(entry) - {"name", "set"}:
-                raise ConfigError(f"{where}: axis {axis!r} entry {i} must be {{name: ..., set: {{...}}}}, got {entry!r}")
-            names.append(str(entry["name"]))
-            axis_layers.append(_set_layer(entry.get("set", {}), where))
-        cell_name = "/".join(names)
-        if any(cell_name == n for n, _ in configs):
-            raise ConfigError(f"{path}: two cells are both named {cell_name!r}; axis entry names must differ")
+    for name, axis_layers in cells:
         try:
             cfg = compose([*layers, *axis_layers, *flag_layers])
         except ConfigError as exc:
-            raise ConfigError(f"{exc} (cell {cell_name})", exc.key) from None
-        validate_names(cfg, f"{path} (cell {cell_name})", [*layers, *axis_layers, *flag_layers])
-        configs.append((cell_name, cfg))
-    overridden = _axis_overrides(path, node, axes, flag_layers)
+            raise ConfigError(f"{exc} (cell {name})", exc.key) from None
+        validate_names(cfg, f"{file.path} (cell {name})", [*layers, *axis_layers, *flag_layers])
+        configs.append((name, cfg))
+    overridden = _axis_overrides(file, flag_layers)
     if overridden and not force_set:
         raise ConfigError(f"{overridden[0]}: the flag would replace what those entries set; drop it, "
                           f"or add --force-set to apply it anyway")
-    return GridFile(data.get("name", path.stem), path, configs, str(data.get("description", "")).strip(),
-                    data.get("table"), overridden)
+    return GridFile(file.data.get("name", file.path.stem), file.path, configs,
+                    str(file.data.get("description", "")).strip(), table, overridden)
 
 
 def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs") -> Grid:
@@ -257,11 +328,11 @@ def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "
     # --force-set, and a Slurm task rereads the grid with the flags it was submitted with.
     grid_file = read_grid(name_or_path, flags, force_set=True)
     cells, trainings = [], {}
-    for cell_name, cfg in grid_file.configs:
+    for name, cfg in grid_file.configs:
         training = None
         if cfg.maps is None:  # trainings live by training hash: cells differing only in post-processing share one
             training = Training.in_root(cfg, output_root)
             training = trainings.setdefault(training.hash, training)
             cfg.output_dir = str(training.dir)
-        cells.append(Cell(cell_name, cfg, config_hash(cfg), training))
+        cells.append(Cell(name, cfg, config_hash(cfg), training))
     return Grid(grid_file.name, grid_file.path, cells, grid_file.description, grid_file.table)

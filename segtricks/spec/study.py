@@ -16,7 +16,8 @@ The objective is a validation metric: a test split or a test dataset is refused.
 config keys; which of them need retraining follows from ``training_hash`` (post-processing keys
 such as ``gf.radius`` never do). The sampler and pruner entries are Optuna's classes and their
 constructor arguments (those not given keep Optuna's defaults); an unknown name, argument or value
-type is an error naming the file and line, before any storage or trial exists.
+type is an error naming the file and line, before any storage or trial exists; so is every other
+error in the file (the base file's name its line there).
 """
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
 
 import optuna
-import yaml
 
-from segtricks.spec.config import METRICS, Config, ConfigError, DatasetRef, Layer, compose, read_yaml_mapping, set_flag_layers
-from segtricks.spec.grid import _line_of, base_and_set_layers, experiment_file, experiments_dir, validate_names
+from segtricks.spec.config import (Config, ConfigError, DatasetRef, Layer, YamlFile, compose, dataset_ref_problems,
+                                   read_yaml_file, set_flag_layers)
+from segtricks.spec.grid import base_and_set_layers, experiment_file, experiments_dir, validate_names
+from segtricks.spec.vocabulary import SALIENCY_METRICS
 
+STUDY_KEYS = ("name", "description", "base", "set", "objective", "search_space", "sampler", "pruner", "n_trials")
+OBJECTIVE_KEYS = ("dataset", "metric", "direction")
 TEST_DATASETS = ("duts_te", "dut_omron", "ecssd", "voc07", "voc12", "coco20k")
 
 
@@ -129,42 +133,31 @@ def _build(module, cls: str, kwargs: Dict[str, Any]):
         return getattr(module, cls)(**kwargs)
 
 
-def _where(path: Path, node: yaml.Node, *keys: str) -> str:
-    """``path:line`` of the value at ``keys`` (or of the nearest enclosing one that is in the file)."""
-    for depth in range(len(keys), 0, -1):
-        line = _line_of(node, list(keys[:depth]))
-        if line:
-            return f"{path}:{line}"
-    return str(path)
-
-
-def check_component(path: Path, node: yaml.Node, what: str, entry: Any, table: Dict[str, Component]) -> None:
+def check_component(file: YamlFile, what: str, entry: Any, table: Dict[str, Component]) -> None:
     """A study's ``sampler`` or ``pruner`` entry (``what``) against ``table``: a known name whose
     packages are installed, only the arguments it takes, each of the right type."""
     if not isinstance(entry, dict) or "name" not in entry:
-        raise ConfigError(f"{_where(path, node, what)}: {what} must be a mapping with a name, e.g. "
-                          f"{{name: {next(iter(table))}}}; got {entry!r}")
+        raise file.error(what, f"{what} must be a mapping with a name, e.g. {{name: {next(iter(table))}}}; "
+                               f"got {entry!r}")
     name = entry["name"]
     if name not in table:
-        raise ConfigError(f"{_where(path, node, what, 'name')}: {what} {name!r} is unknown; "
-                          f"valid {what}s: {', '.join(sorted(table))}")
+        raise file.error(f"{what}.name", f"{what} {name!r} is unknown; valid {what}s: {', '.join(sorted(table))}")
     package = table[name].package
     if package and importlib.util.find_spec(package) is None:
-        raise ConfigError(f"{_where(path, node, what, 'name')}: {what} {name!r} needs the {package} package, "
-                          f"which is not installed: pip install {package}")
+        raise file.error(f"{what}.name", f"{what} {name!r} needs the {package} package, which is not installed: "
+                                         f"pip install {package}")
     args = table[name].args
     for key, value in entry.items():
         if key == "name":
             continue
         if key not in args:
-            raise ConfigError(f"{_where(path, node, what, key)}: {what} {name!r} has no argument {key!r}; "
-                              + (f"valid: {', '.join(sorted(args))}" if args else "it takes none"))
+            raise file.error(f"{what}.{key}", f"{what} {name!r} has no argument {key!r}; "
+                             + (f"valid: {', '.join(sorted(args))}" if args else "it takes none"))
         if not any(_TYPES[alt](value) if alt in _TYPES else value == alt for alt in args[key].split("|")):
-            raise ConfigError(f"{_where(path, node, what, key)}: {what} {name!r}: {key} must be "
-                              f"{_describe(args[key])}, got {value!r}")
+            raise file.error(f"{what}.{key}", f"{what} {name!r}: {key} must be {_describe(args[key])}, got {value!r}")
     for key in table[name].required:
         if key not in entry:
-            raise ConfigError(f"{_where(path, node, what)}: {what} {name!r} needs {key} ({_describe(args[key])})")
+            raise file.error(what, f"{what} {name!r} needs {key} ({_describe(args[key])})")
 
 
 def _describe(kind: str) -> str:
@@ -179,74 +172,86 @@ def study_path(name_or_path: str) -> Path:
                            lambda: sorted(p.stem[len("study_"):] for p in experiments_dir().glob("study_*.yaml")))
 
 
-def _check_param(path: Path, key: str, p: Any) -> None:
-    where = f"{path}: search_space.{key}"
+def _check_param(file: YamlFile, key: str, p: Any) -> None:
+    at = f"search_space.{key}"
+
+    def error(message: str) -> ConfigError:
+        return file.error(at, f"{at}: {message}")
+
     if not isinstance(p, dict) or p.get("type") not in ("float", "int", "categorical"):
-        raise ConfigError(f"{where}: expected {{type: float|int|categorical, ...}}, got {p!r}")
+        raise error(f"expected {{type: float|int|categorical, ...}}, got {p!r}")
     if p["type"] == "categorical":
         if not p.get("choices"):
-            raise ConfigError(f"{where}: a categorical parameter needs a non-empty 'choices' list")
+            raise error("a categorical parameter needs a non-empty 'choices' list")
         return
     try:
         low, high = float(p["low"]), float(p["high"])
     except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{where}: needs numeric 'low' and 'high'") from None
+        raise error("needs numeric 'low' and 'high'") from None
     if not low < high:
-        raise ConfigError(f"{where}: empty or inverted range [{p['low']}, {p['high']}]; 'low' must be below 'high'")
+        raise error(f"empty or inverted range [{p['low']}, {p['high']}]; 'low' must be below 'high'")
     if p.get("log") and low <= 0:
-        raise ConfigError(f"{where}: a log-scale range must be positive, got low={p['low']}")
+        raise error(f"a log-scale range must be positive, got low={p['low']}")
     p["low"], p["high"] = (int(low), int(high)) if p["type"] == "int" else (low, high)
 
 
+def _objective(file: YamlFile) -> Tuple[DatasetRef, Dict[str, Any], str, str]:
+    """The objective's dataset (as a reference, and as written), metric and direction."""
+    obj = file.data.get("objective") or {}
+    if not isinstance(obj, dict):
+        raise file.error("objective", f"objective: expected a mapping of {', '.join(OBJECTIVE_KEYS)}, got {obj!r}")
+    file.check_keys(obj, OBJECTIVE_KEYS, "objective")
+    ref_data = obj.get("dataset") or {}
+    ref = file.section(DatasetRef, "objective.dataset", ref_data)
+    for key, value, rule in dataset_ref_problems(ref, "objective.dataset"):
+        raise file.error(key, f"{key}: expected {rule}, got {value!r}")
+    if ref.split == "test" or ref.name in TEST_DATASETS:
+        raise file.error("objective.dataset", f"objective.dataset {ref.name} (split {ref.split}) is a test set; tune "
+                                              f"on a validation split (e.g. synthetic split val, duts_tr split val)")
+    metric, direction = obj.get("metric", "iou"), obj.get("direction", "maximize")
+    if metric not in SALIENCY_METRICS:
+        raise file.error("objective.metric", f"objective.metric {metric!r} unknown; one of "
+                                             f"{', '.join(SALIENCY_METRICS)}")
+    if direction not in ("maximize", "minimize"):
+        raise file.error("objective.direction", f"objective.direction must be maximize or minimize, got {direction!r}")
+    return ref, ref_data, metric, direction
+
+
 def load_study(name_or_path: str, flags: Sequence[str] = ()) -> StudySpec:
-    path = study_path(name_or_path)
-    data = read_yaml_mapping(path, "study file")
-    node = yaml.compose(path.read_text())
-    valid = {"name", "description", "base", "set", "objective", "search_space", "sampler", "pruner", "n_trials"}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ConfigError(f"{_where(path, node, unknown[0])}: unknown key(s) {', '.join(unknown)}; "
-                          f"valid: {', '.join(sorted(valid))}")
+    file = read_yaml_file(study_path(name_or_path), "study file")
+    path, data = file.path, file.data
+    file.check_keys(data, STUDY_KEYS)
     sampler, pruner = data.get("sampler") or dict(DEFAULT_SAMPLER), data.get("pruner") or dict(DEFAULT_PRUNER)
-    check_component(path, node, "sampler", sampler, SAMPLERS)
-    check_component(path, node, "pruner", pruner, PRUNERS)
+    check_component(file, "sampler", sampler, SAMPLERS)
+    check_component(file, "pruner", pruner, PRUNERS)
     n_trials = data.get("n_trials", 8)
     if not _TYPES["int"](n_trials) or n_trials < 1:
-        raise ConfigError(f"{_where(path, node, 'n_trials')}: n_trials must be a positive integer, got {n_trials!r}")
-    layers = base_and_set_layers(path, data, str(path), f"{path}: set")
-    obj = data.get("objective") or {}
-    ref_data = obj.get("dataset") or {}
-    try:
-        ref = DatasetRef(**ref_data)
-    except TypeError:
-        raise ConfigError(f"{path}: objective.dataset {ref_data!r} is not a dataset reference") from None
-    if ref.split == "test" or ref.name in TEST_DATASETS:
-        raise ConfigError(f"{path}: objective.dataset {ref.name} (split {ref.split}) is a test set; tune on a "
-                          f"validation split (e.g. synthetic split val, duts_tr split val)")
-    metric, direction = obj.get("metric", "iou"), obj.get("direction", "maximize")
-    if metric not in METRICS:
-        raise ConfigError(f"{path}: objective.metric {metric!r} unknown; one of {', '.join(METRICS)}")
-    if direction not in ("maximize", "minimize"):
-        raise ConfigError(f"{path}: objective.direction must be maximize or minimize, got {direction!r}")
+        raise file.error("n_trials", f"n_trials must be a positive integer, got {n_trials!r}")
+    layers = base_and_set_layers(file)
+    ref, ref_data, metric, direction = _objective(file)
     space = data.get("search_space") or {}
+    if not isinstance(space, dict):
+        raise file.error("search_space", f"search_space: expected a mapping of config keys to parameters, "
+                                         f"got {space!r}")
     if not space:
-        raise ConfigError(f"{path}: search_space is empty")
+        raise file.error("search_space", "search_space is empty")
     for key, p in space.items():
-        _check_param(path, key, p)
-    layers.append(Layer({"data.val": ref_data}, f"{path}: objective.dataset"))  # pruning sees the same split
+        _check_param(file, key, p)
+    layers.append(file.layer("objective.dataset", {"data.val": ref_data}))  # pruning sees the same split
     spec = StudySpec(data.get("name", path.stem), path, [*layers, *set_flag_layers(flags)], ref, metric, direction, space,
                      sampler, pruner, n_trials)
     for what, make in (("sampler", spec.make_sampler), ("pruner", spec.make_pruner)):
         try:  # Optuna's own range checks (a percentile over 100, no threshold bound), before any storage
             make()
         except (ValueError, TypeError) as exc:  # ThresholdPruner raises TypeError without a bound
-            raise ConfigError(f"{_where(path, node, what)}: {what} {getattr(spec, what)['name']!r}: {exc}") from None
+            raise file.error(what, f"{what} {getattr(spec, what)['name']!r}: {exc}") from None
     cfg = spec.config({})  # the base and its overrides, before any parameter is blamed
     for key, p in space.items():  # an unknown parameter fails here, naming the key
         probe = p["choices"][0] if p["type"] == "categorical" else p["low"]
         try:
             cfg = spec.config({key: probe})
         except ConfigError as exc:
-            raise ConfigError(f"{path}: search_space.{key} is not a valid config key or value: {exc}") from None
+            raise file.error(f"search_space.{key}", f"search_space.{key} is not a valid config key or value: "
+                                                    f"{exc}") from None
     validate_names(cfg, str(path))
     return spec

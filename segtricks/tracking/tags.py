@@ -21,7 +21,7 @@ ROLE_STUDY = "study"
 MODEL_FROM_RUN = "model_from_run"  # on a cell that evaluates another cell's training: that cell's run id
 SUPERSEDED_BY = "superseded_by"  # on a result replaced by a --force rerun: the run that replaced it
 
-# claims (segtricks.tracking.store: Store.claim, Heartbeat)
+# claims (segtricks.tracking.claims, Store.claim)
 HEARTBEAT = "heartbeat"  # unix seconds, refreshed while a worker holds the run
 CLAIMED_AT = "claimed_at"
 WORKER = "worker"  # host:pid
@@ -37,6 +37,7 @@ TRAINED = "trained"
 
 # the grid's analysis run (tables and figures; no CELL tag, so that cells never see it)
 ANALYSIS = "segtricks.analysis"
+UPDATED = "updated"  # when make_tables last logged to it
 
 # MLflow's own
 RUN_NAME = "mlflow.runName"

@@ -1,0 +1,149 @@
+"""What ``ablate`` and ``tune`` do once their arguments and files are known to be valid.
+
+A grid: ``--dry-run`` plans against the store as it is and changes nothing. Otherwise ``plan.prepare``
+(the store, the grid's experiment, the plan and the checks, once), then one launcher runs the grid's
+``tasks.GroupTask``: in this process, in ``--workers N`` local processes (``segtricks.runners.local``),
+or as Slurm array tasks (``segtricks.runners.slurm_submit``). A study: its checks, then ``tune`` here or
+its Slurm workers. Store failures (locked, read-only, unreachable) are one line naming the store.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from optuna.trial import TrialState
+
+from segtricks import errors
+from segtricks.engine.device import resolve_device
+from segtricks.runners import estimate, local, preflight, slurm
+from segtricks.runners.plan import (Prepared, actions, missing_by_cell, plan, prepare, print_plan, print_summary,
+                                    warn_disk)
+from segtricks.runners.slurm_submit import submit_grid, submit_study
+from segtricks.runners.study_runner import (best_override, default_storage, estimate_study, open_study,
+                                            print_next_steps, print_study_summary, tune)
+from segtricks.runners.tasks import GridJob, GroupTask
+from segtricks.spec.grid import Grid, load_grid
+from segtricks.spec.study import StudySpec
+from segtricks.tracking.connect import exit_on_environment_error
+from segtricks.tracking.store import Store
+from segtricks.tracking.uri import sqlite_path, tracking_uri
+
+
+def launch_grid(args: argparse.Namespace, opts: Optional[slurm.SlurmOptions]) -> int:
+    """``python -m segtricks.ablate``: ``opts`` given for ``--launcher slurm``."""
+    grid = load_grid(args.grid, args.set, args.output_root)
+    uri = tracking_uri(args.tracking_uri)
+    preflight.check_output_root(args.output_root)
+    try:
+        if args.dry_run:
+            return dry_run(grid, uri, args)
+        if opts is not None:  # everything that can refuse the submission, before the store is created
+            slurm.preflight(opts, {"MLflow store": sqlite_path(uri)})
+        prepared = prepare(grid, uri, args.force, args.rerun_failed, args.output_root)
+        job = GridJob(args.grid, list(args.set), args.output_root, uri, None, args.force, args.rerun_failed,
+                      prepared.since_ms, args.fail_fast, args.device)
+        if opts is not None:
+            return submit_grid(prepared, job, opts)
+        return run_here(prepared, job, args.workers)
+    except errors.SegtricksError:
+        raise
+    except Exception as exc:  # MLflow's and SQLite's own errors, as one line naming the store
+        return exit_on_environment_error(exc, uri)
+
+
+def dry_run(grid: Grid, uri: str, args: argparse.Namespace) -> int:
+    """``--dry-run``: the plan against the store as it is, changing nothing. No store, experiment or
+    run is created (an absent store or experiment plans every cell as new) and no weights are
+    downloaded. With ``--estimate``, each cell's time, memory and disk (``segtricks.runners.estimate``)."""
+    path = sqlite_path(uri)
+    runs: Dict[str, list] = {}
+    exp_id = None
+    if path is None or path.is_file():  # opening an absent SQLite store would create it
+        store = Store(uri)
+        exp_id = store.experiment(grid.name, create=False)
+        runs = store.runs_by_hash(exp_id) if exp_id is not None else {}
+    if exp_id is None:
+        print(f"(no experiment {grid.name!r} in {uri}: no cell has a run yet)")
+    since_ms = int(time.time() * 1000) if args.force else None
+    steps = plan(grid, runs, args.force, args.rerun_failed, since_ms)
+    check = preflight.Preflight(download=False)
+    print_plan(grid, steps, missing_by_cell(steps, check), check.downloads)
+    if args.estimate:
+        est = estimate.estimate_grid([s.cell for s in steps], actions(steps), resolve_device(args.device),
+                                     args.estimate_steps, store_exists=path is None or path.is_file())
+        print(estimate.format_estimate(est, estimate.free_bytes(Path(args.output_root))))
+    else:
+        warn_disk(steps, Path(args.output_root))
+    return 0
+
+
+def run_here(prepared: Prepared, job: GridJob, workers: int) -> int:
+    """The grid's task in this process, or in ``workers`` local processes; then the summary (exit 1
+    when a cell failed or a worker stopped on an error)."""
+    grid = prepared.grid
+    if workers == 1:
+        rows, code = GroupTask()(job), 0
+    else:
+        outcomes = local.run_workers(GroupTask(), job, workers)
+        rows = merged([o.result for o in outcomes if o.result is not None])
+        code = max([o.exit_code for o in outcomes if o.exit_code > 0] + [0 if rows else 1])
+    print_summary(grid, rows)
+    failed = sum(r["status"] == "FAILED" for r in rows)
+    print(f"\n{len(rows)} cells: {sum(r['status'] == 'FINISHED' for r in rows)} run, "
+          f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed.")
+    print_next_steps_of_grid(grid, prepared.uri, prepared.exp_id)
+    return 1 if failed else code
+
+
+def merged(rows_of_workers: List[List[dict]]) -> List[dict]:
+    """One summary row per cell from every worker's rows: the worker that ran a cell reports it, the
+    others saw it done and skipped it."""
+    by_cell: Dict[str, dict] = {}
+    for rows in rows_of_workers:
+        for row in rows:
+            if by_cell.get(row["cell"], {"status": "skipped"})["status"] == "skipped":
+                by_cell[row["cell"]] = row
+    return list(by_cell.values())
+
+
+def print_next_steps_of_grid(grid: Grid, uri: str, exp_id: str) -> None:
+    """What a user does with a finished grid: the tables, and the runs in the MLflow UI (a direct link
+    to the grid's runs: the UI's home page opens on its GenAI view)."""
+    print("Next:")
+    print(f"  python -m analysis.make_tables --grid {grid.name}" + ("" if uri == tracking_uri() else
+                                                                  f" --tracking-uri {uri}"))
+    if uri.startswith("sqlite:"):
+        print(f"  mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/#/experiments/{exp_id}")
+    else:
+        print(f"  the runs: {uri.rstrip('/')}/#/experiments/{exp_id}")
+
+
+def launch_study(spec: StudySpec, args: argparse.Namespace) -> int:
+    """``python -m segtricks.tune``: ``--best``, ``--estimate``, or the study here or as Slurm workers."""
+    storage = args.storage or default_storage()
+    if not args.best:  # every trial needs the base config's weights and datasets: check before any run
+        preflight.check_output_root(args.output_root)
+        missing = preflight.Preflight(download=not args.estimate).missing(spec.config({}), trains=True)
+        preflight.refuse_missing({f"study {spec.name}": missing})
+    if args.estimate:
+        print(estimate_study(spec, args))
+        return 0
+    try:
+        if args.best:
+            study = open_study(spec, storage)
+            if not any(t.state == TrialState.COMPLETE for t in study.trials):
+                raise errors.BadInput(f"study {spec.name!r} in {storage} has no completed trial yet")
+            print(best_override(study))
+            return 0
+        if args.launcher == "slurm":
+            return submit_study(spec, args, storage, slurm.options_from(args, args.output_root))
+        study = tune(spec, storage, args.n_trials, args.tracking_uri, args.output_root, args.device)
+    except errors.SegtricksError:
+        raise
+    except Exception as exc:  # MLflow's and SQLite's own errors, as one line naming the store
+        return exit_on_environment_error(exc, tracking_uri(args.tracking_uri))
+    print_study_summary(spec, study, storage)
+    print_next_steps(spec, study, args, storage)
+    return 0
