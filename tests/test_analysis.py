@@ -292,3 +292,17 @@ def test_study_plots_are_written_and_leave_matplotlib_style_alone(tmp_path):
     assert {p.name for p in written} == {"optimization_history.png", "slice.png", "param_importances.png"}
     assert all(p.stat().st_size > 0 for p in written)
     assert dict(matplotlib.rcParams) == style  # Optuna's ggplot style stays inside its figures
+
+
+def test_the_logged_f_curves_read_back_and_give_the_runs_max_fbeta(tmp_path, monkeypatch):
+    import numpy as np
+    from segtricks.tracking import artifacts
+    from segtricks.tracking.store import Store
+    monkeypatch.chdir(tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    run = store.start(store.experiment("e"), "r", {})
+    curves = np.random.default_rng(0).random((5, 255)).astype(np.float32)
+    artifacts.log_curves(run, "ecssd", [f"i{k}" for k in range(5)], curves)
+    back = artifacts.read_curves(store, run.id, "ecssd")
+    assert list(back.index) == [f"i{k}" for k in range(5)] and np.array_equal(back.to_numpy(), curves)
+    assert artifacts.read_curves(store, run.id, "duts_te") is None

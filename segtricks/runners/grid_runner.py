@@ -79,6 +79,7 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
                 ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=keep, protocol=protocol)
             results.update({f"{key}.{k}": v for k, v in ev.results().items()})
             artifacts.log_records(run, key, ev.records(), ev.skipped)
+            artifacts.log_curves(run, key, *ev.f_curves())  # the paired statistics' max_fbeta evidence
             if ev.skipped:
                 tqdm.write(f"cell {cell.name}: {artifacts.describe_skipped(key, ev.skipped)} (listed in the run's "
                            f"{artifacts.skipped_path(key)})")

@@ -5,6 +5,9 @@
     samples/<key>.npz           the first images (uint8 HWC, longer side <= SAMPLE_SIDE px), their ground
                                 truth (bool) and prediction (uint8, 0-255): the qualitative figures
     predictions_<key>.png       a figure of the first four, to look at in ``mlflow ui``
+    curves/<key>.npz            each image's F curve of the paper's max_fbeta (ids, float32 (n, 255), 1 KB
+                                an image): the dataset-level statistic recomputed on any resample of images
+                                (``analysis.contrasts``)
 
 ``key`` names a dataset under a protocol (``Protocol.dataset_key``: ``duts_te``, ``duts_te.reference``).
 Runs logged before an artifact existed have none: the readers then return None or nothing. Torch-free
@@ -40,6 +43,10 @@ def figure_path(key: str) -> str:
     return f"predictions_{key}.png"
 
 
+def curves_path(key: str) -> str:
+    return f"curves/{key}.npz"
+
+
 def describe_skipped(name: str, skipped: Sequence[tuple], shown: int = 10) -> str:
     """One line: how many images of dataset ``name`` were skipped, and the first ``shown`` ids."""
     ids = ", ".join(i for i, _ in skipped[:shown]) + (f", … ({len(skipped) - shown} more)" if len(skipped) > shown else "")
@@ -63,6 +70,26 @@ def read_records(store: Store, run_id: str, key: str) -> Optional[pd.DataFrame]:
     with tempfile.TemporaryDirectory() as tmp:
         path = store.download(run_id, records_path(key), tmp)
         return None if path is None else pd.read_csv(path)
+
+
+def log_curves(run: RunLog, key: str, ids: Sequence[str], curves: np.ndarray) -> None:
+    """Each image's F curve (``SaliencyEvaluator.f_curves()``), float32; nothing when no image had a mask."""
+    if not len(ids):
+        return
+    folder, name = curves_path(key).split("/")
+    run.log_bytes(name, lambda path: np.savez_compressed(path, ids=np.array(ids), curves=curves.astype(np.float32)),
+                  folder)
+
+
+def read_curves(store: Store, run_id: str, key: str) -> Optional[pd.DataFrame]:
+    """A run's per-image F curves on ``key`` (one row per image id, 255 columns), or None for a run that
+    logged none (logged before curves were kept, or not evaluated on ``key``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = store.download(run_id, curves_path(key), tmp)
+        if path is None:
+            return None
+        with np.load(path) as z:
+            return pd.DataFrame(z["curves"], index=pd.Index([str(i) for i in z["ids"]], name="image_id"))
 
 
 def log_samples(run: RunLog, key: str, samples: list, title: str) -> None:
