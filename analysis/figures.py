@@ -15,8 +15,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from analysis.contrasts import ALPHA, LOWER_IS_BETTER
 from analysis.paper import DATASET_LABELS
-from segtricks.spec.vocabulary import CELL_SEPARATOR
+from analysis.tables import short_delta
+from segtricks.spec.vocabulary import CELL_SEPARATOR, METRICS
 
 BINS = 20  # equal bins of the object ratio over [0, 1]
 MIN_IMAGES = 5  # a bin with fewer images is drawn hollow and faded, without an interval
@@ -170,35 +172,84 @@ def plot_qualitative(samples: Dict[str, Dict[str, tuple]], records: pd.DataFrame
     return fig
 
 
+def contrast_labels(table: pd.DataFrame) -> Tuple[Dict[str, str], str]:
+    """Short labels of a contrasts table's contrasts (``crop vs baseline``, ``dino_s8: crop vs baseline``
+    when the grid has several groups) and the group they all share ("" if none)."""
+    pairs = dict(zip(table.contrast, zip(table.trick, table.baseline)))
+    groups = {}
+    for name, (trick, baseline) in pairs.items():
+        t, b = trick.split(CELL_SEPARATOR), baseline.split(CELL_SEPARATOR)
+        groups[name] = t[0] if len(t) > 1 and t[:-1] == b[:-1] else None
+    shared = set(groups.values())
+    common = next(iter(shared)) if len(shared) == 1 and None not in shared else ""
+    labels = {}
+    for name, (trick, baseline) in pairs.items():
+        if groups[name] is None:
+            labels[name] = name
+        else:
+            short = f"{last_entry(trick)} vs {last_entry(baseline)}"
+            labels[name] = short if common else f"{groups[name]}: {short}"
+    return labels, common
+
+
+def _delta_text(metric: str, row) -> str:
+    """``−.022 [−.040, −.010]  p_holm 0.0056``: the row's numbers beside its interval."""
+    low, delta, high = (short_delta(metric, v).replace("-", "−") for v in (row.ci_low, row.delta, row.ci_high))
+    return f"{delta} [{low}, {high}]  p_holm {row.p_holm:.2g}"
+
+
 def plot_contrasts(table: pd.DataFrame, title: str) -> Figure:
     """A forest plot of a contrasts table (``analysis.contrasts``): Δ and its 95% interval over images
-    per contrast, one panel per dataset (a row of panels per metric), a zero line. Filled markers:
-    significant after Holm's correction; hollow: not."""
+    per contrast, one panel per dataset (a row of panels per metric), a zero line, the numbers beside
+    each interval. Filled markers: significant after Holm's correction, blue when the trick is better,
+    red when it is worse (for MAE, lower is better); hollow grey: not significant."""
     datasets, metrics = list(dict.fromkeys(table.dataset)), list(dict.fromkeys(table.metric))
     contrasts = list(dict.fromkeys(table.contrast))
-    fig = Figure(figsize=(max(6.0, 3.6 * len(datasets)) + 2.5, 0.9 + len(metrics) * (0.45 * len(contrasts) + 0.9)),
+    labels, common = contrast_labels(table)
+
+    def group(name: str) -> str:
+        return labels[name].split(": ")[0] if ": " in labels[name] else ""
+    fig = Figure(figsize=(2.0 + 5.2 * len(datasets), 1.0 + len(metrics) * (0.42 * len(contrasts) + 0.95)),
                  layout="constrained")
     axes = fig.subplots(len(metrics), len(datasets), squeeze=False, sharey=True)
     for r, metric in enumerate(metrics):
         for c, dataset in enumerate(datasets):
             ax = axes[r, c]
             rows = table[(table.dataset == dataset) & (table.metric == metric)].set_index("contrast")
+            ends = [0.0]
             for y, name in enumerate(contrasts):
                 if name not in rows.index:
                     continue
                 row = rows.loc[name]
-                strong = row.p_holm < 0.05
+                better = (row.delta < 0) == (metric in LOWER_IS_BETTER)
+                colour = ("C0" if better else "C3") if row.p_holm < ALPHA else "0.45"
                 ax.errorbar(row.delta, y, xerr=[[row.delta - row.ci_low], [row.ci_high - row.delta]], fmt="o",
-                            color="C0" if strong else "0.35", mfc="C0" if strong else "white", capsize=3, ms=6)
+                            color=colour, mfc=colour if row.p_holm < ALPHA else "white", capsize=3, ms=6)
+                ax.annotate(_delta_text(metric, row), (row.delta, y), xytext=(0, 7), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=7, color=colour)
+                ends += [row.ci_low, row.ci_high]
+            low, high = np.nanmin(ends), np.nanmax(ends)
+            pad = 0.12 * (high - low or 1.0)
+            ax.set_xlim(low - pad, high + pad)  # the zero line inside the panel, never on its edge
             ax.axvline(0, color="0.5", lw=0.8, ls="--")
-            ax.set_yticks(range(len(contrasts)), contrasts, fontsize=8)
-            ax.set_ylim(len(contrasts) - 0.5, -0.5)
-            ax.set_xlabel(f"Δ {metric} (trick − baseline)", fontsize=9)
+            for y in range(1, len(contrasts)):  # a faint line between groups (backbones)
+                if group(contrasts[y]) != group(contrasts[y - 1]):
+                    ax.axhline(y - 0.5, color="0.85", lw=0.8)
+            ax.set_yticks(range(len(contrasts)), [labels[n] for n in contrasts], fontsize=8)
+            ax.set_ylim(len(contrasts) - 0.4, -0.75)  # room above the first interval for its numbers
+            better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+            label = METRICS[metric].label.replace("(%)", "(% points)")
+            ax.set_xlabel(f"Δ {label}, trick − baseline ({better})", fontsize=8)
+            ax.tick_params(axis="x", labelsize=8)
             ax.grid(axis="x", alpha=0.3)
             if r == 0:
                 ax.set_title(DATASET_LABELS.get(dataset, dataset), fontsize=10)
-    handles = [Line2D([], [], marker="o", color="C0", ls="", label="Holm-adjusted p < 0.05"),
-               Line2D([], [], marker="o", color="0.35", mfc="white", ls="", label="not significant")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, frameon=False)
-    fig.suptitle(f"{title}\n95% BCa intervals over images; dashed: no difference", fontsize=10)
+    handles = [Line2D([], [], marker="o", color="C0", ls="", label="trick better (Holm-adjusted p < 0.05)"),
+               Line2D([], [], marker="o", color="C3", ls="", label="trick worse (Holm-adjusted p < 0.05)"),
+               Line2D([], [], marker="o", color="0.45", mfc="white", ls="", label="not significant")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+    seeds = sorted(set(table.n_seeds))
+    fig.suptitle(f"{title}{f' ({common})' if common else ''}\n95% BCa intervals over images, paired sign-flip test, "
+                 f"Holm across the {len(table)} contrasts; seeds: {', '.join(map(str, seeds))}; dashed: no difference",
+                 fontsize=9)
     return fig

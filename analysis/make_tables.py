@@ -3,11 +3,19 @@
     python -m analysis.make_tables                      # every grid found in the store
     python -m analysis.make_tables --grid table3 --format latex
     python -m analysis.make_tables --grid demo --tracking-uri sqlite:///mlflow.db --out-dir results
+    python -m analysis.make_tables --grid demo --contrasts   # only the contrasts table and its forest plot
 
 Writes ``<out-dir>/<grid>.{md,tex,csv}``, ``<out-dir>/figures/<grid>_size*.{png,pdf}`` (IoU against
 object size, 20 bins) and ``<grid>_qualitative*_<dataset>.{png,pdf}``, prints
 the Markdown table, and logs tables and figures to an ``analysis`` run of the grid's experiment.
 Nothing is recomputed: numbers come from FINISHED runs found by their tags.
+
+Contrasts (``analysis.contrasts``): each trick cell against its baseline cell, paired on the same
+images and seeds, for each dataset and metric of the table that has per-image evidence (IoU, Acc,
+MAE, CorLoc, max Fβ): Δ with its 95% BCa bootstrap interval over images, the sign-flip p and Holm's
+adjustment across the table. Written as ``<out-dir>/<grid>_contrasts.{md,tex,csv}`` and the forest plot
+``<out-dir>/figures/<grid>_contrasts.{png,pdf}``, printed after the main table, and shown beside each
+trick cell's value in it.
 
 Qualitative figures: among the first 16 images of a dataset (kept with every run), the two with the
 largest IoU gain of the group's last trick combination (e.g. crop+gf) over its baseline, and the two
@@ -19,15 +27,20 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
+import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.figures import last_entry, pick_examples, plot_iou_vs_size, plot_qualitative
-from analysis.paper import table_grids
-from analysis.runs import NoRunsError, NoStoreError, load_records, load_runs
-from analysis.tables import build_table, layout_for, to_latex, to_markdown
+from analysis.contrasts import contrast_rows, grid_contrasts
+from analysis.figures import last_entry, pick_examples, plot_contrasts, plot_iou_vs_size, plot_qualitative
+from analysis.paper import TableLayout, table_grids
+from analysis.runs import NoRunsError, NoStoreError, RunEvidence, load_records, load_runs
+from analysis.tables import (build_table, contrasts_caption, contrasts_csv, contrasts_latex, contrasts_markdown,
+                             layout_for, to_latex, to_markdown)
 from segtricks import errors
+from segtricks.spec.config import ConfigError
+from segtricks.spec.grid import grid_path, read_grid
 from segtricks.spec.vocabulary import CELL_SEPARATOR
 from segtricks.tracking.artifacts import read_samples
 from segtricks.tracking.connect import exit_on_environment_error
@@ -61,21 +74,68 @@ def run_samples(runs, cell: str, dataset: str, uri: Optional[str]) -> dict:
     return {} if done.empty else read_samples(Store(uri), done.run_id.iloc[0], dataset)
 
 
-def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Optional[str],
-         log: bool = True) -> str:
-    runs = load_runs(grid, uri, experiment)
-    table, notes, cap = build_table(grid, runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(table, notes, cap)
-    written = [out_dir / f"{grid}.md"]
+class NoContrastsError(errors.BadInput, LookupError):
+    """``--contrasts`` for a grid whose table has no contrast (no grid file, or no trick cell with a baseline)."""
+
+
+def contrast_table(grid: str, runs: pd.DataFrame, layout: TableLayout,
+                   uri: Optional[str]) -> Tuple[Optional[pd.DataFrame], List[str]]:
+    """The grid's contrasts table and the notes on what was left out; None when the grid has no grid
+    file (its runs alone do not say which cell is whose baseline) or no contrast."""
+    try:
+        grid_path(grid)
+    except ConfigError:
+        return None, []
+    contrasts = grid_contrasts(read_grid(grid))
+    if not contrasts:
+        return None, []
+    evidence = RunEvidence(runs, Store(uri))
+    return contrast_rows(contrasts, evidence.seeds_of, layout.datasets, layout.metrics, evidence)
+
+
+def write_contrasts(grid: str, out_dir: Path, contrasts: pd.DataFrame, notes: List[str],
+                    cap: str) -> Tuple[str, List[Path]]:
+    """``<grid>_contrasts.{md,tex,csv}`` and, when it has rows, the forest plot: the Markdown and the paths."""
+    md = contrasts_markdown(contrasts, notes, cap) if len(contrasts) else \
+        f"{cap}\n\nNo contrast has evidence. Left out: {'; '.join(notes)}.\n"
+    written = [out_dir / f"{grid}_contrasts.md", out_dir / f"{grid}_contrasts.tex", out_dir / f"{grid}_contrasts.csv"]
     written[0].write_text(md)
+    written[1].write_text(contrasts_latex(contrasts, notes, cap))
+    contrasts_csv(contrasts).to_csv(written[2], index=False)
+    if len(contrasts):
+        written += save(plot_contrasts(contrasts, f"{grid}: each trick cell against its baseline"),
+                        out_dir / "figures" / f"{grid}_contrasts")
+    return md, written
+
+
+def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Optional[str],
+         log: bool = True, only_contrasts: bool = False) -> str:
+    runs = load_runs(grid, uri, experiment)
+    layout = layout_for(grid, runs)
+    contrasts, contrast_notes = contrast_table(grid, runs, layout, uri)
+    if only_contrasts and contrasts is None:
+        raise NoContrastsError(f"grid {grid} has no contrasts: no cell with tricks has a baseline cell (the same "
+                               f"config with tricks: []); declare them under table: contrasts: in its grid file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: List[Path] = []
+    contrasts_md = ""
+    if contrasts is not None:
+        contrasts_md, written = write_contrasts(grid, out_dir, contrasts, contrast_notes,
+                                                contrasts_caption(layout, runs, contrasts))
+    if only_contrasts:
+        if log:
+            log_outputs(uri, grid, experiment, written)
+        return contrasts_md
+    table, notes, cap = build_table(grid, runs, contrasts)
+    md = to_markdown(table, notes, cap)
+    written.append(out_dir / f"{grid}.md")
+    written[-1].write_text(md)
     if fmt == "latex":
         written.append(out_dir / f"{grid}.tex")
         written[-1].write_text(to_latex(table, notes, cap))
     elif fmt == "csv":
         written.append(out_dir / f"{grid}.csv")
         table.to_csv(written[-1], index=False)
-    layout = layout_for(grid, runs)
     records = {d: load_records(grid, d, runs, uri) for d in layout.datasets if "corloc" not in layout.metrics
                or d == "synthetic"}
     records = {d: r for d, r in records.items() if len(r)}
@@ -104,11 +164,16 @@ def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Opt
                                            f"{last_entry(present[-1])} over {last_entry(present[0])}")
                     written += save(fig, out_dir / "figures" / f"{grid}_qualitative{suffix}_{dataset}")
     if log:
-        run = analysis_run(Store(uri), grid, experiment)
-        for path in written:
-            run.log_file(path, "figures" if path.parent.name == "figures" else "tables")
-        run.set_tags({UPDATED: time.strftime("%Y-%m-%d %H:%M:%S")})
-    return md
+        log_outputs(uri, grid, experiment, written)
+    return md + (f"\n{contrasts_md}" if contrasts_md else "")
+
+
+def log_outputs(uri: Optional[str], grid: str, experiment: Optional[str], written: List[Path]) -> None:
+    """The tables and figures, to the grid's ``analysis`` run."""
+    run = analysis_run(Store(uri), grid, experiment)
+    for path in written:
+        run.log_file(path, "figures" if path.parent.name == "figures" else "tables")
+    run.set_tags({UPDATED: time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
 @errors.command
@@ -120,12 +185,16 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--experiment", help="MLflow experiment name (default: the grid's name)")
     ap.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     ap.add_argument("--no-log", action="store_true", help="do not log tables and figures back to MLflow")
+    ap.add_argument("--contrasts", action="store_true",
+                    help="make and print only the contrasts table (each trick cell against its baseline) and its "
+                         "forest plot")
     args = ap.parse_args(argv)
     grids = args.grid or table_grids()
     found, empty = 0, 0
     for grid in grids:  # a grid without runs is reported, and the others' tables are still made
         try:
-            print(make(grid, args.format, args.out_dir, args.tracking_uri, args.experiment, not args.no_log))
+            print(make(grid, args.format, args.out_dir, args.tracking_uri, args.experiment, not args.no_log,
+                       args.contrasts))
             found += 1
         except NoStoreError:
             raise  # no grid is readable from a store that does not exist (errors.command says so)
@@ -135,6 +204,9 @@ def main(argv: List[str] | None = None) -> int:
                 empty += 1
             elif exc.experiment_exists:  # among every known grid, only those ever started are news
                 print(f"note: {exc}", file=sys.stderr)
+        except NoContrastsError as exc:
+            print(f"{'error' if args.grid else 'note'}: {exc}", file=sys.stderr)
+            empty += bool(args.grid)
         except Exception as exc:
             return exit_on_environment_error(exc, tracking_uri(args.tracking_uri))
     if not found and not args.grid:

@@ -1,13 +1,15 @@
-"""Read a grid's cell runs from MLflow into tidy DataFrames (nothing is recomputed)."""
+"""Read a grid's cell runs from MLflow into tidy DataFrames, and their per-image evidence for the
+contrasts (nothing is recomputed)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
+from analysis.contrasts import CURVE_METRICS, RECORD_COLUMNS
 from segtricks import errors
-from segtricks.tracking.artifacts import read_records
+from segtricks.tracking.artifacts import read_curves, read_records
 from segtricks.tracking.claims import is_live
 from segtricks.tracking.store import Store
 from segtricks.tracking.tags import BACKBONE, CELL, EVAL_PROTOCOL, SUPERSEDED_BY, WEIGHTS
@@ -79,3 +81,45 @@ def load_records(grid: str, dataset: str, runs: pd.DataFrame, uri: Optional[str]
         df["run_id"] = run.run_id
         frames.append(df)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+class RunEvidence:
+    """The per-image evidence of a grid's FINISHED runs, as ``analysis.contrasts.Evidence``: for
+    (cell, seed, dataset, metric), a Series of per-image scores (records) or a DataFrame of per-image F
+    curves, indexed by image id; None when the run has none. Each artifact is read once per run.
+    ``seeds_of(cell)``: the seeds of the cell's FINISHED runs (its ``seed`` param)."""
+
+    def __init__(self, runs: pd.DataFrame, store: Store) -> None:
+        self.store = store
+        self.run_of: Dict[Tuple[str, str], str] = {}
+        for _, run in runs[runs.status == "FINISHED"].iterrows():  # the first of a cell's runs at one seed
+            self.run_of.setdefault((run.cell, str(run.seed)), run.run_id)
+        self._records: Dict[Tuple[str, str], Optional[pd.DataFrame]] = {}
+        self._curves: Dict[Tuple[str, str], Optional[pd.DataFrame]] = {}
+
+    def seeds_of(self, cell: str) -> List[str]:
+        return sorted(seed for c, seed in self.run_of if c == cell)
+
+    def records(self, run_id: str, key: str) -> Optional[pd.DataFrame]:
+        if (run_id, key) not in self._records:
+            df = read_records(self.store, run_id, key)
+            self._records[run_id, key] = None if df is None else df.set_index(df["image_id"].astype(str))
+        return self._records[run_id, key]
+
+    def curves(self, run_id: str, key: str) -> Optional[pd.DataFrame]:
+        if (run_id, key) not in self._curves:
+            self._curves[run_id, key] = read_curves(self.store, run_id, key)
+        return self._curves[run_id, key]
+
+    def __call__(self, cell: str, seed: str, dataset: str, metric: str) -> Optional[pd.DataFrame | pd.Series]:
+        run_id = self.run_of.get((cell, seed))
+        if run_id is None:
+            return None
+        if metric in CURVE_METRICS:
+            return self.curves(run_id, dataset)
+        records = self.records(run_id, dataset)
+        column, scale = RECORD_COLUMNS[metric]
+        if records is None or column not in records:
+            return None
+        scores = records[column].dropna().astype(float) * scale  # images without a mask (or boxes) score none
+        return scores if len(scores) else None

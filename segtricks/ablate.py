@@ -7,6 +7,8 @@ share one training; ``--workers N`` starts N worker processes, ``--launcher slur
 Before any run is created, every weights file and dataset the cells to run need is looked up, and
 all that is missing is listed at once (exit 2); ``--dry-run`` lists it as each cell's "will fail".
 A ``--set`` on a key that a grid axis varies is refused (exit 2); ``--force-set`` applies it anyway.
+``--seeds 0,1,2`` (or ``seeds:`` in the grid file) runs every cell once per training seed; the runs
+keep the cell's name and carry the seed as a tag and a param.
 
 This module is only the command line: it checks the arguments and the grid before importing torch,
 timm and MLflow (seconds), so that a typo is reported at once; ``segtricks.runners.launch`` runs it.
@@ -19,7 +21,7 @@ from typing import List
 
 from segtricks import errors
 from segtricks.runners import slurm
-from segtricks.spec.grid import read_grid
+from segtricks.spec.grid import parse_seeds, read_grid
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -28,6 +30,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
     ap.add_argument("--force-set", action="store_true",
                     help="apply --set flags even to keys that a grid axis varies (refused otherwise)")
+    ap.add_argument("--seeds", metavar="S,S,...",
+                    help="run every cell once per training seed, e.g. 0,1,2 (replaces the grid file's seeds:)")
     ap.add_argument("--dry-run", action="store_true", help="print the cells and what would happen")
     ap.add_argument("--estimate", action="store_true",
                     help="with --dry-run: measure a few training steps and evaluation batches of each distinct "
@@ -54,7 +58,8 @@ def main(argv: List[str] | None = None) -> int:
         raise errors.BadInput("--estimate goes with --dry-run (an estimate runs nothing of the grid)")
     if args.estimate_steps < 1:
         raise errors.BadInput(f"--estimate-steps must be ≥ 1 (got {args.estimate_steps})")
-    grid_file = read_grid(args.grid, args.set, args.force_set)
+    args.seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    grid_file = read_grid(args.grid, args.set, args.force_set, args.seeds)
     opts = slurm.options_from(args, args.output_root) if args.launcher == "slurm" else None
     for line in grid_file.overridden:
         print(f"warning: --force-set: {line}", file=sys.stderr)

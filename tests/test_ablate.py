@@ -69,6 +69,29 @@ def test_demo_grid_runs_tags_metrics_and_rerun_creates_nothing(in_tmp, capsys):
 
 
 @pytest.mark.slow
+def test_two_seeds_give_two_runs_per_cell_tagged_with_their_seed_and_a_rerun_skips_all(in_tmp, capsys):
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}"])
+    grid.write_text(grid.read_text() + "seeds: [0, 1]\n")
+    assert main(["--grid", str(grid), *TINY_FLAGS]) == 0
+    client, rs = runs(in_tmp)
+    assert sorted((r.data.tags["cell"], r.data.tags["seed"], r.data.params["seed"], r.info.run_name) for r in rs) == [
+        ("base", "0", "0", "base"), ("base", "1", "1", "base"), ("gf", "0", "0", "gf"), ("gf", "1", "1", "gf")]
+    assert all(r.info.status == "FINISHED" for r in rs) and len({r.data.tags["config_hash"] for r in rs}) == 4
+    run_of = {(r.data.tags["cell"], r.data.tags["seed"]): r for r in rs}
+    for seed in ("0", "1"):  # each seed trains once; its gf evaluates that seed's model
+        assert run_of["base", seed].data.tags["role"] == "train"
+        assert run_of["gf", seed].data.tags["model_from_run"] == run_of["base", seed].info.run_id
+    out = capsys.readouterr().out
+    assert "4 runs (2 cells × 2 seeds): 4 run, 0 skipped, 0 failed" in out
+    summary = out.split("summary of grid mini:")[1].splitlines()
+    assert summary[1].split()[:2] == ["cell", "seed"] and summary[2].split()[:3] == ["base", "0", "FINISHED"]
+    assert summary[3].split()[:2] == ["1", "FINISHED"]  # the cell's name once, a line per seed
+    assert main(["--grid", str(grid), *TINY_FLAGS]) == 0
+    assert len(runs(in_tmp)[1]) == 4
+    assert "4 runs (2 cells × 2 seeds): 0 run, 4 skipped, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_failed_cell_is_recorded_and_the_grid_goes_on(in_tmp, capsys):
     grid = write_grid(in_tmp, ["{name: ok, set: {tricks: []}}",
                                "{name: broken, set: {tricks: [gf], eval: [{name: folder, root: %s}]}}" %
@@ -125,6 +148,52 @@ def test_dry_run_shows_the_plan(in_tmp, capsys):
     out = capsys.readouterr().out
     assert "12 cells, 6 trainings" in out
     assert out.count("train+evaluate") == 6 and "model of dino_s8/crop" in out
+
+
+DEMO_HASHES = {  # (config hash, training hash) of each demo cell, as every store holds them (before seeds existed)
+    "demo_vit4/baseline": ("771cea594c19fe9129975ad686672dc90a1e62d513f641fa54b975843c532c1a",
+                           "ae39d35f93af569b075a45d0b4780788139f71690e00cbe9d65b9c48a2e379db"),
+    "demo_vit4/crop": ("b428e967b8e030a842d2d1c5c372203044a9056abe0116ac7b07ca9e7a82183e",
+                       "7c78150f0d8be9072ccdd9a8c2b2234d996e7aea003fb0a6bc1b2097fbe131c2"),
+    "demo_vit4/gf": ("9cdf345a969cb884bd6de1fe8315225d4dc6bbb84cb28d6ef286be545efbd8f7",
+                     "ae39d35f93af569b075a45d0b4780788139f71690e00cbe9d65b9c48a2e379db"),
+    "demo_vit4/crop+gf": ("796a9eff9e5eae46d745a7c43ef5561d7a98da0f15008e3d7a587a26b9ca4be1",
+                          "7c78150f0d8be9072ccdd9a8c2b2234d996e7aea003fb0a6bc1b2097fbe131c2"),
+}
+
+
+def test_a_grid_without_seeds_keeps_its_cells_names_and_hashes():
+    grid = load_grid("demo")
+    assert grid.seeds == () and [c.seed for c in grid.cells] == [None] * 4
+    assert {c.name: (c.config_hash, c.training_hash) for c in grid.cells} == DEMO_HASHES
+    assert [c.id for c in grid.cells] == [c.name for c in grid.cells]
+
+
+def test_seeds_replicate_cells_with_their_own_hashes_and_the_cells_names():
+    grid = load_grid("demo", seeds=[0, 1, 2])
+    assert grid.seeds == (0, 1, 2) and len(grid.cells) == 12
+    assert [c.name for c in grid.cells] == [name for _ in range(3) for name in DEMO_HASHES]  # seed by seed
+    assert grid.cells[5].id == "demo_vit4/crop @ seed 1" and grid.cells[5].cfg.seed == 1
+    assert len({c.config_hash for c in grid.cells}) == 12 and len({c.training_hash for c in grid.cells}) == 6
+    for c in grid.cells:  # post-processing shares its seed's training, and only that one
+        sharing = {o.id for o in grid.cells if o.training_hash == c.training_hash}
+        assert len(sharing) == 2 and all(o.endswith(f"@ seed {c.seed}") for o in sharing)
+    # the seed the cells had anyway is the grid without seeds: its runs count as done
+    assert {c.name: (c.config_hash, c.training_hash) for c in grid.cells if c.seed == 0} == DEMO_HASHES
+
+
+def test_dry_run_groups_the_replicas_under_each_cell(in_tmp, capsys):
+    assert main(["--grid", "table3", "--seeds", "0,1,2", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "table3.yaml): 36 runs (12 cells × 3 seeds), 18 trainings" in lines[1]
+    rows = lines[2:38]
+    assert [row.split()[0] for row in rows[::3]] == ["dino_s8/baseline", "dino_s8/gf", "dino_s8/crop",
+                                                     "dino_s8/crop+gf", "dino_s16/baseline", "dino_s16/gf",
+                                                     "dino_s16/crop", "dino_s16/crop+gf", "ibot_s16/baseline",
+                                                     "ibot_s16/gf", "ibot_s16/crop", "ibot_s16/crop+gf"]
+    assert rows[0].split()[:3] == ["dino_s8/baseline", "seed", "0"]  # the name once, then a line per seed
+    assert [row.split()[:2] for row in rows[1:3]] == [["seed", "1"], ["seed", "2"]]
+    assert sum("train+evaluate" in row for row in rows) == 18 and "model of dino_s8/crop" in rows[10]
 
 
 def test_dry_run_writes_nothing_and_reaches_no_network(in_tmp, tmp_path_factory, monkeypatch, capsys):

@@ -16,7 +16,7 @@ def cell(name, training, backbone="demo_vit4", size=56, eval_protocols=("ours",)
     cfg = config_from_dict({"backbone": {"name": backbone}, "data": {"image_size": size},
                             "eval": [{"name": "ecssd"}], "eval_protocols": list(eval_protocols),
                             "cache": cache or {}})
-    return SimpleNamespace(name=name, cfg=cfg, trains=True, training_hash=training)
+    return SimpleNamespace(name=name, id=name, cfg=cfg, trains=True, training_hash=training)
 
 
 def sizes(ref):
@@ -66,7 +66,7 @@ def test_table3_needs_its_cache_sizes_before_anything_is_downloaded(monkeypatch)
     """Table 3's 12 cells: 6 trainings × 11,187 masks at 320², and 11,187 keys for each backbone."""
     monkeypatch.delenv("SEGTRICKS_DATA", raising=False)
     from segtricks.spec.grid import read_grid
-    cells = [SimpleNamespace(name=n, cfg=c, trains=True, training_hash=n.split("/")[0] + ("crop" in n) * "+crop")
+    cells = [SimpleNamespace(name=n, id=n, cfg=c, trains=True, training_hash=n.split("/")[0] + ("crop" in n) * "+crop")
              for n, c in read_grid("table3").configs]
     masks = 6 * 11_187 * 320 * 320 * 2
     keys = 11_187 * 2 * 384 * (40 * 40 + 2 * 20 * 20)  # S/8: 40×40 keys; S/16 twice: 20×20; float16

@@ -3,8 +3,8 @@ import pytest
 
 from conftest import DEMO_CELL
 from segtricks.ablate import main
-from segtricks.spec.config import ConfigError
-from segtricks.spec.grid import read_grid, read_table
+from segtricks.spec.config import ConfigError, config_hash
+from segtricks.spec.grid import baseline_keys, read_grid, read_table
 
 
 def write_grid(tmp_path, axes, name="mini"):
@@ -103,7 +103,8 @@ def test_a_bad_key_in_the_grid_or_its_base_file_names_its_line(tmp_path):
     grid.write_text(grid.read_text() + "tabel: {}\n")
     with pytest.raises(ConfigError) as exc:
         read_grid(str(grid))
-    assert str(exc.value) == f"{grid}:6: unknown key(s) tabel; valid keys: name, description, base, set, axes, table"
+    assert str(exc.value) == (f"{grid}:6: unknown key(s) tabel; valid keys: name, description, base, set, axes, seeds, "
+                              f"table")
     base = tmp_path / "base.yaml"
     base.write_text("seed: 1\noptim:\n  lr: 1.0e-4\n  lrr: 1\n")
     grid.write_text(f"name: g\nbase: base.yaml\naxes:\n  seed:\n    - {{name: s0, set: {{seed: 0}}}}\n")
@@ -139,7 +140,7 @@ TABLE = ["table:", "  title: T", "  datasets: [synthetic]", "  metrics: [iou, co
     (["  published: {small/crop: [0.5, high]}"],
      "{grid}:14: table.published.small/crop: expected a list of 2 numbers, got [0.5, 'high']"),
     (["  metric: [iou]"], "{grid}:14: table: unknown key(s) metric; valid keys: title, datasets, metrics, rows, "
-                          "published"),
+                          "published, contrasts"),
 ])
 def test_the_table_section_is_checked_against_the_cells_when_the_grid_is_read(tmp_path, lines, message):
     """Issue 21: the grid's table: section was only checked by make_tables, and a row's typo gave a row of —."""
@@ -202,3 +203,127 @@ def test_a_study_file_error_names_its_line(tmp_path, old, new, message):
     with pytest.raises(ConfigError) as exc:
         load_study(str(path))
     assert str(exc.value).startswith(message.format(path=path))
+
+
+# --- seeds (issue 22) ---------------------------------------------------------------------------------
+
+def test_seeds_replicate_every_cell_seed_by_seed_under_its_own_name(tmp_path):
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    grid.write_text(grid.read_text() + "seeds: [0, 3]\n")
+    grid_file = read_grid(str(grid))
+    names = [name for name, _ in grid_file.configs]
+    assert grid_file.seeds == (0, 3) and len(names) == 4
+    assert [(name, seed) for name, seed, _ in grid_file.replicas] == [(n, s) for s in (0, 3) for n in names]
+    assert all(cfg.seed == seed for _, seed, cfg in grid_file.replicas)
+    assert len({config_hash(cfg) for _, _, cfg in grid_file.replicas}) == 8
+    # the seed is the last layer: what the cell sets stays, and seed 0 (the cell's own seed) is the cell itself
+    assert dict((n, config_hash(c)) for n, s, c in grid_file.replicas if s == 0) == \
+        {n: config_hash(c) for n, c in grid_file.configs}
+    assert read_grid(str(grid), seeds=[5]).seeds == (5,)  # --seeds replaces the file's
+    assert [s for _, s, _ in read_grid(str(write_grid(tmp_path, FRAC_AND_TRICKS, "plain"))).replicas] == [None] * 4
+
+
+@pytest.mark.parametrize("value,line", [
+    ("0,x", "error: --seeds 0,x: expected a comma-separated list of integers ≥ 0, e.g. --seeds 0,1,2"),
+    ("0,-1", "error: --seeds 0,-1: expected a comma-separated list of integers ≥ 0, e.g. --seeds 0,1,2"),
+    ("0,,1", "error: --seeds 0,,1: expected a comma-separated list of integers ≥ 0, e.g. --seeds 0,1,2"),
+    ("", "error: --seeds : expected a comma-separated list of integers ≥ 0, e.g. --seeds 0,1,2"),
+    ("1.5", "error: --seeds 1.5: expected a comma-separated list of integers ≥ 0, e.g. --seeds 0,1,2"),
+    ("0,1,0", "error: --seeds 0,1,0: seed 0 is listed twice; list each seed once"),
+])
+def test_seeds_flag_that_is_not_distinct_integers_is_refused_in_one_line(tmp_path, capsys, value, line):
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    assert main(["--grid", str(grid), "--seeds", value, "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+@pytest.mark.parametrize("value,message", [
+    ("[0, -1]", "seeds: expected a non-empty list of integers ≥ 0, e.g. seeds: [0, 1, 2]; got [0, -1]"),
+    ("3", "seeds: expected a non-empty list of integers ≥ 0, e.g. seeds: [0, 1, 2]; got 3"),
+    ("[]", "seeds: expected a non-empty list of integers ≥ 0, e.g. seeds: [0, 1, 2]; got []"),
+    ("[0, true]", "seeds: expected a non-empty list of integers ≥ 0, e.g. seeds: [0, 1, 2]; got [0, True]"),
+    ("[1, 2, 1]", "seeds: seed 1 is listed twice; list each seed once"),
+])
+def test_seeds_in_a_grid_file_are_checked_naming_the_line(tmp_path, value, message):
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    grid.write_text(grid.read_text() + f"seeds: {value}\n")
+    for seeds in (None, [0]):  # checked even when --seeds replaces them
+        with pytest.raises(ConfigError) as exc:
+            read_grid(str(grid), seeds=seeds)
+        assert str(exc.value) == f"{grid}:10: {message}"
+
+
+def test_a_set_flag_on_the_seed_with_seeds_is_refused_saying_why_unless_force_set(tmp_path, capsys):
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    assert main(["--grid", str(grid), "--seeds", "0,1", "--set", "seed=4", "--dry-run"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --set seed=4 is replaced by each replica's seed (--seeds 0,1), so the flag would change nothing; "
+        "drop it, or add --force-set to go on anyway"]
+    grid.write_text(grid.read_text() + "seeds: [0, 1]\n")
+    grid_file = read_grid(str(grid), ["seed=4"], force_set=True)
+    assert grid_file.overridden == [f"--set seed=4 is replaced by each replica's seed (seeds: [0, 1] at {grid}:10)"]
+    assert [cfg.seed for _, _, cfg in grid_file.replicas] == [0] * 4 + [1] * 4
+    assert {cfg.seed for _, cfg in read_grid(str(write_grid(tmp_path, FRAC_AND_TRICKS, "plain")),
+                                                ["seed=4"]).configs} == {4}  # without seeds, as before
+
+
+def test_an_axis_that_sets_the_seed_is_refused_with_seeds(tmp_path):
+    grid = write_grid(tmp_path, ["  seed:", "    - {name: s0, set: {seed: 0}}", "    - {name: s1, set: {seed: 1}}"])
+    assert len(read_grid(str(grid)).replicas) == 2  # without seeds, an axis of seeds as before
+    with pytest.raises(ConfigError) as exc:
+        read_grid(str(grid), seeds=[0, 1])
+    assert str(exc.value) == (f"{grid}:5: axis 'seed' sets seed (s0, s1), which --seeds 0,1 sets in every replica; "
+                              f"drop the axis or the seeds")
+
+
+# --- contrasts (issue 22) -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lines,message", [
+    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop}",
+      "    - {trick: large/crp, baseline: large/crop}"],
+     "{grid}:16: table.contrasts: 'large/crp' is not a cell of the grid; cells: small/crop, small/crop+gf, "
+     "large/crop, large/crop+gf"),
+    (["  contrasts:", "    - {trick: small/crop+gf}"],
+     "{grid}:15: table.contrasts[0]: needs baseline (a cell of the grid)"),
+    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop, p: 0.05}"],
+     "{grid}:15: table.contrasts[0]: unknown key(s) p; valid keys: trick, baseline"),
+    (["  contrasts:", "    - [small/crop+gf, small/crop]"],
+     "{grid}:15: table.contrasts[0]: expected {{trick: <cell>, baseline: <cell>}}, got "
+     "['small/crop+gf', 'small/crop']"),
+    (["  contrasts:", "    - {trick: small/crop, baseline: small/crop}"],
+     "{grid}:15: table.contrasts[0]: 'small/crop' against itself; a contrast needs two cells"),
+    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop}",
+      "    - {trick: small/crop+gf, baseline: small/crop}"],
+     "{grid}:16: table.contrasts[1]: 'small/crop+gf' against 'small/crop' is declared twice"),
+    (["  contrasts: small/crop"],
+     "{grid}:14: table.contrasts: expected a list of {{trick: <cell>, baseline: <cell>}}, got 'small/crop'"),
+])
+def test_declared_contrasts_are_checked_against_the_cells_naming_the_line(tmp_path, lines, message):
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    grid.write_text(grid.read_text() + "\n".join(TABLE + lines) + "\n")
+    for read in (read_grid, read_table):
+        with pytest.raises(ConfigError) as exc:
+            read(str(grid))
+        assert str(exc.value) == message.format(grid=grid)
+
+
+def test_declared_contrasts_are_pairs_of_the_table_and_absent_ones_are_empty(tmp_path):
+    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
+    grid.write_text(grid.read_text() + "\n".join(TABLE) + "\n")
+    assert read_table(str(grid)).contrasts == ()
+    grid.write_text(grid.read_text() + "  contrasts:\n    - {trick: large/crop+gf, baseline: large/crop}\n"
+                                       "    - {trick: large/crop, baseline: small/crop}\n")
+    assert read_grid(str(grid)).table.contrasts == (("large/crop+gf", "large/crop"), ("large/crop", "small/crop"))
+
+
+def test_baseline_keys_pair_each_trick_cell_with_its_config_without_tricks_across_seeds(tmp_path):
+    grid = write_grid(tmp_path, ["  frac:", "    - {name: small, set: {crop.frac: 0.25}}",
+                                 "    - {name: large, set: {crop.frac: 0.75}}",
+                                 "  tricks:", "    - {name: baseline, set: {tricks: []}}",
+                                 "    - {name: crop+gf, set: {tricks: [crop, gf]}}"])
+    keys = baseline_keys(read_grid(str(grid)))
+    assert {name: tricks for name, (tricks, _) in keys.items()} == {
+        "small/baseline": (), "small/crop+gf": ("crop", "gf"), "large/baseline": (), "large/crop+gf": ("crop", "gf")}
+    assert keys["small/crop+gf"][1] == keys["small/baseline"][1] != keys["large/baseline"][1]
+    assert keys["small/baseline"][1] == config_hash(dict(read_grid(str(grid)).configs)["small/baseline"])
+    assert baseline_keys(read_grid(str(grid), seeds=[1, 2])) == keys  # the replicas of a cell share its key

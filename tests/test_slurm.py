@@ -76,6 +76,24 @@ def test_two_group_grid_finishes_every_cell_once_with_one_gpu_per_task(in_tmp, c
     assert "nothing to submit" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+@needs_slurm
+def test_two_seeds_are_one_task_per_seed_that_rebuilds_the_same_replicas(in_tmp, capsys):
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: gf, set: {tricks: [gf]}}"])
+    assert ablate(["--grid", str(grid), "--seeds", "0,1", *TINY_FLAGS, *SLURM, "--wait"]) == 0
+    out = capsys.readouterr().out
+    assert "submitted 2 Slurm array task(s)" in out and "4 runs (2 cells × 2 seeds): 4 finished, 0 not" in out
+    assert any(line.endswith("  base @ seed 1, gf @ seed 1") for line in out.splitlines())  # a task's cells
+    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    rs = client.search_runs([client.get_experiment_by_name("sl").experiment_id])
+    assert sorted((r.data.tags["cell"], r.data.tags["seed"], r.info.status) for r in rs) == [
+        ("base", "0", "FINISHED"), ("base", "1", "FINISHED"), ("gf", "0", "FINISHED"), ("gf", "1", "FINISHED")]
+    job_of = {(r.data.tags["cell"], r.data.tags["seed"]): r.data.tags["slurm_job"] for r in rs}
+    assert job_of["base", "0"] == job_of["gf", "0"] != job_of["base", "1"] == job_of["gf", "1"]
+    assert ablate(["--grid", str(grid), "--seeds", "0,1", *TINY_FLAGS, *SLURM, "--wait"]) == 0
+    assert "nothing to submit" in capsys.readouterr().out
+
+
 def _queued() -> set:
     return set(subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split())
 

@@ -71,12 +71,14 @@ def test_the_sign_flip_p_value_is_scipys_paired_permutation_test(effect):
     assert ours == pytest.approx(theirs, abs=mc)
 
 
+@pytest.mark.slow
 def test_the_type_one_error_rate_under_400_null_contrasts_is_five_percent():
     rejected = [sign_flip_p(MeanDifference(*paired_scores(300, 0.0, 0.15, seed=s)), permutations=999, seed=s) < 0.05
                 for s in range(400)]
     assert 0.02 <= np.mean(rejected) <= 0.08
 
 
+@pytest.mark.slow
 def test_a_gain_of_one_hundredth_of_iou_over_5000_images_is_detected_in_95_percent_of_simulations():
     found = [sign_flip_p(MeanDifference(*paired_scores(5000, 0.01, 0.15, seed=1000 + s)), permutations=499,
                          seed=s) < 0.05 for s in range(100)]

@@ -498,7 +498,7 @@ class CachePlan:
 def estimate_grid(cells: Sequence, actions: Dict[str, str], device: torch.device, repeats: int = 2,
                   store_exists: bool = True, progress: bool = True) -> GridEstimate:
     """Price every cell of a grid (``cells``: ``segtricks.spec.grid.Cell`` in the order they run;
-    ``actions``: cell name → the planned action's value, e.g. ``train+evaluate``, ``evaluate``, ``skip``)."""
+    ``actions``: cell id → the planned action's value, e.g. ``train+evaluate``, ``evaluate``, ``skip``)."""
     est = Estimator(device, repeats, progress)
     created_s, run_s = measure_store()
     startup = process_age_s() + (0.0 if store_exists else created_s)
@@ -507,8 +507,8 @@ def estimate_grid(cells: Sequence, actions: Dict[str, str], device: torch.device
     trained: set = set()
     feed: List[str] = []
     for cell in cells:
-        action = actions.get(cell.name, "train+evaluate")
-        row = CellEstimate(cell.name, action)
+        action = actions.get(cell.id, "train+evaluate")
+        row = CellEstimate(cell.id, action)
         rows.append(row)
         if action == "skip":
             continue
@@ -572,7 +572,7 @@ def training_seconds(est: Estimator, cell, action: str) -> Tuple[float, str, str
     if workers == 0:
         step_s += feed_s  # loading happens in the training process, between steps
     elif feed_s > step_s:
-        message = (f"{cell.name}: {workers} loader worker(s) feed {rate * workers:.0f} images/s, the step "
+        message = (f"{cell.id}: {workers} loader worker(s) feed {rate * workers:.0f} images/s, the step "
                    f"consumes {cfg.optim.batch_size / step_s:.0f}: loader-bound (raise data.num_workers)")
         step_s = feed_s
     val_s = 0.0
@@ -597,7 +597,7 @@ def disk_needed(cells: Sequence, actions: Dict[str, str]) -> float:
     caches = CachePlan(known_size)
     total = 0.0
     for cell in cells:
-        if cell.trains and actions.get(cell.name) != "skip":
+        if cell.trains and actions.get(cell.id) != "skip":
             total += sum(p.mask_bytes + p.key_bytes for p in caches.evaluations(cell))
     return total
 

@@ -7,7 +7,8 @@ with its traceback as an artifact and the grid goes on. Cells that differ only i
 share one ``Training`` (``<output-root>/trainings/<training hash>``); the run that trains it is tagged
 ``role=train`` and the others ``model_from_run=<its run id>``. Every launcher runs this loop: in this
 process, in local worker processes, or in Slurm array tasks (``segtricks.runners.launch``); workers
-running it at once claim cells through the store.
+running it at once claim cells through the store. With seeds, each replica of a cell is a run of its
+own, named as the cell and tagged with its seed; this loop knows replicas by ``Cell.id``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.evaluation.protocols import get_protocol
 from segtricks.files import NoSpaceError
 from segtricks.method.tricks import post_trick_names
-from segtricks.runners.plan import Action, Step, plan
+from segtricks.runners.plan import Action, Step, plan, summary_row
 from segtricks.spec.grid import Cell, Grid
 from segtricks.tracking import artifacts, tags
 from segtricks.tracking.store import RunLog, Store
@@ -36,8 +37,9 @@ SAMPLES = 16  # first images of each evaluation dataset kept with a run, for qua
 
 def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:
     """The tags a cell's run is created with: what finds it again (``segtricks.tracking.tags``)."""
-    return {tags.GRID: grid.name, tags.CELL: cell.name, tags.BACKBONE: cell.cfg.backbone.name,
-            tags.TRICKS: ",".join(cell.cfg.tricks) or "none", tags.EVAL_PROTOCOL: ",".join(cell.cfg.eval_protocols),
+    return {tags.GRID: grid.name, tags.CELL: cell.name, tags.SEED: str(cell.cfg.seed),
+            tags.BACKBONE: cell.cfg.backbone.name, tags.TRICKS: ",".join(cell.cfg.tricks) or "none",
+            tags.EVAL_PROTOCOL: ",".join(cell.cfg.eval_protocols),
             tags.CONFIG_HASH: cell.config_hash, tags.TRAINING_HASH: cell.training_hash, tags.RUN_NAME: cell.name}
 
 
@@ -81,10 +83,10 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
             artifacts.log_records(run, key, ev.records(), ev.skipped)
             artifacts.log_curves(run, key, *ev.f_curves())  # the paired statistics' max_fbeta evidence
             if ev.skipped:
-                tqdm.write(f"cell {cell.name}: {artifacts.describe_skipped(key, ev.skipped)} (listed in the run's "
+                tqdm.write(f"cell {cell.id}: {artifacts.describe_skipped(key, ev.skipped)} (listed in the run's "
                            f"{artifacts.skipped_path(key)})")
             if protocol.keeps_samples:
-                artifacts.log_samples(run, key, ev.samples, f"{cell.name} on {ref.name}")
+                artifacts.log_samples(run, key, ev.samples, f"{cell.id} on {ref.name}")
     run.log_metrics(results)
     return results
 
@@ -98,7 +100,7 @@ def run_cell(store: Store, exp_id: str, step: Step, run: RunLog, dev: torch.devi
             run.finish()
             if force:
                 store.supersede(exp_id, run, step.cell.config_hash)
-            return {"cell": step.cell.name, "status": "FINISHED", "run_id": run.id, **results}
+            return summary_row(step.cell, "FINISHED", run_id=run.id, **results)
         except Exception as exc:
             try:
                 run.fail()
@@ -106,9 +108,8 @@ def run_cell(store: Store, exp_id: str, step: Step, run: RunLog, dev: torch.devi
                 pass
             if isinstance(exc, NoSpaceError):
                 raise
-            tqdm.write(f"cell {step.cell.name} FAILED: {type(exc).__name__}: {exc}")
-            return {"cell": step.cell.name, "status": "FAILED", "run_id": run.id,
-                    "note": f"{type(exc).__name__}: {exc}"[:200]}
+            tqdm.write(f"cell {step.cell.id} FAILED: {type(exc).__name__}: {exc}")
+            return summary_row(step.cell, "FAILED", run_id=run.id, note=f"{type(exc).__name__}: {exc}"[:200])
 
 
 def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = False, fail_fast: bool = False,
@@ -119,8 +120,8 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
     store = Store(uri)
     exp_id = store.experiment(grid.name, grid.description)
     dev = resolve_device(device)
-    summary: Dict[str, dict] = {}
-    announced = set()  # (cell, run id) of the waits already reported
+    summary: Dict[str, dict] = {}  # cell id → its row
+    announced = set()  # (cell id, run id) of the waits already reported
     if force and since_ms is None:
         since_ms = int(time.time() * 1000)
     bar = None  # one bar for the whole pass: it counts the cells this worker ran, not the plans
@@ -130,17 +131,17 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
             # with --force, a cell rerun by this invocation has a FINISHED run since since_ms: plan skips it
             steps = plan(grid, by_hash, force, rerun_failed, since_ms)
             for s in steps:
-                if s.action is Action.SKIP and s.cell.name not in summary:
+                if s.action is Action.SKIP and s.cell.id not in summary:
                     done = [r for r in by_hash.get(s.cell.config_hash, []) if r.info.status == "FINISHED"]
                     metrics = done[-1].data.metrics if done else {}  # a skipped cell still shows its result
-                    summary[s.cell.name] = {"cell": s.cell.name, "status": "skipped", "note": s.reason, **metrics}
-            todo = [s for s in steps if s.action not in (Action.SKIP, Action.WAIT) and s.cell.name not in summary]
+                    summary[s.cell.id] = summary_row(s.cell, "skipped", note=s.reason, **metrics)
+            todo = [s for s in steps if s.action not in (Action.SKIP, Action.WAIT) and s.cell.id not in summary]
             if not todo:
                 waits = [s for s in steps if s.action is Action.WAIT]
                 for s in waits:  # say once what we wait for, not every 5 s
-                    if (s.cell.name, s.run_id) not in announced:
-                        announced.add((s.cell.name, s.run_id))
-                        tqdm.write(f"waiting for cell {s.cell.name}: {s.reason}")
+                    if (s.cell.id, s.run_id) not in announced:
+                        announced.add((s.cell.id, s.run_id))
+                        tqdm.write(f"waiting for cell {s.cell.id}: {s.reason}")
                 if waits:
                     time.sleep(5)  # other workers hold cells or train what they share; wait for them
                     continue
@@ -148,7 +149,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
             if bar is None:
                 bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell")
             step = todo[0]  # one cell, then plan again: what other workers did meanwhile changes what is left
-            bar.set_postfix_str(step.cell.name)
+            bar.set_postfix_str(step.cell.id)
             if step.action is Action.RESUME:
                 run = store.run(step.run_id)
             else:
@@ -157,7 +158,7 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                     # another worker claimed this cell first; this plan predates its claim, and a cell that
                     # shares the training it now trains would train it again: plan again
                     continue
-            summary[step.cell.name] = row = run_cell(store, exp_id, step, run, dev, force)
+            summary[step.cell.id] = row = run_cell(store, exp_id, step, run, dev, force)
             if row["status"] == "FAILED" and fail_fast:
                 return list(summary.values())
             bar.update()

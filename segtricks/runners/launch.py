@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from segtricks import errors
 from segtricks.engine.device import resolve_device
 from segtricks.runners import estimate, local, preflight, slurm
-from segtricks.runners.plan import (Prepared, actions, missing_by_cell, plan, prepare, print_plan, print_summary,
-                                    warn_disk)
+from segtricks.runners.plan import (Prepared, actions, counted, missing_by_cell, plan, prepare, print_plan,
+                                    print_summary, warn_disk)
 from segtricks.runners.slurm_submit import submit_grid, submit_study
 from segtricks.runners.study_runner import (best_override, default_storage, estimate_study, open_study,
                                             print_next_steps, print_study_summary, tune)
@@ -33,7 +33,7 @@ from segtricks.tracking.uri import sqlite_path, tracking_uri
 
 def launch_grid(args: argparse.Namespace, opts: Optional[slurm.SlurmOptions]) -> int:
     """``python -m segtricks.ablate``: ``opts`` given for ``--launcher slurm``."""
-    grid = load_grid(args.grid, args.set, args.output_root)
+    grid = load_grid(args.grid, args.set, args.output_root, args.seeds)
     uri = tracking_uri(args.tracking_uri)
     preflight.check_output_root(args.output_root)
     try:
@@ -42,8 +42,8 @@ def launch_grid(args: argparse.Namespace, opts: Optional[slurm.SlurmOptions]) ->
         if opts is not None:  # everything that can refuse the submission, before the store is created
             slurm.preflight(opts, {"MLflow store": sqlite_path(uri)})
         prepared = prepare(grid, uri, args.force, args.rerun_failed, args.output_root)
-        job = GridJob(args.grid, list(args.set), args.output_root, uri, None, args.force, args.rerun_failed,
-                      prepared.since_ms, args.fail_fast, args.device)
+        job = GridJob(args.grid, list(args.set), list(grid.seeds) or None, args.output_root, uri, None, args.force,
+                      args.rerun_failed, prepared.since_ms, args.fail_fast, args.device)
         if opts is not None:
             return submit_grid(prepared, job, opts)
         return run_here(prepared, job, args.workers)
@@ -91,21 +91,22 @@ def run_here(prepared: Prepared, job: GridJob, workers: int) -> int:
         code = max([o.exit_code for o in outcomes if o.exit_code > 0] + [0 if rows else 1])
     print_summary(grid, rows)
     failed = sum(r["status"] == "FAILED" for r in rows)
-    print(f"\n{len(rows)} cells: {sum(r['status'] == 'FINISHED' for r in rows)} run, "
+    print(f"\n{counted(grid, len(rows))}: {sum(r['status'] == 'FINISHED' for r in rows)} run, "
           f"{sum(r['status'] == 'skipped' for r in rows)} skipped, {failed} failed.")
     print_next_steps_of_grid(grid, prepared.uri, prepared.exp_id)
     return 1 if failed else code
 
 
 def merged(rows_of_workers: List[List[dict]]) -> List[dict]:
-    """One summary row per cell from every worker's rows: the worker that ran a cell reports it, the
-    others saw it done and skipped it."""
-    by_cell: Dict[str, dict] = {}
+    """One summary row per cell (per replica, with seeds) from every worker's rows: the worker that ran
+    a cell reports it, the others saw it done and skipped it."""
+    by_run: Dict[tuple, dict] = {}
     for rows in rows_of_workers:
         for row in rows:
-            if by_cell.get(row["cell"], {"status": "skipped"})["status"] == "skipped":
-                by_cell[row["cell"]] = row
-    return list(by_cell.values())
+            key = (row["cell"], row["seed"])
+            if by_run.get(key, {"status": "skipped"})["status"] == "skipped":
+                by_run[key] = row
+    return list(by_run.values())
 
 
 def print_next_steps_of_grid(grid: Grid, uri: str, exp_id: str) -> None:

@@ -9,6 +9,9 @@ Cells that differ only in post-processing share one training and form a *trainin
 (``group_key``): its cell without post-processing trains first, the others evaluate its model. A
 Slurm array task runs one group (``training_groups``). The grid's closing summary is read from the
 same runs (``rows_from_store``, ``print_summary``).
+
+With seeds, a grid's cells are its replicas (``Cell.id`` tells them apart; each seed trains apart), and
+the plan and the summary show each cell once with its seeds beneath it (``by_cell``).
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from enum import Enum
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
 from segtricks.engine.training import State
 from segtricks.method.tricks import post_trick_names
@@ -69,7 +72,8 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
     """The action of every cell, given its runs (by config hash) in the store. The first cell of each
     training group trains; the others evaluate its model, or wait while a live worker trains it.
     With ``force``, FINISHED runs started before ``since_ms`` (the invocation) do not count as done."""
-    steps, trainer_of = [], {}
+    steps: List[Step] = []
+    trainer_of: Dict[str, Cell] = {}  # training hash → the cell that trains it
     live_trainings = {r.data.tags.get(tags.TRAINING_HASH) for rs in runs.values() for r in rs if claims.is_live(r)}
     for cell in ordered(grid.cells):
         mine = runs.get(cell.config_hash, [])
@@ -79,8 +83,8 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
         live = [r for r in mine if claims.is_live(r)]
         failed = [r for r in mine if r.info.status in ("FAILED", "KILLED")]
         if cell.trains:
-            trainer_of.setdefault(cell.training_hash, cell.name)
-        shares = cell.trains and trainer_of[cell.training_hash] != cell.name
+            trainer_of.setdefault(cell.training_hash, cell)
+        shares = cell.trains and trainer_of[cell.training_hash] is not cell
         complete = cell.trains and cell.training.status().state is State.COMPLETE
         if done:
             steps.append(Step(cell, Action.SKIP, f"done (run {done[-1].info.run_id[:8]})"))
@@ -99,46 +103,70 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
         elif complete:
             steps.append(Step(cell, Action.EVALUATE, "training already complete"))
         elif shares and cell.training_hash in live_trainings:
-            steps.append(Step(cell, Action.WAIT, f"waits for the training of {trainer_of[cell.training_hash]}"))
-        elif shares:
-            steps.append(Step(cell, Action.EVALUATE, f"model of {trainer_of[cell.training_hash]}"))
+            steps.append(Step(cell, Action.WAIT, f"waits for the training of {trainer_of[cell.training_hash].name}"))
+        elif shares:  # a shared training is of one seed: the trainer's name says which cell
+            steps.append(Step(cell, Action.EVALUATE, f"model of {trainer_of[cell.training_hash].name}"))
         else:
             steps.append(Step(cell, Action.TRAIN, "new training"))
     return steps
 
 
 def training_groups(steps: List[Step]) -> List[List[str]]:
-    """Cell names per training group that still has a cell to run."""
+    """Cell ids per training group that still has a cell to run."""
     groups: Dict[str, List[Step]] = {}
     for s in steps:
         groups.setdefault(group_key(s.cell), []).append(s)
-    return [[s.cell.name for s in group] for group in groups.values()
+    return [[s.cell.id for s in group] for group in groups.values()
             if any(s.action is not Action.SKIP for s in group)]
 
 
 def missing_by_cell(steps: List[Step], check: preflight.Preflight) -> Dict[str, List[preflight.Missing]]:
     """What each cell that will run needs and this machine lacks (``segtricks.runners.preflight``)."""
-    return {s.cell.name: check.missing(s.cell.cfg, trains=s.cell.trains and
-                                       s.cell.training.status().state is not State.COMPLETE)
+    return {s.cell.id: check.missing(s.cell.cfg, trains=s.cell.trains and
+                                     s.cell.training.status().state is not State.COMPLETE)
             for s in steps if s.action is not Action.SKIP}
 
 
 def actions(steps: List[Step]) -> Dict[str, str]:
-    """Cell name → its action's value: what the estimate and the disk check price."""
-    return {s.cell.name: s.action.value for s in steps}
+    """Cell id → its action's value: what the estimate and the disk check price."""
+    return {s.cell.id: s.action.value for s in steps}
+
+
+T = TypeVar("T")
+
+
+def by_cell(items: Sequence[T], name_of: Callable[[T], str]) -> List[List[T]]:
+    """``items`` grouped by cell name, in the order the names first appear: a cell's replicas together
+    (without seeds, every group is one item, in the given order)."""
+    groups: Dict[str, List[T]] = {}
+    for item in items:
+        groups.setdefault(name_of(item), []).append(item)
+    return list(groups.values())
+
+
+def counted(grid: Grid, runs: int) -> str:
+    """``12 cells``, or with seeds ``36 runs (12 cells × 3 seeds)``: what the plan and the summary count."""
+    if not grid.seeds:
+        return f"{runs} cells"
+    return f"{runs} runs ({len({c.name for c in grid.cells})} cells × {len(grid.seeds)} seeds)"
 
 
 def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[preflight.Missing]],
                downloads: Dict[str, str]) -> None:
-    """``--dry-run``'s table: each cell's hashes, training state and action, and what it would miss."""
+    """``--dry-run``'s table: each cell's hashes, training state and action, and what it would miss;
+    with seeds, a line per seed under the cell's name."""
     trainings = {s.cell.training_hash for s in steps if s.cell.trains}
-    print(f"grid {grid.name} ({grid.path}): {len(steps)} cells, {len(trainings)} trainings")
+    print(f"grid {grid.name} ({grid.path}): {counted(grid, len(steps))}, {len(trainings)} trainings")
     width = max(len(s.cell.name) for s in steps)
-    for s in steps:
-        training = f"train {s.cell.training_hash[:12]} ({s.cell.training.status()})" if s.cell.trains else "maps"
-        fails = ", ".join(m.what for m in missing.get(s.cell.name, []))
-        print(f"  {s.cell.name:<{width}}  {s.cell.config_hash[:12]}  {training:<40}  {s.action.value:<14} {s.reason}"
-              + (f"  will fail: missing {fails}" if fails else ""))
+    seed_width = max(len(str(seed)) for seed in grid.seeds) if grid.seeds else 0
+    for group in by_cell(steps, lambda s: s.cell.name):
+        for i, s in enumerate(group):
+            name = "" if i else s.cell.name
+            seed = f"  seed {s.cell.seed:<{seed_width}}" if grid.seeds else ""
+            training = f"train {s.cell.training_hash[:12]} ({s.cell.training.status()})" if s.cell.trains else "maps"
+            fails = ", ".join(m.what for m in missing.get(s.cell.id, []))
+            print(f"  {name:<{width}}{seed}  {s.cell.config_hash[:12]}  {training:<40}  {s.action.value:<14} {s.reason}"
+                  + (f"  will fail: missing {fails}" if fails else ""))
     if any(missing.values()):
         print(preflight.report(missing).replace("; nothing was run:", ":"))
     for what, where in downloads.items():
@@ -182,25 +210,37 @@ def warn_disk(steps: List[Step], root: Path) -> None:
 
 # --- the summary ------------------------------------------------------------------------------------
 
+def summary_row(cell: Cell, status: str, **values) -> dict:
+    """A row of the closing summary: the cell's name, seed (None without seeds) and status, then its
+    run id, metrics or note."""
+    return {"cell": cell.name, "seed": cell.seed, "status": status, **values}
+
+
 def rows_from_store(runs: Dict[str, list], grid: Grid) -> List[dict]:
     """Summary rows from each cell's newest run (``runs`` by config hash: what Slurm tasks logged)."""
     rows = []
     for cell in grid.cells:
         mine = runs.get(cell.config_hash, [])
         if not mine:
-            rows.append({"cell": cell.name, "status": "no run"})
+            rows.append(summary_row(cell, "no run"))
             continue
         run = mine[-1]
-        rows.append({"cell": cell.name, "status": run.info.status, "run_id": run.info.run_id, **run.data.metrics})
+        rows.append(summary_row(cell, run.info.status, run_id=run.info.run_id, **run.data.metrics))
     return rows
 
 
 def print_summary(grid: Grid, rows: List[dict]) -> None:
-    """One line per cell: its status, its headline metrics on every dataset, its run."""
+    """One line per cell: its status, its headline metrics on every dataset, its run; with seeds, a
+    line per seed under the cell's name."""
     keys = sorted({k for r in rows for k in r if k.split(".")[-1] in SUMMARY_METRICS and "." in k})
-    header = ["cell", "status", *keys, "run"]
-    lines = [header] + [[r["cell"], r["status"], *[f"{r[k]:.3f}" if k in r else "" for k in keys],
-                         (r.get("run_id") or "")[:8] + (f" {r['note']}" if r.get("note") else "")] for r in rows]
+    seeds = ["seed"] if grid.seeds else []
+    header = ["cell", *seeds, "status", *keys, "run"]
+    lines = [header]
+    for group in by_cell(rows, lambda r: r["cell"]):
+        lines += [["" if i else r["cell"], *([r["seed"]] if seeds else []), r["status"],
+                   *[f"{r[k]:.3f}" if k in r else "" for k in keys],
+                   (r.get("run_id") or "")[:8] + (f" {r['note']}" if r.get("note") else "")]
+                  for i, r in enumerate(group)]
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
     print(f"\nsummary of grid {grid.name}:")
     for line in lines:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from segtricks.runners import slurm
-from segtricks.runners.plan import Prepared, print_summary, rows_from_store, training_groups
+from segtricks.runners.plan import Prepared, counted, print_summary, rows_from_store, training_groups
 from segtricks.runners.study_runner import (journal_path, mlflow_parent, open_study, print_next_steps,
                                             print_study_summary)
 from segtricks.runners.tasks import GridJob, GroupTask, StudyJob, StudyTask
@@ -55,7 +55,7 @@ def submit_grid(prepared: Prepared, job: GridJob, opts: slurm.SlurmOptions) -> i
     for failure in filter(None, failures):
         print(f"error: {failure}", file=sys.stderr)
     failed = sum(r["status"] != "FINISHED" for r in rows)
-    print(f"\n{len(rows)} cells: {len(rows) - failed} finished, {failed} not. "
+    print(f"\n{counted(grid, len(rows))}: {len(rows) - failed} finished, {failed} not. "
           f"Browse: mlflow ui --backend-store-uri {prepared.uri}")
     return 1 if failed or any(failures) else 0
 

@@ -28,13 +28,14 @@ from segtricks.spec.study import load_study
 
 @dataclass
 class GridJob:
-    """One grid worker's work: which grid (and which of its cells), with what flags, logged where."""
+    """One grid worker's work: which grid (and which of its cells), with what flags and seeds, logged where."""
 
     grid: str  # grid name, or a YAML path (absolute for Slurm tasks)
     flags: List[str]  # the --set flags
+    seeds: Optional[List[int]]  # the seeds the cells are replicated over (--seeds or the file's); None: none
     output_root: str
     uri: str
-    cells: Optional[List[str]]  # None: every cell; a Slurm task: one training group
+    cells: Optional[List[str]]  # cell ids (``Cell.id``); None: every cell; a Slurm task: one training group
     force: bool
     rerun_failed: bool
     since_ms: Optional[int]  # with --force, when the invocation began
@@ -46,9 +47,9 @@ class GroupTask(submitit.helpers.Checkpointable):
     """Run a grid worker's loop (``grid_runner.run_grid``) on the job's cells: its summary rows."""
 
     def __call__(self, job: GridJob) -> List[dict]:
-        grid = load_grid(job.grid, job.flags, job.output_root)
+        grid = load_grid(job.grid, job.flags, job.output_root, job.seeds)
         if job.cells is not None:
-            grid = dataclasses.replace(grid, cells=[c for c in grid.cells if c.name in job.cells])
+            grid = dataclasses.replace(grid, cells=[c for c in grid.cells if c.id in job.cells])
         return run_grid(grid, job.uri, job.force, job.rerun_failed, job.fail_fast, job.device, job.since_ms)
 
 

@@ -11,6 +11,7 @@ A grid file (``experiments/<name>.yaml``)::
       tricks:
         - {name: baseline, set: {tricks: []}}
         - {name: crop+gf, set: {tricks: [crop, gf]}}
+    seeds: [0, 1, 2]             # optional: every cell once per training seed (``ablate --seeds`` replaces it)
     table:                       # optional: the paper table it regenerates (``TableSpec``)
       title: "Table 3: IoU per backbone and trick combination"
       datasets: [dut_omron, duts_te, ecssd]
@@ -18,6 +19,8 @@ A grid file (``experiments/<name>.yaml``)::
       rows: [...]                # optional: the grid's cells, in the paper's order (default: grid order)
       published:                 # optional: per cell, datasets in order, each with its metrics in order
         dino_s8/baseline: [.664, .761, .853]
+      contrasts:                 # optional: trick cell against baseline cell (default: analysis.contrasts's rule)
+        - {trick: dino_s8/crop+gf, baseline: dino_s8/baseline}
 
 A cell's name joins its axis values (``vocabulary.cell_name``: ``dino_s8/crop+gf``); its config is
 composed from the layers base file, ``set``, the axis entries and command-line ``--set`` flags
@@ -26,10 +29,26 @@ and dataset names, splits) and the table checked against the cells before anythi
 torch is imported (``read_grid``); errors name the file and line (of the grid or its base file), or
 the flag. A flag on a key that an axis varies is refused, as it would give that axis's cells one
 value (``--force-set`` applies it). Cells of one training hash share one ``Training`` (``load_grid``).
+
+Seeds: with ``seeds:`` (or ``--seeds``) every cell is run once per training seed, its config with
+``seed: <s>`` as the last layer, so that each replica has its own config and training hash (the cells
+that differ only in post-processing share their seed's training). A replica keeps its cell's name (the
+run name and ``cell`` tag); ``Cell.id`` (``dino_s8/crop+gf @ seed 1``) tells replicas apart. The
+replicas run seed by seed: a whole table at the first seed, then the next. A replica at the seed its
+config had anyway is that cell, hash and all (its earlier run counts as done). A grid without seeds has
+exactly the cells, names and hashes it had before seeds existed. An axis entry or a ``--set`` flag on
+``seed`` is refused with seeds (the replica's seed would replace it; ``--force-set`` lets the flag be).
+
+Contrasts: ``table.contrasts`` lists the comparisons the grid's analysis makes, each a mapping
+``{trick: <cell>, baseline: <cell>}`` of two different cells of the grid (``TableSpec.contrasts``).
+Without it, each trick cell is compared with the cell whose config is the same but for ``tricks: []``
+(``baseline_keys``, read by ``analysis.contrasts``).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -44,8 +63,9 @@ from segtricks.spec.vocabulary import METRICS, cell_name
 if TYPE_CHECKING:
     from segtricks.engine.training import Training
 
-GRID_KEYS = ("name", "description", "base", "set", "axes", "table")
-TABLE_KEYS = ("title", "datasets", "metrics", "rows", "published")
+GRID_KEYS = ("name", "description", "base", "set", "axes", "seeds", "table")
+TABLE_KEYS = ("title", "datasets", "metrics", "rows", "published", "contrasts")
+CONTRAST_KEYS = ("trick", "baseline")
 
 
 def experiments_dir() -> Path:
@@ -64,14 +84,23 @@ class TableSpec:
     datasets: Tuple[str, ...]
     metrics: Tuple[str, ...]
     published: Dict[Tuple[str, str, str], float] = field(default_factory=dict)  # (row, dataset, metric)
+    contrasts: Tuple[Tuple[str, str], ...] = ()  # (trick cell, baseline cell) as declared; () = the default rule
 
 
 @dataclass
 class Cell:
+    """One run of a grid: a cell, or with seeds one replica of it (``seed``)."""
+
     name: str
     cfg: Config
     config_hash: str
     training: Optional[Training]  # None for cells that score precomputed maps
+    seed: Optional[int] = None  # the training seed of a replica; None in a grid without seeds
+
+    @property
+    def id(self) -> str:
+        """What tells the runs of a grid apart: the cell name, and with seeds the replica's seed."""
+        return self.name if self.seed is None else f"{self.name} @ seed {self.seed}"
 
     @property
     def trains(self) -> bool:
@@ -90,6 +119,7 @@ class Grid:
     cells: List[Cell]
     description: str = ""
     table: Optional[TableSpec] = None
+    seeds: Tuple[int, ...] = ()  # the training seeds every cell is replicated over; () = none
 
 
 def experiment_file(name_or_path: str, kind: str, plural: str, prefix: str, known: Callable[[], List[str]]) -> Path:
@@ -179,10 +209,13 @@ class GridFile:
 
     name: str
     path: Path
-    configs: List[Tuple[str, Config]]  # (cell name, config), in axis order
+    configs: List[Tuple[str, Config]]  # (cell name, config), in axis order, before the seeds
     description: str = ""
     table: Optional[TableSpec] = None
     overridden: List[str] = field(default_factory=list)  # the axes --set flags override (with force_set)
+    seeds: Tuple[int, ...] = ()  # the training seeds every cell is replicated over; () = none
+    # (cell name, seed, config) of every run, seed by seed; without seeds, the configs with seed None
+    replicas: List[Tuple[str, Optional[int], Config]] = field(default_factory=list)
 
 
 def _leaf_keys(values: Dict[Any, Any]) -> Iterator[str]:
@@ -279,8 +312,83 @@ def _table(file: YamlFile, cells: Sequence[str]) -> Optional[TableSpec]:
             raise file.error(where, f"{where} has {len(values)} values; expected {len(keys)} (datasets × metrics, "
                                     f"dataset-major)")
         published |= dict(zip(keys, map(float, values)))
+    contrasts = _contrasts(file, table["contrasts"], cells) if "contrasts" in table else ()
     title = str(table.get("title", f"Grid {file.data.get('name', file.path.stem)}"))
-    return TableSpec(title, tuple(rows), datasets, metrics, published)
+    return TableSpec(title, tuple(rows), datasets, metrics, published, contrasts)
+
+
+def _contrasts(file: YamlFile, given: Any, cells: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+    """``table.contrasts``: a list of ``{trick: <cell>, baseline: <cell>}``, each of two different cells
+    of the grid, each pair once."""
+    if not isinstance(given, list) or not given:
+        raise file.error("table.contrasts", f"table.contrasts: expected a list of {{trick: <cell>, baseline: <cell>}}, "
+                                            f"got {given!r}")
+    pairs: List[Tuple[str, str]] = []
+    for i, entry in enumerate(given):
+        key = f"table.contrasts[{i}]"
+        if not isinstance(entry, dict):
+            raise file.error(key, f"{key}: expected {{trick: <cell>, baseline: <cell>}}, got {entry!r}")
+        file.check_keys(entry, CONTRAST_KEYS, key)
+        for role in CONTRAST_KEYS:
+            if role not in entry:
+                raise file.error(key, f"{key}: needs {role} (a cell of the grid)")
+            if entry[role] not in cells:
+                raise file.error(f"{key}.{role}", f"table.contrasts: {entry[role]!r} is not a cell of the grid; "
+                                                  f"cells: {', '.join(cells)}")
+        pair = (entry["trick"], entry["baseline"])
+        if pair[0] == pair[1]:
+            raise file.error(key, f"{key}: {pair[0]!r} against itself; a contrast needs two cells")
+        if pair in pairs:
+            raise file.error(key, f"{key}: {pair[0]!r} against {pair[1]!r} is declared twice")
+        pairs.append(pair)
+    return tuple(pairs)
+
+
+def _seed_problem(seeds: Any, example: str) -> Optional[str]:
+    """Why ``seeds`` is not a non-empty list of distinct integers ≥ 0 (like ``example``); None when it is one."""
+    if not isinstance(seeds, (list, tuple)) or not seeds or not all(type(s) is int and s >= 0 for s in seeds):
+        return f"expected a non-empty list of integers ≥ 0, e.g. {example}; got {seeds!r}"
+    twice = [s for i, s in enumerate(seeds) if s in seeds[:i]]
+    return f"seed {twice[0]} is listed twice; list each seed once" if twice else None
+
+
+def parse_seeds(text: str) -> Tuple[int, ...]:
+    """``ablate --seeds 0,1,2`` → (0, 1, 2): distinct integers ≥ 0, else one line naming the flag."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(re.fullmatch(r"[0-9]+", part) for part in parts):
+        raise ConfigError(f"--seeds {text}: expected a comma-separated list of integers ≥ 0, e.g. --seeds 0,1,2")
+    seeds = tuple(map(int, parts))
+    problem = _seed_problem(seeds, "--seeds 0,1,2")
+    if problem:
+        raise ConfigError(f"--seeds {text}: {problem}")
+    return seeds
+
+
+def _file_seeds(file: YamlFile) -> Tuple[int, ...]:
+    """The grid file's ``seeds:`` (() without one)."""
+    if "seeds" not in file.data:
+        return ()
+    problem = _seed_problem(file.data["seeds"], "seeds: [0, 1, 2]")
+    if problem:
+        raise file.error("seeds", f"seeds: {problem}")
+    return tuple(file.data["seeds"])
+
+
+def _seed_overrides(file: YamlFile, flag_layers: Sequence[Layer], source: str, force_set: bool) -> List[str]:
+    """With seeds, what else sets ``seed``, which each replica's seed replaces. An axis entry is
+    refused (the cells it tells apart would be the same runs); a ``--set seed=`` flag is refused
+    unless ``force_set`` (then it is listed, and changes nothing)."""
+    for axis, entries in file.data["axes"].items():
+        names = [str(e["name"]) for e in entries if "seed" in _leaf_keys(e.get("set") or {})]
+        if names:
+            raise file.error(f"axes.{axis}", f"axis {axis!r} sets seed ({', '.join(names)}), which {source} sets in "
+                                             f"every replica; drop the axis or the seeds")
+    replaced = [f"{flag.source} is replaced by each replica's seed ({source})"
+                for flag in flag_layers if "seed" in flag.values]
+    if replaced and not force_set:
+        raise ConfigError(f"{replaced[0]}, so the flag would change nothing; drop it, or add --force-set to go on "
+                          f"anyway")
+    return replaced
 
 
 def _read_grid_file(name_or_path: str) -> YamlFile:
@@ -296,14 +404,24 @@ def read_table(name_or_path: str) -> Optional[TableSpec]:
     return _table(file, [name for name, _ in _cells(file)])
 
 
-def read_grid(name_or_path: str, flags: Sequence[str] = (), force_set: bool = False) -> GridFile:
-    """Expand a grid file into validated cell configs (errors name the file, line and key, or the
-    flag). A flag that overrides an axis is an error unless ``force_set`` (then it is listed in
+def read_grid(name_or_path: str, flags: Sequence[str] = (), force_set: bool = False,
+              seeds: Optional[Sequence[int]] = None) -> GridFile:
+    """Expand a grid file into validated cell configs and their replicas over ``seeds`` (``--seeds``;
+    None: the file's ``seeds:``, if any). Errors name the file, line and key, or the flag. A flag that
+    overrides an axis or the seeds is an error unless ``force_set`` (then it is listed in
     ``overridden``). Imports nothing heavy: the command-line tools call it before importing torch."""
     file = _read_grid_file(name_or_path)
     layers = base_and_set_layers(file)
     cells = _cells(file)
     table = _table(file, [name for name, _ in cells])
+    file_seeds = _file_seeds(file)  # checked even when --seeds replaces it
+    if seeds is None:
+        seeds, source = file_seeds, f"seeds: {file.data.get('seeds')} at {file.where('seeds')}"
+    else:
+        seeds, source = tuple(seeds), f"--seeds {','.join(map(str, seeds))}"
+        problem = _seed_problem(seeds, "--seeds 0,1,2")
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
     flag_layers = set_flag_layers(flags)
     configs: List[Tuple[str, Config]] = []
     for name, axis_layers in cells:
@@ -317,22 +435,37 @@ def read_grid(name_or_path: str, flags: Sequence[str] = (), force_set: bool = Fa
     if overridden and not force_set:
         raise ConfigError(f"{overridden[0]}: the flag would replace what those entries set; drop it, "
                           f"or add --force-set to apply it anyway")
+    replicas: List[Tuple[str, Optional[int], Config]] = [(name, None, cfg) for name, cfg in configs]
+    if seeds:
+        overridden += _seed_overrides(file, flag_layers, source, force_set)
+        replicas = [(name, seed, compose([*layers, *axis_layers, *flag_layers, Layer({"seed": seed}, source)]))
+                    for seed in seeds for name, axis_layers in cells]
     return GridFile(file.data.get("name", file.path.stem), file.path, configs,
-                    str(file.data.get("description", "")).strip(), table, overridden)
+                    str(file.data.get("description", "")).strip(), table, overridden, seeds, replicas)
 
 
-def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs") -> Grid:
-    """``read_grid``, then each cell's ``Training`` (cells differing only in post-processing share one)."""
+def baseline_keys(grid_file: GridFile) -> Dict[str, Tuple[Tuple[str, ...], str]]:
+    """Cell name → (its tricks, the config hash of its config with ``tricks: []``): a trick cell's
+    default baseline is the cell without tricks of the same key (``analysis.contrasts``). Computed
+    before the seeds, so that the replicas of a cell share it."""
+    return {name: (tuple(cfg.tricks), config_hash(dataclasses.replace(cfg, tricks=[])))
+            for name, cfg in grid_file.configs}
+
+
+def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs",
+              seeds: Optional[Sequence[int]] = None) -> Grid:
+    """``read_grid``, then each cell's (or replica's) ``Training`` (cells differing only in
+    post-processing share one)."""
     from segtricks.engine.training import Training  # torch and timm: imported once the grid is known to be valid
     # The flags apply as given: the command line has refused those overriding an axis (read_grid) unless
     # --force-set, and a Slurm task rereads the grid with the flags it was submitted with.
-    grid_file = read_grid(name_or_path, flags, force_set=True)
+    grid_file = read_grid(name_or_path, flags, force_set=True, seeds=seeds)
     cells, trainings = [], {}
-    for name, cfg in grid_file.configs:
+    for name, seed, cfg in grid_file.replicas:
         training = None
         if cfg.maps is None:  # trainings live by training hash: cells differing only in post-processing share one
             training = Training.in_root(cfg, output_root)
             training = trainings.setdefault(training.hash, training)
             cfg.output_dir = str(training.dir)
-        cells.append(Cell(name, cfg, config_hash(cfg), training))
-    return Grid(grid_file.name, grid_file.path, cells, grid_file.description, grid_file.table)
+        cells.append(Cell(name, cfg, config_hash(cfg), training, seed))
+    return Grid(grid_file.name, grid_file.path, cells, grid_file.description, grid_file.table, grid_file.seeds)

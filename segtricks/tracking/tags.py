@@ -11,6 +11,7 @@ GRID = "grid"
 CELL = "cell"
 BACKBONE = "backbone"
 TRICKS = "tricks"
+SEED = "seed"  # the config's training seed (a param too): what tells the replicas of a cell apart
 EVAL_PROTOCOL = "eval_protocol"  # the protocols scored, comma-separated
 CONFIG_HASH = "config_hash"  # identifies the cell: a FINISHED run with it means the cell is done
 TRAINING_HASH = "training_hash"  # identifies the training that cells differing only in post-processing share
