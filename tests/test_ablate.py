@@ -330,11 +330,16 @@ def _each_epoch_logged_once(tmp_path, epochs):
     return rs
 
 
+def two_worker_command(in_tmp):
+    """``ablate --workers 2`` on a grid of two cells whose 3-epoch trainings can be killed mid-way."""
+    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: crop, set: {tricks: [crop]}}"], epochs=3)
+    return [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
+
+
 @pytest.mark.slow
 def test_a_killed_worker_of_two_is_taken_over_by_the_other(in_tmp):
     """``--workers 2``: kill -9 of the worker holding a training mid-way; the other worker resumes it."""
-    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: crop, set: {tricks: [crop]}}"], epochs=3)
-    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
+    cmd = two_worker_command(in_tmp)
     proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     running, trained = _wait_for_a_checkpoint(in_tmp, proc)
@@ -351,8 +356,7 @@ def test_a_killed_worker_of_two_is_taken_over_by_the_other(in_tmp):
 
 @pytest.mark.slow
 def test_workers_of_a_killed_parent_finish_the_grid(in_tmp):
-    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: crop, set: {tricks: [crop]}}"], epochs=3)
-    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
+    cmd = two_worker_command(in_tmp)
     proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_a_checkpoint(in_tmp, proc)
     os.kill(proc.pid, signal.SIGKILL)  # the parent only holds the workers' results: they go on without it
@@ -365,8 +369,7 @@ def test_workers_of_a_killed_parent_finish_the_grid(in_tmp):
 
 @pytest.mark.slow
 def test_ctrl_c_of_two_workers_leaves_a_grid_that_the_next_run_resumes(in_tmp):
-    grid = write_grid(in_tmp, ["{name: base, set: {tricks: []}}", "{name: crop, set: {tricks: [crop]}}"], epochs=3)
-    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2], "--workers", "2"]
+    cmd = two_worker_command(in_tmp)
     proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     _wait_for_a_checkpoint(in_tmp, proc)

@@ -141,13 +141,32 @@ TABLE = ["table:", "  title: T", "  datasets: [synthetic]", "  metrics: [iou, co
      "{grid}:14: table.published.small/crop: expected a list of 2 numbers, got [0.5, 'high']"),
     (["  metric: [iou]"], "{grid}:14: table: unknown key(s) metric; valid keys: title, datasets, metrics, rows, "
                           "published, contrasts"),
+    # table: contrasts:
+    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop}",
+      "    - {trick: large/crp, baseline: large/crop}"],
+     "{grid}:16: table.contrasts: 'large/crp' is not a cell of the grid; cells: small/crop, small/crop+gf, "
+     "large/crop, large/crop+gf"),
+    (["  contrasts:", "    - {trick: small/crop+gf}"],
+     "{grid}:15: table.contrasts[0]: needs baseline (a cell of the grid)"),
+    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop, p: 0.05}"],
+     "{grid}:15: table.contrasts[0]: unknown key(s) p; valid keys: trick, baseline"),
+    (["  contrasts:", "    - [small/crop+gf, small/crop]"],
+     "{grid}:15: table.contrasts[0]: expected {{trick: <cell>, baseline: <cell>}}, got "
+     "['small/crop+gf', 'small/crop']"),
+    (["  contrasts:", "    - {trick: small/crop, baseline: small/crop}"],
+     "{grid}:15: table.contrasts[0]: 'small/crop' against itself; a contrast needs two cells"),
+    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop}",
+      "    - {trick: small/crop+gf, baseline: small/crop}"],
+     "{grid}:16: table.contrasts[1]: 'small/crop+gf' against 'small/crop' is declared twice"),
+    (["  contrasts: small/crop"],
+     "{grid}:14: table.contrasts: expected a list of {{trick: <cell>, baseline: <cell>}}, got 'small/crop'"),
 ])
 def test_the_table_section_is_checked_against_the_cells_when_the_grid_is_read(tmp_path, lines, message):
     """Issue 21: the grid's table: section was only checked by make_tables, and a row's typo gave a row of —."""
     from analysis.paper import table_layout
     grid = write_grid(tmp_path, FRAC_AND_TRICKS)
     grid.write_text(grid.read_text() + "\n".join(TABLE + lines) + "\n")
-    for read in (read_grid, table_layout):
+    for read in (read_grid, read_table, table_layout):
         with pytest.raises(ConfigError) as exc:
             read(str(grid))
         assert str(exc.value) == message.format(grid=grid)
@@ -277,35 +296,6 @@ def test_an_axis_that_sets_the_seed_is_refused_with_seeds(tmp_path):
 
 
 # --- contrasts (issue 22) -----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("lines,message", [
-    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop}",
-      "    - {trick: large/crp, baseline: large/crop}"],
-     "{grid}:16: table.contrasts: 'large/crp' is not a cell of the grid; cells: small/crop, small/crop+gf, "
-     "large/crop, large/crop+gf"),
-    (["  contrasts:", "    - {trick: small/crop+gf}"],
-     "{grid}:15: table.contrasts[0]: needs baseline (a cell of the grid)"),
-    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop, p: 0.05}"],
-     "{grid}:15: table.contrasts[0]: unknown key(s) p; valid keys: trick, baseline"),
-    (["  contrasts:", "    - [small/crop+gf, small/crop]"],
-     "{grid}:15: table.contrasts[0]: expected {{trick: <cell>, baseline: <cell>}}, got "
-     "['small/crop+gf', 'small/crop']"),
-    (["  contrasts:", "    - {trick: small/crop, baseline: small/crop}"],
-     "{grid}:15: table.contrasts[0]: 'small/crop' against itself; a contrast needs two cells"),
-    (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop}",
-      "    - {trick: small/crop+gf, baseline: small/crop}"],
-     "{grid}:16: table.contrasts[1]: 'small/crop+gf' against 'small/crop' is declared twice"),
-    (["  contrasts: small/crop"],
-     "{grid}:14: table.contrasts: expected a list of {{trick: <cell>, baseline: <cell>}}, got 'small/crop'"),
-])
-def test_declared_contrasts_are_checked_against_the_cells_naming_the_line(tmp_path, lines, message):
-    grid = write_grid(tmp_path, FRAC_AND_TRICKS)
-    grid.write_text(grid.read_text() + "\n".join(TABLE + lines) + "\n")
-    for read in (read_grid, read_table):
-        with pytest.raises(ConfigError) as exc:
-            read(str(grid))
-        assert str(exc.value) == message.format(grid=grid)
-
 
 def test_declared_contrasts_are_pairs_of_the_table_and_absent_ones_are_empty(tmp_path):
     grid = write_grid(tmp_path, FRAC_AND_TRICKS)
