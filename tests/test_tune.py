@@ -49,7 +49,7 @@ def test_study_end_to_end_resume_and_best_export(in_tmp, capsys):
         f"  python -m segtricks.tune --study {path} --best   # as --set flags / a grid's set: block",
         f"  python -m segtricks.tune --study {path} --n-trials 4   # 2 more trials",
         f"  mlflow ui --backend-store-uri sqlite:///{in_tmp / 'mlflow.db'}   then open "
-        f"http://127.0.0.1:5000/#/experiments/{exp_id}"]
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"]
     client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
     exp = client.get_experiment_by_name("study-tiny")
     runs = client.search_runs([exp.experiment_id])

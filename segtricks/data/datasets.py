@@ -16,6 +16,7 @@ that do not look binary, are reported once per dataset (``mask_notes``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -30,6 +31,7 @@ from PIL import Image
 from segtricks.errors import BadInput
 from segtricks.spec.config import DatasetRef
 from segtricks.spec.registry import Registry
+from segtricks.data import synthetic as synthetic_module
 from segtricks.data.synthetic import SPLIT_SIZES, SPLIT_STREAMS, render
 
 # ``splits``: the values ``ref.split`` may take (config validation refuses others before anything is
@@ -104,6 +106,25 @@ class RawDataset:
         """The id of item ``index`` without loading it (names a file that fails to load)."""
         return f"#{index}"
 
+    def item_files(self, index: int) -> Tuple[Path, ...]:
+        """The files item ``index`` is read from, without reading them (none for generated items)."""
+        return ()
+
+    def identity(self) -> Dict[str, object]:
+        """What, beside its files, decides the items (a generator's seed and version)."""
+        return {}
+
+
+def digest(raw: RawDataset) -> str:
+    """A fingerprint of the items: their ids, and the names and sizes of their files (stat only, no
+    image is read), with ``raw.identity()``. Two copies of a dataset with one file changed in size, one
+    renamed, added or removed, differ."""
+    h = hashlib.sha256(json.dumps(raw.identity(), sort_keys=True).encode())
+    for i in range(len(raw)):
+        files = [f"{p.name}:{p.stat().st_size}" for p in raw.item_files(i)]
+        h.update("\t".join([raw.item_id(i), *files, "\n"]).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:16]
+
 
 def open_image(path: Path, mode: str) -> Image.Image:
     """The image file at ``path`` converted to ``mode``; an unreadable file is a DatasetError naming it."""
@@ -158,6 +179,9 @@ class FilePairs(RawDataset):
     def item_id(self, index: int) -> str:
         return self.items[index][0]
 
+    def item_files(self, index: int) -> Tuple[Path, ...]:
+        return tuple(p for p in self.items[index][1:] if p is not None)
+
     def load(self, index: int) -> Sample:
         item_id, image_path, mask_path = self.items[index]
         image = open_image(image_path, "RGB")
@@ -190,6 +214,9 @@ class BoxedImages(RawDataset):
 
     def item_id(self, index: int) -> str:
         return self.items[index][0]
+
+    def item_files(self, index: int) -> Tuple[Path, ...]:
+        return (self.items[index][1],)
 
     def load(self, index: int) -> Sample:
         item_id, image_path = self.items[index]
@@ -409,6 +436,12 @@ class SyntheticShapes(RawDataset):
 
     def item_id(self, index: int) -> str:
         return f"{self.split}_{index:05d}"
+
+    def identity(self) -> Dict[str, object]:
+        """The seed, image size and generator version (a digest of the generator's source: an edit to
+        segtricks.data.synthetic may change every image, so it is a new version)."""
+        source = Path(synthetic_module.__file__).read_bytes()
+        return {"seed": self.seed, "size": self.size, "generator": hashlib.sha256(source).hexdigest()[:12]}
 
     def load(self, index: int) -> Sample:
         if not 0 <= index < self.length:

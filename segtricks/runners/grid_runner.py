@@ -29,8 +29,12 @@ from segtricks.files import NoSpaceError
 from segtricks.method.tricks import post_trick_names
 from segtricks.runners.plan import Action, Step, plan, summary_row
 from segtricks.spec.grid import Cell, Grid
+from segtricks.inference.mlflow_model import log_trained_model
 from segtricks.tracking import artifacts, tags
+from segtricks.tracking.dataset_inputs import cell_inputs
+from segtricks.tracking.description import cell_description
 from segtricks.tracking.store import RunLog, Store
+from segtricks.tracking.system_metrics import system_metrics
 
 SAMPLES = 16  # first images of each evaluation dataset kept with a run, for qualitative figures
 
@@ -48,6 +52,8 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
     log everything to ``run``."""
     cell, cfg = step.cell, step.cell.cfg
     run.log_config(cfg, params=step.action is not Action.RESUME)
+    run.log_inputs(cell_inputs(cfg, cell.trains))
+    trains, model_from = False, None  # whether this run trains the cell's model; else the run that did
     if cell.trains:
         training = cell.training
         trains = run.tags().get(tags.ROLE) == tags.ROLE_TRAIN  # a resumed trainer stays the trainer
@@ -59,14 +65,18 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
                                              f" and tags.{tags.ROLE} = '{tags.ROLE_TRAIN}'")
                        if r.info.run_id != run.id]
             if trainer:
-                run.set_tags({tags.MODEL_FROM_RUN: trainer[0].info.run_id})
-        status = training.run([EpochLogger(run)] if trains else [])
+                model_from = trainer[0].info.run_id
+                run.set_tags({tags.MODEL_FROM_RUN: model_from})
+        with system_metrics(run, on=trains and cfg.tracking.system_metrics):
+            status = training.run([EpochLogger(run)] if trains else [])
         if trains:
             run.log_epochs(training.history())
-        run.set_tags({tags.WEIGHTS: status.weights_id})
+            log_trained_model(run, training)  # once: a resumed trainer that logged it leaves it
+        weights = status.weights_id
         model = training.model(device)
     else:
-        run.set_tags({tags.WEIGHTS: f"maps:{cfg.maps}"})
+        weights = f"maps:{cfg.maps}"
+    run.set_tags({tags.WEIGHTS: weights})
     results: Dict[str, float] = {}
     post = post_trick_names(cfg.tricks)
     for ref in cfg.eval:
@@ -88,6 +98,7 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
             if protocol.keeps_samples:
                 artifacts.log_samples(run, key, ev.samples, f"{cell.id} on {ref.name}")
     run.log_metrics(results)
+    run.describe(cell_description(cell, weights, results, trains, model_from, run.experiment_id()))
     return results
 
 

@@ -28,7 +28,7 @@ from segtricks.spec.grid import Grid, load_grid
 from segtricks.spec.study import StudySpec
 from segtricks.tracking.connect import exit_on_environment_error
 from segtricks.tracking.store import Store
-from segtricks.tracking.uri import sqlite_path, tracking_uri
+from segtricks.tracking.uri import runs_page, sqlite_path, tracking_uri
 
 
 def launch_grid(args: argparse.Namespace, opts: Optional[slurm.SlurmOptions]) -> int:
@@ -111,14 +111,11 @@ def merged(rows_of_workers: List[List[dict]]) -> List[dict]:
 
 def print_next_steps_of_grid(grid: Grid, uri: str, exp_id: str) -> None:
     """What a user does with a finished grid: the tables, and the runs in the MLflow UI (a direct link
-    to the grid's runs: the UI's home page opens on its GenAI view)."""
+    to the grid's runs table, ``runs_page``)."""
     print("Next:")
     print(f"  python -m analysis.make_tables --grid {grid.name}" + ("" if uri == tracking_uri() else
                                                                   f" --tracking-uri {uri}"))
-    if uri.startswith("sqlite:"):
-        print(f"  mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/#/experiments/{exp_id}")
-    else:
-        print(f"  the runs: {uri.rstrip('/')}/#/experiments/{exp_id}")
+    print(f"  {runs_page(uri, exp_id)}")
 
 
 def launch_study(spec: StudySpec, args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from segtricks.spec.study import StudySpec
 from segtricks.spec.vocabulary import needs_structure
 from segtricks.tracking import tags
 from segtricks.tracking.store import RunLog, Store
-from segtricks.tracking.uri import sqlite_path, tracking_uri
+from segtricks.tracking.uri import runs_page, sqlite_path, tracking_uri
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -198,7 +198,7 @@ def print_study_summary(spec: StudySpec, study: optuna.Study, storage: str) -> N
 
 def print_next_steps(spec: StudySpec, study: optuna.Study, args: argparse.Namespace, storage: str) -> None:
     """What a user does with a finished study: its best parameters as overrides, and its runs in the
-    MLflow UI (a direct link to the study's runs: the UI's home page opens on its GenAI view)."""
+    MLflow UI (a direct link to the study's runs table, ``runs_page``)."""
     uri = tracking_uri(args.tracking_uri)
     exp_id = Store(uri).experiment(f"study-{spec.name}", create=False)
     where = "" if storage == default_storage() else f" --storage {storage}"
@@ -208,10 +208,7 @@ def print_next_steps(spec: StudySpec, study: optuna.Study, args: argparse.Namesp
     done = sum(t.state in DONE for t in study.trials)
     print(f"  python -m segtricks.tune --study {args.study}{where} --n-trials {done + spec.n_trials}"
           f"   # {spec.n_trials} more trials")
-    if uri.startswith("sqlite:"):
-        print(f"  mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/#/experiments/{exp_id}")
-    else:
-        print(f"  the runs: {uri.rstrip('/')}/#/experiments/{exp_id}")
+    print(f"  {runs_page(uri, exp_id)}")
 
 
 def close_failed_trial_runs(store: Store, study: optuna.Study) -> None:

@@ -132,6 +132,13 @@ class CacheConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """What a run records beside its results; never changes a number."""
+
+    system_metrics: bool = True  # CPU, memory (and GPU) over time on training runs (segtricks.tracking.system_metrics)
+
+
+@dataclass
 class Config:
     seed: int = 0
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -146,6 +153,7 @@ class Config:
     maps: Optional[str] = None  # evaluate precomputed maps <maps>/<dataset>/<id>.png instead of a model
     eval_protocols: List[str] = field(default_factory=lambda: ["ours"])  # each cell is scored under each (EVAL_PROTOCOLS)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "outputs/run"
     device: str = "auto"  # auto: CUDA when present, else CPU
 
@@ -510,4 +518,4 @@ def config_hash(cfg: Config) -> str:
     return canonical_sha256(d)
 
 
-NUMBER_NEUTRAL = ("output_dir", "cache")  # top-level sections no hash depends on (with data.num_workers)
+NUMBER_NEUTRAL = ("output_dir", "cache", "tracking")  # top-level sections no hash depends on (with data.num_workers)

@@ -18,10 +18,10 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from segtricks.spec.config import Config, resolved_yaml, to_dict
@@ -63,6 +63,14 @@ class RunLog:
 
     def set_tags(self, tags: Dict[str, object]) -> None:
         self.client.log_batch(self.id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def describe(self, markdown: str) -> None:
+        """The run's description (the run page's Description, the runs table's tooltip)."""
+        self.set_tags({NOTE: markdown})
+
+    def log_inputs(self, inputs: Sequence[DatasetInput]) -> None:
+        """Datasets the run used (``segtricks.tracking.dataset_inputs``); one already logged is not repeated."""
+        self.client.log_inputs(self.id, datasets=list(inputs))
 
     def log_params(self, params: Dict[str, str]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]

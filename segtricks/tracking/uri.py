@@ -24,3 +24,13 @@ def sqlite_path(uri: str) -> Optional[Path]:
     if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
         return None
     return Path(uri[len("sqlite:///"):].split("?")[0])
+
+
+def runs_page(uri: str, exp_id: str) -> str:
+    """How a user opens an experiment's runs table: for SQLite, the ``mlflow ui`` command and its link;
+    for a server, its link. ``workflowType=machine_learning`` opens the runs table: MLflow 3 otherwise
+    lands on its GenAI overview, an empty traces dashboard."""
+    page = f"#/experiments/{exp_id}?workflowType=machine_learning"
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri}   then open http://127.0.0.1:5000/{page}"
+    return f"the runs: {uri.rstrip('/')}/{page}"

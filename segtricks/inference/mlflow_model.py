@@ -1,0 +1,102 @@
+"""A training's best checkpoint as an MLflow model: ``runs:/<run id>/model``, a pyfunc with a model page.
+
+The model holds the head's weights (``best.pt``: head, weights id, training hash), the resolved config
+(``config.yaml``) and, in its metadata, the backbone's name and weights id. It holds no backbone
+weights (they are tens of MB, and published elsewhere): loading it resolves them as training does
+(``cfg.backbone.weights``, ``$SEGTRICKS_WEIGHTS``, the torch.hub cache; ``segtricks.models.backbones``)
+and fails with one line when they are absent or are other weights than the head was trained on.
+
+    model = mlflow.pyfunc.load_model("runs:/<run id>/model")
+    masks = model.predict([hxwx3_uint8, ...], params={"post": "gf"})   # a list of HxW float32 in [0, 1]
+
+``predict`` takes a list of HxWx3 uint8 RGB arrays (any sizes) and returns one soft foreground mask
+per image at its size, as ``python -m segtricks.segment`` computes them (``segtricks.inference.
+predictor``); ``params={"post": "gf"}`` (or ``"bf"``, ``"gf,bf"``) applies post-processing tricks.
+Loading needs segtricks installed (the model's code is this module). Torch-free at import.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import mlflow
+from mlflow.models import Model, ModelSignature
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from mlflow.types.schema import ParamSchema, ParamSpec
+
+from segtricks.spec.config import load_config
+from segtricks.tracking.tags import NOTE
+
+if TYPE_CHECKING:
+    from segtricks.engine.training import Training
+    from segtricks.tracking.store import RunLog
+
+MODEL_NAME = "model"  # runs:/<id>/model
+DESCRIPTION = ("segtricks segmentation head ({backbone}, backbone weights {weights_id}). Holds the head's "
+               "weights and the resolved config, NOT the backbone's weights: loading resolves them as "
+               "training does (backbone.weights, $SEGTRICKS_WEIGHTS, the torch.hub cache) and fails when "
+               "they are absent or differ. predict(list of HxWx3 uint8 arrays, params={{'post': 'gf'}}) "
+               "returns a list of HxW float32 soft masks in [0, 1].")
+SIGNATURE = ModelSignature(params=ParamSchema([ParamSpec("post", "string", "")]))
+# what loading it needs besides segtricks itself (pinned, so that pip does not infer them by loading it)
+REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pyyaml", "opencv-contrib-python-headless")
+
+
+class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
+    """The pyfunc flavour (see the module docstring); ``predictor`` is set when loaded."""
+
+    def load_context(self, context) -> None:
+        from segtricks.inference.predictor import Predictor
+        from segtricks.models.model import OtherWeightsError, load_trained
+
+        cfg = load_config(context.artifacts["config"])
+        try:
+            model = load_trained(cfg, Path(context.artifacts["checkpoint"]))
+        except OtherWeightsError as exc:
+            raise OtherWeightsError(f"MLflow model: {exc}: {expected_weights(cfg)}") from None
+        self.predictor = Predictor(model, cfg)
+
+    def predict(self, context, model_input: List[Any], params: Optional[Dict[str, Any]] = None) -> List[Any]:
+        post = (params or {}).get("post") or ""
+        self.predictor.post = [name for name in post.split(",") if name]
+        return self.predictor.predict(list(model_input))
+
+
+def expected_weights(cfg) -> str:
+    """Where the weights the model expects are looked for (``backbone.weights``, else the release)."""
+    if cfg.backbone.weights:
+        return f"put the weights it was trained on at backbone.weights = {cfg.backbone.weights}"
+    return (f"put the official {cfg.backbone.name} release it was trained on in $SEGTRICKS_WEIGHTS or "
+            f"the torch.hub cache")
+
+
+def logged_model_id(run: RunLog) -> Optional[str]:
+    """The id of the MLflow model called ``model`` logged on ``run``, if any."""
+    outputs = run.client.get_run(run.id).outputs
+    for output in (outputs.model_outputs if outputs else []) or []:
+        if run.client.get_logged_model(output.model_id).name == MODEL_NAME:
+            return output.model_id
+    return None
+
+
+def log_trained_model(run: RunLog, training: Training) -> None:
+    """Log ``training``'s best checkpoint as the MLflow model ``model`` of ``run``, once (a run that
+    has it already is left as it is)."""
+    if logged_model_id(run) is not None:
+        return
+    status = training.status()
+    metadata = {"backbone": training.cfg.backbone.name, "backbone_weights": str(training.cfg.backbone.weights),
+                "weights_id": status.weights_id, "training_hash": training.hash, "best_epoch": status.best_epoch,
+                "holds_backbone_weights": False}
+    requirements = ["segtricks"] + [f"{p}=={importlib.metadata.version(p)}" for p in REQUIREMENTS]
+    # created here, in the run's experiment (Model.log would put it in the active experiment, 0)
+    model = run.client.create_logged_model(run.experiment_id(), name=MODEL_NAME, source_run_id=run.id,
+                                           tags={"backbone": metadata["backbone"], "weights_id": status.weights_id,
+                                                 NOTE: DESCRIPTION.format(**metadata)})
+    # Model.log reads the global tracking URI: the run's store, for this call only
+    with _use_tracking_uri(run.client.tracking_uri):
+        Model.log(None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run.id, model_id=model.model_id,
+                  python_model=SegmentationPyfunc(), signature=SIGNATURE, pip_requirements=requirements,
+                  artifacts={"checkpoint": str(training.best_path), "config": str(training.dir / "config.yaml")},
+                  metadata=metadata)

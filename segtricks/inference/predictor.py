@@ -1,0 +1,112 @@
+"""Soft foreground masks of a trained model on arbitrary images, each at the image's own size.
+
+The same path as the model's evaluation under our protocol (``segtricks.evaluation.model_evaluation``):
+``EvalView``'s resize to ``cfg.data.image_size``, ``predict_raw`` (eval-mode BatchNorm, the smaller
+side as foreground, bf16 autocast on CUDA), the post-processing tricks at the prediction size, then
+``resize_to`` each image's size. Only the ground truth is absent, and the float16 caches are not used.
+
+    predictor = Predictor.from_training(Training(cfg, folder), post=["gf"])
+    for ids, masks, skipped in predictor.batches(ImageFiles(paths)): ...   # masks: HxW float32 in [0, 1]
+    predictor.predict([array_hxwx3_uint8, ...])                             # a list of HxW float32
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from segtricks.data.datasets import RawDataset, Sample, Skipped, open_image
+from segtricks.data.loaders import data_loader
+from segtricks.data.views import EvalView
+from segtricks.engine.device import resolve_device
+from segtricks.engine.threads import one_thread
+from segtricks.engine.training import Training
+from segtricks.evaluation.predict import predict_raw, resize_to
+from segtricks.method.tricks import postprocess
+from segtricks.models.model import SegmentationModel
+from segtricks.spec.config import Config
+
+
+@dataclass
+class ImageFiles(RawDataset):
+    """Image files without ground truth, named by their file stems."""
+
+    paths: Sequence[Path]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def item_id(self, index: int) -> str:
+        return Path(self.paths[index]).stem
+
+    def load(self, index: int) -> Sample:
+        return Sample(self.item_id(index), open_image(Path(self.paths[index]), "RGB"))
+
+
+@dataclass
+class ImageArrays(RawDataset):
+    """HxWx3 uint8 arrays (the MLflow model's input), named by their position."""
+
+    arrays: Sequence[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def item_id(self, index: int) -> str:
+        return str(index)
+
+    def load(self, index: int) -> Sample:
+        return Sample(self.item_id(index), Image.fromarray(np.asarray(self.arrays[index], dtype=np.uint8)).convert("RGB"))
+
+
+class ImageView(EvalView):
+    """``EvalView`` over images without masks: its collate (the evaluation's resize) is reused as is;
+    only its check that there is ground truth to score is left out. Unreadable files are skipped."""
+
+    def __init__(self, raw: RawDataset, image_size: int) -> None:
+        self.raw, self.on_error, self.size = raw, "skip", image_size
+        self.to_tensor = T.ToTensor()
+
+
+class Predictor:
+    """A trained model, its config, the post-processing tricks to apply, the device and batch size."""
+
+    def __init__(self, model: SegmentationModel, cfg: Config, post: Sequence[str] = (),
+                 device: str | torch.device = "auto", batch_size: Optional[int] = None) -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model, self.cfg, self.post = model.to(self.device).eval(), cfg, list(post)
+        self.batch_size = batch_size or cfg.optim.batch_size
+
+    @classmethod
+    def from_training(cls, training: Training, post: Sequence[str] = (), device: str | torch.device = "auto",
+                      batch_size: Optional[int] = None) -> "Predictor":
+        """The best checkpoint of a training (its backbone resolves to the weights it trained on)."""
+        return cls(training.model(), training.cfg, post, device, batch_size)
+
+    @torch.no_grad()
+    def batches(self, raw: RawDataset, workers: int | str = 0) -> Iterator[Tuple[List[str], List[np.ndarray], List[Skipped]]]:
+        """Per batch: the ids, their soft masks (HxW float32 in [0, 1], each at its image's size) and
+        the items that could not be read."""
+        view = ImageView(raw, self.cfg.data.image_size)
+        for batch in data_loader(view, self.batch_size, workers, self.device, view.collate):
+            if not batch.ids:
+                yield [], [], batch.skipped
+                continue
+            inputs = batch.images.to(self.device)
+            soft = postprocess(predict_raw(self.model, inputs, "ours"), inputs, self.post, self.cfg).cpu()
+            with one_thread():  # small ops per image, as in the evaluation
+                masks = [resize_to(m[None], [o.shape[-2:]])[0].numpy() for m, o in zip(soft, batch.originals)]
+            yield batch.ids, masks, batch.skipped
+
+    def predict(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Soft masks (HxW float32 in [0, 1]) of HxWx3 uint8 images, in order."""
+        masks: List[np.ndarray] = []
+        for _, batch_masks, skipped in self.batches(ImageArrays(images)):
+            assert not skipped, skipped  # arrays always convert
+            masks += batch_masks
+        return masks

@@ -1,0 +1,196 @@
+"""Segment your own images with a trained model: one PNG mask per image, at the image's size.
+
+    python -m segtricks.segment --run <run id | runs:/<id>/model | training folder> --images DIR_OR_GLOB --out DIR
+                                [--post gf|bf] [--soft] [--overlay] [--overwrite] [--batch-size N] [--device auto]
+
+``--run``: a training folder (``config.yaml`` + ``best.pt``), an MLflow model URI (``runs:/<id>/model``,
+loaded by ``mlflow.pyfunc``), or a cell's run id in the tracking store (its logged model, or the logged
+model of the run it shares its training with, else its training folder on this machine).
+Masks are ``<out>/<image name>.png``: binary (0/255, at 0.5) by default, 8-bit soft with ``--soft``;
+``--overlay`` also writes ``<out>/overlays/<image name>.png`` (the image, the mask tinted red). The
+preprocessing and the foreground selection are the evaluation's (``segtricks.inference.predictor``);
+``--post`` post-processes as a cell's ``gf``/``bf`` tricks do (none by default).
+Every PNG is written atomically; a rerun skips images whose outputs exist (``--overwrite`` redoes them);
+an unreadable image is skipped and listed at the end. Arguments are checked before torch is imported.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from segtricks import errors
+from segtricks.data.datasets import IMAGE_SUFFIXES
+from segtricks.files import write_atomic
+from segtricks.spec.config import load_config
+from segtricks.tracking import tags
+from segtricks.tracking.uri import sqlite_path, tracking_uri
+
+OVERLAYS = "overlays"
+TINT = np.array([255, 0, 0], dtype=np.float32)  # the overlay's mask colour, blended at half strength
+
+
+def list_images(spec: str) -> Tuple[Path, List[Path]]:
+    """The folder the images are in (for a glob: its part before the first wildcard) and the image
+    files, sorted; a missing or empty folder, or two images of the same name, is one error line."""
+    if glob.has_magic(spec):
+        parts = Path(spec).parts
+        root = Path(*parts[:next(i for i, p in enumerate(parts) if glob.has_magic(p))] or ".")
+        paths = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    else:
+        root = Path(spec)
+        if not root.is_dir():
+            raise errors.BadInput(f"--images {spec}: no such folder")
+        paths = sorted(p for p in root.iterdir() if p.is_file())
+    paths = [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not paths:
+        raise errors.BadInput(f"--images {spec}: no images ({', '.join(IMAGE_SUFFIXES)}) there")
+    stems: dict = {}
+    for p in paths:
+        if p.stem in stems:
+            raise errors.BadInput(f"--images {spec}: {stems[p.stem]} and {p} would both write {p.stem}.png; "
+                                  f"select one of them with a glob")
+        stems[p.stem] = p
+    return root, paths
+
+
+def check_out(out: Path, images_root: Path) -> None:
+    out, root = out.resolve(), images_root.resolve()
+    if out == root or root in out.parents:
+        raise errors.BadInput(f"--out {out} is inside the images folder {root}: the masks would be read as "
+                              f"images by the next run; choose a folder outside it")
+
+
+def model_source(run: str, uri: Optional[str]) -> Path | str:
+    """The training folder or the MLflow model URI that ``--run`` names (see the module docstring)."""
+    folder = Path(run)
+    if run.startswith(("runs:/", "models:/")):
+        return run
+    if folder.is_dir():
+        for path in (folder / "config.yaml", folder / "best.pt"):
+            if not path.is_file():
+                raise errors.BadInput(f"--run {run}: {path} does not exist: is {folder} a finished training folder?")
+        return folder
+    store_uri = tracking_uri(uri)
+    db = sqlite_path(store_uri)
+    if db is not None and not db.is_file():
+        raise errors.BadInput(f"--run {run}: not a training folder, and no MLflow store at {db} to find a run "
+                              f"of that id in (pass --tracking-uri, or run where the grid ran)")
+    import mlflow  # seconds to import: only to find a run
+
+    from segtricks.inference.mlflow_model import logged_model_id
+    from segtricks.tracking.store import Store
+
+    store = Store(store_uri)
+    try:
+        found = store.client.get_run(run)
+    except mlflow.exceptions.MlflowException:
+        raise errors.BadInput(f"--run {run}: no run with that id in {store.uri} (nor a training folder of that "
+                              f"name); copy the run id from the MLflow UI or the grid's summary") from None
+    cell, shared = found.data.tags.get(tags.CELL, "(no cell tag)"), found.data.tags.get(tags.MODEL_FROM_RUN)
+    for run_id in filter(None, (run, shared)):
+        if logged_model_id(store.run(run_id)) is not None:
+            return f"runs:/{run_id}/model"
+    training = found.data.params.get("output_dir")
+    if training and (Path(training) / "best.pt").is_file() and (Path(training) / "config.yaml").is_file():
+        return Path(training)
+    where = f" or on the run it shares its training with ({shared})" if shared else ""
+    raise errors.BadInput(f"--run {run} (cell {cell}): the run has no model: no MLflow model logged on it{where}, "
+                          f"and no training folder {training or '(no output_dir param)'} on this machine; "
+                          f"train the cell, or pass its training folder")
+
+
+def outputs(out: Path, image: Path, overlay: bool) -> List[Path]:
+    return [out / f"{image.stem}.png"] + ([out / OVERLAYS / f"{image.stem}.png"] if overlay else [])
+
+
+def png_writer(array: np.ndarray):
+    """A ``write_atomic`` writer of an 8-bit array as PNG (the temporary name has no .png suffix)."""
+    from PIL import Image
+
+    return lambda path: Image.fromarray(array).save(path, format="PNG")
+
+
+def overlay_of(image_path: Path, soft: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(image_path) as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
+    alpha = 0.5 * soft[..., None]
+    return (rgb * (1 - alpha) + TINT * alpha).round().astype(np.uint8)
+
+
+def load_predictor(source: Path | str, post: List[str], device: str, batch_size: Optional[int]):
+    """The predictor of a training folder, or of an MLflow model loaded by ``mlflow.pyfunc``."""
+    from segtricks.inference.predictor import Predictor  # torch, timm: only once the arguments are right
+
+    if isinstance(source, Path):
+        from segtricks.engine.training import Training
+
+        return Predictor.from_training(Training(load_config(source / "config.yaml"), source), post, device, batch_size)
+    import mlflow
+
+    try:
+        loaded = mlflow.pyfunc.load_model(source).unwrap_python_model().predictor
+    except mlflow.exceptions.MlflowException as exc:
+        raise errors.BadInput(f"--run {source}: {str(exc).splitlines()[0]}") from None
+    return Predictor(loaded.model, loaded.cfg, post, device, batch_size)
+
+
+@errors.command
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="run id, runs:/<id>/model, or training folder")
+    ap.add_argument("--images", required=True, help="folder of images, or a glob ('photos/*.jpg')")
+    ap.add_argument("--out", required=True, type=Path, help="folder for the masks (not inside the images folder)")
+    ap.add_argument("--post", nargs="*", default=[], choices=["gf", "bf"], help="post-processing tricks, in order")
+    ap.add_argument("--soft", action="store_true", help="8-bit soft masks instead of binary ones")
+    ap.add_argument("--overlay", action="store_true", help="also write image+mask overlays in <out>/overlays")
+    ap.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
+    ap.add_argument("--batch-size", type=int, help="images per batch (default: the model's optim.batch_size)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
+    ap.add_argument("--tracking-uri", help="store to find a run id in (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    args = ap.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise errors.BadInput(f"--batch-size {args.batch_size}: use a positive number")
+    root, images = list_images(args.images)
+    check_out(args.out, root)
+    source = model_source(args.run, args.tracking_uri)
+    todo = [p for p in images if args.overwrite or not all(o.exists() for o in outputs(args.out, p, args.overlay))]
+    if not todo:
+        print(f"all {len(images)} mask(s) exist in {args.out} (--overwrite to redo them)")
+        return 0
+    predictor = load_predictor(source, args.post, args.device, args.batch_size)
+    from tqdm.auto import tqdm
+
+    from segtricks.inference.predictor import ImageFiles
+
+    (args.out / OVERLAYS if args.overlay else args.out).mkdir(parents=True, exist_ok=True)
+    by_id = {p.stem: p for p in todo}
+    skipped: List[str] = []
+    with tqdm(total=len(todo), desc="segment", unit="image") as bar, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="skipped: ")  # listed once, at the end
+        for ids, masks, bad in predictor.batches(ImageFiles(todo), predictor.cfg.data.num_workers):
+            skipped += [by_id[s.id].name for s in bad]
+            for image_id, soft in zip(ids, masks):
+                mask = (soft * 255).round() if args.soft else (soft > 0.5) * 255.0
+                paths = outputs(args.out, by_id[image_id], args.overlay)
+                write_atomic(paths[0], png_writer(mask.astype(np.uint8)))
+                if args.overlay:
+                    write_atomic(paths[1], png_writer(overlay_of(by_id[image_id], soft)))
+            bar.update(len(ids) + len(bad))
+    kept = len(images) - len(todo)
+    print(f"wrote {len(todo) - len(skipped)} mask(s) to {args.out}"
+          + (f"; {kept} existed and were kept (--overwrite to redo them)" if kept else ""))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
