@@ -125,8 +125,9 @@ def overlay_of(image_path: Path, soft: np.ndarray) -> np.ndarray:
     return (rgb * (1 - alpha) + TINT * alpha).round().astype(np.uint8)
 
 
-def load_predictor(source: Path | str, post: List[str], device: str, batch_size: Optional[int]):
-    """The predictor of a training folder, or of an MLflow model loaded by ``mlflow.pyfunc``."""
+def load_predictor(source: Path | str, post: List[str], device: str, batch_size: Optional[int], uri: Optional[str]):
+    """The predictor of a training folder, or of an MLflow model loaded by ``mlflow.pyfunc`` from the
+    store ``uri`` names (``--tracking-uri``, else the default one)."""
     from segtricks.inference.predictor import Predictor  # torch, timm: only once the arguments are right
 
     if isinstance(source, Path):
@@ -134,9 +135,11 @@ def load_predictor(source: Path | str, post: List[str], device: str, batch_size:
 
         return Predictor.from_training(Training(load_config(source / "config.yaml"), source), post, device, batch_size)
     import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     try:
-        loaded = mlflow.pyfunc.load_model(source).unwrap_python_model().predictor
+        with _use_tracking_uri(tracking_uri(uri)):  # load_model reads runs:/ from the global tracking URI
+            loaded = mlflow.pyfunc.load_model(source).unwrap_python_model().predictor
     except mlflow.exceptions.MlflowException as exc:
         raise errors.BadInput(f"--run {source}: {str(exc).splitlines()[0]}") from None
     return Predictor(loaded.model, loaded.cfg, post, device, batch_size)
@@ -154,7 +157,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
     ap.add_argument("--batch-size", type=int, help="images per batch (default: the model's optim.batch_size)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda:N")
-    ap.add_argument("--tracking-uri", help="store to find a run id in (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    ap.add_argument("--tracking-uri", help="store to find a run id or runs:/ model in (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     args = ap.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise errors.BadInput(f"--batch-size {args.batch_size}: use a positive number")
@@ -165,7 +168,7 @@ def main(argv: List[str] | None = None) -> int:
     if not todo:
         print(f"all {len(images)} mask(s) exist in {args.out} (--overwrite to redo them)")
         return 0
-    predictor = load_predictor(source, args.post, args.device, args.batch_size)
+    predictor = load_predictor(source, args.post, args.device, args.batch_size, args.tracking_uri)
     from tqdm.auto import tqdm
 
     from segtricks.inference.predictor import ImageFiles

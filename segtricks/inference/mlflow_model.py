@@ -17,8 +17,9 @@ Loading needs segtricks installed (the model's code is this module). Torch-free 
 from __future__ import annotations
 
 import importlib.metadata
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Optional
 
 import mlflow
 from mlflow.models import Model, ModelSignature
@@ -38,6 +39,7 @@ DESCRIPTION = ("segtricks segmentation head ({backbone}, backbone weights {weigh
                "training does (backbone.weights, $SEGTRICKS_WEIGHTS, the torch.hub cache) and fails when "
                "they are absent or differ. predict(list of HxWx3 uint8 arrays, params={{'post': 'gf'}}) "
                "returns a list of HxW float32 soft masks in [0, 1].")
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_code.py")  # models from code: no cloudpickled object
 SIGNATURE = ModelSignature(params=ParamSchema([ParamSpec("post", "string", "")]))
 # what loading it needs besides segtricks itself (pinned, so that pip does not infer them by loading it)
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "pyyaml", "opencv-contrib-python-headless")
@@ -45,6 +47,11 @@ REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pillow", "py
 
 class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
     """The pyfunc flavour (see the module docstring); ``predictor`` is set when loaded."""
+
+    # MLflow's type-hint validation is for inputs a hint describes; a list of HxWx3 arrays of any sizes
+    # has none, and a hinted ``predict`` makes MLflow replace SIGNATURE by one without its params (the
+    # loaded model then ignored ``post``). The hook MLflow's own ChatModel uses: no wrapping, no warning.
+    _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
         from segtricks.inference.predictor import Predictor
@@ -57,7 +64,7 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
             raise OtherWeightsError(f"MLflow model: {exc}: {expected_weights(cfg)}") from None
         self.predictor = Predictor(model, cfg)
 
-    def predict(self, context, model_input: List[Any], params: Optional[Dict[str, Any]] = None) -> List[Any]:
+    def predict(self, context, model_input, params=None):
         post = (params or {}).get("post") or ""
         self.predictor.post = [name for name in post.split(",") if name]
         return self.predictor.predict(list(model_input))
@@ -95,8 +102,10 @@ def log_trained_model(run: RunLog, training: Training) -> None:
                                            tags={"backbone": metadata["backbone"], "weights_id": status.weights_id,
                                                  NOTE: DESCRIPTION.format(**metadata)})
     # Model.log reads the global tracking URI: the run's store, for this call only
-    with _use_tracking_uri(run.client.tracking_uri):
+    # with no input example: one would be checked by loading the backbone and predicting, on every run
+    with _use_tracking_uri(run.client.tracking_uri), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)  # colour codes first
         Model.log(None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run.id, model_id=model.model_id,
-                  python_model=SegmentationPyfunc(), signature=SIGNATURE, pip_requirements=requirements,
+                  python_model=str(PYFUNC_CODE), signature=SIGNATURE, pip_requirements=requirements,
                   artifacts={"checkpoint": str(training.best_path), "config": str(training.dir / "config.yaml")},
                   metadata=metadata)
