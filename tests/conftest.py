@@ -62,3 +62,17 @@ def unreadable_folder(tmp_path: Path) -> Path:
     (root / "images" / "a.png").write_bytes(b"not a png")
     (root / "masks" / "a.png").write_bytes(b"not a png")
     return root
+
+
+def demo_grid_store(root: Path, flags) -> str:
+    """The demo grid run with ``flags`` into a fresh SQLite store in ``root`` (run from ``root``, so its
+    outputs land there): the store's URI. For module-scoped fixtures that read a finished grid."""
+    from segtricks.ablate import main as ablate
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    try:
+        assert ablate(["--grid", "demo", "--tracking-uri", uri, *flags]) == 0
+    finally:
+        mp.undo()
+    return uri

@@ -15,7 +15,7 @@ from analysis.figures import (MIN_IMAGES, bootstrap_ci, pick_examples, plot_iou_
 from analysis.make_tables import main as make_tables
 from analysis.runs import load_records, load_runs
 from analysis.tables import build_table, to_latex, to_markdown, wide
-from segtricks.ablate import main as ablate
+from conftest import demo_grid_store
 from segtricks.runners.study_plots import thin_log_ticks, write_study_plots
 from segtricks.tracking import artifacts
 from segtricks.tracking.store import Store
@@ -28,12 +28,7 @@ TINY = ["--set", "optim.epochs=1", "--set", "optim.steps_per_epoch=2", "--set", 
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    assert ablate(["--grid", "demo", "--tracking-uri", uri, *TINY]) == 0
-    mp.undo()
-    return root, uri
+    return root, demo_grid_store(root, TINY)
 
 
 def test_table_cells_equal_the_metrics_of_their_runs(demo_store):

@@ -14,7 +14,7 @@ from analysis.make_tables import main as make_tables
 from analysis.statistics import (MaxOfMeanCurve, MeanDifference, bca_interval, holm, paired_seed_means,
                                  seed_interval, sign_flip_p)
 from analysis.tables import build_table, contrasts_csv, contrasts_frame, contrasts_latex, wide
-from conftest import DEMO_CELL, TINY_FLAGS
+from conftest import DEMO_CELL, TINY_FLAGS, demo_grid_store
 from segtricks.spec.grid import read_grid
 from segtricks.tracking.tags import ANALYSIS, CELL
 
@@ -183,16 +183,8 @@ def test_the_forest_plot_labels_contrasts_by_their_last_entries_and_has_a_panel_
 @pytest.fixture(scope="module")
 def demo_contrasts(tmp_path_factory):
     """The demo grid at tiny sizes in a fresh store, then ``make_tables --contrasts``."""
-    from segtricks.ablate import main as ablate
     root = tmp_path_factory.mktemp("demo_contrasts")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    try:
-        assert ablate(["--grid", "demo", "--tracking-uri", uri, *TINY_FLAGS]) == 0
-    finally:
-        mp.undo()
-    return root, uri
+    return root, demo_grid_store(root, TINY_FLAGS)
 
 
 @pytest.mark.slow

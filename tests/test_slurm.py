@@ -59,6 +59,7 @@ def test_two_group_grid_finishes_every_cell_once_with_one_gpu_per_task(in_tmp, c
     out = capsys.readouterr().out
     print(f"tiny two-group grid: submit to all FINISHED in {time.time() - start:.0f} s")
     assert "submitted 2 Slurm array task(s)" in out and "3 cells: 3 finished, 0 not" in out
+    assert "python -m analysis.make_tables --grid" in out and "?workflowType=machine_learning" in out  # the local next steps
     client, by_cell = runs(in_tmp)
     assert len(client.search_runs([by_cell["base"].info.experiment_id])) == 3  # exactly once each
     assert all(r.info.status == "FINISHED" for r in by_cell.values())

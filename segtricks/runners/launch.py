@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 from segtricks import errors
 from segtricks.engine.device import resolve_device
 from segtricks.runners import estimate, local, preflight, slurm
-from segtricks.runners.plan import (Prepared, actions, counted, missing_by_cell, plan, prepare, print_plan,
-                                    print_summary, warn_disk)
+from segtricks.runners.plan import (Prepared, actions, counted, missing_by_cell, plan, prepare, print_next_steps_of_grid,
+                                    print_plan, print_summary, warn_disk)
 from segtricks.runners.slurm_submit import submit_grid, submit_study
 from segtricks.runners.study_runner import (best_override, default_storage, estimate_study, open_study,
                                             print_next_steps, print_study_summary, tune)
@@ -28,7 +28,7 @@ from segtricks.spec.grid import Grid, load_grid
 from segtricks.spec.study import StudySpec
 from segtricks.tracking.connect import exit_on_environment_error
 from segtricks.tracking.store import Store
-from segtricks.tracking.uri import runs_page, sqlite_path, tracking_uri
+from segtricks.tracking.uri import sqlite_path, tracking_uri
 
 
 def launch_grid(args: argparse.Namespace, opts: Optional[slurm.SlurmOptions]) -> int:
@@ -107,15 +107,6 @@ def merged(rows_of_workers: List[List[dict]]) -> List[dict]:
             if by_run.get(key, {"status": "skipped"})["status"] == "skipped":
                 by_run[key] = row
     return list(by_run.values())
-
-
-def print_next_steps_of_grid(grid: Grid, uri: str, exp_id: str) -> None:
-    """What a user does with a finished grid: the tables, and the runs in the MLflow UI (a direct link
-    to the grid's runs table, ``runs_page``)."""
-    print("Next:")
-    print(f"  python -m analysis.make_tables --grid {grid.name}" + ("" if uri == tracking_uri() else
-                                                                  f" --tracking-uri {uri}"))
-    print(f"  {runs_page(uri, exp_id)}")
 
 
 def launch_study(spec: StudySpec, args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from segtricks.spec.grid import Cell, Grid
 from segtricks.spec.vocabulary import SUMMARY_METRICS
 from segtricks.tracking import claims, tags
 from segtricks.tracking.store import Store
+from segtricks.tracking.uri import runs_page, tracking_uri
 
 
 class Action(Enum):
@@ -245,3 +246,12 @@ def print_summary(grid: Grid, rows: List[dict]) -> None:
     print(f"\nsummary of grid {grid.name}:")
     for line in lines:
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(line, widths)))
+
+
+def print_next_steps_of_grid(grid: Grid, uri: str, exp_id: str) -> None:
+    """What a user does with a finished grid: the tables, and the runs in the MLflow UI (a direct link
+    to the grid's runs table, ``runs_page``)."""
+    print("Next:")
+    print(f"  python -m analysis.make_tables --grid {grid.name}" + ("" if uri == tracking_uri() else
+                                                                  f" --tracking-uri {uri}"))
+    print(f"  {runs_page(uri, exp_id)}")

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from segtricks.runners import slurm
-from segtricks.runners.plan import Prepared, counted, print_summary, rows_from_store, training_groups
+from segtricks.runners.plan import (Prepared, counted, print_next_steps_of_grid, print_summary, rows_from_store,
+                                    training_groups)
 from segtricks.runners.study_runner import (journal_path, mlflow_parent, open_study, print_next_steps,
                                             print_study_summary)
 from segtricks.runners.tasks import GridJob, GroupTask, StudyJob, StudyTask
@@ -55,8 +56,8 @@ def submit_grid(prepared: Prepared, job: GridJob, opts: slurm.SlurmOptions) -> i
     for failure in filter(None, failures):
         print(f"error: {failure}", file=sys.stderr)
     failed = sum(r["status"] != "FINISHED" for r in rows)
-    print(f"\n{counted(grid, len(rows))}: {len(rows) - failed} finished, {failed} not. "
-          f"Browse: mlflow ui --backend-store-uri {prepared.uri}")
+    print(f"\n{counted(grid, len(rows))}: {len(rows) - failed} finished, {failed} not.")
+    print_next_steps_of_grid(grid, prepared.uri, prepared.exp_id)
     return 1 if failed or any(failures) else 0
 
 
