@@ -4,8 +4,9 @@
                                 [--post gf|bf] [--soft] [--overlay] [--overwrite] [--batch-size N] [--device auto]
 
 ``--run``: a training folder (``config.yaml`` + ``best.pt``), an MLflow model URI (``runs:/<id>/model``,
-loaded by ``mlflow.pyfunc``), or a cell's run id in the tracking store (its logged model, or the logged
-model of the run it shares its training with, else its training folder on this machine).
+loaded by ``mlflow.pyfunc``), or a cell's run id in the tracking store, whole or its first 8 characters
+as the grid's summary prints them (the run's logged model, or the logged model of the run it shares its
+training with, else its training folder on this machine).
 Masks are ``<out>/<image name>.png``: binary (0/255, at 0.5) by default, 8-bit soft with ``--soft``;
 ``--overlay`` also writes ``<out>/overlays/<image name>.png`` (the image, the mask tinted red). The
 preprocessing and the foreground selection are the evaluation's (``segtricks.inference.predictor``);
@@ -81,19 +82,16 @@ def model_source(run: str, uri: Optional[str]) -> Path | str:
     if db is not None and not db.is_file():
         raise errors.BadInput(f"--run {run}: not a training folder, and no MLflow store at {db} to find a run "
                               f"of that id in (pass --tracking-uri, or run where the grid ran)")
-    import mlflow  # seconds to import: only to find a run
-
     from segtricks.inference.mlflow_model import logged_model_id
     from segtricks.tracking.store import Store
 
     store = Store(store_uri)
-    try:
-        found = store.client.get_run(run)
-    except mlflow.exceptions.MlflowException:
-        raise errors.BadInput(f"--run {run}: no run with that id in {store.uri} (nor a training folder of that "
-                              f"name); copy the run id from the MLflow UI or the grid's summary") from None
+    found = store.find_run(run)
+    if found is None:
+        raise errors.BadInput(f"--run {run}: no run with that id (or id prefix) in {store.uri}, nor a training "
+                              f"folder of that name; copy the run id from the MLflow UI or the grid's summary")
     cell, shared = found.data.tags.get(tags.CELL, "(no cell tag)"), found.data.tags.get(tags.MODEL_FROM_RUN)
-    for run_id in filter(None, (run, shared)):
+    for run_id in filter(None, (found.info.run_id, shared)):
         if logged_model_id(store.run(run_id)) is not None:
             return f"runs:/{run_id}/model"
     training = found.data.params.get("output_dir")

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import require_shared
+from segtricks.tracking.store import Store
 
 MODEL_STACK = ("torch", "torchvision", "timm")
 # runs ``python -m <module> <args>`` (or imports the module when the only argument is "import"), then
@@ -61,7 +62,8 @@ def test_reading_results_and_scoring_maps_import_no_torch(module):
     assert code == 0 and heavy == [], out
 
 
-@pytest.mark.parametrize("module", ["segtricks.train", "segtricks.evaluate", "analysis.make_tables", "segtricks.cache"])
+@pytest.mark.parametrize("module", ["segtricks.train", "segtricks.evaluate", "analysis.make_tables", "segtricks.cache",
+                                    "segtricks.segment"])
 def test_help_imports_no_torch(module):
     code, out, heavy = loaded(module, "--help")
     assert code == 0 and "usage:" in out and heavy == []
@@ -76,6 +78,13 @@ def test_cli_argument_errors_import_no_torch(tmp_path):
     assert (code, heavy) == (2, []) and "error: unknown trick 'typo'; registered tricks: bf, crop, gf" in out
     code, out, heavy = loaded("analysis.make_tables", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}")
     assert (code, heavy) == (2, []) and "error: no MLflow store at" in out
+    code, out, heavy = loaded("segtricks.segment", "--run", "x", "--images", tmp_path / "none", "--out", tmp_path / "o")
+    assert (code, heavy) == (2, []) and f"error: --images {tmp_path / 'none'}: no such folder" in out
+    # a run id is looked up in the store (mlflow) before the model stack is loaded
+    Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code, out, heavy = loaded("segtricks.segment", "--run", "0123abcd", "--images", root / "images",
+                              "--out", tmp_path / "o", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert (code, heavy) == (2, []) and "error: --run 0123abcd: no run with that id (or id prefix)" in out
 
 
 @pytest.mark.parametrize("post", [[], ["gf"]])

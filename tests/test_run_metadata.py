@@ -97,6 +97,13 @@ def test_every_cell_run_logs_its_datasets_and_description_and_trainings_their_sy
     assert "system/cpu_utilization_percentage" in trainer.data.metrics
     assert "system/system_memory_usage_megabytes" in trainer.data.metrics
     assert not any(k.startswith("system/") for k in sharer.data.metrics)  # it trains nothing
+    # the sharer lists the trainer's model as its input; both runs' evaluations are on the model's page
+    (output,) = client.get_run(trainer.info.run_id).outputs.model_outputs
+    assert [m.model_id for m in client.get_run(sharer.info.run_id).inputs.model_inputs] == [output.model_id]
+    linked = {(m.key, m.run_id, m.dataset_name, m.dataset_digest) for m in client.get_logged_model(output.model_id).metrics}
+    test_digest = contexts(trainer)["evaluation"].digest
+    for run in (trainer, sharer):
+        assert ("synthetic.iou", run.info.run_id, "synthetic.test", test_digest) in linked
 
 
 @pytest.mark.slow

@@ -1,4 +1,6 @@
 """``python -m segtricks.segment``: masks of a trained model on a folder of images (issue 23)."""
+import re
+
 import numpy as np
 import pytest
 import yaml
@@ -103,8 +105,10 @@ def test_bad_input_is_one_line(training, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     store = Store(uri)
     lonely = store.start(store.experiment("g"), "c", {tags.CELL: "demo_vit4/crop"})
-    for run_id, line in [("0123456789abcdef0123456789abcdef", "no run with that id in"),
-                         (lonely.id, f"--run {lonely.id} (cell demo_vit4/crop): the run has no model")]:
+    for run_id, line in [("0123456789abcdef0123456789abcdef", "no run with that id (or id prefix) in"),
+                         (lonely.id, f"--run {lonely.id} (cell demo_vit4/crop): the run has no model"),
+                         # the 8 characters the grid's summary prints find the run
+                         (lonely.id[:8], f"--run {lonely.id[:8]} (cell demo_vit4/crop): the run has no model")]:
         assert segment.main(["--run", run_id, "--tracking-uri", uri, "--images", str(images), "--out", "o"]) == 2
         err = capsys.readouterr().err
         assert line in err and err.count("\n") == 1, err
@@ -121,3 +125,15 @@ def test_missing_backbone_weights_name_the_file(training, tmp_path, capsys):
     assert segment.main(["--run", str(folder), "--images", str(images), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert f"error: weights file {tmp_path / 'vit.pth'} does not exist" in err and err.count("\n") == 1
+
+
+def test_predict_refuses_an_array_that_is_not_an_rgb_image(training):
+    from segtricks.data.datasets import DatasetError
+    from segtricks.inference.predictor import Predictor
+
+    predictor = Predictor.from_training(training, device="cpu")
+    good = np.zeros((20, 30, 3), np.uint8)
+    assert [m.shape for m in predictor.predict([good])] == [(20, 30)]
+    for bad, shape in [(np.zeros((20, 30)), "float64 of shape (20, 30)"), (np.zeros((20, 30, 4), np.uint8), "(20, 30, 4)")]:
+        with pytest.raises(DatasetError, match=r"image 1: expected an HxWx3 uint8 RGB array, got .*" + re.escape(shape)):
+            predictor.predict([good, bad])

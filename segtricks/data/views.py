@@ -62,10 +62,12 @@ class EvalBatch:
 
 
 class EvalView(Dataset):
-    """Samples resized to the prediction size, with their originals, masks and boxes."""
+    """Samples resized to the prediction size, with their originals, masks and boxes.
 
-    def __init__(self, raw: RawDataset, image_size: int, on_error: str = "raise") -> None:
-        if not (raw.has_masks or raw.has_boxes):
+    ``scored=False`` (segmenting images without ground truth) drops the check that there is any."""
+
+    def __init__(self, raw: RawDataset, image_size: int, on_error: str = "raise", scored: bool = True) -> None:
+        if scored and not (raw.has_masks or raw.has_boxes):
             raise DatasetError("evaluation needs a dataset with masks or boxes")
         self.raw, self.on_error, self.size = raw, on_error, image_size
         self.to_tensor = T.ToTensor()

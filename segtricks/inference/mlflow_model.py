@@ -87,11 +87,12 @@ def logged_model_id(run: RunLog) -> Optional[str]:
     return None
 
 
-def log_trained_model(run: RunLog, training: Training) -> None:
+def log_trained_model(run: RunLog, training: Training) -> str:
     """Log ``training``'s best checkpoint as the MLflow model ``model`` of ``run``, once (a run that
-    has it already is left as it is)."""
-    if logged_model_id(run) is not None:
-        return
+    has it already is left as it is): the model's id."""
+    logged = logged_model_id(run)
+    if logged is not None:
+        return logged
     status = training.status()
     metadata = {"backbone": training.cfg.backbone.name, "backbone_weights": str(training.cfg.backbone.weights),
                 "weights_id": status.weights_id, "training_hash": training.hash, "best_epoch": status.best_epoch,
@@ -109,3 +110,4 @@ def log_trained_model(run: RunLog, training: Training) -> None:
                   python_model=str(PYFUNC_CODE), signature=SIGNATURE, pip_requirements=requirements,
                   artifacts={"checkpoint": str(training.best_path), "config": str(training.dir / "config.yaml")},
                   metadata=metadata)
+    return model.model_id

@@ -18,9 +18,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import transforms as T
 
-from segtricks.data.datasets import RawDataset, Sample, Skipped, open_image
+from segtricks.data.datasets import DatasetError, RawDataset, Sample, Skipped, open_image
 from segtricks.data.loaders import data_loader
 from segtricks.data.views import EvalView
 from segtricks.engine.device import resolve_device
@@ -61,16 +60,11 @@ class ImageArrays(RawDataset):
         return str(index)
 
     def load(self, index: int) -> Sample:
-        return Sample(self.item_id(index), Image.fromarray(np.asarray(self.arrays[index], dtype=np.uint8)).convert("RGB"))
-
-
-class ImageView(EvalView):
-    """``EvalView`` over images without masks: its collate (the evaluation's resize) is reused as is;
-    only its check that there is ground truth to score is left out. Unreadable files are skipped."""
-
-    def __init__(self, raw: RawDataset, image_size: int) -> None:
-        self.raw, self.on_error, self.size = raw, "skip", image_size
-        self.to_tensor = T.ToTensor()
+        array = np.asarray(self.arrays[index])
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+            raise DatasetError(f"image {index}: expected an HxWx3 uint8 RGB array, got {array.dtype} of shape "
+                               f"{array.shape}")
+        return Sample(self.item_id(index), Image.fromarray(array))
 
 
 class Predictor:
@@ -89,10 +83,11 @@ class Predictor:
         return cls(training.model(), training.cfg, post, device, batch_size)
 
     @torch.no_grad()
-    def batches(self, raw: RawDataset, workers: int | str = 0) -> Iterator[Tuple[List[str], List[np.ndarray], List[Skipped]]]:
+    def batches(self, raw: RawDataset, workers: int | str = 0,
+                on_error: str = "skip") -> Iterator[Tuple[List[str], List[np.ndarray], List[Skipped]]]:
         """Per batch: the ids, their soft masks (HxW float32 in [0, 1], each at its image's size) and
-        the items that could not be read."""
-        view = ImageView(raw, self.cfg.data.image_size)
+        the items that could not be read (``on_error="raise"``: the first one raises instead)."""
+        view = EvalView(raw, self.cfg.data.image_size, on_error, scored=False)
         for batch in data_loader(view, self.batch_size, workers, self.device, view.collate):
             if not batch.ids:
                 yield [], [], batch.skipped
@@ -106,7 +101,6 @@ class Predictor:
     def predict(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Soft masks (HxW float32 in [0, 1]) of HxWx3 uint8 images, in order."""
         masks: List[np.ndarray] = []
-        for _, batch_masks, skipped in self.batches(ImageArrays(images)):
-            assert not skipped, skipped  # arrays always convert
+        for _, batch_masks, _ in self.batches(ImageArrays(images), on_error="raise"):
             masks += batch_masks
         return masks

@@ -29,7 +29,7 @@ from segtricks.files import NoSpaceError
 from segtricks.method.tricks import post_trick_names
 from segtricks.runners.plan import Action, Step, plan, summary_row
 from segtricks.spec.grid import Cell, Grid
-from segtricks.inference.mlflow_model import log_trained_model
+from segtricks.inference.mlflow_model import log_trained_model, logged_model_id
 from segtricks.tracking import artifacts, tags
 from segtricks.tracking.dataset_inputs import cell_inputs
 from segtricks.tracking.description import cell_description
@@ -52,8 +52,9 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
     log everything to ``run``."""
     cell, cfg = step.cell, step.cell.cfg
     run.log_config(cfg, params=step.action is not Action.RESUME)
-    run.log_inputs(cell_inputs(cfg, cell.trains))
-    trains, model_from = False, None  # whether this run trains the cell's model; else the run that did
+    inputs, evaluated = cell_inputs(cfg, cell.trains)
+    run.log_inputs(inputs)
+    trains, model_from, model_id = False, None, None  # whether this run trains the cell's model; else the run that did
     if cell.trains:
         training = cell.training
         trains = run.tags().get(tags.ROLE) == tags.ROLE_TRAIN  # a resumed trainer stays the trainer
@@ -71,13 +72,13 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
             status = training.run([EpochLogger(run)] if trains else [])
         if trains:
             run.log_epochs(training.history())
-            log_trained_model(run, training)  # once: a resumed trainer that logged it leaves it
+            model_id = log_trained_model(run, training)  # once: a resumed trainer that logged it leaves it
         weights = status.weights_id
         model = training.model(device)
     else:
         weights = f"maps:{cfg.maps}"
     run.set_tags({tags.WEIGHTS: weights})
-    results: Dict[str, float] = {}
+    by_dataset: Dict[str, Dict[str, float]] = {ref.name: {} for ref in cfg.eval}
     post = post_trick_names(cfg.tricks)
     for ref in cfg.eval:
         for name in cfg.eval_protocols:  # each protocol's metrics and records under its own key
@@ -89,7 +90,7 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
                                     cache_dir=cell.training.dir / "predictions", keys_dir=cell.training.keys_dir)
             else:
                 ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=keep, protocol=protocol)
-            results.update({f"{key}.{k}": v for k, v in ev.results().items()})
+            by_dataset[ref.name].update({f"{key}.{k}": v for k, v in ev.results().items()})
             artifacts.log_records(run, key, ev.records(), ev.skipped)
             artifacts.log_curves(run, key, *ev.f_curves())  # the paired statistics' max_fbeta evidence
             if ev.skipped:
@@ -97,7 +98,13 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
                            f"{artifacts.skipped_path(key)})")
             if protocol.keeps_samples:
                 artifacts.log_samples(run, key, ev.samples, f"{cell.id} on {ref.name}")
-    run.log_metrics(results)
+    if model_from is not None:  # looked up last: its trainer logs the model just after the training
+        model_id = logged_model_id(store.run(model_from))
+        if model_id is not None:
+            run.log_model_input(model_id)
+    for name, metrics in by_dataset.items():  # each linked to the dataset and the model, on the model's page
+        run.log_metrics(metrics, model_id=model_id, dataset=evaluated[name])
+    results = {k: v for metrics in by_dataset.values() for k, v in metrics.items()}
     run.describe(cell_description(cell, weights, results, trains, model_from, run.experiment_id()))
     return results
 

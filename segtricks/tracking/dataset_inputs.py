@@ -13,7 +13,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Tuple
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -43,8 +43,10 @@ def dataset_input(ref: DatasetRef, context: str) -> DatasetInput:
     return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
 
 
-def cell_inputs(cfg: Config, trains: bool) -> List[DatasetInput]:
-    """Every dataset of a cell: its training and validation sets when it trains a model (or reuses one),
-    and its evaluation sets."""
+def cell_inputs(cfg: Config, trains: bool) -> Tuple[List[DatasetInput], Dict[str, Dataset]]:
+    """Every dataset of a cell: its training and validation sets when it trains a model (or reuses one,
+    trained on them), and its evaluation sets; and the evaluation sets by name, which the evaluation's
+    metrics are linked to."""
     refs = [(cfg.data.train, TRAINING), *([(cfg.data.val, VALIDATION)] if cfg.data.val else [])] if trains else []
-    return [dataset_input(ref, context) for ref, context in [*refs, *((r, EVALUATION) for r in cfg.eval)]]
+    inputs = [dataset_input(ref, context) for ref, context in [*refs, *((r, EVALUATION) for r in cfg.eval)]]
+    return inputs, {ref.name: i.dataset for ref, i in zip(cfg.eval, inputs[len(refs):])}

@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import mlflow
-from mlflow.entities import DatasetInput, Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, LoggedModelInput, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
+from segtricks import errors
 from segtricks.spec.config import Config, resolved_yaml, to_dict
 from segtricks.tracking import claims
 from segtricks.tracking.connect import open_client
 from segtricks.tracking.environment import environment
-from segtricks.tracking.tags import (CLAIMED_AT, CONFIG_HASH, EXPERIMENT_KIND, HEARTBEAT, NOTE, PARENT_RUN,
+from segtricks.tracking.tags import (CELL, CLAIMED_AT, CONFIG_HASH, EXPERIMENT_KIND, HEARTBEAT, NOTE, PARENT_RUN,
                                     SUPERSEDED_BY)
 from segtricks.tracking.uri import tracking_uri
 
@@ -72,6 +73,11 @@ class RunLog:
         """Datasets the run used (``segtricks.tracking.dataset_inputs``); one already logged is not repeated."""
         self.client.log_inputs(self.id, datasets=list(inputs))
 
+    def log_model_input(self, model_id: str) -> None:
+        """A logged model the run used without logging it (a cell that reuses another run's training):
+        the run page lists it under Logged models, the runs table in its Models column."""
+        self.client.log_inputs(self.id, models=[LoggedModelInput(model_id)])
+
     def log_params(self, params: Dict[str, str]) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
@@ -85,9 +91,14 @@ class RunLog:
         if params:
             self.log_params(flatten(to_dict(cfg)))
 
-    def log_metrics(self, metrics: Dict[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: Dict[str, float], step: int = 0, model_id: Optional[str] = None,
+                    dataset: Optional[Dataset] = None) -> None:
+        """``model_id`` and ``dataset``: the logged model and the dataset the metrics are of; the
+        model's page then lists them, with the dataset, beside those of the other runs that used it."""
         now = int(time.time() * 1000)
-        items = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
+        linked = {"model_id": model_id, **({"dataset_name": dataset.name, "dataset_digest": dataset.digest}
+                                           if dataset is not None else {})}
+        items = [Metric(k.replace("/", "."), float(v), now, step, **linked) for k, v in metrics.items()]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.id, metrics=items[i:i + 500])
 
@@ -175,6 +186,26 @@ class Store:
 
     def run(self, run_id: str) -> RunLog:
         return RunLog(self.client, run_id)
+
+    def find_run(self, id_or_prefix: str):
+        """The run whose id is ``id_or_prefix`` or, as the grid's summary prints 8 characters, the one
+        run of any experiment whose id starts with it; None when no run matches. Two matches are an
+        error that lists them."""
+        try:
+            return self.client.get_run(id_or_prefix)
+        except mlflow.exceptions.MlflowException:
+            pass
+        if len(id_or_prefix) < 4 or any(c not in "0123456789abcdef" for c in id_or_prefix):
+            return None
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        # MLflow filters run ids by equality only: the prefix is matched here
+        found = [r for r in self.client.search_runs(experiments, max_results=50_000)
+                 if r.info.run_id.startswith(id_or_prefix)]
+        if len(found) > 1:
+            listed = ", ".join(f"{r.info.run_id} ({r.data.tags.get(CELL, r.info.run_name)})" for r in found[:5])
+            raise errors.BadInput(f"run id {id_or_prefix} is the start of {len(found)} runs' ids: {listed}; "
+                             f"give more of it")
+        return found[0] if found else None
 
     def start(self, exp_id: str, name: str, tags: Dict[str, str], parent: Optional[str] = None) -> RunLog:
         """A new RUNNING run (nested under ``parent`` when given)."""
