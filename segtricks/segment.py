@@ -10,7 +10,9 @@ training with, else its training folder on this machine).
 Masks are ``<out>/<image name>.png``: binary (0/255, at 0.5) by default, 8-bit soft with ``--soft``;
 ``--overlay`` also writes ``<out>/overlays/<image name>.png`` (the image, the mask tinted red). The
 preprocessing and the foreground selection are the evaluation's (``segtricks.inference.predictor``);
-``--post`` post-processes as a cell's ``gf``/``bf`` tricks do (none by default).
+``--post`` post-processes as a cell's ``gf``/``bf`` tricks do. Without it, a cell's run id gets the
+cell's own post-processing (the crop+gf cell's masks are filtered, as its metrics were) and a
+training folder or model URI none; ``--post`` with no names turns it off.
 Every PNG is written atomically; a rerun skips images whose outputs exist (``--overwrite`` redoes them);
 an unreadable image is skipped and listed at the end. Arguments are checked before torch is imported.
 """
@@ -20,6 +22,7 @@ import argparse
 import glob
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -33,6 +36,7 @@ from segtricks.tracking import tags
 from segtricks.tracking.uri import sqlite_path, tracking_uri
 
 OVERLAYS = "overlays"
+POST_TRICKS = ("gf", "bf")  # the tricks segtricks.method.tricks registers as post-processing
 TINT = np.array([255, 0, 0], dtype=np.float32)  # the overlay's mask colour, blended at half strength
 
 
@@ -67,16 +71,26 @@ def check_out(out: Path, images_root: Path) -> None:
                               f"images by the next run; choose a folder outside it")
 
 
-def model_source(run: str, uri: Optional[str]) -> Path | str:
+@dataclass
+class Source:
+    """What ``--run`` names: a training folder or an MLflow model URI, and for a cell's run id the cell
+    and its post-processing tricks."""
+
+    model: Path | str
+    cell: Optional[str] = None
+    cell_post: Optional[List[str]] = None
+
+
+def model_source(run: str, uri: Optional[str]) -> Source:
     """The training folder or the MLflow model URI that ``--run`` names (see the module docstring)."""
     folder = Path(run)
     if run.startswith(("runs:/", "models:/")):
-        return run
+        return Source(run)
     if folder.is_dir():
         for path in (folder / "config.yaml", folder / "best.pt"):
             if not path.is_file():
                 raise errors.BadInput(f"--run {run}: {path} does not exist: is {folder} a finished training folder?")
-        return folder
+        return Source(folder)
     store_uri = tracking_uri(uri)
     db = sqlite_path(store_uri)
     if db is not None and not db.is_file():
@@ -91,12 +105,13 @@ def model_source(run: str, uri: Optional[str]) -> Path | str:
         raise errors.BadInput(f"--run {run}: no run with that id (or id prefix) in {store.uri}, nor a training "
                               f"folder of that name; copy the run id from the MLflow UI or the grid's summary")
     cell, shared = found.data.tags.get(tags.CELL, "(no cell tag)"), found.data.tags.get(tags.MODEL_FROM_RUN)
+    post = [t for t in found.data.tags.get(tags.TRICKS, "").split(",") if t in POST_TRICKS]
     for run_id in filter(None, (found.info.run_id, shared)):
         if logged_model_id(store.run(run_id)) is not None:
-            return f"runs:/{run_id}/model"
+            return Source(f"runs:/{run_id}/model", cell, post)
     training = found.data.params.get("output_dir")
     if training and (Path(training) / "best.pt").is_file() and (Path(training) / "config.yaml").is_file():
-        return Path(training)
+        return Source(Path(training), cell, post)
     where = f" or on the run it shares its training with ({shared})" if shared else ""
     raise errors.BadInput(f"--run {run} (cell {cell}): the run has no model: no MLflow model logged on it{where}, "
                           f"and no training folder {training or '(no output_dir param)'} on this machine; "
@@ -149,7 +164,8 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--run", required=True, help="run id, runs:/<id>/model, or training folder")
     ap.add_argument("--images", required=True, help="folder of images, or a glob ('photos/*.jpg')")
     ap.add_argument("--out", required=True, type=Path, help="folder for the masks (not inside the images folder)")
-    ap.add_argument("--post", nargs="*", default=[], choices=["gf", "bf"], help="post-processing tricks, in order")
+    ap.add_argument("--post", nargs="*", choices=POST_TRICKS,
+                    help="post-processing tricks, in order (default: a cell run's own; none for a folder or URI)")
     ap.add_argument("--soft", action="store_true", help="8-bit soft masks instead of binary ones")
     ap.add_argument("--overlay", action="store_true", help="also write image+mask overlays in <out>/overlays")
     ap.add_argument("--overwrite", action="store_true", help="redo images whose outputs exist")
@@ -162,11 +178,14 @@ def main(argv: List[str] | None = None) -> int:
     root, images = list_images(args.images)
     check_out(args.out, root)
     source = model_source(args.run, args.tracking_uri)
+    post = args.post if args.post is not None else source.cell_post or []
+    if args.post is None and source.cell_post:
+        print(f"post-processing: {', '.join(post)}, as cell {source.cell} was evaluated (--post with no names: none)")
     todo = [p for p in images if args.overwrite or not all(o.exists() for o in outputs(args.out, p, args.overlay))]
     if not todo:
         print(f"all {len(images)} mask(s) exist in {args.out} (--overwrite to redo them)")
         return 0
-    predictor = load_predictor(source, args.post, args.device, args.batch_size, args.tracking_uri)
+    predictor = load_predictor(source.model, post, args.device, args.batch_size, args.tracking_uri)
     from tqdm.auto import tqdm
 
     from segtricks.inference.predictor import ImageFiles

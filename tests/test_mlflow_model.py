@@ -1,5 +1,6 @@
 """The trained model as an MLflow model: logged once on a run, loaded by mlflow.pyfunc in a fresh process,
 predicting the masks ``segment`` writes (issue 23)."""
+import dataclasses
 import subprocess
 import sys
 
@@ -81,3 +82,16 @@ def test_loading_without_the_backbone_weights_is_one_line(logged, tmp_path, caps
         weights.with_suffix(".away").rename(weights)
     err = capsys.readouterr().err
     assert f"error: weights file {weights} does not exist" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.slow
+def test_the_model_carries_the_metrics_of_its_best_epoch(logged, monkeypatch):
+    _, uri, first, training, _ = logged
+    store = Store(uri)
+    run = store.start(first.experiment_id(), "trainer", {})
+    for epoch, value in enumerate([0.2, 0.6, 0.4]):
+        run.log_metrics({"val.iou": value}, step=epoch)
+    monkeypatch.setattr(training, "status", lambda real=training.status(): dataclasses.replace(real, best_epoch=1))
+    model_id = log_trained_model(run, training)
+    assert model_id == logged_model_id(run)
+    assert [(m.key, m.value, m.step) for m in run.client.get_logged_model(model_id).metrics] == [("val.iou", 0.6, 1)]

@@ -137,3 +137,25 @@ def test_predict_refuses_an_array_that_is_not_an_rgb_image(training):
     for bad, shape in [(np.zeros((20, 30)), "float64 of shape (20, 30)"), (np.zeros((20, 30, 4), np.uint8), "(20, 30, 4)")]:
         with pytest.raises(DatasetError, match=r"image 1: expected an HxWx3 uint8 RGB array, got .*" + re.escape(shape)):
             predictor.predict([good, bad])
+
+
+def test_a_cell_run_gets_its_own_post_processing_unless_post_says_otherwise(training, tmp_path, capsys):
+    from segtricks.method.tricks import TRICKS, get_tricks
+
+    assert set(segment.POST_TRICKS) == {n for n in TRICKS.names() if get_tricks([n])[0].stage == "post"}
+    images = images_folder(tmp_path, bad=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = Store(uri)
+    cell = store.start(store.experiment("g"), "c", {tags.CELL: "demo_vit4/crop+gf", tags.TRICKS: "crop,gf"})
+    cell.log_params({"output_dir": str(training.dir)})  # no logged model: its training folder is used
+    written = {}
+    for name, post in [("cell", []), ("gf", ["--post", "gf"]), ("none", ["--post"])]:
+        out = tmp_path / name
+        assert segment.main(["--run", cell.id[:8], "--tracking-uri", uri, "--images", str(images), "--out", str(out),
+                             "--soft", *post]) == 0
+        printed = capsys.readouterr().out
+        assert ("post-processing: gf, as cell demo_vit4/crop+gf was evaluated" in printed) == (name == "cell")
+        written[name] = masks_of(out)
+    for image in written["cell"]:
+        assert np.array_equal(written["cell"][image], written["gf"][image])
+    assert any(not np.array_equal(written["cell"][i], written["none"][i]) for i in written["cell"])

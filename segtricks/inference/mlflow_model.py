@@ -109,5 +109,5 @@ def log_trained_model(run: RunLog, training: Training) -> str:
         Model.log(None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run.id, model_id=model.model_id,
                   python_model=str(PYFUNC_CODE), signature=SIGNATURE, pip_requirements=requirements,
                   artifacts={"checkpoint": str(training.best_path), "config": str(training.dir / "config.yaml")},
-                  metadata=metadata)
+                  metadata=metadata, step=max(status.best_epoch, 0))  # the model page shows the best epoch's metrics
     return model.model_id
