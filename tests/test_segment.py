@@ -159,3 +159,25 @@ def test_a_cell_run_gets_its_own_post_processing_unless_post_says_otherwise(trai
     for image in written["cell"]:
         assert np.array_equal(written["cell"][image], written["gf"][image])
     assert any(not np.array_equal(written["cell"][i], written["none"][i]) for i in written["cell"])
+
+
+def test_other_backbone_weights_than_the_head_was_trained_on_say_what_to_use(training, tmp_path, capsys):
+    import torch
+
+    from segtricks.models.backbones import build_backbone
+
+    vit = build_backbone("demo_vit4", "random-init").vit
+    weights = tmp_path / "other.pth"
+    torch.save({k: v + 1 for k, v in vit.state_dict().items()}, weights)
+    folder = tmp_path / "moved"
+    folder.mkdir()
+    cfg = yaml.safe_load((training.dir / "config.yaml").read_text())
+    cfg["backbone"]["weights"] = str(weights)
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (folder / "best.pt").write_bytes(training.best_path.read_bytes())
+    assert segment.main(["--run", str(folder), "--images", str(images_folder(tmp_path, bad=False)),
+                         "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{folder / 'best.pt'} was trained on backbone weights random-init" in err
+    assert f"demo_vit4 resolves to sha256:" in err and f"here ({weights})" in err
+    assert "it was trained on a random-init backbone: set backbone.weights to random-init" in err

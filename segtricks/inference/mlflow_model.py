@@ -55,27 +55,15 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from segtricks.inference.predictor import Predictor
-        from segtricks.models.model import OtherWeightsError, load_trained
+        from segtricks.models.model import load_trained
 
         cfg = load_config(context.artifacts["config"])
-        try:
-            model = load_trained(cfg, Path(context.artifacts["checkpoint"]))
-        except OtherWeightsError as exc:
-            raise OtherWeightsError(f"MLflow model: {exc}: {expected_weights(cfg)}") from None
-        self.predictor = Predictor(model, cfg)
+        self.predictor = Predictor(load_trained(cfg, Path(context.artifacts["checkpoint"])), cfg)
 
     def predict(self, context, model_input, params=None):
         post = (params or {}).get("post") or ""
         self.predictor.post = [name for name in post.split(",") if name]
         return self.predictor.predict(list(model_input))
-
-
-def expected_weights(cfg) -> str:
-    """Where the weights the model expects are looked for (``backbone.weights``, else the release)."""
-    if cfg.backbone.weights:
-        return f"put the weights it was trained on at backbone.weights = {cfg.backbone.weights}"
-    return (f"put the official {cfg.backbone.name} release it was trained on in $SEGTRICKS_WEIGHTS or "
-            f"the torch.hub cache")
 
 
 def logged_model_id(run: RunLog) -> Optional[str]:

@@ -9,7 +9,8 @@ from torch import nn
 
 from segtricks.engine import checkpoint
 from segtricks.errors import BadInput
-from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
+from segtricks.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_OR_RANDOM, RANDOM_INIT, KeyBackbone,
+                                       build_backbone, find_weights)
 from segtricks.models.head import SempartHead
 from segtricks.spec.config import Config, ConfigError
 
@@ -57,12 +58,24 @@ def build_model(cfg: Config) -> SegmentationModel:
     return SegmentationModel(backbone, SempartHead(backbone.embed_dim, backbone.patch_size))
 
 
+def expected_weights(cfg: Config, weights_id: str) -> str:
+    """Where to put the weights a head was trained on (``weights_id``) for ``cfg`` to resolve them."""
+    if weights_id == RANDOM_INIT:
+        return f"it was trained on a random-init backbone: set backbone.weights to {RANDOM_INIT}"
+    if cfg.backbone.weights not in (None, OFFICIAL_OR_RANDOM):
+        return f"put the weights file it was trained on at backbone.weights = {cfg.backbone.weights}"
+    return (f"put the official {cfg.backbone.name} release it was trained on in $SEGTRICKS_WEIGHTS or the "
+            f"torch.hub cache, or pass its path as backbone.weights")
+
+
 def load_trained(cfg: Config, checkpoint_path: Path) -> SegmentationModel:
     """The model of a training checkpoint; its backbone must resolve to the weights it trained on."""
     model = build_model(cfg)
     state = checkpoint.load(checkpoint_path)
     if state["weights_id"] != model.backbone.weights_id:
+        loaded = find_weights(cfg.backbone.name, cfg.backbone.weights, download=False) or "no weights file"
         raise OtherWeightsError(f"{checkpoint_path} was trained on backbone weights {state['weights_id']}, but "
-                         f"{cfg.backbone.name} resolves to {model.backbone.weights_id} here")
+                                f"{cfg.backbone.name} resolves to {model.backbone.weights_id} here ({loaded}); "
+                                f"{expected_weights(cfg, state['weights_id'])}")
     model.head.load_state_dict(state["head"])
     return model
