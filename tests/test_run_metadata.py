@@ -61,7 +61,7 @@ def test_the_description_names_the_cell_backbone_tricks_metrics_and_the_shared_m
                             trains=False, model_from="abc", exp_id="1")
     assert text.startswith("**demo_vit4/crop+gf**")
     assert "`demo_vit4`, weights `random-init`" in text and "tricks: crop, gf" in text
-    assert "| dataset | IoU | maxFβ | CorLoc (%) |" in text and "| synthetic | 0.712 | – | 93.2 |" in text
+    assert "- **synthetic**: IoU 0.712, maxFβ –, CorLoc (%) 93.2" in text
     assert "shared with run [abc](#/experiments/1/runs/abc)" in text
 
 
@@ -91,7 +91,7 @@ def test_every_cell_run_logs_its_datasets_and_description_and_trainings_their_sy
         assert all(len(d.digest) == 16 for d in datasets.values())
         assert json.loads(datasets["evaluation"].profile)["num_items"] == 4
         assert run.data.tags[NOTE].startswith(f"**{run.data.tags['cell']}**")
-        assert "| synthetic | " in run.data.tags[NOTE]
+        assert "- **synthetic**: IoU 0." in run.data.tags[NOTE]
     assert "trained by this run" in trainer.data.tags[NOTE]
     assert f"shared with run [{trainer.info.run_id}]" in sharer.data.tags[NOTE]
     assert "system/cpu_utilization_percentage" in trainer.data.metrics

@@ -33,12 +33,11 @@ def cell_description(cell: Cell, weights: str, results: Dict[str, float], trains
     lines = [f"**{cell.id}**", "",
              f"- backbone: `{cfg.backbone.name}`, weights `{weights}`",
              f"- tricks: {', '.join(cfg.tricks) or 'none'}",
-             f"- model: {model}", "",
-             "| dataset | " + " | ".join(METRICS[m].label for m in SUMMARY_METRICS) + " |",
-             "|---" * (len(SUMMARY_METRICS) + 1) + "|"]
+             f"- model: {model}", "", "Results:", ""]
+    # one line per dataset: the run page draws a markdown table without borders or padding, unreadable
     for ref in cfg.eval:
         for name in cfg.eval_protocols:
             key = get_protocol(name).dataset_key(ref.name)
-            lines.append(f"| {key} | " + " | ".join(metric_text(m, results.get(f"{key}.{m}"))
-                                                    for m in SUMMARY_METRICS) + " |")
+            lines.append(f"- **{key}**: " + ", ".join(f"{METRICS[m].label} {metric_text(m, results.get(f'{key}.{m}'))}"
+                                                      for m in SUMMARY_METRICS))
     return "\n".join(lines) + "\n"
