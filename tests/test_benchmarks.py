@@ -34,17 +34,3 @@ def test_memory_benchmark_runs_at_tiny_sizes_and_breaks_the_peak_down():
     for row in ("| none |", "| crop |", "| crop forward | head.proj |", "| main forward | head.fine |"):
         assert row in out.stdout, row
 
-
-def test_segment_benchmark_runs_on_a_few_photos_and_prints_every_column(tmp_path):
-    from conftest import require_shared, tiny_config
-    from segtricks.engine.training import Training
-
-    require_shared("sod300")
-    training = Training(tiny_config(tmp_path / "training"))
-    training.run()
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "segment.py"), "--run", str(training.dir),
-                          "--limit", "3", "--repeats", "1", "--threads", "1"], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "segment of SOD300 (3 photos)" in out.stdout and "| evaluate / segment |" in out.stdout
-    row = out.stdout.strip().splitlines()[-1].split("|")
-    assert row[1].strip() == "1" and all(float(cell.strip().rstrip("×")) > 0 for cell in row[2:-1]), out.stdout
