@@ -26,10 +26,10 @@ from segtricks.evaluation.map_evaluation import evaluate_maps
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.evaluation.protocols import get_protocol
 from segtricks.files import NoSpaceError
+from segtricks.inference.mlflow_model import log_trained_model, logged_model_id
 from segtricks.method.tricks import post_trick_names
 from segtricks.runners.plan import Action, Step, plan, summary_row
 from segtricks.spec.grid import Cell, Grid
-from segtricks.inference.mlflow_model import log_trained_model, logged_model_id
 from segtricks.tracking import artifacts, tags
 from segtricks.tracking.dataset_inputs import cell_inputs
 from segtricks.tracking.description import cell_description

@@ -11,7 +11,7 @@ Slurm array task runs one group (``training_groups``). The grid's closing summar
 same runs (``rows_from_store``, ``print_summary``).
 
 With seeds, a grid's cells are its replicas (``Cell.id`` tells them apart; each seed trains apart), and
-the plan and the summary show each cell once with its seeds beneath it (``by_cell``).
+the plan and the summary show each cell once with its seeds beneath it (``grouped``).
 """
 from __future__ import annotations
 
@@ -114,10 +114,7 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
 
 def training_groups(steps: List[Step]) -> List[List[str]]:
     """Cell ids per training group that still has a cell to run."""
-    groups: Dict[str, List[Step]] = {}
-    for s in steps:
-        groups.setdefault(group_key(s.cell), []).append(s)
-    return [[s.cell.id for s in group] for group in groups.values()
+    return [[s.cell.id for s in group] for group in grouped(steps, lambda s: group_key(s.cell))
             if any(s.action is not Action.SKIP for s in group)]
 
 
@@ -136,12 +133,13 @@ def actions(steps: List[Step]) -> Dict[str, str]:
 T = TypeVar("T")
 
 
-def by_cell(items: Sequence[T], name_of: Callable[[T], str]) -> List[List[T]]:
-    """``items`` grouped by cell name, in the order the names first appear: a cell's replicas together
-    (without seeds, every group is one item, in the given order)."""
+def grouped(items: Sequence[T], key: Callable[[T], str]) -> List[List[T]]:
+    """``items`` grouped by ``key``, in the order the keys first appear: by cell name, a cell's replicas
+    together (without seeds, every group is one item, in the given order); by ``group_key``, the
+    training groups."""
     groups: Dict[str, List[T]] = {}
     for item in items:
-        groups.setdefault(name_of(item), []).append(item)
+        groups.setdefault(key(item), []).append(item)
     return list(groups.values())
 
 
@@ -160,7 +158,7 @@ def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[preflight.
     print(f"grid {grid.name} ({grid.path}): {counted(grid, len(steps))}, {len(trainings)} trainings")
     width = max(len(s.cell.name) for s in steps)
     seed_width = max(len(str(seed)) for seed in grid.seeds) if grid.seeds else 0
-    for group in by_cell(steps, lambda s: s.cell.name):
+    for group in grouped(steps, lambda s: s.cell.name):
         for i, s in enumerate(group):
             name = "" if i else s.cell.name
             seed = f"  seed {s.cell.seed:<{seed_width}}" if grid.seeds else ""
@@ -237,7 +235,7 @@ def print_summary(grid: Grid, rows: List[dict]) -> None:
     seeds = ["seed"] if grid.seeds else []
     header = ["cell", *seeds, "status", *keys, "run"]
     lines = [header]
-    for group in by_cell(rows, lambda r: r["cell"]):
+    for group in grouped(rows, lambda r: r["cell"]):
         lines += [["" if i else r["cell"], *([r["seed"]] if seeds else []), r["status"],
                    *[f"{r[k]:.3f}" if k in r else "" for k in keys],
                    (r.get("run_id") or "")[:8] + (f" {r['note']}" if r.get("note") else "")]

@@ -204,7 +204,7 @@ class Store:
         if len(found) > 1:
             listed = ", ".join(f"{r.info.run_id} ({r.data.tags.get(CELL, r.info.run_name)})" for r in found[:5])
             raise errors.BadInput(f"run id {id_or_prefix} is the start of {len(found)} runs' ids: {listed}; "
-                             f"give more of it")
+                                  f"give more of it")
         return found[0] if found else None
 
     def start(self, exp_id: str, name: str, tags: Dict[str, str], parent: Optional[str] = None) -> RunLog:
