@@ -178,7 +178,7 @@ def log_outputs(uri: Optional[str], grid: str, experiment: Optional[str], writte
 
 @errors.command
 def main(argv: List[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=errors.prog("analysis.make_tables"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", action="append", help="grid name (repeatable); default: every known grid in the store")
     ap.add_argument("--format", choices=["md", "latex", "csv"], default="md", help="file format beside the Markdown")
     ap.add_argument("--out-dir", type=Path, default=Path("results"))

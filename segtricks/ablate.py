@@ -25,7 +25,7 @@ from segtricks.spec.grid import parse_seeds, read_grid
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=errors.prog("segtricks.ablate"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", required=True, help="grid name (experiments/<name>.yaml) or a YAML path")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
     ap.add_argument("--force-set", action="store_true",

@@ -27,7 +27,6 @@ import argparse
 import functools
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -39,17 +38,13 @@ import numpy as np
 import yaml
 
 from segtricks import errors
-from segtricks.files import HOST
+from segtricks.files import TempName, parse_temp_name, writer_alive
 from segtricks.tracking.tags import GRID, STUDY, TRAINING_HASH
 from segtricks.tracking.uri import sqlite_path, tracking_uri
 
 KINDS = ("masks", "keys")
 UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-# A cache file's temporary file (``segtricks.files.temp_path``: ".<cache file>.<host>.<pid>.tmp"; before
-# hosts were named, ".<file>.<pid>.tmp" (.npy) and ".<file>.tmp" (.json)), the name anchored at its
-# .npy/.json suffix: unanchored, it would end at its first dot, and ".x.npy.node1.5.tmp" would read as
-# file "x" written on host "npy.node1" (host names have dots too).
-TEMP = re.compile(r"^\.(?P<name>.+?\.(?:npy|json))\.(?:(?:(?P<host>.+)\.)?(?P<pid>\d+)\.)?tmp$")
+SUFFIXES = (".npy", ".json")  # a cache's two files
 
 
 @dataclass
@@ -67,7 +62,7 @@ class Cache:
     protocol: str = "?"
     rows: Optional[int] = None
     training: Optional[str] = None  # a masks cache's training folder name (the hash's first 16 digits)
-    writer: Optional[Tuple[Optional[str], Optional[int]]] = None  # host, pid of a partial file
+    writer: Optional[TempName] = None  # what a partial file's name says of its writer
     grids: Optional[Set[str]] = None  # None: no store to tell
 
     @property
@@ -76,18 +71,7 @@ class Cache:
 
     def writer_alive(self) -> Optional[bool]:
         """Whether a partial file's writer runs; None when it ran on another host (not checkable)."""
-        host, pid = self.writer
-        if host not in (None, HOST):
-            return None
-        if pid is None:  # a .json's temporary file from before pids were named: renamed at once, so stale
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # another user's process
-            pass
-        return True
+        return writer_alive(self.writer)
 
 
 def from_name(kind: str, base: str) -> Dict[str, object]:
@@ -158,11 +142,11 @@ def _scan_folder(folder: Path, kind: str, training: Optional[str]) -> List[Cache
     bases: Dict[str, List[Path]] = {}
     caches = []
     for path in sorted(folder.iterdir()):
-        temp = TEMP.match(path.name)
+        temp = parse_temp_name(path.name, SUFFIXES)
         if temp:
-            cache = _describe(kind, Path(temp["name"]).stem, {}, [path], training, path)
+            cache = _describe(kind, Path(temp.target).stem, {}, [path], training, path)
             if cache is not None:
-                cache.writer = (temp["host"], temp["pid"] and int(temp["pid"]))
+                cache.writer = temp
                 caches.append(cache)
         elif path.suffix in (".npy", ".json") and not path.name.startswith("."):
             bases.setdefault(path.stem, []).append(path)
@@ -281,7 +265,7 @@ def training_prefix(text: str) -> str:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    ap = OneLineParser(prog="python -m segtricks.cache", description=__doc__,
+    ap = OneLineParser(prog=errors.prog("segtricks.cache"), description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = ap.add_subparsers(dest="command", required=True, metavar="ls|rm")
     for name, what in (("ls", "list the caches"), ("rm", "remove caches")):
@@ -326,7 +310,7 @@ def table(header: List[str], rows: List[List[str]]) -> str:
 
 
 def describe_partial(c: Cache) -> str:
-    host, pid = c.writer
+    host, pid = c.writer.host, c.writer.pid
     alive = c.writer_alive()
     state = (f"its writer (pid {pid}) is running" if alive
              else "left by a killed evaluation (rm removes it)" if alive is False

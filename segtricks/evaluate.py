@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
 from segtricks import errors
+from segtricks.files import check_writable_folder
 from segtricks.spec.config import Config, DatasetRef, dataset_ref_problems, load_config
 from segtricks.spec.vocabulary import METRICS
 from segtricks.evaluation.map_evaluation import evaluate_maps
@@ -53,7 +54,7 @@ def format_table(results: Dict[str, float]) -> str:
 
 @errors.command
 def main(argv: List[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=errors.prog("segtricks.evaluate"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--maps", type=Path, help="folder of <image id>.png saliency maps")
     source.add_argument("--run", type=Path, help="training folder (config.yaml + best.pt)")
@@ -70,6 +71,14 @@ def main(argv: List[str] | None = None) -> int:
                     help="ours (SPEC §7, default) or the reference implementation's (SPEC §8.2–8.4)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    if args.limit is not None and args.limit < 1:  # 0 read as "no limit" once: ask for what is meant
+        raise errors.BadInput(f"--limit {args.limit}: give a positive number of images, or leave --limit out for all")
+    if args.out is not None:  # checked before the evaluation, not after it ran
+        if args.out.suffix not in (".csv", ".parquet"):
+            raise errors.BadInput(f"--out {args.out}: use a .csv or .parquet file name")
+        if args.out.is_dir():
+            raise errors.BadInput(f"--out {args.out} is a folder; give a file name ending in .csv or .parquet")
+        check_writable_folder(args.out.parent, "--out")
     ref = DatasetRef(args.dataset, args.root, args.split, args.limit, "skip" if args.skip_bad else "raise")
     for _, value, rule in dataset_ref_problems(ref, "--dataset"):  # before torch, not as a missing dataset
         raise errors.BadInput(f"--split {value}: expected {rule}")
@@ -96,8 +105,6 @@ def main(argv: List[str] | None = None) -> int:
         for image_id, reason in evaluator.skipped:
             print(f"  {image_id}: {reason}")
     if args.out:
-        if args.out.suffix not in (".csv", ".parquet"):
-            raise errors.BadInput(f"--out {args.out}: use a .csv or .parquet file name")
         records = evaluator.records()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.out.suffix == ".parquet":

@@ -12,12 +12,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import socket
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Union
 
-from segtricks.errors import Unavailable
+from segtricks.errors import BadInput, Unavailable
 
 HOST = socket.gethostname()
 
@@ -33,6 +35,55 @@ def temp_path(path: Path) -> Path:
     """Where ``path`` is written before it is renamed into place: ``.<name>.<host>.<pid>.tmp`` (a reader
     that parses it must know the name's suffix: host names have dots too, see ``segtricks.cache``)."""
     return path.with_name(f".{path.name}.{HOST}.{os.getpid()}.tmp")
+
+
+class TempName(NamedTuple):
+    """What a temporary file's name says: the file it becomes, and its writer (host and pid; None in
+    names from before they were recorded)."""
+
+    target: str
+    host: Optional[str]
+    pid: Optional[int]
+
+
+def parse_temp_name(name: str, suffixes: Sequence[str]) -> Optional[TempName]:
+    """The parts of ``temp_path``'s name for a file ending in one of ``suffixes`` (e.g. ``.npy``), or
+    None for another name. Anchored at the suffix: host names have dots too, and unanchored
+    ``.x.npy.node1.5.tmp`` would read as file ``x`` written on host ``npy.node1``. Older names had
+    no host (``.<file>.<pid>.tmp``) or neither (``.<file>.tmp``)."""
+    ends = "|".join(re.escape(s) for s in suffixes)
+    match = re.fullmatch(rf"\.(?P<name>.+?(?:{ends}))\.(?:(?:(?P<host>.+)\.)?(?P<pid>\d+)\.)?tmp", name)
+    if match is None:
+        return None
+    return TempName(match["name"], match["host"], int(match["pid"]) if match["pid"] else None)
+
+
+def writer_alive(temp: TempName) -> Optional[bool]:
+    """Whether a temporary file's writer still runs; None when it ran on another host (not checkable
+    from here). A name without a pid is from before pids were recorded: its writer is long gone."""
+    if temp.host not in (None, HOST):
+        return None
+    if temp.pid is None:
+        return False
+    try:
+        os.kill(temp.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_dead_temps(folder: Path, suffixes: Sequence[str]) -> List[Path]:
+    """Remove the temporary files in ``folder`` of writers on this host that are gone (a kill -9 during
+    a write leaves them; at a large dataset's scale they are gigabytes): the files removed."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        temp = parse_temp_name(path.name, suffixes)
+        if temp is not None and writer_alive(temp) is False:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_atomic(path: Path, content: Union[bytes, str, Callable[[Path], None]], fsync: bool = True) -> None:
@@ -72,3 +123,32 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# why a probe file could not be created, in the words of the error line
+_NOT_WRITABLE = {errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.ENOSPC: "no space left on the device"}
+
+
+def check_writable_folder(given: Union[str, Path], flag: str) -> None:
+    """Refuse (``BadInput``, one line naming ``flag``) a folder a command will write into that is a
+    file, cannot be created, or is not writable, before the command's work starts. It must be a
+    folder, or be creatable (the nearest existing folder above it is one), and writable there: a file
+    is created in it and removed at once (nothing is left), since permission bits do not tell (root
+    ignores them; a read-only mount, sysfs or a root-squashing NFS server refuse root all the same)."""
+    path = Path(given).expanduser()
+    folder = path
+    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
+        folder = folder.parent
+    prefix = f"{flag} {given}: " + ("" if folder == path else f"cannot be created: {folder} ")
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.is_file() else "is not a folder"
+        raise BadInput(f"{prefix}{what}; choose another {flag}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".segtricks-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = _NOT_WRITABLE.get(exc.errno, exc.strerror)
+        raise BadInput(f"{prefix}{'' if folder == path else 'is '}not writable ({reason}); "
+                       f"choose another {flag}") from None

@@ -30,7 +30,7 @@ import numpy as np
 
 from segtricks import errors
 from segtricks.data.datasets import IMAGE_SUFFIXES
-from segtricks.files import write_atomic
+from segtricks.files import check_writable_folder, write_atomic
 from segtricks.spec.config import load_config
 from segtricks.tracking import tags
 from segtricks.tracking.uri import sqlite_path, tracking_uri
@@ -64,11 +64,14 @@ def list_images(spec: str) -> Tuple[Path, List[Path]]:
     return root, paths
 
 
-def check_out(out: Path, images_root: Path) -> None:
-    out, root = out.resolve(), images_root.resolve()
-    if out == root or root in out.parents:
-        raise errors.BadInput(f"--out {out} is inside the images folder {root}: the masks would be read as "
+def check_out(out: Path, images_root: Path, overlay: bool) -> None:
+    """``--out`` is a writable folder (or can be made one) outside the images folder; made here."""
+    resolved, root = out.resolve(), images_root.resolve()
+    if resolved == root or root in resolved.parents:
+        raise errors.BadInput(f"--out {resolved} is inside the images folder {root}: the masks would be read as "
                               f"images by the next run; choose a folder outside it")
+    check_writable_folder(out / OVERLAYS if overlay else out, "--out")
+    (out / OVERLAYS if overlay else out).mkdir(parents=True, exist_ok=True)
 
 
 @dataclass
@@ -160,7 +163,7 @@ def load_predictor(source: Path | str, post: List[str], device: str, batch_size:
 
 @errors.command
 def main(argv: List[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=errors.prog("segtricks.segment"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="run id, runs:/<id>/model, or training folder")
     ap.add_argument("--images", required=True, help="folder of images, or a glob ('photos/*.jpg')")
     ap.add_argument("--out", required=True, type=Path, help="folder for the masks (not inside the images folder)")
@@ -176,7 +179,7 @@ def main(argv: List[str] | None = None) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise errors.BadInput(f"--batch-size {args.batch_size}: use a positive number")
     root, images = list_images(args.images)
-    check_out(args.out, root)
+    check_out(args.out, root, args.overlay)
     source = model_source(args.run, args.tracking_uri)
     post = args.post if args.post is not None else source.cell_post or []
     if args.post is None and source.cell_post:
@@ -185,12 +188,14 @@ def main(argv: List[str] | None = None) -> int:
     if not todo:
         print(f"all {len(images)} mask(s) exist in {args.out} (--overwrite to redo them)")
         return 0
+    from segtricks.engine.device import resolve_device  # torch: only once the arguments are right
+
+    resolve_device(args.device)  # a device this machine lacks: one line, before the model is loaded
     predictor = load_predictor(source.model, post, args.device, args.batch_size, args.tracking_uri)
     from tqdm.auto import tqdm
 
     from segtricks.inference.predictor import ImageFiles
 
-    (args.out / OVERLAYS if args.overlay else args.out).mkdir(parents=True, exist_ok=True)
     by_id = {p.stem: p for p in todo}
     skipped: List[str] = []
     with tqdm(total=len(todo), desc="segment", unit="image") as bar, warnings.catch_warnings():

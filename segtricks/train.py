@@ -15,7 +15,7 @@ from segtricks.spec.config import load_config
 
 @errors.command
 def main(argv: List[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog=errors.prog("segtricks.train"), description=__doc__)
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted path), repeatable")

@@ -25,12 +25,14 @@ from segtricks.spec.study import load_study
 
 
 def parse_args(argv: List[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog=errors.prog("segtricks.tune"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study", required=True, help="study name (experiments/study_<name>.yaml) or a YAML path")
     ap.add_argument("--n-trials", type=int, help="total trials of the study (default: its n_trials)")
     ap.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna.db in this folder)")
     ap.add_argument("--tracking-uri", help="MLflow store (default $MLFLOW_TRACKING_URI or ./mlflow.db)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every trial")
+    ap.add_argument("--study-name", help="the study's name in the storage (default: the file's name:); a new name "
+                                         "starts a new study, e.g. to run the same file with other --set flags")
     ap.add_argument("--best", action="store_true", help="print the best parameters as an override and exit")
     ap.add_argument("--output-root", default="outputs")
     ap.add_argument("--device", default="auto")
@@ -49,9 +51,12 @@ def main(argv: List[str] | None = None) -> int:
     args = parse_args(argv)
     if args.workers < 1:
         raise errors.BadInput(f"--workers {args.workers}: the number of Slurm array tasks must be at least 1")
+    if args.workers > 1 and args.launcher != "slurm":
+        raise errors.BadInput(f"--workers {args.workers} runs Slurm array tasks and needs --launcher slurm; on one "
+                              f"machine, start the same command in another shell: the workers share the study")
     if args.n_trials is not None and args.n_trials < 1:
         raise errors.BadInput(f"--n-trials {args.n_trials}: a study's total must be at least 1")
-    spec = load_study(args.study, args.set)
+    spec = load_study(args.study, args.set, args.study_name)
     from segtricks.runners import launch  # torch, timm, MLflow: only once the study is known to be valid
     return launch.launch_study(spec, args)
 

@@ -429,8 +429,62 @@ def test_force_on_a_finished_grid_makes_one_new_run_per_cell_and_exits(in_tmp):
             assert r.data.tags["superseded_by"] == new[r.data.tags["cell"]]
     current = load_runs("mini", f"sqlite:///{in_tmp / 'mlflow.db'}")
     assert sorted(current.run_id) == sorted(new.values())  # tables see only the current result
+    # issue 28: the current runs carry (base) or link to (gf) the training, as the superseded ones did
+    from segtricks.inference.mlflow_model import logged_model_id
+    from segtricks.tracking.store import Store
+    now = {r.data.tags["cell"]: r for r in rs if r.info.run_id in new.values()}
+    assert now["base"].data.tags["role"] == "train" and "val.iou" in now["base"].data.metrics
+    assert len(client.get_metric_history(now["base"].info.run_id, "train.loss")) == 1
+    assert logged_model_id(Store(f"sqlite:///{in_tmp / 'mlflow.db'}").run(now["base"].info.run_id)) is not None
+    assert now["gf"].data.tags["model_from_run"] == now["base"].info.run_id and "role" not in now["gf"].data.tags
     assert subprocess.run(cmd, cwd=in_tmp, env=_env(in_tmp), capture_output=True, timeout=300).returncode == 0
     assert len(runs(in_tmp)[1]) == 4
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_force_is_closed_by_the_next_plain_run(in_tmp):
+    """Issue 28 defect 3: kill -9 during --force, then a plain rerun: the killed run stayed RUNNING for
+    good and the cell was reported skipped."""
+    import shutil
+    grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"], epochs=3)
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2]]
+    assert main(["--grid", str(grid), *TINY_FLAGS[:-2]]) == 0
+    (done,) = runs(in_tmp)[1]
+    shutil.rmtree(in_tmp / "outputs" / "trainings")  # so that --force trains again, long enough to be killed
+    proc = subprocess.Popen(cmd + ["--force"], cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    running, _ = _wait_for_a_checkpoint(in_tmp, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    env = {**_env(in_tmp), "SEGTRICKS_STALE_AFTER_S": "600"}  # no wait: the killed worker ran here
+    result = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "1 cells: 0 run, 1 skipped, 0 failed" in result.stdout
+    status = {r.info.run_id: r.info.status for r in runs(in_tmp)[1]}
+    assert status == {done.info.run_id: "FINISHED", running[0].info.run_id: "KILLED"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_grid_is_one_line_exit_130_and_a_killed_run(in_tmp):
+    """Issue 28 defect 5: Ctrl-C printed a 28-frame traceback and left the run RUNNING."""
+    grid = write_grid(in_tmp, ["{name: only, set: {tricks: []}}"], epochs=3)
+    cmd = [sys.executable, "-m", "segtricks.ablate", "--grid", str(grid), *TINY_FLAGS[:-2]]
+    proc = subprocess.Popen(cmd, cwd=in_tmp, env=_env(in_tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_a_checkpoint(in_tmp, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+    client, (killed,) = runs(in_tmp)
+    assert killed.info.status == "KILLED"
+    why = Path(client.download_artifacts(killed.info.run_id, "traceback.txt", str(in_tmp))).read_text()
+    assert why.startswith("interrupted (Ctrl-C)")
+    env = {**_env(in_tmp), "SEGTRICKS_STALE_AFTER_S": "600"}
+    assert subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, timeout=300).returncode == 0
+    status = sorted(r.info.status for r in runs(in_tmp)[1])
+    assert status == ["FINISHED", "KILLED"]
 
 
 @pytest.mark.slow

@@ -222,3 +222,16 @@ def test_corloc_on_davis_perfect_and_shifted_predictions():
         shifted.update(torch.from_numpy(moved).double(), t, path.stem, boxes=boxes)
     assert perfect.results()["corloc"] == 100.0
     assert shifted.results()["corloc"] < 50.0
+
+
+def test_the_e_measure_of_a_perfect_map_is_the_toolboxes_wh_over_wh_minus_1():
+    """Issue 28: max_e_measure is 1.005 on a perfect all-foreground 200-pixel map. That is the definition
+    (Fan et al.'s code and pysodmetrics divide by w·h − 1), kept so that published figures reproduce."""
+    from py_sod_metrics import Emeasure
+    for gt in (np.ones((10, 20), bool), np.pad(np.ones((4, 6), bool), 3)):
+        ev = SaliencyEvaluator(with_structure=True)
+        ev.update(gt.astype(np.float32), gt)
+        em = Emeasure()
+        em.step(pred=gt.astype(np.uint8) * 255, gt=gt.astype(np.uint8) * 255)
+        assert ev.results()["max_e_measure"] == pytest.approx(gt.size / (gt.size - 1), abs=1e-9)
+        assert ev.results()["max_e_measure"] == pytest.approx(em.get_results()["em"]["curve"].max(), abs=1e-9)

@@ -132,24 +132,25 @@ def test_two_workers_publishing_the_same_cache_at_once_both_finish(tmp_path, mon
     two workers publishing the same keys at once (--workers N, trainings on one backbone) found its
     temporary file taken by the first's rename and failed its evaluation with FileNotFoundError."""
     from segtricks.evaluation.prediction_cache import ArrayCache
-    pid = {"now": 1001}
+    me, other = os.getpid(), os.getppid()  # two live processes: a writer's partial file is removed only once it is dead
+    pid = {"now": me}
     monkeypatch.setattr(os, "getpid", lambda: pid["now"])
     ids = ["a", "b"]
     first, second = (ArrayCache(tmp_path, "keys", {}, ids, (1,)) for _ in range(2))
     first.put(ids, torch.zeros(2, 1))
-    pid["now"] = 1002
+    pid["now"] = other
     second.put(ids, torch.ones(2, 1))
     real_replace = os.replace
 
     def replace(src, dst):  # the second worker publishes between the first's .json write and rename
-        if str(dst).endswith(".json") and pid["now"] == 1001:
-            pid["now"] = 1002
+        if str(dst).endswith(".json") and pid["now"] == me:
+            pid["now"] = other
             second.close(ids)
-            pid["now"] = 1001
+            pid["now"] = me
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    pid["now"] = 1001
+    pid["now"] = me
     first.close(ids)
     monkeypatch.undo()
     again = ArrayCache(tmp_path, "keys", {}, ids, (1,))
@@ -203,3 +204,40 @@ def test_cache_file_names_are_those_earlier_evaluations_wrote(setting, tmp_path)
     assert sorted(p.name for p in keys.iterdir()) == [f"{stem}.{ext}" for stem in stems for ext in ("json", "npy")]
     about = json.loads(next(keys.glob("*-ours-*.json")).read_text())
     assert (about["kind"], about["protocol"], about["rows"]) == ("keys", "ours", 12)
+
+
+def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_writer(setting, tmp_path):
+    """Issue 28 defect 4: kill -9 while a cache was written left its ``.<name>.<host>.<pid>.tmp`` for good
+    (gigabytes at Table 3's scale); only ``cache rm`` removed it. ``cache ls`` lists it meanwhile."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import REPO
+    cfg, model, _ = setting
+    cache = tmp_path / "outputs" / "trainings" / "0123456789abcdef" / "predictions"  # where cache ls looks
+    # a writer that predicts slowly (a sleep per batch), killed -9 once its partial file exists
+    script = (f"import time, torch; from segtricks.spec.config import DatasetRef, load_config; "
+              f"from segtricks.models.model import build_model; "
+              f"from segtricks.evaluation.model_evaluation import evaluate_model; "
+              f"cfg = load_config({str(DEMO_CELL)!r}, {{'output_dir': {str(tmp_path / 'run')!r}, "
+              f"'optim.batch_size': 4}}); torch.manual_seed(0); m = build_model(cfg).eval(); f = m.forward; "
+              f"m.forward = lambda *a, **k: (time.sleep(0.5), f(*a, **k))[1]; "
+              f"evaluate_model(m, cfg, DatasetRef('synthetic', split='test', limit=12), [], "
+              f"with_structure=False, progress=False, cache_dir={str(cache)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(cache.glob(".*.tmp")) and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (left,) = cache.glob(".*.tmp")
+    from segtricks.cache import main as cache_command
+    import contextlib
+    import io
+    listing = io.StringIO()
+    with contextlib.redirect_stdout(listing):
+        assert cache_command(["ls", "--output-root", str(tmp_path / "outputs")]) == 0
+    assert f"partial  {left}" in listing.getvalue() and "left by a killed evaluation" in listing.getvalue()
+    scores(cfg, model, [], cache)  # the next writer of the folder
+    assert not list(cache.glob(".*.tmp")) and len(list(cache.glob("*.npy"))) == 1

@@ -292,3 +292,42 @@ def test_a_lost_claim_plans_again_instead_of_training_a_cell_that_shares_the_riv
     assert by_cell["base"].info.run_id == rival[0].id  # the dead rival's run, resumed
     assert by_cell["base"].data.tags["role"] == "train" and "role" not in by_cell["gf"].data.tags
     assert by_cell["gf"].data.tags["model_from_run"] == rival[0].id
+
+
+def _stale_run(store, exp_id, **extra):
+    """A run whose worker (on another host) stopped beating long ago."""
+    return store.start(exp_id, "c", {**CELL, "heartbeat": "100.0", "worker": "elsewhere:1", **extra})
+
+
+def test_two_workers_that_find_the_same_dead_run_do_not_both_resume_it(tmp_path):
+    """Issue 28: RESUME took no claim, so two workers that found one stale run both resumed it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    store = Store(uri)
+    run = _stale_run(store, store.experiment("x"))
+    start = time.time() + 3  # every process imports first, then all take over at once
+    script = ("import sys, time; from segtricks.tracking.store import Store; s = Store(sys.argv[1]); "
+              "time.sleep(max(0, float(sys.argv[3]) - time.time())); "
+              "print('won' if s.take_over(sys.argv[2]) else 'lost')")
+    procs = [subprocess.Popen([sys.executable, "-c", script, uri, run.id, repr(start)], stdout=subprocess.PIPE,
+                              text=True, cwd=REPO) for _ in range(3)]
+    said = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert said == ["lost", "lost", "won"]
+
+
+def test_a_takeover_counts_rivals_of_this_episode_only(tmp_path, monkeypatch):
+    store = Store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = store.experiment("x")
+    # an earlier takeover (older than the last heartbeat: its worker resumed the run, then died too), and
+    # a writer that died between its two writes long ago: neither is a rival now
+    old = _stale_run(store, exp_id, **{"takeover.gone_1": "50.0", "takeover.gone_2": "pending:60.0"})
+    assert store.take_over(old.id) is not None
+    rival = _stale_run(store, exp_id, **{"takeover.rival_7": "150.0"})  # took it over first, this episode
+    assert store.take_over(rival.id) is None
+    monkeypatch.setattr(claims, "STALE_AFTER_S", 1.0)
+    pending = _stale_run(store, exp_id, **{"takeover.rival_8": f"pending:{time.time()!r}"})
+    began = time.time()
+    assert store.take_over(pending.id) is not None  # waited for its rival's second write, which never came
+    assert time.time() - began >= 1.0
+    done = _stale_run(store, exp_id)
+    store.run(done.id).finish()
+    assert store.take_over(done.id) is None  # no longer RUNNING

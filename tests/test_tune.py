@@ -322,3 +322,27 @@ def test_estimate_prices_one_trial_and_the_study_and_runs_nothing(in_tmp, capsys
     assert trial[2] == "train+evaluate" and "checkpoints" in trial
     assert "study tiny: up to 5 trials × " in out and "synthetic/val: 4 images" in out
     assert sorted(p.name for p in in_tmp.iterdir()) == before  # no storage, store or output folder
+
+
+def test_a_study_continued_under_another_config_is_refused(in_tmp, capsys):
+    """Issue 28 defect 1: a continuation under other --set flags mixed two training configs' trials in one
+    study and one --best."""
+    from segtricks.runners.study_runner import BASE_CONFIG_HASH, check_base_config, open_study
+    from segtricks.spec.config import config_hash
+    path = write_study(in_tmp)
+    storage = f"sqlite:///{in_tmp / 'optuna.db'}"
+    spec = load_study(str(path), ["optim.steps_per_epoch=2"])
+    study = open_study(spec, storage)
+    check_base_config(study, spec)  # what the first invocation records before its first trial
+    assert study.user_attrs[BASE_CONFIG_HASH] == config_hash(spec.config({}))
+    assert main(["--study", str(path), "--n-trials", "5", "--set", "optim.epochs=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: study 'tiny' optimises another config than this command's (optim.epochs: 2 in "
+                          "the study, 1 now); continue it with the flags it ran with, or start a new study with "
+                          "--study-name tiny-2") and err.count("\n") == 1
+    assert not optuna.load_study(study_name="tiny", storage=storage).trials  # refused before any trial
+    # what changes no number (the loader's processes) and a parameter's base value continue the study
+    check_base_config(open_study(spec, storage), load_study(str(path), ["data.num_workers=0", "gf.radius=3"]))
+    renamed = load_study(str(path), ["optim.epochs=1"], study_name="tiny-2")
+    assert renamed.name == "tiny-2"
+    check_base_config(open_study(renamed, storage), renamed)  # a new study of its own

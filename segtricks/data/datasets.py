@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from segtricks.errors import BadInput
+from segtricks.errors import BadInput, SegtricksWarning
 from segtricks.spec.config import DatasetRef
 from segtricks.spec.registry import Registry
 from segtricks.data import synthetic as synthetic_module
@@ -192,7 +192,7 @@ class FilePairs(RawDataset):
             for kind, note in mask_notes(mask_path, values, mask).items():
                 if kind not in self.reported:
                     self.reported.add(kind)
-                    warnings.warn(f"dataset {self.name!r}: {note}", stacklevel=2)
+                    warnings.warn(f"dataset {self.name!r}: {note}", SegtricksWarning, stacklevel=2)
             if mask.shape != (image.height, image.width):
                 raise DatasetError(
                     f"mask {mask_path} is {mask.shape[1]}×{mask.shape[0]} but its image {image_path} is "
@@ -241,7 +241,7 @@ def dataset_root(ref: DatasetRef, folder: str, published: str, layout: str) -> P
 
 
 def _report_skip(ref: DatasetRef, message: str) -> None:
-    warnings.warn(f"dataset {ref.name!r}: skipped: {message}", stacklevel=3)
+    warnings.warn(f"dataset {ref.name!r}: skipped: {message}", SegtricksWarning, stacklevel=3)
 
 
 def utf8_name(path: Path) -> bool:
@@ -358,6 +358,15 @@ def voc_boxes(xml_path: Path) -> np.ndarray:
     return np.array(boxes, dtype=np.float64)
 
 
+def read_text_file(path: Path, ref: DatasetRef) -> str:
+    """A dataset's list or annotation file as UTF-8 text; a file that is not is an error naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"dataset {ref.name!r}: {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                           f"replace it with the release's own file") from None
+
+
 def _voc(ref: DatasetRef, year: str) -> RawDataset:
     layout = (f"VOCdevkit/VOC{year}/JPEGImages/*.jpg, VOCdevkit/VOC{year}/Annotations/*.xml, "
               f"VOCdevkit/VOC{year}/ImageSets/Main/trainval.txt")
@@ -365,7 +374,7 @@ def _voc(ref: DatasetRef, year: str) -> RawDataset:
     split_file = root / "ImageSets" / "Main" / "trainval.txt"
     if not split_file.is_file():
         raise DatasetError(f"dataset {ref.name!r}: {split_file} does not exist (expected layout: {layout})")
-    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_text_file(split_file, ref).splitlines() if line.strip()]
     ids = ids[: ref.limit] if ref.limit else ids
     annotations = root / "Annotations"
     items = [(i, root / "JPEGImages" / f"{i}.jpg") for i in ids]
@@ -398,10 +407,10 @@ def coco20k(ref: DatasetRef) -> RawDataset:
     for f in (list_file, ann_file):
         if not f.is_file():
             raise DatasetError(f"dataset 'coco20k': {f} does not exist (expected layout: {layout}; from {COCO_URL})")
-    names = [Path(line.strip()).name for line in list_file.read_text().splitlines() if line.strip()]
+    names = [Path(line.strip()).name for line in read_text_file(list_file, ref).splitlines() if line.strip()]
     names = names[: ref.limit] if ref.limit else names
     try:
-        coco = json.loads(ann_file.read_text())
+        coco = json.loads(read_text_file(ann_file, ref))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{ann_file} is not valid JSON: {exc}") from None
     by_name = {im["file_name"]: im["id"] for im in coco["images"]}
@@ -479,5 +488,5 @@ def load_or_skip(raw: RawDataset, index: int, on_error: str) -> Union[Sample, Sk
     except DatasetError as exc:
         if on_error != "skip":
             raise
-        warnings.warn(f"skipped: {exc}")
+        warnings.warn(f"skipped: {exc}", SegtricksWarning)
         return Skipped(raw.item_id(index), str(exc))

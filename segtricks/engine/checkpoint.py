@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from segtricks.errors import BadInput
 from segtricks.files import NoSpaceError, write_atomic
 
 
@@ -29,7 +30,25 @@ def save_atomic(obj: Any, path: Path) -> None:
                            f"the training resumes from its last checkpoint") from None
 
 
+class CorruptCheckpoint(BadInput):
+    """A checkpoint file that does not load: cut short (a copy or a disk that failed), overwritten, or
+    not a checkpoint at all. ``reason`` is the loader's own error, in one line."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"checkpoint {path} does not load ({reason}): the file is damaged or not a segtricks "
+                         f"checkpoint; train again (rerun the command that trained it), or restore the file")
+
+
 def load(path: Path) -> Any:
+    """The contents of a checkpoint on the CPU; a missing file is ``FileNotFoundError``, any other
+    failure (a truncated zip, a pickle error) a ``CorruptCheckpoint`` naming it."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # every unpickling, zip or read failure means the same: the file is damaged
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CorruptCheckpoint(path, f"{type(exc).__name__}: {first}" if first else type(exc).__name__) from None

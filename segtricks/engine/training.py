@@ -134,13 +134,15 @@ class Training:
             return self._corrupt(self.last_path, "is missing")
         try:  # status.json is behind the checkpoints (a kill between writes) or missing: rebuild it
             state = checkpoint.load(self.last_path)
-        except Exception as exc:  # any unpickling/zip/IO failure means the same: the file is damaged
-            return self._corrupt(self.last_path, f"does not load ({type(exc).__name__}: {exc})")
+        except checkpoint.CorruptCheckpoint as exc:
+            return self._corrupt(self.last_path, f"does not load ({exc.reason})")
         self._check_hash(state["training_hash"], self.last_path)
         try:
             checkpoint.load(self.best_path)
-        except Exception as exc:
-            return self._corrupt(self.best_path, f"does not load ({type(exc).__name__}: {exc})")
+        except FileNotFoundError:
+            return self._corrupt(self.best_path, "is missing")
+        except checkpoint.CorruptCheckpoint as exc:
+            return self._corrupt(self.best_path, f"does not load ({exc.reason})")
         self.write_status(state["epoch"] + 1, state["best_epoch"], state["best_score"], state["weights_id"],
                           state["history"])
         return self._status_from(self._read_status())
@@ -211,7 +213,7 @@ class Training:
             self._set_aside(status.problem)
             status = self.status()
         cfg = self.cfg
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, "the config's device:")
         seed_everything(cfg.seed)
         model = build_model(cfg).to(device)
         if device.type == "cuda":

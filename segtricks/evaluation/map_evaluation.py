@@ -152,7 +152,7 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
             except DatasetError as exc:
                 if ref.on_error != "skip":
                     raise
-                warnings.warn(f"skipped: {exc}")
+                warnings.warn(f"skipped: {exc}", errors.SegtricksWarning)
                 evaluator.skip(sample.id, str(exc))
                 continue
             mask, boxes = sample.mask, sample.boxes

@@ -123,6 +123,7 @@ def e_measure_curves(tp: np.ndarray, pos: np.ndarray, n_gt: np.ndarray, size: np
         total = total + (align + 1) ** 2 / 4 * count
     # an image with no object (or only object) scores the predicted background (foreground) share
     total = np.where(n_gt == 0, size - pos, np.where(n_gt == size, pos, total))
+    # w·h − 1, as Fan et al.'s Matlab code and pysodmetrics divide: a perfect map scores w·h/(w·h − 1), just above 1
     return total / (size - 1 + EPS)
 
 

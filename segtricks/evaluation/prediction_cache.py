@@ -37,7 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from segtricks.files import temp_path, write_atomic
+from segtricks.files import remove_dead_temps, temp_path, write_atomic
 from segtricks.spec.config import DatasetRef, canonical_sha256
 from segtricks.data.datasets import RawDataset
 from segtricks.models.model import SegmentationModel
@@ -126,6 +126,7 @@ class ArrayCache:
             return
         if self._new is None:
             self.folder.mkdir(parents=True, exist_ok=True)
+            remove_dead_temps(self.folder, (".npy", ".json"))  # what writers killed here left behind
             self._tmp = temp_path(self.path)
             self._new = RowFile.create(self._tmp, (len(self.ids), *self.row_shape))
         known = [k for k, i in enumerate(ids) if i in self.row]  # a dataset whose item_id() differs

@@ -27,7 +27,7 @@ import timm
 import torch
 from torch import nn
 
-from segtricks.errors import BadInput
+from segtricks.errors import BadInput, SegtricksWarning
 from segtricks.spec.registry import Registry
 
 BACKBONES = Registry(
@@ -178,7 +178,7 @@ def load_vit_checkpoint(vit: nn.Module, path: Path, name: str) -> None:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # full training checkpoints pickle their argparse namespace
-        warnings.warn(f"{path} is not a plain tensor checkpoint ({exc}); loading it with pickle")
+        warnings.warn(f"{path} is not a plain tensor checkpoint ({exc}); loading it with pickle", SegtricksWarning)
         obj = torch.load(path, map_location="cpu", weights_only=False)
     state = _unwrap_state_dict(obj, path)
     own = vit.state_dict()

@@ -47,6 +47,16 @@ def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:
             tags.CONFIG_HASH: cell.config_hash, tags.TRAINING_HASH: cell.training_hash, tags.RUN_NAME: cell.name}
 
 
+def current_trainer(store: Store, run: RunLog, cell: Cell) -> Optional[str]:
+    """The run that carries ``cell``'s training (tagged ``role=train``), newest first, or None: not
+    superseded, and of another cell, since this cell's own earlier runs are what this run replaces."""
+    found = [r for r in store.runs(run.experiment_id(), f"tags.{tags.TRAINING_HASH} = '{cell.training_hash}'"
+                                   f" and tags.{tags.ROLE} = '{tags.ROLE_TRAIN}'")
+             if r.info.run_id != run.id and tags.SUPERSEDED_BY not in r.data.tags
+             and r.data.tags.get(tags.CONFIG_HASH) != cell.config_hash and r.info.status in ("RUNNING", "FINISHED")]
+    return found[-1].info.run_id if found else None
+
+
 def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict[str, float]:
     """Train (or reuse a training), evaluate on every eval dataset under every protocol of the config,
     log everything to ``run``."""
@@ -54,20 +64,19 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
     run.log_config(cfg, params=step.action is not Action.RESUME)
     inputs, evaluated = cell_inputs(cfg, cell.trains)
     run.log_inputs(inputs)
-    trains, model_from, model_id = False, None, None  # whether this run trains the cell's model; else the run that did
+    trains, model_from, model_id = False, None, None  # whether this run carries the cell's training; else the run that does
     if cell.trains:
         training = cell.training
         trains = run.tags().get(tags.ROLE) == tags.ROLE_TRAIN  # a resumed trainer stays the trainer
-        if not trains and training.status().state is not State.COMPLETE:
+        trainer = None if trains else current_trainer(store, run, cell)
+        if not trains and (training.status().state is not State.COMPLETE or trainer is None):
+            # it trains, or (a --force rerun, whose trainer run it supersedes) it carries the finished
+            # training: its curves and its model, so that the cell's current run shows them
             run.set_tags({tags.ROLE: tags.ROLE_TRAIN})
             trains = True
         elif not trains:
-            trainer = [r for r in store.runs(run.experiment_id(), f"tags.{tags.TRAINING_HASH} = '{cell.training_hash}'"
-                                             f" and tags.{tags.ROLE} = '{tags.ROLE_TRAIN}'")
-                       if r.info.run_id != run.id]
-            if trainer:
-                model_from = trainer[0].info.run_id
-                run.set_tags({tags.MODEL_FROM_RUN: model_from})
+            model_from = trainer
+            run.set_tags({tags.MODEL_FROM_RUN: model_from})
         with system_metrics(run, on=trains and cfg.tracking.system_metrics):
             status = training.run([EpochLogger(run)] if trains else [])
         if trains:
@@ -119,6 +128,9 @@ def run_cell(store: Store, exp_id: str, step: Step, run: RunLog, dev: torch.devi
             if force:
                 store.supersede(exp_id, run, step.cell.config_hash)
             return summary_row(step.cell, "FINISHED", run_id=run.id, **results)
+        except KeyboardInterrupt:  # Ctrl-C: not the cell's failure; the rerun trains on from the last checkpoint
+            run.kill("interrupted (Ctrl-C); rerunning the same command resumes the training from its last checkpoint")
+            raise
         except Exception as exc:
             try:
                 run.fail()
@@ -149,6 +161,9 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
             # with --force, a cell rerun by this invocation has a FINISHED run since since_ms: plan skips it
             steps = plan(grid, by_hash, force, rerun_failed, since_ms)
             for s in steps:
+                for run_id in s.abandoned:
+                    store.run(run_id).kill(f"left RUNNING by a dead worker (a killed --force rerun?) while cell "
+                                           f"{s.cell.id} had a finished run; closed by a later invocation")
                 if s.action is Action.SKIP and s.cell.id not in summary:
                     done = [r for r in by_hash.get(s.cell.config_hash, []) if r.info.status == "FINISHED"]
                     metrics = done[-1].data.metrics if done else {}  # a skipped cell still shows its result
@@ -168,14 +183,14 @@ def run_grid(grid: Grid, uri: str, force: bool = False, rerun_failed: bool = Fal
                 bar = tqdm(total=len(todo), desc=f"grid {grid.name}", unit="cell")
             step = todo[0]  # one cell, then plan again: what other workers did meanwhile changes what is left
             bar.set_postfix_str(step.cell.id)
-            if step.action is Action.RESUME:
-                run = store.run(step.run_id)
+            if step.action is Action.RESUME:  # two workers may find the same dead worker's run
+                run = store.take_over(step.run_id)
             else:
                 run = store.claim(exp_id, step.cell.name, cell_tags(grid, step.cell), since_ms)
-                if run is None:
-                    # another worker claimed this cell first; this plan predates its claim, and a cell that
-                    # shares the training it now trains would train it again: plan again
-                    continue
+            if run is None:
+                # another worker claimed this cell (or took the dead worker's run over) first; this plan
+                # predates it, and a cell that shares the training it now trains would train it again: plan again
+                continue
             summary[step.cell.id] = row = run_cell(store, exp_id, step, run, dev, force)
             if row["status"] == "FAILED" and fail_fast:
                 return list(summary.values())

@@ -36,6 +36,7 @@ def launch_grid(args: argparse.Namespace, opts: Optional[slurm.SlurmOptions]) ->
     grid = load_grid(args.grid, args.set, args.output_root, args.seeds)
     uri = tracking_uri(args.tracking_uri)
     preflight.check_output_root(args.output_root)
+    preflight.check_devices(args.device, [c.cfg for c in grid.cells])
     try:
         if args.dry_run:
             return dry_run(grid, uri, args)
@@ -114,6 +115,7 @@ def launch_study(spec: StudySpec, args: argparse.Namespace) -> int:
     storage = args.storage or default_storage()
     if not args.best:  # every trial needs the base config's weights and datasets: check before any run
         preflight.check_output_root(args.output_root)
+        preflight.check_devices(args.device, [spec.config({})])
         missing = preflight.Preflight(download=not args.estimate).missing(spec.config({}), trains=True)
         preflight.refuse_missing({f"study {spec.name}": missing})
     if args.estimate:
@@ -121,7 +123,7 @@ def launch_study(spec: StudySpec, args: argparse.Namespace) -> int:
         return 0
     try:
         if args.best:
-            study = open_study(spec, storage)
+            study = open_study(spec, storage, create=False)
             if not any(t.state == TrialState.COMPLETE for t in study.trials):
                 raise errors.BadInput(f"study {spec.name!r} in {storage} has no completed trial yet")
             print(best_override(study))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from enum import Enum
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
@@ -49,6 +49,9 @@ class Step:
     action: Action
     reason: str
     run_id: Optional[str] = None
+    # runs a dead worker left RUNNING on a cell that is done meanwhile (a killed --force rerun): nobody
+    # resumes them, so the worker that plans the cell closes them KILLED
+    abandoned: List[str] = field(default_factory=list)
 
 
 def group_key(cell: Cell) -> str:
@@ -88,7 +91,8 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
         shares = cell.trains and trainer_of[cell.training_hash] is not cell
         complete = cell.trains and cell.training.status().state is State.COMPLETE
         if done:
-            steps.append(Step(cell, Action.SKIP, f"done (run {done[-1].info.run_id[:8]})"))
+            steps.append(Step(cell, Action.SKIP, f"done (run {done[-1].info.run_id[:8]})",
+                              abandoned=[r.info.run_id for r in stale]))
         elif live:
             beat = time.time() - float(live[0].data.tags.get(tags.HEARTBEAT, 0))
             steps.append(Step(cell, Action.WAIT, f"run {live[0].info.run_id[:8]} of worker "

@@ -10,18 +10,25 @@ turned off).
 """
 from __future__ import annotations
 
-import errno
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from segtricks import errors
+from segtricks.files import check_writable_folder
 from segtricks.data.datasets import DatasetError, build_dataset
+from segtricks.engine.device import resolve_device
 from segtricks.models.backbones import RELEASES, WeightsNotFoundError, find_weights
 from segtricks.runners.estimate import disk_needed, free_bytes, human_bytes
 from segtricks.spec.config import Config, DatasetRef
+
+
+def check_devices(flag: str, configs: Sequence[Config]) -> None:
+    """The ``--device`` flag's device and every config's ``device:`` exist on this machine (a grid
+    asked for CUDA on a machine without it created a FAILED run per cell): ``DeviceError``, exit 2."""
+    resolve_device(flag)
+    for name in sorted({cfg.device for cfg in configs}):
+        resolve_device(name, "the config's device:")
 
 
 @dataclass(frozen=True)
@@ -106,36 +113,11 @@ def refuse_missing(missing_by_cell: Dict[str, Sequence[Missing]]) -> None:
         raise errors.BadInput(report(missing_by_cell))
 
 
-# why a probe file could not be created, in the words of the error line
-_NOT_WRITABLE = {errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied",
-                 errno.EPERM: "permission denied", errno.ENOSPC: "no space left on the device"}
-
-
 def check_output_root(root: str) -> None:
     """Refuse (``errors.BadInput``, one line) an ``--output-root`` where trainings cannot keep their
-    checkpoints.
-
-    Checked before any store or run exists: otherwise every cell fails on it and leaves a FAILED run.
-    The root must be a folder, or be creatable (the nearest existing folder above it is one), and
-    writable there: a file is created in it and removed at once (a dry run too: it leaves nothing),
-    since permission bits do not tell (root ignores them; a read-only mount, sysfs or a
-    root-squashing NFS server refuse root all the same)."""
-    path = Path(root).expanduser()
-    folder = path
-    while not folder.exists() and not folder.is_symlink() and folder != folder.parent:
-        folder = folder.parent
-    prefix = f"--output-root {root}: " + ("" if folder == path else f"cannot be created: {folder} ")
-    if not folder.is_dir():
-        what = "is a file, not a folder" if folder.is_file() else "is not a folder"
-        raise errors.BadInput(f"{prefix}{what}; choose another --output-root")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".segtricks-write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        reason = _NOT_WRITABLE.get(exc.errno, exc.strerror)
-        raise errors.BadInput(f"{prefix}{'' if folder == path else 'is '}not writable ({reason}); "
-                              f"choose another --output-root") from None
+    checkpoints. Checked before any store or run exists: otherwise every cell fails on it and leaves
+    a FAILED run (``files.check_writable_folder``)."""
+    check_writable_folder(root, "--output-root")
 
 
 def disk_warning(cells: Sequence, actions: Dict[str, str], root: Path) -> Optional[str]:

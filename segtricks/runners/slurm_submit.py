@@ -17,7 +17,7 @@ from pathlib import Path
 from segtricks.runners import slurm
 from segtricks.runners.plan import (Prepared, counted, print_next_steps_of_grid, print_summary, rows_from_store,
                                     training_groups)
-from segtricks.runners.study_runner import (journal_path, mlflow_parent, open_study, print_next_steps,
+from segtricks.runners.study_runner import (check_base_config, journal_path, mlflow_parent, open_study, print_next_steps,
                                             print_study_summary)
 from segtricks.runners.tasks import GridJob, GroupTask, StudyJob, StudyTask
 from segtricks.spec.study import StudySpec
@@ -67,15 +67,16 @@ def submit_study(spec: StudySpec, args, storage: str, opts: slurm.SlurmOptions) 
     uri = tracking_uri(args.tracking_uri)
     slurm.preflight(opts, {"MLflow store": sqlite_path(uri),
                            "Optuna storage": sqlite_path(storage) or journal_path(storage)})
-    open_study(spec, storage)
+    check_base_config(open_study(spec, storage), spec)
     mlflow_parent(Store(uri), spec).finish()
     jobs = [StudyJob(absolute(args.study), list(args.set), storage, args.n_trials, uri,
-                     str(Path(args.output_root).resolve()), i) for i in range(args.workers)]
+                     str(Path(args.output_root).resolve()), i, spec.name) for i in range(args.workers)]
     submitted = slurm.executor(opts, f"segtricks-study-{spec.name}").map_array(StudyTask(), jobs)
     print(f"study {spec.name}: submitted {len(submitted)} Slurm array task(s) on {storage} "
           f"(logs: {opts.folder}/<job id>/): {', '.join(j.job_id for j in submitted)}")
     if not opts.wait:
-        print(f"Follow it with: python -m segtricks.tune --study {args.study} --storage {storage} --best")
+        print(f"Follow it with: python -m segtricks.tune --study {args.study} --storage {storage}"
+              + (f" --study-name {args.study_name}" if args.study_name else "") + " --best")
         return 0
     failures = slurm.wait_for(submitted, f"study {spec.name}")
     for failure in filter(None, failures):

@@ -31,12 +31,12 @@ from segtricks.files import file_lock
 from segtricks.method.tricks import post_trick_names
 from segtricks.runners import estimate
 from segtricks.runners.study_plots import write_study_plots
-from segtricks.spec.config import config_hash
+from segtricks.spec.config import config_hash, hashed_fields
 from segtricks.spec.grid import Cell
 from segtricks.spec.study import StudySpec
 from segtricks.spec.vocabulary import needs_structure
 from segtricks.tracking import tags
-from segtricks.tracking.store import RunLog, Store
+from segtricks.tracking.store import RunLog, Store, flatten
 from segtricks.tracking.uri import runs_page, sqlite_path, tracking_uri
 
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -58,15 +58,20 @@ def journal_path(url: str) -> Optional[Path]:
     return Path(raw[2:] if raw.startswith("//") else raw).resolve()
 
 
-def open_study(spec: StudySpec, url: str) -> optuna.Study:
+def open_study(spec: StudySpec, url: str, create: bool = True) -> optuna.Study:
+    """The study ``spec.name`` in storage ``url``, created with the storage when new; with ``create``
+    false, a storage or study that does not exist is an error and nothing is created."""
     heartbeat = int(os.environ.get("SEGTRICKS_OPTUNA_HEARTBEAT_S", 60))  # a trial is stale after 2 missed beats
     journal = journal_path(url)
+    path = sqlite_path(url)
+    if not create and (journal or path) is not None and not (journal or path).is_file():
+        raise StorageError(f"no study storage at {journal or path}: study {spec.name!r} was never run there "
+                           f"(run it first, or pass the --storage it ran with)")
     if journal is not None:  # a file on a shared filesystem: for clusters without a database server
         from optuna.storages.journal import JournalFileBackend
         if not journal.parent.is_dir():
             raise StorageError(f"journal storage {journal}: folder {journal.parent} does not exist")
-        return load_or_create_study(spec, optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
-    path = sqlite_path(url)
+        return load_or_create_study(spec, optuna.storages.JournalStorage(JournalFileBackend(str(journal))), create)
     try:
         # workers started at once on a fresh SQLite file would race Optuna's table creation
         with file_lock(path.with_name(path.name + ".lock")) if path else contextlib.nullcontext(), \
@@ -76,16 +81,54 @@ def open_study(spec: StudySpec, url: str) -> optuna.Study:
             storage = optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-            return load_or_create_study(spec, storage)
+            return load_or_create_study(spec, storage, create)
+    except StorageError:
+        raise
     except Exception as exc:  # SQLAlchemy/driver errors of every kind end in the same advice
         raise StorageError(f"cannot open study storage {url}: {type(exc).__name__}: {exc}. Check the URL, that the "
                            f"database server is running and reachable, and its driver is installed "
                            f"(PostgreSQL: pip install 'psycopg[binary]')") from None
 
 
-def load_or_create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optuna.Study:
+def load_or_create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, create: bool = True) -> optuna.Study:
+    if not create:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        if spec.name not in names:
+            raise StorageError(f"no study {spec.name!r} in {storage_name(storage)} (studies there: "
+                               f"{', '.join(sorted(names)) or 'none'}); run it first, or pass the --storage it ran with")
     return optuna.create_study(storage=storage, study_name=spec.name, direction=spec.direction,
                                sampler=spec.make_sampler(), pruner=spec.make_pruner(), load_if_exists=True)
+
+
+def storage_name(storage: optuna.storages.BaseStorage) -> str:
+    url = getattr(storage, "url", None)
+    return str(url) if url else type(storage).__name__
+
+
+# The study's user attributes holding the base config it optimises (every trial's config less its
+# parameters): its hash, and its fields as flattened keys, what a continuation is compared with.
+BASE_CONFIG_HASH = "segtricks.base_config_hash"
+BASE_CONFIG_ATTR = "segtricks.base_config"
+
+
+def check_base_config(study: optuna.Study, spec: StudySpec) -> None:
+    """Record the config ``spec`` optimises on a new study; refuse to continue a study that optimised
+    another (other ``--set`` flags, an edited base or study file), since its trials and its best
+    would mix two training configs. A study from before this record is adopted as it is."""
+    base = spec.config({})
+    mine = {k: v for k, v in flatten(hashed_fields(base)).items() if k not in spec.space}
+    stored = study.user_attrs.get(BASE_CONFIG_ATTR)
+    if stored is None:
+        study.set_user_attr(BASE_CONFIG_HASH, config_hash(base))
+        study.set_user_attr(BASE_CONFIG_ATTR, mine)
+        return
+    differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {stored.get(k, '(unset)')} in the study, {mine.get(k, '(unset)')} now"
+                          for k in differ[:4]) + (f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
+        raise errors.BadInput(f"study {spec.name!r} optimises another config than this command's ({shown}); "
+                              f"continue it with the flags it ran with, or start a new study with "
+                              f"--study-name {spec.name}-2")
 
 
 def mlflow_parent(store: Store, spec: StudySpec) -> RunLog:
@@ -123,6 +166,10 @@ def objective_fn(spec: StudySpec, store: Store, parent: RunLog, output_root: str
                                 progress=False, cache_dir=training.dir / "predictions",
                                 keys_dir=training.keys_dir)
             value = ev.results()[spec.metric]
+        except KeyboardInterrupt:  # Optuna fails the trial; its run is stopped, not failed
+            run.set_tags({tags.OPTUNA_STATE: "FAIL"})
+            run.kill("interrupted (Ctrl-C); rerunning the same command continues the study")
+            raise
         except optuna.TrialPruned:
             trial.set_user_attr("trained", bool(pruning.epochs_run))
             run.set_tags({tags.OPTUNA_STATE: "PRUNED", tags.PRUNED: "true"})
@@ -168,19 +215,24 @@ def tune(spec: StudySpec, storage: str, n_trials: Optional[int] = None, uri: Opt
          enqueue: Optional[List[Dict[str, Any]]] = None, worker: int = 0) -> optuna.Study:
     """Run trials until the study has ``n_trials`` (default: the spec's) complete or pruned ones, logging
     them to the MLflow store ``uri``; ``worker`` (a Slurm array index) seeds its sampler apart."""
+    store = Store(uri)  # first: a store that cannot be opened must leave no study storage behind
     study = open_study(spec, storage)
+    check_base_config(study, spec)
     study.sampler = spec.make_sampler(len(study.trials), worker)
     for params in enqueue or []:
         study.enqueue_trial(params, skip_if_exists=True)
     total = n_trials if n_trials is not None else spec.n_trials
     done = sum(t.state in DONE for t in study.trials)
-    store = Store(uri)
     parent = mlflow_parent(store, spec)
     if done < total:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective_fn(spec, store, parent, output_root, device), n_trials=total - done,
-                       callbacks=[optuna.study.MaxTrialsCallback(total, states=DONE)], catch=(RuntimeError,),
-                       show_progress_bar=True)
+        try:
+            study.optimize(objective_fn(spec, store, parent, output_root, device), n_trials=total - done,
+                           callbacks=[optuna.study.MaxTrialsCallback(total, states=DONE)], catch=(RuntimeError,),
+                           show_progress_bar=True)
+        except KeyboardInterrupt:  # the next invocation reopens the parent and continues the study
+            parent.kill("interrupted (Ctrl-C); rerunning the same command continues the study")
+            raise
     close_failed_trial_runs(store, study)
     log_study(parent, study)
     parent.finish()
@@ -201,7 +253,8 @@ def print_next_steps(spec: StudySpec, study: optuna.Study, args: argparse.Namesp
     MLflow UI (a direct link to the study's runs table, ``runs_page``)."""
     uri = tracking_uri(args.tracking_uri)
     exp_id = Store(uri).experiment(f"study-{spec.name}", create=False)
-    where = "" if storage == default_storage() else f" --storage {storage}"
+    where = ("" if storage == default_storage() else f" --storage {storage}") + (
+        f" --study-name {args.study_name}" if getattr(args, "study_name", None) else "")
     print("Next:")
     if any(t.state == TrialState.COMPLETE for t in study.trials):
         print(f"  python -m segtricks.tune --study {args.study}{where} --best   # as --set flags / a grid's set: block")

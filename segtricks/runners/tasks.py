@@ -64,12 +64,13 @@ class StudyJob:
     uri: str
     output_root: str
     worker: int
+    name: Optional[str] = None  # --study-name: the study's name in the storage, when not the file's
 
 
 class StudyTask(submitit.helpers.Checkpointable):
     """Run a study worker: the number of complete trials when it stops."""
 
     def __call__(self, job: StudyJob) -> int:
-        spec = load_study(job.study, job.flags)
+        spec = load_study(job.study, job.flags, job.name)
         study = tune(spec, job.storage, job.n_trials, job.uri, job.output_root, worker=job.worker)
         return sum(t.state == TrialState.COMPLETE for t in study.trials)

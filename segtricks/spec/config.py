@@ -504,10 +504,10 @@ def canonical_sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def config_hash(cfg: Config) -> str:
-    """sha256 of the canonical resolved config, less what cannot change a number: where outputs go,
-    how many processes load the data, and what is cached. The protocols hash as the key they replaced
-    wherever it could say the same (``LEGACY_EVAL_PROTOCOL``), so that every earlier run stays done."""
+def hashed_fields(cfg: Config) -> Dict[str, Any]:
+    """The resolved config as ``config_hash`` sees it: less what cannot change a number (where outputs
+    go, how many processes load the data, and what is cached). The protocols appear as the key they
+    replaced wherever it could say the same (``LEGACY_EVAL_PROTOCOL``), so that every earlier run stays done."""
     d = to_dict(cfg)
     for key in NUMBER_NEUTRAL:
         d.pop(key)
@@ -515,7 +515,12 @@ def config_hash(cfg: Config) -> str:
     protocols = sorted(d.pop("eval_protocols"))
     legacy = [name for name, meant in LEGACY_EVAL_PROTOCOL.items() if sorted(meant) == protocols]
     d.update({"eval_protocol": legacy[0]} if legacy else {"eval_protocols": protocols})
-    return canonical_sha256(d)
+    return d
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 of the canonical ``hashed_fields`` of the config."""
+    return canonical_sha256(hashed_fields(cfg))
 
 
 NUMBER_NEUTRAL = ("output_dir", "cache", "tracking")  # top-level sections no hash depends on (with data.num_workers)

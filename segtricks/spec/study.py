@@ -25,7 +25,7 @@ import importlib.util
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import optuna
 
@@ -217,7 +217,9 @@ def _objective(file: YamlFile) -> Tuple[DatasetRef, Dict[str, Any], str, str]:
     return ref, ref_data, metric, direction
 
 
-def load_study(name_or_path: str, flags: Sequence[str] = ()) -> StudySpec:
+def load_study(name_or_path: str, flags: Sequence[str] = (), study_name: Optional[str] = None) -> StudySpec:
+    """The study file ``name_or_path`` with ``--set`` ``flags``; ``study_name`` replaces the file's
+    ``name:`` (the study in the storage, and its MLflow experiment)."""
     file = read_yaml_file(study_path(name_or_path), "study file")
     path, data = file.path, file.data
     file.check_keys(data, STUDY_KEYS)
@@ -238,7 +240,7 @@ def load_study(name_or_path: str, flags: Sequence[str] = ()) -> StudySpec:
     for key, p in space.items():
         _check_param(file, key, p)
     layers.append(file.layer("objective.dataset", {"data.val": ref_data}))  # pruning sees the same split
-    spec = StudySpec(data.get("name", path.stem), path, [*layers, *set_flag_layers(flags)], ref, metric, direction, space,
+    spec = StudySpec(study_name or data.get("name", path.stem), path, [*layers, *set_flag_layers(flags)], ref, metric, direction, space,
                      sampler, pruner, n_trials)
     for what, make in (("sampler", spec.make_sampler), ("pruner", spec.make_pruner)):
         try:  # Optuna's own range checks (a percentile over 100, no threshold bound), before any storage

@@ -9,6 +9,7 @@ the earlier claim (``claimed_at``, then run id) wins, and the other run is marke
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -21,6 +22,11 @@ from segtricks.tracking import tags
 HEARTBEAT_S = float(os.environ.get("SEGTRICKS_HEARTBEAT_S", 15))
 STALE_AFTER_S = float(os.environ.get("SEGTRICKS_STALE_AFTER_S", 90))
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def takeover_tag() -> str:
+    """This worker's tag on a run it takes over (MLflow tag keys take no ``:``)."""
+    return tags.TAKEOVER + re.sub(r"[^\w.-]", "_", WORKER)
 
 
 def worker_tags() -> Dict[str, str]:

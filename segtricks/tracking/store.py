@@ -30,7 +30,7 @@ from segtricks.tracking import claims
 from segtricks.tracking.connect import open_client
 from segtricks.tracking.environment import environment
 from segtricks.tracking.tags import (CELL, CLAIMED_AT, CONFIG_HASH, EXPERIMENT_KIND, HEARTBEAT, NOTE, PARENT_RUN,
-                                    SUPERSEDED_BY)
+                                    SUPERSEDED_BY, TAKEOVER)
 from segtricks.tracking.uri import tracking_uri
 
 # Reading a run's small artifacts (records, samples) drew one "Downloading artifacts" bar per file, in
@@ -48,6 +48,9 @@ def flatten(d: Dict, prefix: str = "") -> Dict[str, str]:
         else:
             out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
     return out
+
+
+MIN_PREFIX = 4  # the shortest run-id prefix taken for a run (the grid's summary prints 8 characters)
 
 
 class RunLog:
@@ -137,6 +140,12 @@ class RunLog:
         self.client.log_text(self.id, reason or traceback.format_exc(), "traceback.txt")
         self.client.set_terminated(self.id, RunStatus.to_string(RunStatus.FAILED))
 
+    def kill(self, reason: str) -> None:
+        """KILLED, with ``reason`` as ``traceback.txt``: stopped from outside (Ctrl-C, a dead worker's run
+        that nobody resumes), not failed."""
+        self.client.log_text(self.id, reason, "traceback.txt")
+        self.client.set_terminated(self.id, RunStatus.to_string(RunStatus.KILLED))
+
     def status(self) -> str:
         return self.client.get_run(self.id).info.status
 
@@ -195,14 +204,18 @@ class Store:
             return self.client.get_run(id_or_prefix)
         except mlflow.exceptions.MlflowException:
             pass
-        if len(id_or_prefix) < 4 or any(c not in "0123456789abcdef" for c in id_or_prefix):
+        if not id_or_prefix or any(c not in "0123456789abcdef" for c in id_or_prefix):
             return None
         experiments = [e.experiment_id for e in self.client.search_experiments()]
         # MLflow filters run ids by equality only: the prefix is matched here
         found = [r for r in self.client.search_runs(experiments, max_results=50_000)
                  if r.info.run_id.startswith(id_or_prefix)]
+        listed = ", ".join(f"{r.info.run_id[:8]} ({r.data.tags.get(CELL, r.info.run_name)})" for r in found[:5])
+        listed += f" and {len(found) - 5} more" if len(found) > 5 else ""
+        if found and len(id_or_prefix) < MIN_PREFIX:  # one digit matches a sixteenth of the runs: never a choice
+            raise errors.BadInput(f"run id {id_or_prefix} is too short to name a run ({len(found)} run(s) start with "
+                                  f"it: {listed}); give at least {MIN_PREFIX} characters, as the grid's summary prints")
         if len(found) > 1:
-            listed = ", ".join(f"{r.info.run_id} ({r.data.tags.get(CELL, r.info.run_name)})" for r in found[:5])
             raise errors.BadInput(f"run id {id_or_prefix} is the start of {len(found)} runs' ids: {listed}; "
                                   f"give more of it")
         return found[0] if found else None
@@ -245,6 +258,39 @@ class Store:
             self.client.delete_run(run.id)
             return None
         return run
+
+    def take_over(self, run_id: str) -> Optional[RunLog]:
+        """A dead worker's RUNNING run, to resume in place, or None when another worker takes it over
+        (or it is no longer RUNNING, or beats again).
+
+        The same rule as ``claim``: each worker that found the run stale writes its own
+        ``takeover.<worker>`` tag, first ``pending:<time>`` and then, once that is in the store, the
+        time; among the takeovers newer than the stale heartbeat this worker read first, the earliest
+        (time, then tag) wins. A pending rival is waited for while it is younger than
+        ``claims.STALE_AFTER_S`` (its writer may still be between the two writes), then ignored (its
+        writer died there). Without this, two workers that found the same stale run both resumed it."""
+        seen = self.client.get_run(run_id)
+        stale_beat = float(seen.data.tags.get(HEARTBEAT, 0))
+        if seen.info.status != "RUNNING" or claims.is_live(seen):
+            return None
+        mine = claims.takeover_tag()
+        run = RunLog(self.client, run_id)
+        run.set_tags({mine: f"pending:{time.time()!r}"})
+        me = (time.time(), mine)
+        run.set_tags({mine: repr(me[0])})
+        while True:
+            now, pending, rivals = time.time(), False, []
+            for key, value in self.client.get_run(run_id).data.tags.items():
+                if not key.startswith(TAKEOVER) or key == mine:
+                    continue
+                if value.startswith("pending:"):
+                    pending |= stale_beat < float(value[len("pending:"):]) > now - claims.STALE_AFTER_S
+                elif float(value) > stale_beat:
+                    rivals.append((float(value), key))
+            if not pending:
+                break
+            time.sleep(0.1)
+        return None if any(rival < me for rival in rivals) else run
 
     def supersede(self, exp_id: str, run: RunLog, config_hash: str) -> None:
         """Tag the cell's other FINISHED runs ``superseded_by=<run>``: they stay as history, and

@@ -25,6 +25,7 @@ SUPERSEDED_BY = "superseded_by"  # on a result replaced by a --force rerun: the 
 # claims (segtricks.tracking.claims, Store.claim)
 HEARTBEAT = "heartbeat"  # unix seconds, refreshed while a worker holds the run
 CLAIMED_AT = "claimed_at"
+TAKEOVER = "takeover."  # + a worker's id: when it took over a dead worker's run (Store.take_over)
 WORKER = "worker"  # host:pid
 SLURM_JOB = "slurm_job"
 CUDA_VISIBLE_DEVICES = "cuda_visible_devices"
