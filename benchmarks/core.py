@@ -21,6 +21,7 @@ from segtricks.method.bilateral_solver import bilateral_solver_filter
 from segtricks.spec.config import config_from_dict
 from segtricks.method.guided_filter import guided_filter
 from segtricks.models.model import build_model
+from segtricks.engine.device import Precision, precision_of
 from segtricks.engine.loop import loss_terms, loss_weights
 
 
@@ -31,10 +32,11 @@ def time_ms(fn: Callable[[], object], repeats: int) -> float:
     return Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).timeit(repeats).mean * 1e3
 
 
-def train_step_fn(tricks: List[str], device: torch.device, autocast: Optional[bool] = None,
+def train_step_fn(tricks: List[str], device: torch.device, precision: Optional[Precision] = None,
                   channels_last: bool = False, backbone: str = "dino_vits8", size: int = 320,
                   batch: int = 8) -> Callable[[], None]:
-    """One optimiser step of the head (random-init backbone); ``autocast`` bf16 (default: on CUDA)."""
+    """One optimiser step of the head (random-init backbone) under ``precision`` (default: the
+    device's, ``precision_of``)."""
     cfg = config_from_dict({"backbone": {"name": backbone, "weights": "random-init"}, "tricks": tricks,
                             "data": {"image_size": size, "resize_short": size}})
     torch.manual_seed(0)
@@ -47,10 +49,10 @@ def train_step_fn(tricks: List[str], device: torch.device, autocast: Optional[bo
         images = images.contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     weights = loss_weights(cfg)
-    autocast = device.type == "cuda" if autocast is None else autocast
+    precision = precision or precision_of(device)
 
     def step() -> None:
-        terms = loss_terms(model, images, cfg, gen, autocast=autocast)
+        terms = loss_terms(model, images, cfg, gen, precision)
         loss = sum(weights[k] * v for k, v in terms.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()

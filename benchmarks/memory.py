@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from segtricks.engine.device import BF16, FP32, Precision, precision_of
 from core import train_step_fn
 from segtricks.models.model import SegmentationModel
 
@@ -115,9 +116,9 @@ class SavedTensorProfile:
 
 
 def measure(tricks: List[str], backbone: str, size: int, batch: int, steps: int, device: torch.device,
-            breakdown: bool, autocast: Optional[bool] = None) -> dict:
+            breakdown: bool, precision: Optional[Precision] = None) -> dict:
     """Peak memory of ``steps`` training steps in this process (+ the saved-tensor rows)."""
-    step = train_step_fn(tricks, device, autocast=autocast, backbone=backbone, size=size, batch=batch)
+    step = train_step_fn(tricks, device, precision, backbone=backbone, size=size, batch=batch)
     cuda = device.type == "cuda"
     profile = SavedTensorProfile()
     if cuda:
@@ -177,7 +178,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1, help="training steps per variant (the first is profiled)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--autocast", choices=("on", "off"),
-                    help="bf16 autocast (default: on CUDA only); on CPU it shows the bf16 activations' bytes, slowly")
+                    help="bf16 autocast on, or off (fp32) (default: the device's precision rule, "
+                         "segtricks.engine.device.precision_of); on CPU it shows the bf16 activations' bytes, slowly")
     ap.add_argument("--no-breakdown", action="store_true", help="peaks only, no saved-tensor hooks")
     ap.add_argument("--one", metavar="TRICKS", help="measure only this variant, in this process")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # a child's result, one line
@@ -185,17 +187,16 @@ def main() -> None:
     if args.tiny:
         args.backbone, args.size, args.batch = "demo_vit4", 56, 2
     device = torch.device(args.device)
-    autocast = None if args.autocast is None else args.autocast == "on"
-    bf16 = device.type == "cuda" if autocast is None else autocast
+    precision = precision_of(device) if args.autocast is None else BF16 if args.autocast == "on" else FP32
     title = (f"one training step, {args.backbone} random-init, {args.size}², batch {args.batch}, "
-             f"{'bf16 autocast' if bf16 else 'float32'}")
+             f"{precision.name}")
 
     def tricks_of(variant: str) -> List[str]:
         return [] if variant == "none" else variant.split("+")
 
     if args.one is not None:
         result = measure(tricks_of(args.one), args.backbone, args.size, args.batch, args.steps, device,
-                         not args.no_breakdown, autocast)
+                         not args.no_breakdown, precision)
         if args.json:
             print(json.dumps(result))
         else:

@@ -29,17 +29,20 @@ def test_key_features_shape_for_any_divisible_size(backbones, name, size):
 
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_features_are_the_last_blocks_attention_keys(backbones, name):
-    """Independent route: a hook on timm's own forward captures qkv of the last block."""
+    """Independent route: a hook on timm's own forward captures qkv of the last block. At the
+    pretrained size (224², no positional interpolation: timm's rule and DINO's differ elsewhere, see
+    ``test_positional_embeddings.py``)."""
     bb = backbones[name]
     captured = {}
     hook = bb.vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.update(qkv=o))
-    x = torch.randn(1, 3, 2 * bb.patch_size, 3 * bb.patch_size)
+    x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         bb.vit.forward_features(x)
     hook.remove()
-    qkv = captured["qkv"]  # (1, 1 + 6, 3·C) for a 2×3 grid plus CLS
+    qkv = captured["qkv"]  # (1, 1 + N, 3·C) for the N patches plus CLS
+    n = qkv.shape[1] - 1
     heads = bb.vit.blocks[-1].attn.num_heads
-    k = qkv.reshape(1, 7, 3, heads, -1)[:, 1:, 1].reshape(1, 6, -1)  # drop CLS, keys of all heads
+    k = qkv.reshape(1, n + 1, 3, heads, -1)[:, 1:, 1].reshape(1, n, -1)  # drop CLS, keys of all heads
     if bb.rms is not None:  # the demo backbone rescales each token (directions, hence cosines, unchanged)
         k = k * bb.rms / k.pow(2).mean(-1, keepdim=True).sqrt()
     ours = bb(x).flatten(2).transpose(1, 2)

@@ -75,7 +75,7 @@ def test_ls_lists_every_cache_with_what_it_belongs_to_and_its_bytes(root, capsys
     assert about["kind"] == "keys" and about["size"] == 56 and about["protocol"] == "ours"
     assert about["dataset"] == {"name": "synthetic", "split": "test", "limit": 8, "root": None}
     masks = json.loads(next((root / "trainings" / a / "predictions").glob("*.json")).read_text())
-    assert masks["kind"] == "masks" and Path(masks["training"]).name == a and masks["float16_keys"] is True
+    assert masks["kind"] == "masks" and Path(masks["training"]).name == a and masks["precision"] == "fp32"
     assert time.time() - masks["created"] < 3600 and len(masks["present"]) == masks["rows"] == 8
     assert main(["ls"]) == 0
     out = capsys.readouterr().out.splitlines()

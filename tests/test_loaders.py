@@ -75,7 +75,26 @@ def test_on_cuda_loaders_pin_persist_and_prefetch(cpus):
     """The CUDA branch, checked on CPU: the loader is only configured here, never iterated."""
     cpus(4)
     view = TrainView(build_dataset(DatasetRef("synthetic", split="train", limit=4)), 32, 36)
-    cuda = data_loader(view, 2, "auto", torch.device("cuda"), TrainView.collate, sampler=EpochSampler(4))
+    cuda = data_loader(view, 2, "auto", torch.device("cuda"), TrainView.collate, sampler=EpochSampler(4),
+                       persistent=True)
     assert (cuda.num_workers, cuda.pin_memory, cuda.persistent_workers, cuda.prefetch_factor) == (3, True, True, 4)
     cpu = data_loader(view, 2, "auto", torch.device("cpu"), TrainView.collate, sampler=EpochSampler(4))
     assert (cpu.pin_memory, cpu.persistent_workers) == (False, False)
+    # issue 34: a loader read once (evaluation, each epoch's validation) lets its workers go
+    once = data_loader(view, 2, "auto", torch.device("cuda"), TrainView.collate)
+    assert (once.pin_memory, once.persistent_workers) == (True, False)
+
+
+def test_evaluation_batches_pin_the_images_the_model_reads(monkeypatch):
+    """Issue 34 defect 4: ``EvalBatch`` had no ``pin_memory``, so a pinning loader left it pageable and
+    every copy to the GPU was synchronous. ``torch.utils.data`` calls the method when the batch has one."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+    from segtricks.data.views import EvalView
+    view = EvalView(build_dataset(DatasetRef("synthetic", split="test", limit=2)), 32)
+    batch = view.collate([view[0], view[1]])
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t, *a: pinned.append(t) or t.clone())  # no GPU here
+    out = pin_memory(batch)  # what the loader's pinning thread does with each batch
+    assert type(out) is type(batch) and out.ids == batch.ids
+    assert len(pinned) == 1 and pinned[0] is batch.images and torch.equal(out.images, batch.images)
+    assert out.originals is batch.originals and out.masks is batch.masks  # the metrics' inputs stay put

@@ -4,7 +4,7 @@ import torch
 
 from conftest import tiny_config
 from segtricks.engine import checkpoint, loop
-from segtricks.engine.device import resolve_device
+from segtricks.engine.device import BF16, FP32, resolve_device
 from segtricks.engine.hooks import Hook, build_hooks
 from segtricks.engine.loop import NonFiniteLossError, loss_terms, loss_weights
 from segtricks.engine.training import ConfigMismatchError, Training
@@ -194,7 +194,7 @@ def test_loss_terms_under_cpu_bf16_autocast_match_float32(tmp_path):
     terms, grads = {}, {}
     for autocast in (False, True):
         model.zero_grad()
-        terms[autocast] = loss_terms(model, images, cfg, torch.Generator().manual_seed(0), autocast=autocast)
+        terms[autocast] = loss_terms(model, images, cfg, torch.Generator().manual_seed(0), BF16 if autocast else FP32)
         sum(weights[k] * v for k, v in terms[autocast].items()).backward()
         grads[autocast] = torch.cat([p.grad.flatten() for p in model.head.parameters()])
     assert mask_dtypes == [torch.float32] * 2 + [torch.bfloat16] * 2  # the images, then the crops
@@ -218,7 +218,7 @@ def test_loss_terms_under_cpu_bf16_autocast_match_float32(tmp_path):
 
 
 def test_prediction_under_cpu_bf16_autocast_hands_float32_downstream(tmp_path):
-    """``predict_raw(autocast=True)`` runs the model in bf16 (by default only on CUDA) and returns
+    """``predict_raw(precision=BF16)`` runs the model in bf16 (by default only on CUDA) and returns
     float32 masks, so the inversion, GF/BF and the caches work in float32; they differ from the
     float32 prediction by bf16 rounding (measured 2.1e-3)."""
     cfg = tiny(tmp_path)
@@ -227,7 +227,7 @@ def test_prediction_under_cpu_bf16_autocast_hands_float32_downstream(tmp_path):
     images = torch.rand(2, 3, 32, 32)
     mask_dtypes = []
     model.head.register_forward_hook(lambda module, args, out: mask_dtypes.append(out["fine"].dtype))
-    fp32, bf16 = predict_raw(model, images), predict_raw(model, images, autocast=True)
+    fp32, bf16 = predict_raw(model, images), predict_raw(model, images, precision=BF16)
     assert mask_dtypes == [torch.float32, torch.bfloat16]
     assert bf16.dtype == torch.float32
     torch.testing.assert_close(bf16, fp32, rtol=0, atol=1e-2)

@@ -18,7 +18,7 @@ from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.evaluation.map_evaluation import evaluate_maps
 from segtricks.evaluation.protocols import REFERENCE, Protocol, reference_boxes, reference_mask
 from segtricks.models.model import build_model
-from segtricks.evaluation.predict import predict_masks, select_foreground, select_foreground_per_batch
+from segtricks.evaluation.predict import backbone_keys, predict_masks, select_foreground, select_foreground_per_batch
 
 # The reference's fields under another name: the evaluation reads what to do from the fields alone.
 RENAMED = Protocol("renamed", batch_size=8, centre_crop=True, batch_statistics=True, per_batch_foreground=True,
@@ -57,7 +57,7 @@ def test_reference_prediction_uses_test_batch_statistics_and_leaves_the_model_un
     torch.testing.assert_close(ours_together[:1], predict_masks(model, images[:1], cfg))
     with torch.no_grad():  # by hand: BatchNorm in train mode, then one inversion for the batch
         model.train()
-        fine = model(images)["fine"]
+        fine = model(images, backbone_keys(model, images))["fine"]  # the keys every evaluation path uses
     torch.testing.assert_close(together, 1 - fine if fine.mean() > 0.5 else fine)
     torch.testing.assert_close(predict_masks(model, images, cfg, protocol=REFERENCE), together)
     torch.testing.assert_close(predict_masks(model, images, cfg, protocol=RENAMED), together)
@@ -72,7 +72,7 @@ def test_batch_statistics_and_per_batch_inversion_are_separate_switches(tmp_path
                        per_batch_foreground=False, metric_prefix="only_bn", keeps_samples=False)
     with torch.no_grad():
         model.train()
-        fine = model(images)["fine"]
+        fine = model(images, backbone_keys(model, images))["fine"]  # the keys every evaluation path uses
         model.eval()
     torch.testing.assert_close(predict_masks(model, images, cfg, protocol=only_bn), select_foreground(fine))
     assert not model.training

@@ -11,6 +11,7 @@ from segtricks.engine import checkpoint, training as training_module
 from segtricks.models import model as model_module
 from segtricks.ablate import main as ablate
 from segtricks.engine.hooks import Hook
+from segtricks.engine.device import FP32
 from segtricks.engine.loop import loss_terms
 from segtricks.engine.training import State, Training
 from segtricks.method.tricks import TRICKS, TrainingTrick
@@ -125,7 +126,7 @@ def test_a_training_trick_registered_elsewhere_adds_its_term_without_trainer_edi
     TRICKS.register("mean_mask")(MeanMask())
     cfg = tiny(tmp_path, epochs=1, tricks=["mean_mask", "gf"])
     m = model_module.build_model(cfg)
-    terms = loss_terms(m, torch.rand(2, 3, 32, 32), cfg, torch.Generator().manual_seed(0), autocast=False)
+    terms = loss_terms(m, torch.rand(2, 3, 32, 32), cfg, torch.Generator().manual_seed(0), FP32)
     assert set(terms) == {"ncut", "fine_tv", "coarse_tv", "consistency", "mean_mask"}
     training = Training(cfg)
     training.run()

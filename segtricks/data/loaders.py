@@ -78,10 +78,13 @@ class EpochSampler(Sampler[Tuple[int, int]]):
 
 
 def data_loader(dataset: Dataset, batch_size: int, workers: int | str, device: torch.device,
-                collate: Callable, sampler: Optional[Sampler] = None) -> DataLoader:
-    """A loader with ``resolve_workers(workers)`` processes; on CUDA pinned, persistent, prefetching."""
+                collate: Callable, sampler: Optional[Sampler] = None, persistent: bool = False) -> DataLoader:
+    """A loader with ``resolve_workers(workers)`` processes; on CUDA pinned and prefetching, and with
+    ``persistent`` (the training loader, read every epoch) its workers kept between epochs. A loader
+    read once (an evaluation, each epoch's validation) lets its workers go when it is done: kept, they
+    would sit beside the training loader's for the whole training."""
     n = resolve_workers(workers)
     cuda = device.type == "cuda"
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=n, collate_fn=collate,
-                      pin_memory=cuda, persistent_workers=cuda and n > 0,
+                      pin_memory=cuda, persistent_workers=persistent and cuda and n > 0,
                       prefetch_factor=4 if cuda and n > 0 else None)

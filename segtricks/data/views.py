@@ -5,7 +5,7 @@ and keeps the mask and boxes at the original size.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
@@ -59,6 +59,12 @@ class EvalBatch:
     masks: List[Optional[torch.Tensor]] = field(default_factory=list)  # (H, W) bool
     boxes: List[Optional[np.ndarray]] = field(default_factory=list)
     skipped: List[Skipped] = field(default_factory=list)  # items of the batch that failed to load
+
+    def pin_memory(self) -> "EvalBatch":
+        """The batch with the images the model reads in page-locked memory (``torch.utils.data`` calls
+        this when the loader pins memory, on CUDA), so that their copy to the GPU is asynchronous.
+        The originals and masks stay where they are: the metrics read them on the CPU."""
+        return replace(self, images=self.images.pin_memory())
 
 
 class EvalView(Dataset):

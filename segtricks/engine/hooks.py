@@ -41,6 +41,13 @@ class LoopState:
     best_score: float = -float("inf")
     best_epoch: int = -1
     score: float = 0.0
+    # loss scaling for fp16 (``Precision.scales_loss``); disabled, it passes the loss and step through
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: _scaler(False))
+
+
+def _scaler(enabled: bool) -> "torch.amp.GradScaler":
+    import torch
+    return torch.amp.GradScaler("cuda", enabled=enabled)
 
 
 class Hook:

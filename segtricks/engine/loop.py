@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from segtricks.data.loaders import EpochSampler, data_loader
-from segtricks.engine.device import seed_everything
+from segtricks.engine.device import Precision, precision_of, seed_everything
 from segtricks.engine.hooks import Hook, LoopState
 from segtricks.errors import SegtricksError
 from segtricks.method import losses
@@ -30,6 +30,9 @@ from segtricks.spec.config import Config
 class NonFiniteLossError(SegtricksError, FloatingPointError):
     """A loss term became NaN or infinite; the message names the term, epoch and step. A training
     failure (exit 1): the config and files are valid, the optimisation diverged."""
+
+
+SHOW_EVERY = 10  # steps between updates of the progress bar's running means
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -46,15 +49,15 @@ def loss_weights(cfg: Config) -> Dict[str, float]:
 
 
 def loss_terms(model: SegmentationModel, images: torch.Tensor, cfg: Config,
-               generator: Optional[torch.Generator], autocast: bool) -> Dict[str, torch.Tensor]:
+               generator: Optional[torch.Generator], precision: Precision) -> Dict[str, torch.Tensor]:
     """All unweighted loss terms of one batch: Sempart's four (SPEC §3), then each training trick's.
 
-    ``autocast``: run the model, on every device (CPU included, as the tests do), under bf16 autocast.
-    Only the model: its outputs may then be bfloat16, but every term is computed, outside the region,
-    in float32 (``segtricks.method.losses``).
+    ``precision``: the model runs under its autocast (``precision_of`` the device; any precision on
+    any device, as the tests run bf16 on the CPU). Only the model: its outputs may then be bfloat16 or
+    float16, but every term is computed, outside the region, in float32 (``segtricks.method.losses``).
     """
     def predict(x: torch.Tensor, fine_grad: bool = True) -> Dict[str, torch.Tensor]:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        with precision.autocast(x.device.type):
             return model(x, fine_grad=fine_grad)
 
     lc = cfg.loss
@@ -86,6 +89,7 @@ def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
     """One epoch of ``loader`` (``training_loader``: reseeded from (seed, epoch)); returns the
     ``train.*`` means."""
     cfg, epoch, model, cuda = state.cfg, state.epoch, state.model, state.device.type == "cuda"
+    precision = precision_of(state.device)
     seed = epoch_seed(cfg.seed, epoch)
     seed_everything(seed)
     loader.sampler.seed = seed  # this epoch's shuffle and augmentation seeds (segtricks.data.loaders)
@@ -93,7 +97,7 @@ def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
     steps = len(loader) if cfg.optim.steps_per_epoch is None else min(len(loader), cfg.optim.steps_per_epoch)
     weights = loss_weights(cfg)
     model.train()
-    sums: Dict[str, float] = {}
+    sums: Dict[str, torch.Tensor] = {}  # on the device: read back every SHOW_EVERY steps, not per term and step
     # the step bar is closed however the epoch ends (a non-finite loss, an interrupt)
     with tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False) as bar:
         for step, images in enumerate(bar):
@@ -102,24 +106,25 @@ def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
             images = images.to(state.device, non_blocking=True)
             if cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
-            # bf16 on CUDA only: on CPUs without native bf16 kernels (oneDNN here) it was 40× slower
-            terms = loss_terms(model, images, cfg, generator, autocast=cuda)
-            check_finite(terms, epoch, step)
+            terms = loss_terms(model, images, cfg, generator, precision)
+            check_finite(terms, epoch, step)  # the step's one wait for the device
             loss = sum(weights[k] * v for k, v in terms.items())
             state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
+            state.scaler.scale(loss).backward()  # a no-op scaler unless the precision scales the loss
+            state.scaler.step(state.optimizer)
+            state.scaler.update()
             for k, v in {**terms, "loss": loss}.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
-            bar.set_postfix({k: f"{v / (step + 1):.4f}" for k, v in sums.items()})
-    return {f"train.{k}": v / max(steps, 1) for k, v in sums.items()}
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            if step % SHOW_EVERY == 0 or step == steps - 1:
+                bar.set_postfix({k: f"{v.item() / (step + 1):.4f}" for k, v in sums.items()})
+    return {f"train.{k}": v.item() / max(steps, 1) for k, v in sums.items()}
 
 
 def training_loader(state: LoopState, train_set: Dataset, collate) -> DataLoader:
     """One loader for every epoch (its workers persist on CUDA); ``train_one_epoch`` reseeds its sampler."""
     cfg = state.cfg
     return data_loader(train_set, cfg.optim.batch_size, cfg.data.num_workers, state.device, collate,
-                       sampler=EpochSampler(len(train_set)))
+                       sampler=EpochSampler(len(train_set)), persistent=True)
 
 
 def fit(state: LoopState, train_set: Dataset, collate, hooks: Sequence[Hook]) -> None:

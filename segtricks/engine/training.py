@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from segtricks.data.datasets import build_dataset
 from segtricks.data.views import TrainView
 from segtricks.engine import checkpoint
-from segtricks.engine.device import resolve_device, seed_everything
+from segtricks.engine.device import precision_of, resolve_device, seed_everything
 from segtricks.engine.hooks import Hook, LoopState, build_hooks
 from segtricks.engine.loop import fit
 from segtricks.errors import BadInput
@@ -225,7 +225,11 @@ class Training:
         if cfg.data.val and not build_dataset(cfg.data.val).has_masks:  # fail before training, not after
             raise ConfigError(f"data.val: validation dataset {cfg.data.val.name!r} has no masks; model selection "
                               f"needs them (choose a dataset with masks, or drop data.val)", "data.val")
-        state = LoopState(cfg, model, optimizer, device, self.hash)
+        precision = precision_of(device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are searched once
+        state = LoopState(cfg, model, optimizer, device, self.hash, scaler=torch.amp.GradScaler(
+            "cuda", enabled=precision.scales_loss))
         if status.state is State.PARTIAL:
             saved = checkpoint.load(self.last_path)
             model.head.load_state_dict(saved["head"])

@@ -26,7 +26,8 @@ from segtricks.evaluation.metrics import SaliencyEvaluator
 from segtricks.evaluation.protocols import Protocol, get_protocol, reference_boxes, reference_mask, reference_view
 from segtricks.models.model import SegmentationModel
 from segtricks.evaluation.prediction_cache import ArrayCache, NoCache, as_cached, key_cache, prediction_cache
-from segtricks.evaluation.predict import predict_raw, resize_to
+from segtricks.evaluation.predict import backbone_keys, predict_raw, resize_to
+from segtricks.engine.device import precision_of
 from segtricks.engine.threads import one_thread
 from segtricks.method.tricks import postprocess
 from segtricks.data.views import EvalView
@@ -57,9 +58,10 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
     for s in raw.skipped:
         evaluator.skip(s.id, s.reason)
     # a cache the config turns off (cfg.cache) still rounds through float16: the switch costs time only
-    keys = ((key_cache(keys_dir, model, ref, raw, size, protocol.name) if cfg.cache.keys else NoCache())
+    precision = precision_of(device).name  # what the rows were computed under: part of each cache's key
+    keys = ((key_cache(keys_dir, model, ref, raw, size, protocol.name, precision) if cfg.cache.keys else NoCache())
             if keys_dir is not None else None)
-    cache = ((prediction_cache(cache_dir, model, ref, raw, size, protocol.name, keys is not None)
+    cache = ((prediction_cache(cache_dir, model, ref, raw, size, protocol.name, precision)
               if cfg.cache.masks else NoCache()) if cache_dir is not None else None)
     seen: List[str] = []
     # a protocol whose metrics carry a prefix is named, as they are; the default's are not
@@ -107,16 +109,19 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
 def raw_masks_of(model: SegmentationModel, inputs: torch.Tensor, ids: List[str], protocol: Protocol,
                  cache: Optional[ArrayCache | NoCache], keys: Optional[ArrayCache | NoCache]) -> torch.Tensor:
     """The batch's raw masks (B, 1, H, W): from the mask cache, else predicted (from cached backbone
-    keys when there are), and recorded in the caches given."""
+    keys when there are), and recorded in the caches given. Keys (``backbone_keys``) and masks pass
+    through float16 on every path, so that no number depends on which caches exist."""
     raw_masks = cache.get(ids) if cache is not None else None
     if raw_masks is not None:
         return raw_masks
     features = keys.get(ids) if keys is not None else None
-    if keys is not None and features is None:
-        features = as_cached(model.backbone(model.normalise(inputs)))
-        keys.put(ids, features)
-    raw_masks = predict_raw(model, inputs, protocol, None if features is None else features.to(inputs.device))
+    if features is None:  # computed as every evaluation path computes them, cached or not
+        features = backbone_keys(model, inputs)
+        if keys is not None:
+            keys.put(ids, features)
+    # at the cache's precision whether cached or not: with a mask cache, without one (the validation
+    # hook) and when read back, the same numbers
+    raw_masks = as_cached(predict_raw(model, inputs, protocol, features.to(inputs.device)))
     if cache is not None:
-        raw_masks = as_cached(raw_masks)
         cache.put(ids, raw_masks)
     return raw_masks

@@ -13,10 +13,12 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from segtricks.engine.device import Precision, precision_of
 from segtricks.spec.config import Config
 from segtricks.evaluation.protocols import Protocol, get_protocol
 from segtricks.models.model import SegmentationModel
 from segtricks.method.tricks import postprocess
+from segtricks.evaluation.prediction_cache import as_cached
 
 
 def select_foreground(mask: torch.Tensor) -> torch.Tensor:
@@ -47,17 +49,35 @@ def evaluation_mode(model: SegmentationModel, protocol: Protocol) -> Iterator[No
 
 
 @torch.no_grad()
+def backbone_keys(model: SegmentationModel, images: torch.Tensor, precision: Optional[Precision] = None) -> torch.Tensor:
+    """The backbone's keys of ``images`` as every evaluation path uses them: computed under the
+    device's precision (``precision_of``), then rounded through float16 as the keys cache stores
+    them, so that an evaluation with the cache, without it, the validation hook and ``segment`` see
+    the same keys (and a cache built under one precision is never read under another: its key says
+    which)."""
+    precision = precision or precision_of(images.device)
+    with precision.autocast(images.device.type):
+        keys = model.backbone(model.normalise(images))
+    # contiguous as rows read from the cache are: the head's convolutions pick their kernel by layout,
+    # and the backbone's (B, C, h, w) is a channels-last view, which rounds differently (4e-7)
+    return as_cached(keys.float()).contiguous()
+
+
+@torch.no_grad()
 def predict_raw(model: SegmentationModel, images: torch.Tensor, protocol: str | Protocol = "ours",
-                features: Optional[torch.Tensor] = None, autocast: Optional[bool] = None) -> torch.Tensor:
+                features: Optional[torch.Tensor] = None, precision: Optional[Precision] = None) -> torch.Tensor:
     """Soft float32 foreground masks (B, 1, H, W) in [0, 1] at the input size, before any post-processing.
 
     ``protocol``: a registered name or a ``Protocol`` (see the module docstring); the caller's
-    train/eval mode is restored afterwards. ``features``: the backbone's keys of ``images``, when already known.
-    ``autocast``: run the model under bf16 autocast (default: on CUDA only)."""
+    train/eval mode is restored afterwards. ``features``: the backbone's keys of ``images``, when
+    already known (else ``backbone_keys``). ``precision``: the model's (default: ``precision_of`` the
+    images' device; the tests run bf16 on the CPU)."""
     protocol = get_protocol(protocol)
+    precision = precision or precision_of(images.device)
+    if features is None:
+        features = backbone_keys(model, images, precision)
     with evaluation_mode(model, protocol):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16,
-                            enabled=images.is_cuda if autocast is None else autocast):
+        with precision.autocast(images.device.type):
             fine = model(images, features)["fine"]
     select = select_foreground_per_batch if protocol.per_batch_foreground else select_foreground
     # float32 before anything downstream (the inversion's mean > 0.5, GF/BF, the float16 caches)

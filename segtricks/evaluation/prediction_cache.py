@@ -44,8 +44,9 @@ from segtricks.models.model import SegmentationModel
 
 
 def model_digest(model: SegmentationModel) -> str:
-    """sha256 of the head's parameters and buffers, in state-dict order, and the backbone's weights id."""
-    digest = hashlib.sha256(model.backbone.weights_id.encode())
+    """sha256 of the head's parameters and buffers, in state-dict order, and the backbone's weights id
+    and features (its positional rule: keys computed under another rule are other keys)."""
+    digest = hashlib.sha256(f"{model.backbone.weights_id} {model.backbone.features}".encode())
     for name, tensor in model.head.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -197,25 +198,28 @@ def _about(kind: str, model: SegmentationModel, ref: DatasetRef, size: int, prot
 
 
 def prediction_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawDataset, size: int,
-                     protocol: str, cached_keys: bool) -> ArrayCache:
-    """Raw masks (1, size, size) of ``model``; ``cached_keys``: whether the model ran on float16 keys."""
+                     protocol: str, precision: str) -> ArrayCache:
+    """Raw masks (1, size, size) of ``model``, predicted on float16-rounded keys under ``precision``
+    (``segtricks.engine.device.Precision.name``: a cache made on a GPU in bf16 is not one made on the CPU)."""
     stem, key, ids = _dataset_key(ref, raw, size, protocol)
-    stem = f"k16-{stem}" if cached_keys else stem  # both may live side by side: neither is stale
-    about = {**_about("masks", model, ref, size, protocol), "float16_keys": cached_keys,
+    about = {**_about("masks", model, ref, size, protocol), "precision": precision,
              "training": str(Path(folder).resolve().parent)}  # <root>/trainings/<training hash[:16]>
-    return ArrayCache(folder, stem, {**key, "model": model_digest(model), "float16_keys": cached_keys},
-                      ids, (1, size, size), about)
+    return ArrayCache(folder, f"k16-{stem}", {**key, "model": model_digest(model), "float16_keys": True,
+                                              "precision": precision}, ids, (1, size, size), about)
 
 
 def key_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawDataset, size: int,
-              protocol: str) -> ArrayCache:
-    """Backbone keys (C, size/p, size/p), shared by every model on the same backbone and weights."""
+              protocol: str, precision: str) -> ArrayCache:
+    """Backbone keys (C, size/p, size/p) computed under ``precision``, shared by every model on the
+    same backbone and weights."""
     stem, key, ids = _dataset_key(ref, raw, size, protocol)
     backbone = model.backbone
     side = size // backbone.patch_size
     return ArrayCache(folder, f"{backbone.name}-{stem}",
-                      {**key, "backbone": backbone.name, "weights": backbone.weights_id}, ids,
-                      (backbone.embed_dim, side, side), _about("keys", model, ref, size, protocol))
+                      {**key, "backbone": backbone.name, "weights": backbone.weights_id,
+                       "features": backbone.features, "precision": precision}, ids,
+                      (backbone.embed_dim, side, side), {**_about("keys", model, ref, size, protocol),
+                                                         "precision": precision})
 
 
 def as_cached(rows: torch.Tensor) -> torch.Tensor:

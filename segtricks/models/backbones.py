@@ -17,6 +17,7 @@ of the file, or ``random-init``) so that each training records what it stood on.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Dict, Optional
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segtricks.errors import BadInput, SegtricksWarning
@@ -205,15 +207,39 @@ def load_vit_checkpoint(vit: nn.Module, path: Path, name: str) -> None:
     vit.load_state_dict({**{k: state[k] for k in own}, "pos_embed": pos}, strict=True)
 
 
+def dino_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The positional embeddings (1, 1 + rows·cols, C) of a rows × cols patch grid, as DINO's
+    ``VisionTransformer.interpolate_pos_encoding`` computes them (facebookresearch/dino,
+    ``vision_transformer.py``; iBOT, LOST, TokenCut, FOUND and SelfMask copy it): the pretrained
+    square grid of side √N as is when the image is square with N patches; otherwise bicubic
+    ``F.interpolate`` (align_corners off, no antialias) with ``scale_factor`` (rows + 0.1)/√N,
+    (cols + 0.1)/√N. The 0.1 keeps the output size from rounding down (DINO issue #8); since the
+    scale factor, not the size, sets where it samples, the embeddings differ from a resampling to
+    the size (timm's ``resample_abs_pos_embed``) by up to 4e-2 on pretrained-like fields, enough to
+    flip TokenCut's thresholded affinities. ``pos_embed`` is (1, 1 + N, C) with the CLS entry first."""
+    n = pos_embed.shape[1] - 1
+    if rows * cols == n and rows == cols:
+        return pos_embed
+    side = math.sqrt(n)
+    grid = pos_embed[:, 1:].reshape(1, int(side), int(side), -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + 0.1) / side, (cols + 0.1) / side), mode="bicubic")
+    assert grid.shape[-2:] == (rows, cols), (grid.shape, rows, cols)
+    return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
+
+
 class KeyBackbone(nn.Module):
     """A frozen ViT whose output is the keys of its last attention block, CLS dropped.
 
     ``forward(x)`` takes an ImageNet-normalised batch (B, 3, H, W) with H and W divisible by
     ``patch_size`` and returns (B, embed_dim, H/p, W/p). Positional embeddings are interpolated to
-    the input size (timm's ``dynamic_img_size``). The ViT stays in eval mode and never gets gradients.
+    the input size by the rule of the backbone's authors (``positions``; ``"dino"``: DINO's
+    ``interpolate_pos_encoding``, ``dino_pos_embed``), so that the keys are those of their own code at
+    every size. ``features`` names what the keys depend on beyond the weights (the positional rule):
+    the evaluation caches key on it. The ViT stays in eval mode and never gets gradients.
     """
 
-    def __init__(self, vit: nn.Module, name: str, weights_id: str, rms: Optional[float] = None) -> None:
+    def __init__(self, vit: nn.Module, name: str, weights_id: str, rms: Optional[float] = None,
+                 positions: str = "dino") -> None:
         super().__init__()
         self.vit = vit
         self.rms = rms  # rescale each token's keys to this RMS (None: keys as they are)
@@ -221,6 +247,10 @@ class KeyBackbone(nn.Module):
         self.weights_id = weights_id
         self.patch_size = vit.patch_embed.patch_size[0]
         self.embed_dim = vit.embed_dim
+        if positions != "dino":
+            raise ValueError(f"unknown positional rule {positions!r}")
+        self.positions = positions
+        self.features = f"last-block keys, positions {positions}"
         for p in self.vit.parameters():
             p.requires_grad_(False)
         self.vit.eval()
@@ -237,7 +267,10 @@ class KeyBackbone(nn.Module):
                 f"choose data.image_size as a multiple of {p}"
             )
         vit = self.vit
-        tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+        patches = vit.patch_embed(x)  # (B, H/p, W/p, C): timm's dynamic_img_size keeps the grid
+        rows, cols = patches.shape[1:3]
+        tokens = torch.cat([vit.cls_token.expand(b, -1, -1), patches.reshape(b, rows * cols, -1)], dim=1)
+        tokens = vit.norm_pre(vit.pos_drop(tokens + dino_pos_embed(vit.pos_embed, rows, cols)))
         for block in vit.blocks[:-1]:
             tokens = block(tokens)
         last = vit.blocks[-1]

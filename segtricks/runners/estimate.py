@@ -47,6 +47,7 @@ from segtricks.data.datasets import PUBLISHED_SIZES, DatasetError, Sample, build
 from segtricks.data.loaders import resolve_workers
 from segtricks.data.views import TrainView
 from segtricks.engine import checkpoint
+from segtricks.engine.device import precision_of
 from segtricks.engine.loop import loss_terms, loss_weights
 from segtricks.engine.threads import one_thread
 from segtricks.evaluation.metrics import SaliencyEvaluator
@@ -196,7 +197,7 @@ def measure_training(cfg: Config, device: torch.device, repeats: int) -> TrainCo
         weights = loss_weights(cfg)
 
         def step() -> None:
-            terms = loss_terms(model, images, cfg, generator, autocast=device.type == "cuda")
+            terms = loss_terms(model, images, cfg, generator, precision_of(device))
             loss = sum(weights[k] * v for k, v in terms.items())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from segtricks.engine.device import resolve_device
+from segtricks.engine.device import precision_of, resolve_device
 from segtricks.engine.hooks import EpochLogger
 from segtricks.engine.training import State
 from segtricks.evaluation.map_evaluation import evaluate_maps
@@ -86,7 +86,7 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
         model = training.model(device)
     else:
         weights = f"maps:{cfg.maps}"
-    run.set_tags({tags.WEIGHTS: weights})
+    run.set_tags({tags.WEIGHTS: weights, **({tags.PRECISION: precision_of(device).name} if cell.trains else {})})
     by_dataset: Dict[str, Dict[str, float]] = {ref.name: {} for ref in cfg.eval}
     post = post_trick_names(cfg.tricks)
     for ref in cfg.eval:

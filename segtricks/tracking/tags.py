@@ -16,6 +16,7 @@ EVAL_PROTOCOL = "eval_protocol"  # the protocols scored, comma-separated
 CONFIG_HASH = "config_hash"  # identifies the cell: a FINISHED run with it means the cell is done
 TRAINING_HASH = "training_hash"  # identifies the training that cells differing only in post-processing share
 WEIGHTS = "weights"  # the backbone weights id (or maps:<folder>) the run's numbers come from
+PRECISION = "precision"  # fp32, bf16 or fp16: how the model ran for the run's evaluation (Precision.name)
 ROLE = "role"  # ROLE_TRAIN on the run that trains a shared training, ROLE_STUDY on a study's parent run
 ROLE_TRAIN = "train"
 ROLE_STUDY = "study"
