@@ -22,14 +22,14 @@ import pandas as pd
 
 from analysis.statistics import (LEVEL, MIN_SEEDS, RESAMPLES, MaxOfMeanCurve, MeanDifference, bca_intervals, holm,
                                  paired_seed_means, seed_interval, sign_flip_ps)
-from segtricks.spec.grid import GridFile, baseline_keys
-from segtricks.spec.vocabulary import METRICS
+from segtricks.config.grid import GridFile, baseline_keys
+from segtricks.config.vocabulary import METRICS
 
-# Per-image evidence of each metric: a column of the records (scaled as the run's metric), or the F curves.
-RECORD_COLUMNS = {"iou": ("iou", 1.0), "acc": ("acc", 1.0), "mae": ("mae", 1.0), "corloc": ("corloc_hit", 100.0)}
+# Per-image evidence of each metric: a column of the records (``MetricSpec.record``, scaled as the run's
+# metric by ``MetricSpec.scale``), or the F curves.
+RECORD_METRICS = tuple(name for name, m in METRICS.items() if m.record)
 CURVE_METRICS = ("max_fbeta",)
-SUPPORTED = tuple(RECORD_COLUMNS) + CURVE_METRICS
-LOWER_IS_BETTER = ("mae",)  # a gain is a negative Δ
+SUPPORTED = RECORD_METRICS + CURVE_METRICS
 ALPHA = 0.05
 COLUMNS = ["contrast", "trick", "baseline", "dataset", "metric", "delta", "ci_low", "ci_high", "p", "p_holm",
            "n_images", "n_seeds", "seeds", "seed_deltas", "seed_mean", "seed_ci_low", "seed_ci_high", "note"]
@@ -144,7 +144,7 @@ def method_note(table: pd.DataFrame, resamples: int = RESAMPLES) -> str:
     """What the contrasts' columns are, for a caption: the test, the resampling unit, the resamples and
     the seed count."""
     seeds = sorted(set(table["n_seeds"])) if len(table) else [0]
-    lower = [METRICS[m].label for m in LOWER_IS_BETTER if m in set(table["metric"])]
+    lower = [METRICS[m].label for m in set(table["metric"]) if METRICS[m].lower_is_better]
     note = (f"Δ = trick − baseline on the images both cells scored (unit: image); {int(LEVEL * 100)}% BCa bootstrap "
             f"interval over images ({resamples} resamples); p: two-sided paired sign-flip permutation test "
             f"({resamples} permutations); p_holm: Holm-adjusted across the table's {len(table)} contrasts; "

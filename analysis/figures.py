@@ -15,10 +15,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from analysis.contrasts import ALPHA, LOWER_IS_BETTER
+from analysis.contrasts import ALPHA
 from analysis.paper import DATASET_LABELS
 from analysis.tables import short_delta
-from segtricks.spec.vocabulary import CELL_SEPARATOR, METRICS
+from segtricks.config.vocabulary import CELL_SEPARATOR, METRICS
 
 BINS = 20  # equal bins of the object ratio over [0, 1]
 MIN_IMAGES = 5  # a bin with fewer images is drawn hollow and faded, without an interval
@@ -221,7 +221,7 @@ def plot_contrasts(table: pd.DataFrame, title: str) -> Figure:
                 if name not in rows.index:
                     continue
                 row = rows.loc[name]
-                better = (row.delta < 0) == (metric in LOWER_IS_BETTER)
+                better = (row.delta < 0) == METRICS[metric].lower_is_better
                 colour = ("C0" if better else "C3") if row.p_holm < ALPHA else "0.45"
                 ax.errorbar(row.delta, y, xerr=[[row.delta - row.ci_low], [row.ci_high - row.delta]], fmt="o",
                             color=colour, mfc=colour if row.p_holm < ALPHA else "white", capsize=3, ms=6)
@@ -237,7 +237,7 @@ def plot_contrasts(table: pd.DataFrame, title: str) -> Figure:
                     ax.axhline(y - 0.5, color="0.85", lw=0.8)
             ax.set_yticks(range(len(contrasts)), [labels[n] for n in contrasts], fontsize=8)
             ax.set_ylim(len(contrasts) - 0.4, -0.75)  # room above the first interval for its numbers
-            better = "lower is better" if metric in LOWER_IS_BETTER else "higher is better"
+            better = "lower is better" if METRICS[metric].lower_is_better else "higher is better"
             label = METRICS[metric].label.replace("(%)", "(% points)")
             ax.set_xlabel(f"Δ {label}, trick − baseline ({better})", fontsize=8)
             ax.tick_params(axis="x", labelsize=8)

@@ -39,9 +39,9 @@ from analysis.runs import NoRunsError, NoStoreError, RunEvidence, load_records, 
 from analysis.tables import (build_table, contrasts_caption, contrasts_csv, contrasts_latex, contrasts_markdown,
                              layout_for, to_latex, to_markdown)
 from segtricks import errors
-from segtricks.spec.config import ConfigError
-from segtricks.spec.grid import grid_path, read_grid
-from segtricks.spec.vocabulary import CELL_SEPARATOR
+from segtricks.config.schema import ConfigError
+from segtricks.config.grid import grid_path, read_grid
+from segtricks.config.vocabulary import CELL_SEPARATOR
 from segtricks.tracking.artifacts import read_samples
 from segtricks.tracking.connect import exit_on_environment_error
 from segtricks.tracking.store import RunLog, Store
@@ -52,7 +52,7 @@ from segtricks.tracking.uri import tracking_uri
 def analysis_run(store: Store, grid: str, experiment: Optional[str]) -> RunLog:
     """The grid's ``analysis`` run (created once; it carries no cell tags, so cells never see it)."""
     exp_id = store.experiment(experiment or grid, create=False)
-    found = store.runs(exp_id, f"tags.`{ANALYSIS}` = 'true'")
+    found = store.runs(exp_id, {ANALYSIS: "true"})
     if found:
         return store.run(found[0].info.run_id)
     run = store.start(exp_id, "analysis", {ANALYSIS: "true", GRID: grid})

@@ -1,16 +1,16 @@
 """How the paper tables are labelled; their layout and published numbers are the grid files'.
 
 A grid that regenerates a paper table declares it beside its axes (``table:``, read and checked
-against the grid's cells by ``segtricks.spec.grid.read_table``), so that adding a grid means editing
+against the grid's cells by ``segtricks.config.grid.read_table``), so that adding a grid means editing
 one file (``experiments/<grid>.yaml``). Labels for datasets and metrics are presentation, and live here.
 """
 from __future__ import annotations
 
 from typing import List, Optional
 
-from segtricks.spec.config import ConfigError
-from segtricks.spec.grid import TableSpec, grid_path, list_grids, read_table
-from segtricks.spec.vocabulary import METRICS
+from segtricks.config.schema import ConfigError
+from segtricks.config.grid import TableSpec, grid_path, list_grids, read_table
+from segtricks.config.vocabulary import METRICS
 
 DATASET_LABELS = {"dut_omron": "DUT-OMRON", "duts_te": "DUTS-TE", "ecssd": "ECSSD", "voc07": "VOC07",
                   "voc12": "VOC12", "coco20k": "COCO20K", "synthetic": "Synthetic (test)"}

@@ -7,7 +7,8 @@ from typing import Dict, List, Optional, Tuple
 
 import pandas as pd
 
-from analysis.contrasts import CURVE_METRICS, RECORD_COLUMNS
+from analysis.contrasts import CURVE_METRICS
+from segtricks.config.vocabulary import METRICS
 from segtricks import errors
 from segtricks.tracking.artifacts import read_curves, read_records
 from segtricks.tracking.claims import is_live
@@ -118,7 +119,7 @@ class RunEvidence:
         if metric in CURVE_METRICS:
             return self.curves(run_id, dataset)
         records = self.records(run_id, dataset)
-        column, scale = RECORD_COLUMNS[metric]
+        column, scale = METRICS[metric].record, METRICS[metric].scale
         if records is None or column not in records:
             return None
         scores = records[column].dropna().astype(float) * scale  # images without a mask (or boxes) score none

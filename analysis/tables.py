@@ -10,7 +10,8 @@ import pandas as pd
 
 from analysis.contrasts import ALPHA, method_note, with_seed_columns
 from analysis.paper import DATASET_LABELS, TableLayout, table_layout
-from segtricks.spec.vocabulary import METRICS
+from segtricks.config.vocabulary import METRICS
+from segtricks.evaluation.protocols import OURS, REFERENCE
 
 MISSING = "—"
 OUR_PROTOCOL = ("Evaluation protocol: ours (BatchNorm in eval mode, foreground chosen per image, metrics "
@@ -25,8 +26,8 @@ def layout_for(grid: str, runs: pd.DataFrame) -> TableLayout:
     layout = table_layout(grid)
     if layout is not None:
         return layout
-    metrics = [c for c in runs.columns if "." in c and not c.startswith(("train.", "val."))
-               and ".reference." not in c]
+    metrics = [c for c in runs.columns if c.count(".") == 1 and c.split(".")[1] in METRICS  # <dataset>.<metric>
+               and not c.startswith(("train.", "val."))]
     datasets = tuple(sorted({c.split(".")[0] for c in metrics}))
     return TableLayout(f"Grid {grid}", tuple(sorted(runs.cell.unique())), datasets, ("iou",))
 
@@ -56,7 +57,7 @@ def build_table(grid: str, runs: pd.DataFrame,
         for d in layout.datasets:
             for m in layout.metrics:
                 values, ref_values = (done[col].dropna().to_numpy() if (len(done) and col in done) else np.array([])
-                                      for col in (f"{d}.{m}", f"{d}.reference.{m}"))
+                                      for col in (f"{OURS.dataset_key(d)}.{m}", f"{REFERENCE.dataset_key(d)}.{m}"))
                 paper = layout.published.get((cell, d, m))
                 mean = float(values.mean()) if values.size else np.nan
                 rows.append({"cell": cell, "dataset": d, "metric": m, "mean": mean,

@@ -18,10 +18,10 @@ import torch
 from torch.utils.benchmark import Timer
 
 from segtricks.method.bilateral_solver import bilateral_solver_filter
-from segtricks.spec.config import config_from_dict
+from segtricks.config.schema import config_from_dict
 from segtricks.method.guided_filter import guided_filter
 from segtricks.models.model import build_model
-from segtricks.engine.device import Precision, precision_of
+from segtricks.runtime.device import Precision, precision_of
 from segtricks.engine.loop import loss_terms, loss_weights
 
 

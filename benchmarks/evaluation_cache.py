@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from segtricks.spec.config import DatasetRef, load_config
+from segtricks.config.schema import DatasetRef, load_config
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.models.model import build_model
 

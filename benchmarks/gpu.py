@@ -4,7 +4,7 @@
     python benchmarks/gpu.py --tiny     # CPU-sized (demo backbone, 64², batch 2): CI keeps it working
 
 Rows, each printed as it finishes: training steps/s in fp32 and at the device's precision (bf16 on
-cards with native bf16, fp16 on older ones: ``segtricks.engine.device.precision_of``), each with and
+cards with native bf16, fp16 on older ones: ``segtricks.runtime.device.precision_of``), each with and
 without channels_last; evaluation images/s (prediction with foreground selection); GF masks/s at
 batch 64; BF masks/s on both of its paths (the torch grid on the device, and the numpy/scipy grid on
 the CPU: the faster one should be the CUDA default); peak GPU memory of each row; the data loader's images/s (decode + augment of 400×300 JPEGs, per worker process); and the
@@ -26,10 +26,10 @@ import torch
 
 from core import time_ms, train_step_fn
 from estimate_accuracy import estimate_then_run, estimated_total, run_command
-from segtricks.engine.device import FP32, precision_of
+from segtricks.runtime.device import FP32, precision_of
 from segtricks.method.bilateral_solver import bilateral_solver_filter
-from segtricks.spec.config import config_from_dict
-from segtricks.runners.estimate import loader_images_per_s
+from segtricks.config.schema import config_from_dict
+from segtricks.estimate.measure import loader_images_per_s
 from segtricks.method.guided_filter import guided_filter
 from segtricks.models.model import build_model
 from segtricks.evaluation.predict import predict_masks

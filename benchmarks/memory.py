@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from segtricks.engine.device import BF16, FP32, Precision, precision_of
+from segtricks.runtime.device import BF16, FP32, Precision, precision_of
 from core import train_step_fn
 from segtricks.models.model import SegmentationModel
 
@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--autocast", choices=("on", "off"),
                     help="bf16 autocast on, or off (fp32) (default: the device's precision rule, "
-                         "segtricks.engine.device.precision_of); on CPU it shows the bf16 activations' bytes, slowly")
+                         "segtricks.runtime.device.precision_of); on CPU it shows the bf16 activations' bytes, slowly")
     ap.add_argument("--no-breakdown", action="store_true", help="peaks only, no saved-tensor hooks")
     ap.add_argument("--one", metavar="TRICKS", help="measure only this variant, in this process")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # a child's result, one line

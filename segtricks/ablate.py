@@ -11,7 +11,7 @@ A ``--set`` on a key that a grid axis varies is refused (exit 2); ``--force-set`
 keep the cell's name and carry the seed as a tag and a param.
 
 This module is only the command line: it checks the arguments and the grid before importing torch,
-timm and MLflow (seconds), so that a typo is reported at once; ``segtricks.runners.launch`` runs it.
+timm and MLflow (seconds), so that a typo is reported at once; ``segtricks.launchers.launch`` runs it.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import sys
 from typing import List
 
 from segtricks import errors
-from segtricks.runners import slurm
-from segtricks.spec.grid import parse_seeds, read_grid
+from segtricks.launchers import slurm
+from segtricks.config.grid import parse_seeds, read_grid
 
 
 def parse_args(argv: List[str]) -> argparse.Namespace:
@@ -38,6 +38,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                          "workload here (random-init weights) and print each cell's time, peak memory and disk")
     ap.add_argument("--estimate-steps", type=int, default=2, metavar="N",
                     help="timed steps (and evaluation batches) per workload, after one warm-up (default 2)")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="with --estimate: measure every workload again instead of using what earlier estimates "
+                         "measured on this machine and device")
     ap.add_argument("--force", action="store_true", help="rerun cells that already have a FINISHED run")
     ap.add_argument("--rerun-failed", action="store_true", help="run only cells whose last run failed")
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failed cell")
@@ -56,6 +59,8 @@ def main(argv: List[str] | None = None) -> int:
         raise errors.BadInput(f"--workers must be ≥ 1 (got {args.workers})")
     if args.estimate and not args.dry_run:
         raise errors.BadInput("--estimate goes with --dry-run (an estimate runs nothing of the grid)")
+    if args.remeasure and not args.estimate:
+        raise errors.BadInput("--remeasure goes with --dry-run --estimate (it measures the grid's workloads again)")
     if args.estimate_steps < 1:
         raise errors.BadInput(f"--estimate-steps must be ≥ 1 (got {args.estimate_steps})")
     args.seeds = parse_seeds(args.seeds) if args.seeds is not None else None
@@ -63,7 +68,7 @@ def main(argv: List[str] | None = None) -> int:
     opts = slurm.options_from(args, args.output_root) if args.launcher == "slurm" else None
     for line in grid_file.overridden:
         print(f"warning: --force-set: {line}", file=sys.stderr)
-    from segtricks.runners import launch  # torch, timm, MLflow: only once the grid is known to be valid
+    from segtricks.launchers import launch  # torch, timm, MLflow: only once the grid is known to be valid
     return launch.launch_grid(args, opts)
 
 

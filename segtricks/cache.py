@@ -24,168 +24,18 @@ removed cache recomputes it, with the same numbers.
 from __future__ import annotations
 
 import argparse
-import functools
-import json
-import logging
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
-import numpy as np
-import yaml
-
 from segtricks import errors
-from segtricks.files import TempName, parse_temp_name, writer_alive
-from segtricks.tracking.tags import GRID, STUDY, TRAINING_HASH
+from segtricks.engine.folder import TRAININGS, TrainingFolder
+from segtricks.evaluation.cache_files import KINDS, Cache, scan
 from segtricks.tracking.uri import sqlite_path, tracking_uri
 
-KINDS = ("masks", "keys")
 UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-SUFFIXES = (".npy", ".json")  # a cache's two files
-
-
-@dataclass
-class Cache:
-    """One cache (``.npy`` and ``.json``), or one partial file of a cache being written (``writer``)."""
-
-    kind: str
-    files: List[Path]  # what rm removes, the .json first (a reader takes a cache whose .json it found)
-    nbytes: int
-    created: float  # unix seconds: the .json's "created", else the file's mtime
-    backbone: str = "?"
-    weights: Optional[str] = None
-    dataset: str = "?"
-    size: Optional[int] = None
-    protocol: str = "?"
-    rows: Optional[int] = None
-    training: Optional[str] = None  # a masks cache's training folder name (the hash's first 16 digits)
-    writer: Optional[TempName] = None  # what a partial file's name says of its writer
-    grids: Optional[Set[str]] = None  # None: no store to tell
-
-    @property
-    def partial(self) -> bool:
-        return self.writer is not None
-
-    def writer_alive(self) -> Optional[bool]:
-        """Whether a partial file's writer runs; None when it ran on another host (not checkable)."""
-        return writer_alive(self.writer)
-
-
-def from_name(kind: str, base: str) -> Dict[str, object]:
-    """What a cache's file name says (``prediction_cache``: ``[<backbone>-|k16-]<dataset>-<split>-
-    <limit>-<size>-<protocol>-<hash>``), for caches whose ``.json`` predates their description."""
-    parts = base.split("-")[:-1]  # the hash dropped
-    if len(parts) < (6 if kind == "keys" or parts[:1] == ["k16"] else 5) or not parts[-2].isdigit():
-        return {}
-    head, (split, limit, size, protocol) = parts[:-4], parts[-4:]
-    info: Dict[str, object] = {"size": int(size), "protocol": protocol}
-    if kind == "keys":  # backbone and dataset names have no '-' (the registered ones)
-        info["backbone"], head = head[0], head[1:]
-    elif head[0] == "k16":
-        head = head[1:]
-    info["dataset"] = {"name": "-".join(head), "split": split, "limit": None if limit == "all" else limit}
-    return info
-
-
-class Trainings:
-    """The training folders of an output root, and (read once, when asked) the backbone of each."""
-
-    def __init__(self, root: Path) -> None:
-        folder = root / "trainings"
-        self.dirs = {d.name: d for d in sorted(folder.iterdir()) if d.is_dir()} if folder.is_dir() else {}
-        self._backbones: Dict[str, Tuple[Optional[str], Optional[str]]] = {}
-
-    def backbone(self, name: str) -> Tuple[Optional[str], Optional[str]]:
-        """(backbone name, weights id) of training ``name``, from its config.yaml and status.json."""
-        if name not in self._backbones:
-            folder = self.dirs[name]
-            self._backbones[name] = (_read(folder / "config.yaml", lambda t: yaml.safe_load(t)["backbone"]["name"]),
-                                     _read(folder / "status.json", lambda t: json.loads(t)["weights_id"]))
-        return self._backbones[name]
-
-
-def _read(path: Path, parse):
-    """``parse(text of path)``, or None when the file is missing (removed meanwhile) or not as expected."""
-    try:
-        return parse(path.read_text())
-    except (OSError, EOFError, ValueError, yaml.YAMLError, KeyError, TypeError):
-        return None
-
-
-def _rows(array: Path) -> Optional[int]:
-    """The row count in a ``.npy``'s header (a memory map reads no rows)."""
-    try:
-        return np.load(array, mmap_mode="r").shape[0]
-    except (OSError, EOFError, ValueError):  # removed meanwhile, or not a complete .npy
-        return None
-
-
-def scan(root: Path) -> List[Cache]:
-    """Every cache and partial file under output root ``root``."""
-    trainings = Trainings(root)
-    caches = _scan_folder(root / "keys", "keys", None)
-    for name, folder in trainings.dirs.items():
-        caches += _scan_folder(folder / "predictions", "masks", name)
-    for c in caches:
-        if c.kind == "masks" and c.backbone == "?":  # a .json without its description: the training's
-            backbone, weights = trainings.backbone(c.training)
-            c.backbone, c.weights = backbone or "?", c.weights or weights
-    return caches
-
-
-def _scan_folder(folder: Path, kind: str, training: Optional[str]) -> List[Cache]:
-    if not folder.is_dir():
-        return []
-    bases: Dict[str, List[Path]] = {}
-    caches = []
-    for path in sorted(folder.iterdir()):
-        temp = parse_temp_name(path.name, SUFFIXES)
-        if temp:
-            cache = _describe(kind, Path(temp.target).stem, {}, [path], training, path)
-            if cache is not None:
-                cache.writer = temp
-                caches.append(cache)
-        elif path.suffix in (".npy", ".json") and not path.name.startswith("."):
-            bases.setdefault(path.stem, []).append(path)
-    for base, files in bases.items():
-        meta = folder / f"{base}.json"
-        about = _read(meta, json.loads) if meta in files else None
-        cache = _describe(kind, base, about if isinstance(about, dict) else {},
-                          sorted(files, key=lambda p: p.suffix != ".json"), training, folder / f"{base}.npy")
-        caches += [cache] if cache is not None else []
-    return caches
-
-
-def _describe(kind: str, base: str, about: Dict, files: List[Path], training: Optional[str],
-              array: Path) -> Optional[Cache]:
-    """The cache of ``files`` (None when they were removed meanwhile: a writer replacing a stale cache)."""
-    stats = {}
-    for path in files:
-        try:
-            stats[path] = path.stat()
-        except FileNotFoundError:
-            pass
-    if not stats:
-        return None
-    info = {**from_name(kind, base), **about}
-    rows = info.get("rows")
-    if rows is None and array.suffix == ".npy" and array in stats:
-        rows = _rows(array)
-    created = info.get("created") or stats.get(array, next(iter(stats.values()))).st_mtime
-    data = info.get("dataset") or {}
-    dataset = f"{data['name']}/{data['split']}/{data['limit'] or 'all'}" if data else "?"
-    return Cache(kind=kind, files=list(stats), nbytes=sum(s.st_size for s in stats.values()), created=float(created),
-                 backbone=info.get("backbone", "?"), weights=info.get("weights"), dataset=dataset,
-                 size=info.get("size"), protocol=info.get("protocol", "?"), rows=rows, training=training)
-
-
-# --- which grids use a cache ---------------------------------------------------------------------------
-
-class StoreUnreadable(errors.Unavailable):
-    """The MLflow store exists but could not be read; the message says which and why."""
 
 
 def store_exists(uri: str) -> bool:
@@ -195,49 +45,16 @@ def store_exists(uri: str) -> bool:
     return path is None or path.is_file() and path.stat().st_size > 0
 
 
-def grid_labels(uri: str) -> Dict[str, Set[str]]:
-    """Training hash (first 16 digits) → the grids whose runs used it, and ``study:<name>`` for a
-    study's trials: from the run tags ``training_hash``, ``grid`` and ``study``."""
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)  # as segtricks.tracking.connect
-    from mlflow.tracking import MlflowClient  # only here: seconds to import, and only for a store that exists
-    labels: Dict[str, Set[str]] = {}
-    try:
-        client = MlflowClient(uri)
-        experiments = [e.experiment_id for e in _pages(client.search_experiments)]
-        search = functools.partial(client.search_runs, experiments, f"tags.{TRAINING_HASH} != ''")
-        for run in _pages(search) if experiments else []:
-            tags = run.data.tags
-            label = tags.get(GRID) or (f"study:{tags[STUDY]}" if tags.get(STUDY) else None)
-            if label:
-                labels.setdefault(tags[TRAINING_HASH][:16], set()).add(label)
-    except Exception as exc:  # locked, damaged, out-of-date schema, unreachable server: one line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreUnreadable(f"MLflow store {sqlite_path(uri) or uri} could not be read ({reason})") from None
-    return labels
-
-
-def _pages(search) -> list:
-    """Every result of a paged MLflow search."""
-    out, token = [], None
-    while True:
-        page = search(page_token=token)
-        out += page
-        token = page.token
-        if not token:
-            return out
-
-
 def attach_grids(caches: List[Cache], labels: Dict[str, Set[str]], root: Path) -> None:
     """Set each cache's grids: a masks cache's are its training's; a keys cache's, those of every
     training under ``root`` on the same backbone (and weights, where both are known)."""
-    trainings = Trainings(root)
+    backbones = {name: folder.backbone() for name, folder in TrainingFolder.all_in_root(root).items()}
     for c in caches:
         if c.kind == "masks":
             c.grids = set(labels.get(c.training, ()))
             continue
         c.grids = set()
-        for name in trainings.dirs:
-            backbone, weights = trainings.backbone(name)
+        for name, (backbone, weights) in backbones.items():
             if backbone == c.backbone and (weights is None or c.weights is None or weights == c.weights):
                 c.grids |= labels.get(name, set())
 
@@ -370,14 +187,18 @@ def remove(args: argparse.Namespace, root: Path, caches: List[Cache]) -> int:
 
 
 def store_labels(explicit_uri: Optional[str]) -> Tuple[Optional[Dict[str, Set[str]]], Optional[str]]:
-    """``grid_labels`` of the store, or None and why there are none."""
+    """``Store.training_labels`` of the store, or None and why there are none. MLflow is imported only
+    for a store that exists (seconds to import)."""
     uri = tracking_uri(explicit_uri)
     if not store_exists(uri):
         return None, f"no MLflow store {sqlite_path(uri)}; --tracking-uri names another"
+    from segtricks.tracking.store import Store
+
     try:
-        return grid_labels(uri), None
-    except StoreUnreadable as exc:
-        return None, str(exc)
+        return Store(uri).training_labels(), None
+    except Exception as exc:  # locked, damaged, out-of-date schema, unreachable server: one line
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, f"MLflow store {sqlite_path(uri) or uri} could not be read ({reason})"
 
 
 def usage_problem(args: argparse.Namespace) -> Optional[str]:
@@ -402,12 +223,12 @@ def unknown_selector(args: argparse.Namespace, root: Path, caches: List[Cache],
         if args.grid not in known:
             return (f"--grid {args.grid}: no run in the MLflow store is tagged grid={args.grid} "
                     f"(grids there: {', '.join(sorted(known)) or 'none'})")
-    trainings = Trainings(root)
-    if args.training is not None and not any(name.startswith(args.training) for name in trainings.dirs):
-        return (f"--training {args.training}: no training under {root / 'trainings'} starts so "
+    trainings = TrainingFolder.all_in_root(root)
+    if args.training is not None and not any(name.startswith(args.training) for name in trainings):
+        return (f"--training {args.training}: no training under {root / TRAININGS} starts so "
                 f"(python -m segtricks.cache ls shows the trainings with caches)")
     if args.backbone is not None:
-        known = ({c.backbone for c in caches} | {trainings.backbone(n)[0] for n in trainings.dirs}) - {None, "?"}
+        known = ({c.backbone for c in caches} | {t.backbone()[0] for t in trainings.values()}) - {None, "?"}
         if args.backbone not in known:
             return (f"--backbone {args.backbone}: no cache or training under {root} uses it "
                     f"(backbones there: {', '.join(sorted(known)) or 'none'})")

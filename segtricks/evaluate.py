@@ -10,7 +10,7 @@ writes one row per image (id, object ratio, IoU, Acc, predicted box, CorLoc hit,
 inversion per batch of 8, metrics on a centre crop of the resized ground truth; SPEC §8.2–8.4)
 instead of our protocol (SPEC §7), to compare with the paper's tables.
 
-Arguments are checked, and maps scored (``segtricks.evaluation.map_evaluation``), without importing torch; it
+Arguments are checked, and maps scored (``segtricks.evaluation.saliency_maps``), without importing torch; it
 is imported for ``--run``, ``--post bf`` and the reference protocol on maps.
 """
 from __future__ import annotations
@@ -21,31 +21,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
 from segtricks import errors
+from segtricks.engine.folder import TrainingFolder
 from segtricks.files import check_writable_folder
-from segtricks.spec.config import Config, DatasetRef, dataset_ref_problems, load_config
-from segtricks.spec.vocabulary import METRICS
-from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.config.schema import Config, DatasetRef, dataset_ref_problems, load_config
+from segtricks.config.vocabulary import METRICS
+from segtricks.evaluation.saliency_maps import evaluate_maps
 from segtricks.evaluation.protocols import PROTOCOLS
 
 if TYPE_CHECKING:
     from segtricks.models.model import SegmentationModel
 
 
-def load_run(run_dir: Path, which: str = "best") -> tuple[SegmentationModel, Config]:
+def load_run(folder: TrainingFolder, which: str = "best") -> tuple[SegmentationModel, Config]:
     """The model of a training folder (``config.yaml`` + ``best.pt`` or ``last.pt``)."""
-    cfg_path, ckpt_path = run_dir / "config.yaml", run_dir / f"{which}.pt"
-    for path in (cfg_path, ckpt_path):
-        if not path.is_file():
-            raise errors.BadInput(f"{path} does not exist: is {run_dir} a finished training folder?")
-    cfg = load_config(cfg_path)
+    folder.require_finished("--run", which)
+    cfg = load_config(folder.config)
     from segtricks.engine.training import Training  # torch and timm: only to evaluate a model
 
-    return Training(cfg, run_dir).model(which=which), cfg
+    return Training(cfg, folder.dir).model(which=which), cfg
 
 
 def format_table(results: Dict[str, float]) -> str:
     names = [p for p in METRICS if p in results]
-    lines = ["| protocol | value |", "|---|---|"]
+    lines = ["| metric | value |", "|---|---|"]
     lines += [f"| {n} | {results[n]:.2f} |" if METRICS[n].percent else f"| {n} | {results[n]:.4f} |" for n in names]
     lines.append(f"| n_images | {int(results['n_images'])} |")
     lines.append(f"| skipped | {int(results['skipped'])} |")
@@ -87,13 +85,14 @@ def main(argv: List[str] | None = None) -> int:
         evaluator = evaluate_maps(args.maps, cfg, ref, args.post, protocol=args.eval_protocol)
         weights = f"maps from {args.maps}" if args.maps else "centred Gaussian prior (σ = 0.25)"
     else:
-        model, cfg = load_run(args.run, args.checkpoint)
+        folder = TrainingFolder(args.run)
+        model, cfg = load_run(folder, args.checkpoint)
         from segtricks.evaluation.model_evaluation import evaluate_model  # torch, as load_run
-        from segtricks.engine.device import resolve_device
+        from segtricks.runtime.device import resolve_device
 
         device = resolve_device(args.device)
         evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device, protocol=args.eval_protocol,
-                                   cache_dir=Path(args.run) / "predictions")
+                                   cache_dir=folder.predictions)
         weights = f"{cfg.backbone.name} ({model.backbone.weights_id})"
     results = evaluator.results()
     print(f"\n{args.dataset} ({ref.split if args.dataset == 'synthetic' else ref.root or '$SEGTRICKS_DATA'}), "

@@ -13,6 +13,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -152,3 +153,11 @@ def check_writable_folder(given: Union[str, Path], flag: str) -> None:
         reason = _NOT_WRITABLE.get(exc.errno, exc.strerror)
         raise BadInput(f"{prefix}{'' if folder == path else 'is '}not writable ({reason}); "
                        f"choose another {flag}") from None
+
+
+def free_bytes(path: Path) -> float:
+    """Free space on the filesystem that holds ``path`` (its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    return float(shutil.disk_usage(path).free)

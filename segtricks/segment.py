@@ -30,8 +30,9 @@ import numpy as np
 
 from segtricks import errors
 from segtricks.data.datasets import IMAGE_SUFFIXES
+from segtricks.engine.folder import TrainingFolder
 from segtricks.files import check_writable_folder, write_atomic
-from segtricks.spec.config import load_config
+from segtricks.config.schema import load_config
 from segtricks.tracking import tags
 from segtricks.tracking.uri import sqlite_path, tracking_uri
 
@@ -79,20 +80,18 @@ class Source:
     """What ``--run`` names: a training folder or an MLflow model URI, and for a cell's run id the cell
     and its post-processing tricks."""
 
-    model: Path | str
+    model: TrainingFolder | str
     cell: Optional[str] = None
     cell_post: Optional[List[str]] = None
 
 
 def model_source(run: str, uri: Optional[str]) -> Source:
     """The training folder or the MLflow model URI that ``--run`` names (see the module docstring)."""
-    folder = Path(run)
+    folder = TrainingFolder(Path(run))
     if run.startswith(("runs:/", "models:/")):
         return Source(run)
-    if folder.is_dir():
-        for path in (folder / "config.yaml", folder / "best.pt"):
-            if not path.is_file():
-                raise errors.BadInput(f"--run {run}: {path} does not exist: is {folder} a finished training folder?")
+    if folder.dir.is_dir():
+        folder.require_finished("--run")
         return Source(folder)
     store_uri = tracking_uri(uri)
     db = sqlite_path(store_uri)
@@ -113,8 +112,8 @@ def model_source(run: str, uri: Optional[str]) -> Source:
         if logged_model_id(store.run(run_id)) is not None:
             return Source(f"runs:/{run_id}/model", cell, post)
     training = found.data.params.get("output_dir")
-    if training and (Path(training) / "best.pt").is_file() and (Path(training) / "config.yaml").is_file():
-        return Source(Path(training), cell, post)
+    if training and TrainingFolder(Path(training)).is_finished():
+        return Source(TrainingFolder(Path(training)), cell, post)
     where = f" or on the run it shares its training with ({shared})" if shared else ""
     raise errors.BadInput(f"--run {run} (cell {cell}): the run has no model: no MLflow model logged on it{where}, "
                           f"and no training folder {training or '(no output_dir param)'} on this machine; "
@@ -141,15 +140,15 @@ def overlay_of(image_path: Path, soft: np.ndarray) -> np.ndarray:
     return (rgb * (1 - alpha) + TINT * alpha).round().astype(np.uint8)
 
 
-def load_predictor(source: Path | str, post: List[str], device: str, batch_size: Optional[int], uri: Optional[str]):
+def load_predictor(source: TrainingFolder | str, post: List[str], device: str, batch_size: Optional[int], uri: Optional[str]):
     """The predictor of a training folder, or of an MLflow model loaded by ``mlflow.pyfunc`` from the
     store ``uri`` names (``--tracking-uri``, else the default one)."""
     from segtricks.inference.predictor import Predictor  # torch, timm: only once the arguments are right
 
-    if isinstance(source, Path):
+    if isinstance(source, TrainingFolder):
         from segtricks.engine.training import Training
 
-        return Predictor.from_training(Training(load_config(source / "config.yaml"), source), post, device, batch_size)
+        return Predictor.from_training(Training(load_config(source.config), source.dir), post, device, batch_size)
     import mlflow
     from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
@@ -188,7 +187,7 @@ def main(argv: List[str] | None = None) -> int:
     if not todo:
         print(f"all {len(images)} mask(s) exist in {args.out} (--overwrite to redo them)")
         return 0
-    from segtricks.engine.device import resolve_device  # torch: only once the arguments are right
+    from segtricks.runtime.device import resolve_device  # torch: only once the arguments are right
 
     resolve_device(args.device)  # a device this machine lacks: one line, before the model is loaded
     predictor = load_predictor(source.model, post, args.device, args.batch_size, args.tracking_uri)

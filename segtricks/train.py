@@ -10,7 +10,8 @@ import sys
 from typing import List
 
 from segtricks import errors
-from segtricks.spec.config import load_config
+from segtricks.config.schema import load_config
+from segtricks.config.vocabulary import VALIDATION_METRIC
 
 
 @errors.command
@@ -28,9 +29,9 @@ def main(argv: List[str] | None = None) -> int:
     history = training.history()
     print(f"weights: {training.cfg.backbone.name} ({status.weights_id})")
     print(f"best checkpoint: {training.best_path} (epoch {status.best_epoch + 1})")
-    if history and "val.iou" in history[-1]:
-        best = max(h["val.iou"] for h in history)
-        print(f"validation IoU: best {best:.3f}, last {history[-1]['val.iou']:.3f}")
+    if history and VALIDATION_METRIC in history[-1]:
+        best = max(h[VALIDATION_METRIC] for h in history)
+        print(f"validation IoU: best {best:.3f}, last {history[-1][VALIDATION_METRIC]:.3f}")
     return 0
 
 

@@ -20,8 +20,8 @@ import sys
 from typing import List
 
 from segtricks import errors
-from segtricks.runners import slurm
-from segtricks.spec.study import load_study
+from segtricks.launchers import slurm
+from segtricks.config.study import load_study
 
 
 def parse_args(argv: List[str] | None) -> argparse.Namespace:
@@ -42,6 +42,8 @@ def parse_args(argv: List[str] | None) -> argparse.Namespace:
                          "(random-init weights) and print a trial's and the study's time, memory and disk; runs nothing")
     ap.add_argument("--estimate-steps", type=int, default=2, metavar="N",
                     help="timed steps per workload for --estimate, after one warm-up (default 2)")
+    ap.add_argument("--remeasure", action="store_true",
+                    help="with --estimate: measure again instead of using what earlier estimates measured here")
     slurm.add_arguments(ap)
     return ap.parse_args(argv)
 
@@ -57,7 +59,7 @@ def main(argv: List[str] | None = None) -> int:
     if args.n_trials is not None and args.n_trials < 1:
         raise errors.BadInput(f"--n-trials {args.n_trials}: a study's total must be at least 1")
     spec = load_study(args.study, args.set, args.study_name)
-    from segtricks.runners import launch  # torch, timm, MLflow: only once the study is known to be valid
+    from segtricks.launchers import launch  # torch, timm, MLflow: only once the study is known to be valid
     return launch.launch_study(spec, args)
 
 

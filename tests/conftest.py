@@ -4,7 +4,7 @@ from typing import Any, Dict, Optional
 
 import pytest
 
-from segtricks.spec.config import Config, Layer, compose, read_yaml_mapping
+from segtricks.config.schema import Config, Layer, compose, read_yaml_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -31,9 +31,11 @@ def tiny_config(output_dir: Path, overrides: Optional[Dict[str, Any]] = None) ->
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Tests never download weights: a missing file must fail at once, not after a network timeout."""
+def offline(monkeypatch, tmp_path_factory):
+    """Tests never download weights: a missing file must fail at once, not after a network timeout.
+    Nor do they share the estimate's kept measurements (``segtricks.estimate.measure``) with the user's."""
     monkeypatch.setenv("SEGTRICKS_OFFLINE", "1")
+    monkeypatch.setenv("SEGTRICKS_MEASUREMENTS", str(tmp_path_factory.mktemp("kept") / "measurements.json"))
     monkeypatch.delenv("SEGTRICKS_WEIGHTS", raising=False)
     monkeypatch.setenv("TORCH_HOME", os.environ.get("PYTEST_TORCH_HOME", "/nonexistent-torch-home"))
 

@@ -15,8 +15,8 @@ from conftest import DEMO_CELL, TINY_FLAGS, unreadable_folder
 from segtricks import files
 from segtricks.engine import checkpoint
 from segtricks.ablate import main
-from segtricks.spec.config import ConfigError
-from segtricks.spec.grid import load_grid
+from segtricks.config.schema import ConfigError
+from segtricks.runners.plan import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -300,7 +300,7 @@ def test_two_concurrent_invocations_train_each_cell_once(in_tmp):
 
 
 def test_local_workers_see_one_gpu_each_in_turn(monkeypatch):
-    from segtricks.runners import local
+    from segtricks.launchers import local
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # of the GPUs this process may use
     assert local.gpu_environments(3) == [{"CUDA_VISIBLE_DEVICES": g} for g in ("2", "5", "2")]
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")

@@ -172,3 +172,11 @@ def test_official_or_random_init_takes_the_official_file_when_present_and_never_
 def test_weights_and_checkpoint_errors_are_bad_input_with_their_builtin_bases():
     assert issubclass(WeightsNotFoundError, BadInput) and issubclass(WeightsNotFoundError, FileNotFoundError)
     assert issubclass(CheckpointMismatchError, BadInput) and issubclass(CheckpointMismatchError, ValueError)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_each_backbones_declared_architecture_is_the_built_ones(name, backbones):
+    """The registry's attributes (what the estimate and the methods read without building) are the truth."""
+    declared = BACKBONES.attributes(name)
+    bb = backbones[name]
+    assert (declared["patch"], declared["dim"], declared["depth"]) == (bb.patch_size, bb.embed_dim, len(bb.vit.blocks))

@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from conftest import DEMO_CELL
 from segtricks.evaluation import prediction_cache
-from segtricks.cache import main, scan
+from segtricks.cache import main
+from segtricks.evaluation.cache_files import scan
 from segtricks.files import HOST
-from segtricks.spec.config import DatasetRef, load_config
+from segtricks.config.schema import DatasetRef, load_config
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.engine.training import Training
 

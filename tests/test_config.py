@@ -5,7 +5,7 @@ import pytest
 
 from conftest import DEMO_CELL
 from segtricks.errors import BadInput
-from segtricks.spec.config import (Config, ConfigError, check_keys, compose, config_from_dict, config_hash, load_config,
+from segtricks.config.schema import (Config, ConfigError, check_keys, compose, config_from_dict, config_hash, load_config,
                                    read_yaml_file, resolved_yaml, set_flag_layers)
 from segtricks.engine.training import training_hash
 
@@ -156,7 +156,7 @@ def test_datasets_with_one_release_take_any_split_as_build_dataset_does():
 def test_a_split_typo_is_refused_without_importing_torch_or_the_datasets(tmp_path):
     path = tmp_path / "cell.yaml"
     path.write_text("data:\n  val: {name: duts_tr, split: validation}\n")
-    code = ("import sys; from segtricks.spec.config import ConfigError, load_config\n"
+    code = ("import sys; from segtricks.config.schema import ConfigError, load_config\n"
             "try:\n    load_config(sys.argv[1])\nexcept ConfigError as exc:\n    print(exc)\n"
             "print(sorted(m for m in ('torch', 'segtricks.data.datasets') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)

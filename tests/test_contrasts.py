@@ -15,7 +15,7 @@ from analysis.statistics import (MaxOfMeanCurve, MeanDifference, bca_interval, h
                                  seed_interval, sign_flip_p)
 from analysis.tables import build_table, contrasts_csv, contrasts_frame, contrasts_latex, wide
 from conftest import DEMO_CELL, TINY_FLAGS, demo_grid_store
-from segtricks.spec.grid import read_grid
+from segtricks.config.grid import read_grid
 from segtricks.tracking.tags import ANALYSIS, CELL
 
 RESAMPLES = 999  # enough to compare with analysis.statistics on the same draws, quick to run

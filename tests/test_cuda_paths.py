@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
 from conftest import tiny_config
-from segtricks.engine.device import FP32
+from segtricks.runtime.device import FP32
 from segtricks.evaluation.predict import predict_raw
 from segtricks.method import losses
 from segtricks.method.bilateral_solver import bilateral_solver_filter
@@ -165,7 +165,7 @@ def test_the_model_and_prediction_run_as_on_cuda_in_float32(tmp_path):
 
 def test_the_precision_rule_is_bf16_only_where_native(monkeypatch):
     """Issue 34 defect 2: ``is_bf16_supported()`` says yes to emulated bf16 (T4, RTX 20xx)."""
-    from segtricks.engine.device import BF16, FP16, precision_of
+    from segtricks.runtime.device import BF16, FP16, precision_of
     assert precision_of(torch.device("cpu")) == FP32
     monkeypatch.setattr(torch.cuda, "device", lambda index: __import__("contextlib").nullcontext())
     asked = []
@@ -187,7 +187,7 @@ def test_every_evaluation_path_sees_the_same_keys_and_the_caches_key_on_precisio
     from segtricks.evaluation.model_evaluation import evaluate_model
     from segtricks.evaluation.prediction_cache import key_cache, prediction_cache
     from segtricks.data.datasets import build_dataset
-    from segtricks.spec.config import DatasetRef
+    from segtricks.config.schema import DatasetRef
     cfg = tiny_config(tmp_path)
     torch.manual_seed(0)
     model = build_model(cfg).eval()

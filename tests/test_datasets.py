@@ -8,7 +8,7 @@ from PIL import Image
 
 from conftest import require_shared
 from segtricks.errors import BadInput
-from segtricks.spec.config import ConfigError, DatasetRef, config_from_dict
+from segtricks.config.schema import ConfigError, DatasetRef, config_from_dict
 from segtricks.data.datasets import DATASETS, DatasetError, SyntheticShapes, boxes_from_mask, build_dataset
 from segtricks.data.synthetic import SPLIT_SIZES
 from segtricks.data.views import EvalView, TrainView

@@ -2,9 +2,9 @@
 import pytest
 
 from conftest import DEMO_CELL as DEMO
-from segtricks.spec.config import DatasetRef, load_config
+from segtricks.config.schema import DatasetRef, load_config
 from segtricks.evaluation.model_evaluation import evaluate_model
-from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.evaluation.saliency_maps import evaluate_maps
 from segtricks.engine.training import Training
 
 
@@ -23,7 +23,7 @@ def test_demo_cell_beats_the_centre_prior_on_the_test_split(tmp_path):
 def test_the_demo_grid_cannot_silently_grow():
     """Issue 14: the demo's size is pinned (its wall time is a benchmark figure, not a test). Shrinking
     it is welcome: update the numbers here and the README's demo figures together."""
-    from segtricks.spec.grid import load_grid
+    from segtricks.runners.plan import load_grid
     grid = load_grid("demo")
     trainings = {c.training_hash: c.cfg for c in grid.cells if c.trains}
     pixels_trained = sum(c.optim.epochs * c.optim.steps_per_epoch * c.optim.batch_size * c.data.image_size ** 2

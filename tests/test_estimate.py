@@ -4,11 +4,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from segtricks.runners import estimate
 from segtricks.ablate import main
-from segtricks.spec.config import DatasetRef, config_from_dict
-from segtricks.data.datasets import DATASETS, PUBLISHED_SIZES
-from segtricks.runners.estimate import CachePlan, DatasetSize, dataset_size, disk_needed, format_estimate
+from segtricks.config.schema import DatasetRef, config_from_dict
+from segtricks.data.datasets import DATASETS, PUBLISHED_SIZES, DatasetSize, dataset_size
+from segtricks.estimate.cache_plan import CachePlan, disk_needed
+from segtricks.estimate.cost import CellEstimate, GridEstimate
+from segtricks.estimate.report import format_estimate
+from segtricks.runners.plan import Action
 
 
 
@@ -65,7 +67,7 @@ def test_present_data_is_counted_with_its_typical_size(tmp_path):
 def test_table3_needs_its_cache_sizes_before_anything_is_downloaded(monkeypatch):
     """Table 3's 12 cells: 6 trainings × 11,187 masks at 320², and 11,187 keys for each backbone."""
     monkeypatch.delenv("SEGTRICKS_DATA", raising=False)
-    from segtricks.spec.grid import read_grid
+    from segtricks.config.grid import read_grid
     cells = [SimpleNamespace(name=n, id=n, cfg=c, trains=True, training_hash=n.split("/")[0] + ("crop" in n) * "+crop")
              for n, c in read_grid("table3").configs]
     masks = 6 * 11_187 * 320 * 320 * 2
@@ -75,15 +77,14 @@ def test_table3_needs_its_cache_sizes_before_anything_is_downloaded(monkeypatch)
 
 
 def test_a_grid_that_would_not_fit_on_the_disk_is_warned_with_the_numbers():
-    est = estimate.GridEstimate("cpu", [estimate.CellEstimate("a", "train+evaluate", 10, 5, 1, 2e9,
-                                                              {"keys": 3e9})], 4.0, ["x"], [])
+    est = GridEstimate("cpu", [CellEstimate("a", "train+evaluate", 10, 5, 1, 2e9, {"keys": 3e9})], 4.0, ["x"], [])
     text = format_estimate(est, free_bytes=1e9)
     assert "warning: the grid needs about 3.0 GB of disk and 1.0 GB is free" in text
     assert "warning" not in format_estimate(est, free_bytes=1e12)
 
 
 @pytest.mark.slow
-def test_dry_run_estimate_prints_time_memory_and_disk_per_cell_and_in_total(in_tmp, capsys):
+def test_dry_run_estimate_prints_time_memory_and_disk_per_cell_and_in_total(in_tmp, capsys, monkeypatch):
     assert main(["--grid", "demo", "--dry-run", "--estimate", "--set", "optim.steps_per_epoch=2",
                  "--set", "data.train.limit=8", "--set", "data.val.limit=4",
                  "--set", "eval=[{name: synthetic, split: test, limit: 8}]"]) == 0
@@ -96,7 +97,20 @@ def test_dry_run_estimate_prints_time_memory_and_disk_per_cell_and_in_total(in_t
     total = [line for line in table if line.strip().startswith("total ")]
     assert len(total) == 1 and ("GB" in total[0] or "MB" in total[0])
     assert "random-init" in out and "synthetic/test: 8 images of about 128×128 (data)" in out
-    assert list(in_tmp.iterdir()) == []  # a dry run writes nothing, estimate included
+    assert "every workload measured now" in out
+    assert list(in_tmp.iterdir()) == []  # a dry run writes nothing where it runs, estimate included
+    # issue 29: a second estimate (of this grid, or one sharing its workloads) measures nothing
+    from segtricks.estimate import cost
+    calls = []
+    for name in ("measure_training", "measure_prediction", "measure_post", "measure_metrics"):
+        real = getattr(cost, name)
+        monkeypatch.setattr(cost, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    flags = ["--grid", "demo", "--dry-run", "--estimate", "--set", "optim.steps_per_epoch=2", "--set",
+             "data.train.limit=8", "--set", "data.val.limit=4", "--set", "eval=[{name: synthetic, split: test, limit: 8}]"]
+    assert main(flags) == 0
+    assert calls == [] and "0 workload(s) measured now, the others kept" in capsys.readouterr().out
+    assert main(flags + ["--remeasure"]) == 0
+    assert "measure_training" in calls and "every workload measured now" in capsys.readouterr().out
 
 
 def test_the_preflight_warns_when_the_caches_would_not_fit(monkeypatch, tmp_path):
@@ -108,4 +122,4 @@ def test_the_preflight_warns_when_the_caches_would_not_fit(monkeypatch, tmp_path
     line = preflight.disk_warning(cells, {}, tmp_path)
     assert line.startswith("warning: the grid's evaluation caches need about 43.9 MB and 1.0 MB is free at ")
     assert "--set cache.keys=false" in line
-    assert preflight.disk_warning(cells, {"a": "skip"}, tmp_path) is None  # a finished cell writes nothing
+    assert preflight.disk_warning(cells, {"a": Action.SKIP}, tmp_path) is None  # a finished cell writes nothing

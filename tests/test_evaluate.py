@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from conftest import require_shared
-from segtricks.spec.config import Config, DatasetRef, config_from_dict, load_config
+from segtricks.config.schema import Config, DatasetRef, config_from_dict, load_config
 from segtricks.evaluate import main
 from segtricks.evaluation.model_evaluation import evaluate_model
-from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.evaluation.saliency_maps import evaluate_maps
 from segtricks.evaluation.metrics import SaliencyEvaluator
 from segtricks.models.model import build_model
 from test_demo import DEMO
@@ -105,10 +105,10 @@ def test_0_1_masks_score_as_their_0_255_originals(tmp_path, capsys):
         Image.fromarray((np.asarray(Image.open(mask)) > 128).astype(np.uint8)).save(ones / "masks" / mask.name)
     args = ["--maps", str(root / "maps" / "DSS"), "--dataset", "folder", "--limit", "12"]
     assert main(args + ["--root", str(root)]) == 0
-    original = capsys.readouterr().out.split("| protocol |")[1]
+    original = capsys.readouterr().out.split("| metric |")[1]
     with pytest.warns(UserWarning, match="masks valued 0/1 .*: value 1 is foreground") as said:
         assert main(args + ["--root", str(ones)]) == 0
-    assert len(said) == 1 and capsys.readouterr().out.split("| protocol |")[1] == original
+    assert len(said) == 1 and capsys.readouterr().out.split("| metric |")[1] == original
     assert "| iou | 0.0000 |" not in original
 
 
@@ -119,7 +119,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines()[-1] == f"error: --out {out}: use a .csv or .parquet file name"
     assert main(["--run", str(tmp_path / "nothing"), "--dataset", "synthetic"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: {tmp_path / 'nothing' / 'config.yaml'} does not exist: is {tmp_path / 'nothing'} a finished "
+        f"error: --run {tmp_path / 'nothing'}: {tmp_path / 'nothing' / 'config.yaml'} does not exist: is {tmp_path / 'nothing'} a finished "
         f"training folder?")
     assert main(["--maps", str(maps), "--dataset", "nonesuch"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: unknown dataset 'nonesuch'; registered")
@@ -198,7 +198,7 @@ def test_skip_bad_counts_and_lists_every_skipped_image(tmp_path, capsys):
 
 
 def test_per_image_phases_run_on_one_thread_and_the_count_is_restored(tmp_path, monkeypatch):
-    """segtricks.engine.threads: the model keeps every thread; post-processing and metrics run on one."""
+    """segtricks.runtime.threads: the model keeps every thread; post-processing and metrics run on one."""
     cfg = load_config(DEMO, {"output_dir": str(tmp_path)})
     model = build_model(cfg).eval()
     seen, update = [], SaliencyEvaluator.update
@@ -220,7 +220,7 @@ def test_per_image_phases_run_on_one_thread_and_the_count_is_restored(tmp_path, 
 @pytest.mark.parametrize("tricks", [["gf"], ["gf", "bf"]])
 def test_post_processing_of_maps_in_numpy_gives_the_torch_tricks_numbers(tricks):
     """Issue 21: GF on maps runs without torch (segtricks.method.guided_filter_numpy), to the same bits."""
-    from segtricks.evaluation.map_evaluation import postprocess_map
+    from segtricks.evaluation.saliency_maps import postprocess_map
     from segtricks.method.tricks import postprocess
 
     rng = np.random.default_rng(0)

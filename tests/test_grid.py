@@ -3,8 +3,8 @@ import pytest
 
 from conftest import DEMO_CELL
 from segtricks.ablate import main
-from segtricks.spec.config import ConfigError, config_hash
-from segtricks.spec.grid import baseline_keys, read_grid, read_table
+from segtricks.config.schema import ConfigError, config_hash
+from segtricks.config.grid import baseline_keys, read_grid, read_table
 
 
 def write_grid(tmp_path, axes, name="mini"):
@@ -198,7 +198,7 @@ def test_a_valid_table_is_read_with_the_grid_and_by_itself(tmp_path):
     assert table.published == {("large/crop", "synthetic", "iou"): 0.5, ("large/crop", "synthetic", "corloc"): 70.0}
 
 
-# Study files are read by the same path (segtricks.spec.study.load_study): every error names its line.
+# Study files are read by the same path (segtricks.config.study.load_study): every error names its line.
 STUDY = ["name: s", f"base: {DEMO_CELL}", "objective:", "  dataset: {name: synthetic, split: val, limit: 4}",
          "  metric: iou", "search_space:", "  gf.radius: {type: int, low: 2, high: 4}"]
 
@@ -216,7 +216,7 @@ STUDY = ["name: s", f"base: {DEMO_CELL}", "objective:", "  dataset: {name: synth
 ])
 def test_a_study_file_error_names_its_line(tmp_path, old, new, message):
     """Issue 21: most study errors named the file without a line."""
-    from segtricks.spec.study import load_study
+    from segtricks.config.study import load_study
     path = tmp_path / "study_s.yaml"
     path.write_text("\n".join(STUDY).replace(old, new) + "\n")
     with pytest.raises(ConfigError) as exc:

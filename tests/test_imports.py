@@ -54,7 +54,7 @@ def _maps_folder(tmp_path, n=3):
 
 
 @pytest.mark.parametrize("module", ["analysis.make_tables", "analysis.runs", "segtricks.tracking.store",
-                                    "segtricks.tracking.artifacts", "segtricks.evaluation.map_evaluation",
+                                    "segtricks.tracking.artifacts", "segtricks.evaluation.saliency_maps",
                                     "segtricks.evaluation.metrics", "segtricks.data.datasets",
                                     "segtricks.method.guided_filter_numpy", "segtricks.engine.checkpoint"])
 def test_reading_results_and_scoring_maps_import_no_torch(module):

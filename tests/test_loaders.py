@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segtricks.data import loaders
-from segtricks.spec.config import DatasetRef
+from segtricks.config.schema import DatasetRef
 from segtricks.data.datasets import build_dataset
 from segtricks.data.loaders import EpochSampler, data_loader, resolve_workers
 from segtricks.data.views import TrainView

@@ -4,15 +4,14 @@ import torch
 
 from conftest import tiny_config
 from segtricks.engine import checkpoint, loop
-from segtricks.engine.device import BF16, FP32, resolve_device
-from segtricks.engine.hooks import Hook, build_hooks
-from segtricks.engine.loop import NonFiniteLossError, loss_terms, loss_weights
+from segtricks.runtime.device import BF16, FP32, resolve_device
+from segtricks.engine.loop import Hook, NonFiniteLossError, loss_terms, loss_weights
 from segtricks.engine.training import ConfigMismatchError, Training
 from segtricks.evaluation.predict import predict_masks, predict_raw, select_foreground
 from segtricks.method import losses
 from segtricks.method.tricks import postprocess
 from segtricks.models.model import build_model
-from segtricks.spec.registry import UnknownNameError
+from segtricks.registry import UnknownNameError
 
 
 # Two epochs of two steps, so that a training can be interrupted and resumed between them, with the
@@ -91,10 +90,10 @@ def test_resumed_training_ends_with_the_same_weights(tmp_path, step_bars):
 def test_builtin_hooks_run_in_their_order_before_the_callers(tmp_path):
     caller = Recorder()
     training = Training(tiny(tmp_path))
-    assert [type(h).__name__ for h in build_hooks(training, [caller])] == [
+    assert [type(h).__name__ for h in training.build_hooks([caller])] == [
         "Validation", "Checkpointing", "ProgressLine", "Recorder"]
     training.cfg.data.val = None  # nothing to validate on: the latest epoch is the best
-    assert [type(h).__name__ for h in build_hooks(training)] == ["Checkpointing", "ProgressLine"]
+    assert [type(h).__name__ for h in training.build_hooks()] == ["Checkpointing", "ProgressLine"]
 
 
 def test_training_changes_the_head_and_is_deterministic(tmp_path):

@@ -9,7 +9,7 @@ from PIL import Image
 from conftest import require_shared
 from segtricks.data.datasets import boxes_from_mask
 from segtricks.evaluation.metrics import SaliencyEvaluator, box_iou, corloc_hit, largest_component_box
-from segtricks.spec.vocabulary import METRICS, SALIENCY_METRICS
+from segtricks.config.vocabulary import METRICS, SALIENCY_METRICS
 
 
 def load_gray(path):
@@ -152,7 +152,7 @@ def test_hand_computed_small_case():
 
 
 def test_results_are_named_as_the_vocabulary_names_the_metrics():
-    """Every name a study, a table or the grid's summary reads (segtricks.spec.vocabulary) is a key of
+    """Every name a study, a table or the grid's summary reads (segtricks.config.vocabulary) is a key of
     results(), and results() reports nothing else but the counts."""
     gt = np.zeros((8, 8), dtype=bool)
     gt[2:6, 2:6] = True

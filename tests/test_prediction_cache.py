@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import DEMO_CELL
-from segtricks.spec.config import DatasetRef, load_config
+from segtricks.config.schema import DatasetRef, load_config
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.models.model import build_model
 from segtricks.evaluation.prediction_cache import as_cached
@@ -220,7 +220,7 @@ def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_writer(setti
     cfg, model, _ = setting
     cache = tmp_path / "outputs" / "trainings" / "0123456789abcdef" / "predictions"  # where cache ls looks
     # a writer that predicts slowly (a sleep per batch), killed -9 once its partial file exists
-    script = (f"import time, torch; from segtricks.spec.config import DatasetRef, load_config; "
+    script = (f"import time, torch; from segtricks.config.schema import DatasetRef, load_config; "
               f"from segtricks.models.model import build_model; "
               f"from segtricks.evaluation.model_evaluation import evaluate_model; "
               f"cfg = load_config({str(DEMO_CELL)!r}, {{'output_dir': {str(tmp_path / 'run')!r}, "

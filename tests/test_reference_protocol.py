@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from conftest import tiny_config
-from segtricks.spec import config as config_module
-from segtricks.spec.config import ConfigError, DatasetRef, config_from_dict, config_hash
-from segtricks.spec.registry import UnknownNameError
+from segtricks.config import schema as config_module
+from segtricks.config.schema import ConfigError, DatasetRef, config_from_dict, config_hash
+from segtricks.registry import UnknownNameError
 from segtricks.engine.training import training_hash
 from segtricks.evaluate import main
 from segtricks.evaluation.model_evaluation import evaluate_model
-from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.evaluation.saliency_maps import evaluate_maps
 from segtricks.evaluation.protocols import REFERENCE, Protocol, reference_boxes, reference_mask
 from segtricks.models.model import build_model
 from segtricks.evaluation.predict import backbone_keys, predict_masks, select_foreground, select_foreground_per_batch

@@ -6,7 +6,7 @@ import pytest
 from segtricks.models.backbones import BACKBONES, build_backbone
 from segtricks.data.datasets import DATASETS
 from segtricks.errors import BadInput
-from segtricks.spec.registry import Registry, UnknownNameError, _declared_entries, registered_attributes
+from segtricks.registry import Registry, UnknownNameError, _declared_entries, registered_attributes
 from segtricks.method.tricks import TRICKS, get_tricks
 
 
@@ -46,7 +46,7 @@ def test_every_registered_callable_documents_its_contract(name):
 def test_names_read_from_source_equal_the_live_registries():
     """The command-line tools check a grid's names (and datasets' splits) by reading the registering
     modules' source (no torch import); a registration that reading cannot see would make a valid grid fail."""
-    from segtricks.spec.grid import COMPONENTS
+    from segtricks.config.grid import COMPONENTS
     live = {"backbone": BACKBONES, "trick": TRICKS, "dataset": DATASETS}
     for kind, (module, registry, helpers) in COMPONENTS.items():
         declared = _declared_entries(module, registry, tuple(helpers))

@@ -11,7 +11,7 @@ from analysis.make_tables import main as make_tables
 from conftest import require_shared
 from segtricks.ablate import main as ablate
 from segtricks.models.backbones import write_random_release
-from segtricks.spec.grid import read_grid
+from segtricks.config.grid import read_grid
 
 REPO = Path(__file__).resolve().parents[1]
 

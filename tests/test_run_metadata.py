@@ -10,8 +10,8 @@ from PIL import Image
 from conftest import DEMO_CELL, TINY_FLAGS
 from test_ablate import write_grid
 from segtricks.ablate import main
-from segtricks.spec.config import DatasetRef
-from segtricks.spec.grid import load_grid
+from segtricks.config.schema import DatasetRef
+from segtricks.runners.plan import load_grid
 from segtricks.tracking.dataset_inputs import dataset_input
 from segtricks.tracking.description import cell_description
 from segtricks.tracking.tags import NOTE

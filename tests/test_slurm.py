@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import DEMO_CELL, TINY_FLAGS, unreadable_folder
 from segtricks.engine import checkpoint
-from segtricks.runners import slurm
+from segtricks.launchers import slurm
 from segtricks.ablate import main as ablate
 from segtricks.tune import main as tune
 from test_tune import write_study

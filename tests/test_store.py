@@ -268,7 +268,7 @@ def test_a_lost_claim_plans_again_instead_of_training_a_cell_that_shares_the_riv
     claim went on with its plan to the GF cell, whose training it then ran a second time (two
     role=train runs). The rival here claims the baseline just before this worker and dies."""
     from segtricks.runners import grid_runner
-    from segtricks.spec.grid import load_grid
+    from segtricks.runners.plan import load_grid
     monkeypatch.setattr(claims, "STALE_AFTER_S", 3.0)  # the dead rival's run is resumed soon
     path = in_tmp / "g.yaml"
     path.write_text(f"name: g\nbase: {REPO / 'experiments' / 'demo_cell.yaml'}\nset: {{optim.epochs: 1}}\n"

@@ -10,8 +10,8 @@ from conftest import DEMO_CELL, TINY_FLAGS, tiny_config
 from segtricks.engine import checkpoint, training as training_module
 from segtricks.models import model as model_module
 from segtricks.ablate import main as ablate
-from segtricks.engine.hooks import Hook
-from segtricks.engine.device import FP32
+from segtricks.engine.loop import Hook
+from segtricks.runtime.device import FP32
 from segtricks.engine.loop import loss_terms
 from segtricks.engine.training import State, Training
 from segtricks.method.tricks import TRICKS, TrainingTrick
@@ -158,4 +158,4 @@ def test_import_graph():
         if name in CLI_MODULES:
             continue
         assert not imports_of(path) & CLI_MODULES, f"library module {name} imports a CLI module"
-    assert not imports_of(modules["segtricks.spec.config"]) & TRICK_IMPLEMENTATIONS
+    assert not imports_of(modules["segtricks.config.schema"]) & TRICK_IMPLEMENTATIONS

@@ -11,9 +11,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import DEMO_CELL
-from segtricks.spec.config import ConfigError, config_from_dict
-from segtricks.spec import study as study_module
-from segtricks.spec.study import PRUNERS, SAMPLERS, load_study
+from segtricks.config.schema import ConfigError, config_from_dict
+from segtricks.config import study as study_module
+from segtricks.config.study import PRUNERS, SAMPLERS, load_study
 from segtricks.engine.hooks import Pruning
 from segtricks.runners.study_runner import tune
 from segtricks.tune import main
@@ -328,7 +328,7 @@ def test_a_study_continued_under_another_config_is_refused(in_tmp, capsys):
     """Issue 28 defect 1: a continuation under other --set flags mixed two training configs' trials in one
     study and one --best."""
     from segtricks.runners.study_runner import BASE_CONFIG_HASH, check_base_config, open_study
-    from segtricks.spec.config import config_hash
+    from segtricks.config.schema import config_hash
     path = write_study(in_tmp)
     storage = f"sqlite:///{in_tmp / 'optuna.db'}"
     spec = load_study(str(path), ["optim.steps_per_epoch=2"])

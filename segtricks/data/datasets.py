@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import statistics
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -29,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 from segtricks.errors import BadInput, SegtricksWarning
-from segtricks.spec.config import DatasetRef
-from segtricks.spec.registry import Registry
+from segtricks.config.schema import DatasetRef
+from segtricks.registry import Registry
 from segtricks.data import synthetic as synthetic_module
 from segtricks.data.synthetic import SPLIT_SIZES, SPLIT_STREAMS, render
 
@@ -490,3 +491,41 @@ def load_or_skip(raw: RawDataset, index: int, on_error: str) -> Union[Sample, Sk
             raise
         warnings.warn(f"skipped: {exc}", SegtricksWarning)
         return Skipped(raw.item_id(index), str(exc))
+
+
+# --- sizes (what an estimate prices before the data is here) ----------------------------------
+
+@dataclass
+class DatasetSize:
+    images: int
+    typical_hw: Tuple[int, int]
+    source: str  # "data" (counted here) or "published"
+
+
+def dataset_size(ref: DatasetRef) -> DatasetSize:
+    """Images and typical original size: counted when the data is here, else the published figures."""
+    try:
+        raw = build_dataset(ref)
+    except (DatasetError, OSError):
+        raw = None
+    if raw is not None and len(raw):
+        hws = []
+        for i in range(0, len(raw), max(1, len(raw) // 8))[:8]:
+            files = raw.item_files(i)
+            try:
+                if files:
+                    with Image.open(files[0]) as im:  # the image's header only: no decode
+                        hws.append((im.height, im.width))
+                else:
+                    sample = raw.load(i)
+                    hws.append((sample.image.height, sample.image.width))
+            except Exception:  # an unreadable item: the run reports it; the estimate uses the others
+                continue
+        hw = tuple(int(statistics.median(v)) for v in zip(*hws)) if hws else (300, 400)
+        return DatasetSize(len(raw), hw, "data")
+    published = PUBLISHED_SIZES.get(ref.name)
+    if published is None:
+        raise DatasetError(f"dataset {ref.name!r} is not on this machine and has no published size; "
+                           f"the estimate needs its folder ({ref.root or 'data root not set'})")
+    images = published.split_images.get(ref.split, published.images)
+    return DatasetSize(min(images, ref.limit) if ref.limit else images, published.typical_hw, "published")

@@ -1,12 +1,19 @@
-"""Atomic checkpoint files: a killed process leaves the previous checkpoint intact, never half a file.
+"""A training's checkpoints: atomic files (a killed process leaves the previous checkpoint intact, never
+half a file), and ``Checkpointer``, the one reader and writer of what they hold.
 
-Torch is imported by the two functions that use it, so that importing this module loads none.
+    best.pt   head, epoch, training_hash, weights_id
+    last.pt   the same, and optimizer, history, best_score, best_epoch (and scaler, under fp16)
+
+Torch is imported by the functions that use it, so that importing this module loads none.
 """
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional
+
+from segtricks.engine.folder import TrainingFolder
 
 from segtricks.errors import BadInput
 from segtricks.files import NoSpaceError, write_atomic
@@ -52,3 +59,64 @@ def load(path: Path) -> Any:
     except Exception as exc:  # every unpickling, zip or read failure means the same: the file is damaged
         first = (str(exc).strip().splitlines() or [""])[0]
         raise CorruptCheckpoint(path, f"{type(exc).__name__}: {first}" if first else type(exc).__name__) from None
+
+
+@dataclass
+class Resumed:
+    """What ``last.pt`` says of the loop: the next epoch, the history so far, the best score and epoch."""
+
+    epoch: int
+    history: List[Dict[str, float]]
+    best_score: float
+    best_epoch: int
+    weights_id: str
+    training_hash: str
+
+
+class Checkpointer:
+    """Writes and reads the checkpoints of one training folder (the module docstring lists their keys):
+    no other module knows what a checkpoint holds."""
+
+    def __init__(self, folder: TrainingFolder, training_hash: str) -> None:
+        self.folder, self.training_hash = folder, training_hash
+
+    def save_epoch(self, model, optimizer, scaler, epoch: int, history: List[Dict[str, float]], best_score: float,
+                   best_epoch: int, improved: bool) -> None:
+        """``best.pt`` (when the epoch improved), then ``last.pt``, each atomically."""
+        head, weights = model.head.state_dict(), model.backbone.weights_id
+        common = {"head": head, "epoch": epoch, "training_hash": self.training_hash, "weights_id": weights}
+        if improved:
+            save_atomic(common, self.folder.best)
+        save_atomic({**common, "optimizer": optimizer.state_dict(), "history": history, "best_score": best_score,
+                     "best_epoch": best_epoch, **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})},
+                    self.folder.last)
+
+    def resume(self, model, optimizer, scaler) -> Resumed:
+        """Load ``last.pt`` into the head, the optimizer (and an enabled loss scaler); the loop state."""
+        saved = load(self.folder.last)
+        model.head.load_state_dict(saved["head"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scaler.is_enabled() and "scaler" in saved:
+            scaler.load_state_dict(saved["scaler"])
+        return self._resumed(saved)
+
+    def read_last(self) -> Resumed:
+        """``last.pt``'s loop state without a model (``status.json`` rebuilt from it)."""
+        return self._resumed(load(self.folder.last))
+
+    def check_best(self) -> None:
+        """Load ``best.pt`` only to know that it loads (``CorruptCheckpoint`` otherwise)."""
+        load(self.folder.best)
+
+    @staticmethod
+    def _resumed(saved: Dict[str, Any]) -> Resumed:
+        return Resumed(saved["epoch"] + 1, saved["history"], saved["best_score"], saved["best_epoch"],
+                       saved["weights_id"], saved["training_hash"])
+
+
+
+def trained_head(path: Path) -> Dict[str, Any]:
+    """``{"head": state dict, "weights_id": ...}`` of a checkpoint file (a folder's ``best.pt`` or
+    ``last.pt``, or the copy an MLflow model holds)."""
+    saved = load(path)
+    return {"head": saved["head"], "weights_id": saved["weights_id"]}

@@ -1,106 +1,55 @@
-"""The training loop's hooks, and ``build_hooks``, which puts the built-in ones in their order.
+"""The training loop's hooks: validation, checkpointing, the per-epoch progress line, MLflow logging and
+Optuna pruning, each implementing ``segtricks.engine.loop.Hook`` on the ``LoopState`` the loop shares.
 
-Behaviour around the loop (``segtricks.engine.loop.fit``) is added through hooks, in the manner of
-detectron2 and DINO: validation, checkpointing, the per-epoch progress line, MLflow logging and Optuna
-pruning each implement ``before_train / after_epoch / after_train`` on the ``LoopState`` that the loop
-and its hooks share. MLflow and Optuna are imported only by the hooks that use them, so a training
-without a store or a study loads neither.
+As in detectron2, a hook receives what it needs, never the trainer: validation an evaluation
+function, checkpointing a ``Checkpointer`` and the training's status writer, logging a run. Which hooks
+a training runs, and in which order, is ``Training.build_hooks``'s (the defaults). MLflow and Optuna are
+imported only by the hooks that use them, so a training without a store or a study loads neither.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List
 
 from tqdm.auto import tqdm
 
-from segtricks.engine import checkpoint
-from segtricks.evaluation.model_evaluation import evaluate_model
-from segtricks.spec.config import Config, DatasetRef
+from segtricks.config.vocabulary import VALIDATION_METRIC
+from segtricks.engine.checkpoint import Checkpointer
+from segtricks.engine.loop import Hook, LoopState
 
 if TYPE_CHECKING:
     import optuna
     import torch
 
-    from segtricks.engine.training import Training
     from segtricks.models.model import SegmentationModel
     from segtricks.tracking.store import RunLog
 
 
-@dataclass
-class LoopState:
-    """What the loop and its hooks share. ``score`` is this epoch's model-selection score (set by
-    the validation hook; the epoch number when there is none, so the latest epoch is the best)."""
-
-    cfg: Config
-    model: SegmentationModel
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    training_hash: str
-    epoch: int = 0
-    history: List[Dict[str, float]] = field(default_factory=list)
-    best_score: float = -float("inf")
-    best_epoch: int = -1
-    score: float = 0.0
-    # loss scaling for fp16 (``Precision.scales_loss``); disabled, it passes the loss and step through
-    scaler: torch.amp.GradScaler = field(default_factory=lambda: _scaler(False))
-
-
-def _scaler(enabled: bool) -> "torch.amp.GradScaler":
-    import torch
-    return torch.amp.GradScaler("cuda", enabled=enabled)
-
-
-class Hook:
-    """Base class of training hooks; override the calls you need. An exception raised by a hook
-    stops training (hooks after the checkpoint hook find the epoch already saved).
-
-    ``after_train`` runs however the loop ends, after an exception too (detectron2's semantics), so
-    it must not assume that ``before_train`` or every epoch ran."""
-
-    def before_train(self, state: LoopState) -> None:
-        pass
-
-    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
-        pass
-
-    def after_train(self, state: LoopState) -> None:
-        pass
-
-
 class Validation(Hook):
-    """Adds ``val.iou`` on the validation split (our protocol, no post-processing) and sets the
-    epoch's selection score to it."""
+    """Adds ``val.iou`` (``VALIDATION_METRIC``) from ``evaluate(model, device)`` (the validation split,
+    our protocol, no post-processing) and sets the epoch's selection score to it."""
 
-    def __init__(self, ref: DatasetRef) -> None:
-        self.ref = ref
+    def __init__(self, evaluate: Callable[["SegmentationModel", "torch.device"], float]) -> None:
+        self.evaluate = evaluate
 
     def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
-        ev = evaluate_model(state.model, state.cfg, self.ref, device=state.device, with_structure=False,
-                            progress=False)
-        metrics["val.iou"] = state.score = ev.results()["iou"]
+        metrics[VALIDATION_METRIC] = state.score = self.evaluate(state.model, state.device)
 
 
 class Checkpointing(Hook):
-    """Writes ``best.pt`` (when the epoch's score improved), ``last.pt`` and ``status.json``, in
-    that order, each atomically."""
+    """Writes ``best.pt`` (when the epoch's score improved) and ``last.pt`` through ``checkpointer``,
+    then the status summary through ``write_status``: in that order, each atomically."""
 
-    def __init__(self, training: Training) -> None:
-        self.training = training
+    def __init__(self, checkpointer: Checkpointer, write_status: Callable[[LoopState], None]) -> None:
+        self.checkpointer, self.write_status = checkpointer, write_status
 
     def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
         state.history.append({**metrics, "epoch": state.epoch})
         improved = state.score > state.best_score
         if improved:
             state.best_score, state.best_epoch = state.score, state.epoch
-        head, weights = state.model.head.state_dict(), state.model.backbone.weights_id
-        if improved:
-            checkpoint.save_atomic({"head": head, "epoch": state.epoch, "training_hash": state.training_hash,
-                                    "weights_id": weights}, self.training.best_path)
-        checkpoint.save_atomic({"head": head, "optimizer": state.optimizer.state_dict(), "epoch": state.epoch,
-                                "history": state.history, "best_score": state.best_score,
-                                "best_epoch": state.best_epoch, "training_hash": state.training_hash,
-                                "weights_id": weights}, self.training.last_path)
-        self.training.write_status(state.epoch + 1, state.best_epoch, state.best_score, weights, state.history)
+        self.checkpointer.save_epoch(state.model, state.optimizer, state.scaler, state.epoch, state.history,
+                                     state.best_score, state.best_epoch, improved)
+        self.write_status(state)
 
 
 class ProgressLine(Hook):
@@ -134,26 +83,6 @@ class Pruning(Hook):
         import optuna
 
         self.epochs_run.append(state.epoch)
-        self.trial.report(metrics["val.iou"], state.epoch)
+        self.trial.report(metrics[VALIDATION_METRIC], state.epoch)
         if state.epoch + 1 < state.cfg.optim.epochs and self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {state.epoch + 1} (validation IoU {metrics['val.iou']:.3f})")
-
-
-def build_hooks(training: Training, hooks: Sequence[Hook] = ()) -> List[Hook]:
-    """The hooks of ``training``'s loop in the order they run after every epoch: the built-in ones,
-    then ``hooks`` (the caller's)."""
-    built: List[Hook] = []
-    if training.cfg.data.val:
-        # First: it adds val.iou to the epoch's metrics and sets the epoch's selection score, which the
-        # hooks after it read (checkpointing chooses best.pt by the score and keeps the metrics in the
-        # history; the progress line, the MLflow logger and the pruner report val.iou).
-        built.append(Validation(training.cfg.data.val))
-    # Before every hook that may raise (a pruner, an interrupt, a logger whose store is down): the
-    # epoch is on disk, so a training stopped by a later hook resumes after this epoch.
-    built.append(Checkpointing(training))
-    # After the save, so a printed epoch is never repeated by a rerun; before the caller's hooks, so an
-    # epoch that one of them stops is still printed.
-    built.append(ProgressLine())
-    # The caller's hooks last: they see the complete metrics, and an exception they raise (Pruning's
-    # TrialPruned) finds the epoch saved.
-    return [*built, *hooks]
+            raise optuna.TrialPruned(f"pruned at epoch {state.epoch + 1} (validation IoU {metrics[VALIDATION_METRIC]:.3f})")

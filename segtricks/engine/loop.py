@@ -1,8 +1,10 @@
-"""The training loop: ``train_one_epoch`` and the driver ``fit`` that calls hooks around it.
+"""The training loop: ``train_one_epoch``, the driver ``fit`` that calls hooks around it, the ``Hook``
+base and the ``LoopState`` they share, and the one ``build_optimizer``.
 
 Behaviour is added through hooks (``segtricks.engine.hooks``: validation, checkpointing, the progress
-line, MLflow logging, Optuna pruning), in the manner of detectron2 and DINO. Training tricks add loss
-terms through their ``extra_terms`` contract (``segtricks.method.tricks``); the loop names none of them.
+line, MLflow logging, Optuna pruning), in the manner of detectron2's ``train_loop.py`` and DINO: the
+loop imports none of them. Training tricks add loss terms through their ``extra_terms`` contract
+(``segtricks.method.tricks``); the loop names none of them.
 Every epoch reseeds all random streams from (seed, epoch), so a resumed training ends with the same
 weights as an uninterrupted one on CPU.
 
@@ -11,20 +13,20 @@ of the weighted total ``train.loss``), ``val.iou``, and ``epoch``.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from segtricks.data.loaders import EpochSampler, data_loader
-from segtricks.engine.device import Precision, precision_of, seed_everything
-from segtricks.engine.hooks import Hook, LoopState
+from segtricks.runtime.device import Precision, precision_of, seed_everything
 from segtricks.errors import SegtricksError
 from segtricks.method import losses
 from segtricks.method.tricks import TrainStep, training_tricks
 from segtricks.models.model import SegmentationModel
-from segtricks.spec.config import Config
+from segtricks.config.schema import Config
 
 
 class NonFiniteLossError(SegtricksError, FloatingPointError):
@@ -33,6 +35,47 @@ class NonFiniteLossError(SegtricksError, FloatingPointError):
 
 
 SHOW_EVERY = 10  # steps between updates of the progress bar's running means
+
+
+@dataclass
+class LoopState:
+    """What the loop and its hooks share. ``score`` is this epoch's model-selection score (set by
+    the validation hook; the epoch number when there is none, so the latest epoch is the best)."""
+
+    cfg: Config
+    model: SegmentationModel
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    epoch: int = 0
+    history: List[Dict[str, float]] = field(default_factory=list)
+    best_score: float = -float("inf")
+    best_epoch: int = -1
+    score: float = 0.0
+    # loss scaling for fp16 (``Precision.scales_loss``); disabled, it passes the loss and step through
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
+
+
+class Hook:
+    """Base class of training hooks; override the calls you need. An exception raised by a hook
+    stops training (hooks after the checkpoint hook find the epoch already saved).
+
+    ``after_train`` runs however the loop ends, after an exception too (detectron2's semantics), so
+    it must not assume that ``before_train`` or every epoch ran."""
+
+    def before_train(self, state: LoopState) -> None:
+        pass
+
+    def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:
+        pass
+
+    def after_train(self, state: LoopState) -> None:
+        pass
+
+
+def build_optimizer(cfg: Config, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW with the config's learning rate, betas and weight decay: the trainer's, and what the
+    estimate and the benchmarks time."""
+    return torch.optim.AdamW(params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -5,12 +5,13 @@
     training.run(hooks)                           # train or resume; a complete training is not rebuilt
     training.model()                              # the best checkpoint, loaded once
 
-The folder holds ``config.yaml`` (the resolved config), ``last.pt`` (head, optimizer and loop state,
-written atomically every epoch), ``best.pt`` (best validation epoch) and ``status.json``: a small
+The folder (``segtricks.engine.folder.TrainingFolder``, ``training.folder``) holds ``config.yaml``
+(the resolved config), ``last.pt`` (head, optimizer and loop state, written atomically every epoch),
+``best.pt`` (best validation epoch), both through the ``Checkpointer``, and ``status.json``: a small
 summary written after both checkpoints (hash, weights, epochs done, best epoch, history, and the
 checkpoint sizes). ``status()`` reads only that file and the sizes on disk; a checkpoint whose size
 differs (a kill between writes, or a damaged file) is checked by loading it, and a file that does not
-load is reported corrupt, by name.
+load is reported corrupt, by name. ``build_hooks`` holds the default hooks and their order.
 """
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ from tqdm.auto import tqdm
 from segtricks.data.datasets import build_dataset
 from segtricks.data.views import TrainView
 from segtricks.engine import checkpoint
-from segtricks.engine.device import precision_of, resolve_device, seed_everything
-from segtricks.engine.hooks import Hook, LoopState, build_hooks
-from segtricks.engine.loop import fit
+from segtricks.engine.checkpoint import Checkpointer
+from segtricks.engine.folder import TrainingFolder
+from segtricks.engine.hooks import Checkpointing, ProgressLine, Validation
+from segtricks.engine.loop import Hook, LoopState, build_optimizer, fit
 from segtricks.errors import BadInput
+from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.files import write_atomic
 from segtricks.method.tricks import TRICKS, get_tricks
-from segtricks.models.model import SegmentationModel, build_model, load_trained
-from segtricks.spec.config import NUMBER_NEUTRAL, Config, ConfigError, canonical_sha256, resolved_yaml, to_dict
+from segtricks.models.model import SegmentationModel, build_model, with_trained_head
+from segtricks.runtime.device import precision_of, resolve_device, seed_everything
+from segtricks.config.schema import NUMBER_NEUTRAL, Config, ConfigError, canonical_sha256, resolved_yaml, to_dict
 
 
 class ConfigMismatchError(BadInput, RuntimeError):
@@ -91,34 +95,33 @@ class Training:
     def __init__(self, cfg: Config, directory: Optional[str | Path] = None) -> None:
         self.cfg = cfg
         self.hash = training_hash(cfg)  # unknown trick names fail here, before any work
-        self.dir = Path(cfg.output_dir if directory is None else directory)
+        self.folder = TrainingFolder(Path(cfg.output_dir if directory is None else directory))
+        self.checkpointer = Checkpointer(self.folder, self.hash)
         self._models: Dict[str, SegmentationModel] = {}
 
     @classmethod
     def in_root(cls, cfg: Config, output_root: str | Path) -> "Training":
         """The training shared by every config of the same training hash: ``<root>/trainings/<hash[:16]>``
         (``cfg.output_dir`` is set to it, so the config logged with a run names the folder)."""
-        directory = Path(output_root) / "trainings" / training_hash(cfg)[:16]
-        cfg.output_dir = str(directory)
-        return cls(cfg, directory)
+        folder = TrainingFolder.in_root(output_root, training_hash(cfg))
+        cfg.output_dir = str(folder.dir)
+        return cls(cfg, folder.dir)
 
     @property
-    def keys_dir(self) -> Path:
-        """``<root>/keys``: the backbone-key cache that every training of an output root shares (for
-        a training outside ``<root>/trainings/``, a ``keys`` folder beside it)."""
-        return self.dir.parent.parent / "keys" if self.dir.parent.name == "trainings" else self.dir.parent / "keys"
+    def dir(self) -> Path:
+        return self.folder.dir
 
     @property
     def last_path(self) -> Path:
-        return self.dir / "last.pt"
+        return self.folder.last
 
     @property
     def best_path(self) -> Path:
-        return self.dir / "best.pt"
+        return self.folder.best
 
     @property
     def status_path(self) -> Path:
-        return self.dir / "status.json"
+        return self.folder.status
 
     # --- status ---------------------------------------------------------------------------------
 
@@ -133,18 +136,17 @@ class Training:
                 return TrainingStatus(State.ABSENT, epochs=self.cfg.optim.epochs)
             return self._corrupt(self.last_path, "is missing")
         try:  # status.json is behind the checkpoints (a kill between writes) or missing: rebuild it
-            state = checkpoint.load(self.last_path)
+            last = self.checkpointer.read_last()
         except checkpoint.CorruptCheckpoint as exc:
             return self._corrupt(self.last_path, f"does not load ({exc.reason})")
-        self._check_hash(state["training_hash"], self.last_path)
+        self._check_hash(last.training_hash, self.last_path)
         try:
-            checkpoint.load(self.best_path)
+            self.checkpointer.check_best()
         except FileNotFoundError:
             return self._corrupt(self.best_path, "is missing")
         except checkpoint.CorruptCheckpoint as exc:
             return self._corrupt(self.best_path, f"does not load ({exc.reason})")
-        self.write_status(state["epoch"] + 1, state["best_epoch"], state["best_score"], state["weights_id"],
-                          state["history"])
+        self.write_status(last.epoch, last.best_epoch, last.best_score, last.weights_id, last.history)
         return self._status_from(self._read_status())
 
     def history(self) -> List[Dict[str, float]]:
@@ -204,8 +206,8 @@ class Training:
         """Train, or resume from ``last.pt``; a complete training returns at once, building nothing.
         A corrupt one (a checkpoint that does not load) is set aside and trains again from scratch.
 
-        ``hooks`` run after the built-in ones (``segtricks.engine.hooks.build_hooks``: validation,
-        checkpointing, progress line), so an exception they raise stops training with the epoch saved."""
+        ``hooks`` run after the built-in ones (``build_hooks``: validation, checkpointing, progress
+        line), so an exception they raise stops training with the epoch saved."""
         status = self.status()
         if status.state is State.COMPLETE:
             return status
@@ -218,33 +220,59 @@ class Training:
         model = build_model(cfg).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(model.head.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                      weight_decay=cfg.optim.weight_decay)
+            torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are searched once
         train_set = TrainView(build_dataset(cfg.data.train), cfg.data.image_size, cfg.data.resize_short,
                               cfg.data.train.on_error)
         if cfg.data.val and not build_dataset(cfg.data.val).has_masks:  # fail before training, not after
             raise ConfigError(f"data.val: validation dataset {cfg.data.val.name!r} has no masks; model selection "
                               f"needs them (choose a dataset with masks, or drop data.val)", "data.val")
-        precision = precision_of(device)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are searched once
-        state = LoopState(cfg, model, optimizer, device, self.hash, scaler=torch.amp.GradScaler(
-            "cuda", enabled=precision.scales_loss))
+        state = LoopState(cfg, model, build_optimizer(cfg, model.head.parameters()), device,
+                          scaler=torch.amp.GradScaler("cuda", enabled=precision_of(device).scales_loss))
         if status.state is State.PARTIAL:
-            saved = checkpoint.load(self.last_path)
-            model.head.load_state_dict(saved["head"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state.epoch, state.history = saved["epoch"] + 1, saved["history"]
-            state.best_score, state.best_epoch = saved["best_score"], saved["best_epoch"]
+            resumed = self.checkpointer.resume(model, state.optimizer, state.scaler)
+            state.epoch, state.history = resumed.epoch, resumed.history
+            state.best_score, state.best_epoch = resumed.best_score, resumed.best_epoch
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(resolved_yaml(cfg))
-        fit(state, train_set, TrainView.collate, build_hooks(self, hooks))
+        self.folder.config.write_text(resolved_yaml(cfg))
+        fit(state, train_set, TrainView.collate, self.build_hooks(hooks))
         return self.status()
+
+    def build_hooks(self, hooks: Sequence[Hook] = ()) -> List[Hook]:
+        """The hooks of the loop in the order they run after every epoch: the built-in ones, then
+        ``hooks`` (the caller's)."""
+        built: List[Hook] = []
+        if self.cfg.data.val:
+            # First: it adds val.iou to the epoch's metrics and sets the epoch's selection score, which the
+            # hooks after it read (checkpointing chooses best.pt by the score and keeps the metrics in the
+            # history; the progress line, the MLflow logger and the pruner report val.iou).
+            built.append(Validation(self.validation_iou))
+        # Before every hook that may raise (a pruner, an interrupt, a logger whose store is down): the
+        # epoch is on disk, so a training stopped by a later hook resumes after this epoch.
+        built.append(Checkpointing(self.checkpointer, lambda s: self.write_status(
+            s.epoch + 1, s.best_epoch, s.best_score, s.model.backbone.weights_id, s.history)))
+        # After the save, so a printed epoch is never repeated by a rerun; before the caller's hooks, so an
+        # epoch that one of them stops is still printed.
+        built.append(ProgressLine())
+        # The caller's hooks last: they see the complete metrics, and an exception they raise (Pruning's
+        # TrialPruned) finds the epoch saved.
+        return [*built, *hooks]
+
+    def validation_iou(self, model: SegmentationModel, device: torch.device) -> float:
+        """The selection score of an epoch: IoU on the validation split, our protocol, no post-processing."""
+        return evaluate_model(model, self.cfg, self.cfg.data.val, device=device, with_structure=False,
+                              progress=False).results()["iou"]
 
     def model(self, device: Optional[torch.device] = None, which: str = "best") -> SegmentationModel:
         """The model of the best (or ``which="last"``) checkpoint, loaded once per Training and
         checkpoint (the backbone must resolve to the weights it trained on)."""
         if which not in self._models:
-            self._models[which] = load_trained(self.cfg, self.dir / f"{which}.pt")
+            self._models[which] = load_trained(self.cfg, self.folder.checkpoint(which))
         model = self._models[which]
         return model if device is None else model.to(device)
+
+
+def load_trained(cfg: Config, path: Path) -> SegmentationModel:
+    """The model of a checkpoint file (a folder's, or the copy an MLflow model holds); its backbone
+    must resolve to the weights it trained on."""
+    saved = checkpoint.trained_head(path)
+    return with_trained_head(build_model(cfg), saved["head"], saved["weights_id"], cfg, path)

@@ -8,7 +8,7 @@ and the foreground selection are ``predict_raw``'s. Post-processing tricks (GF, 
 the prediction size.
 
 Returns the streaming ``SaliencyEvaluator`` (``results()``, ``records()``), as
-``segtricks.evaluation.map_evaluation`` does for precomputed maps.
+``segtricks.evaluation.saliency_maps`` does for precomputed maps.
 """
 from __future__ import annotations
 
@@ -18,17 +18,17 @@ from typing import List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from segtricks.spec.config import Config, DatasetRef
+from segtricks.config.schema import Config, DatasetRef
 from segtricks.data.datasets import build_dataset
 from segtricks.data.loaders import data_loader
-from segtricks.evaluation.map_evaluation import check_foreground, check_post_tricks
+from segtricks.evaluation.saliency_maps import check_foreground, check_post_tricks
 from segtricks.evaluation.metrics import SaliencyEvaluator
 from segtricks.evaluation.protocols import Protocol, get_protocol, reference_boxes, reference_mask, reference_view
 from segtricks.models.model import SegmentationModel
 from segtricks.evaluation.prediction_cache import ArrayCache, NoCache, as_cached, key_cache, prediction_cache
 from segtricks.evaluation.predict import backbone_keys, predict_raw, resize_to
-from segtricks.engine.device import precision_of
-from segtricks.engine.threads import one_thread
+from segtricks.runtime.device import precision_of
+from segtricks.runtime.threads import one_thread
 from segtricks.method.tricks import postprocess
 from segtricks.data.views import EvalView
 
@@ -84,7 +84,7 @@ def evaluate_model(model: SegmentationModel, cfg: Config, ref: DatasetRef, trick
                 inputs = batch.images.to(device)
             raw_masks = raw_masks_of(model, inputs, batch.ids, protocol, cache, keys)
             seen += batch.ids
-            with one_thread():  # small ops per image (segtricks.engine.threads)
+            with one_thread():  # small ops per image (segtricks.runtime.threads)
                 # one device-to-host copy per batch: metrics run on the CPU, and each mask is resized
                 # to its original size only when scored (a batch of large originals is never held)
                 soft = postprocess(raw_masks.to(device), inputs, tricks, cfg).cpu()

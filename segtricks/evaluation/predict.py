@@ -13,8 +13,8 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from segtricks.engine.device import Precision, precision_of
-from segtricks.spec.config import Config
+from segtricks.runtime.device import Precision, precision_of
+from segtricks.config.schema import Config
 from segtricks.evaluation.protocols import Protocol, get_protocol
 from segtricks.models.model import SegmentationModel
 from segtricks.method.tricks import postprocess

@@ -37,8 +37,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from segtricks.evaluation.cache_files import (SUFFIXES, cache_file, caches_of_stem, dataset_stem, keys_stem,
+                                              masks_stem)
 from segtricks.files import remove_dead_temps, temp_path, write_atomic
-from segtricks.spec.config import DatasetRef, canonical_sha256
+from segtricks.config.schema import DatasetRef, canonical_sha256
 from segtricks.data.datasets import RawDataset
 from segtricks.models.model import SegmentationModel
 
@@ -98,7 +100,7 @@ class ArrayCache:
                  row_shape: Tuple[int, ...], about: Optional[Dict[str, Any]] = None) -> None:
         self.folder, self.stem, self.ids, self.row_shape = Path(folder), stem, ids, row_shape
         self.about = about or {}
-        self.path = self.folder / f"{stem}-{canonical_sha256({**key, 'ids': ids})[:16]}.npy"
+        self.path = cache_file(self.folder, stem, canonical_sha256({**key, 'ids': ids}))
         self.row = {image_id: i for i, image_id in enumerate(ids)}
         self.row_bytes = 2 * math.prod(row_shape)  # float16
         self._stored: Optional[RowFile] = None
@@ -127,7 +129,7 @@ class ArrayCache:
             return
         if self._new is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            remove_dead_temps(self.folder, (".npy", ".json"))  # what writers killed here left behind
+            remove_dead_temps(self.folder, SUFFIXES)  # what writers killed here left behind
             self._tmp = temp_path(self.path)
             self._new = RowFile.create(self._tmp, (len(self.ids), *self.row_shape))
         known = [k for k, i in enumerate(ids) if i in self.row]  # a dataset whose item_id() differs
@@ -155,7 +157,7 @@ class ArrayCache:
         if not complete:
             self._tmp.unlink(missing_ok=True)
             return
-        for old in self.folder.glob(f"{self.stem}-*"):  # an older model's or dataset's rows: stale
+        for old in caches_of_stem(self.folder, self.stem):  # an older model's or dataset's rows: stale
             old.unlink(missing_ok=True)
         # the rows were written in place through pwrite (RowFile), so the .npy is renamed by hand
         os.replace(self._tmp, self.path)
@@ -186,7 +188,7 @@ def _dataset_key(ref: DatasetRef, raw: RawDataset, size: int, protocol: str) -> 
     """(file name stem, hashed key, ids) of a dataset's rows; ``protocol`` is the protocol's name, as
     the caches made before ``Protocol`` existed carry it."""
     ids = [raw.item_id(i) for i in range(len(raw))]
-    stem = f"{ref.name}-{ref.split}-{ref.limit or 'all'}-{size}-{protocol}"  # segtricks.cache parses it
+    stem = dataset_stem(ref.name, ref.split, ref.limit, size, protocol)
     return stem, {"size": size, "protocol": protocol, "dataset": [ref.name, ref.root, ref.split, ref.limit]}, ids
 
 
@@ -200,11 +202,11 @@ def _about(kind: str, model: SegmentationModel, ref: DatasetRef, size: int, prot
 def prediction_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawDataset, size: int,
                      protocol: str, precision: str) -> ArrayCache:
     """Raw masks (1, size, size) of ``model``, predicted on float16-rounded keys under ``precision``
-    (``segtricks.engine.device.Precision.name``: a cache made on a GPU in bf16 is not one made on the CPU)."""
+    (``segtricks.runtime.device.Precision.name``: a cache made on a GPU in bf16 is not one made on the CPU)."""
     stem, key, ids = _dataset_key(ref, raw, size, protocol)
     about = {**_about("masks", model, ref, size, protocol), "precision": precision,
              "training": str(Path(folder).resolve().parent)}  # <root>/trainings/<training hash[:16]>
-    return ArrayCache(folder, f"k16-{stem}", {**key, "model": model_digest(model), "float16_keys": True,
+    return ArrayCache(folder, masks_stem(stem), {**key, "model": model_digest(model), "float16_keys": True,
                                               "precision": precision}, ids, (1, size, size), about)
 
 
@@ -215,7 +217,7 @@ def key_cache(folder: Path, model: SegmentationModel, ref: DatasetRef, raw: RawD
     stem, key, ids = _dataset_key(ref, raw, size, protocol)
     backbone = model.backbone
     side = size // backbone.patch_size
-    return ArrayCache(folder, f"{backbone.name}-{stem}",
+    return ArrayCache(folder, keys_stem(backbone.name, stem),
                       {**key, "backbone": backbone.name, "weights": backbone.weights_id,
                        "features": backbone.features, "precision": precision}, ids,
                       (backbone.embed_dim, side, side), {**_about("keys", model, ref, size, protocol),

@@ -3,7 +3,7 @@
 A config names the protocols its cells are scored under (``eval_protocols: [ours, reference]``); each
 adds its own metrics to the run (``Protocol.dataset_key``). The evaluation code reads what to do from
 the protocol's fields, never from its name. Torch-free: configs are validated against this registry
-before torch is imported (``segtricks.spec.registry.registered_names``).
+before torch is imported (``segtricks.registry.registered_names``).
 
 - ``ours`` (SPEC §7): predictions at the configured size, each soft mask resized to its ground truth's
   original size; BatchNorm with its running statistics; foreground chosen per image.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
-from segtricks.spec.registry import Registry
+from segtricks.registry import Registry
 
 if TYPE_CHECKING:
     import torch

@@ -26,7 +26,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types.schema import ParamSchema, ParamSpec
 
-from segtricks.spec.config import load_config
+from segtricks.config.schema import load_config
 from segtricks.tracking.tags import NOTE
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class SegmentationPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from segtricks.inference.predictor import Predictor
-        from segtricks.models.model import load_trained
+        from segtricks.engine.training import load_trained
 
         cfg = load_config(context.artifacts["config"])
         self.predictor = Predictor(load_trained(cfg, Path(context.artifacts["checkpoint"])), cfg)
@@ -96,6 +96,6 @@ def log_trained_model(run: RunLog, training: Training) -> str:
         warnings.filterwarnings("ignore", ".*An input example was not provided", UserWarning)  # colour codes first
         Model.log(None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run.id, model_id=model.model_id,
                   python_model=str(PYFUNC_CODE), signature=SIGNATURE, pip_requirements=requirements,
-                  artifacts={"checkpoint": str(training.best_path), "config": str(training.dir / "config.yaml")},
+                  artifacts={"checkpoint": str(training.folder.best), "config": str(training.folder.config)},
                   metadata=metadata, step=max(status.best_epoch, 0))  # the model page shows the best epoch's metrics
     return model.model_id

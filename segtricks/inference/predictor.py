@@ -22,13 +22,13 @@ from PIL import Image
 from segtricks.data.datasets import DatasetError, RawDataset, Sample, Skipped, open_image
 from segtricks.data.loaders import data_loader
 from segtricks.data.views import EvalView
-from segtricks.engine.device import resolve_device
-from segtricks.engine.threads import one_thread
+from segtricks.runtime.device import resolve_device
+from segtricks.runtime.threads import one_thread
 from segtricks.engine.training import Training
 from segtricks.evaluation.predict import predict_raw, resize_to
 from segtricks.method.tricks import postprocess
 from segtricks.models.model import SegmentationModel
-from segtricks.spec.config import Config
+from segtricks.config.schema import Config
 
 
 @dataclass

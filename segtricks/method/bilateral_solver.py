@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from scipy.sparse import csr_array
 
-from segtricks.engine.threads import one_thread
+from segtricks.runtime.threads import one_thread
 
 # ITU-R BT.601 RGB → YUV on [0, 255], chroma offset to be non-negative (as in the reference code).
 _RGB_TO_YUV = np.array([[0.299, 0.587, 0.114],

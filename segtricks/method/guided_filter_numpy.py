@@ -1,7 +1,7 @@
 """He et al.'s guided filter on numpy planes with OpenCV box sums, SPEC §5; imports no torch.
 
 The CPU path of ``segtricks.method.guided_filter`` (which documents the filter) and the one that scoring
-saliency maps uses (``segtricks.evaluation.map_evaluation``): each image is filtered with OpenCV's box filter
+saliency maps uses (``segtricks.evaluation.saliency_maps``): each image is filtered with OpenCV's box filter
 (``cv2.boxFilter`` unnormalised with zero borders = the truncated window sum) and in-place float32
 numpy arithmetic on reused planes, which stay in cache.
 """

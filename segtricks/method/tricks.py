@@ -20,7 +20,7 @@ import torch
 from segtricks.method.bilateral_solver import bilateral_solver_filter
 from segtricks.method.crop_consistency import crop_consistency_terms, sample_crop_boxes
 from segtricks.method.guided_filter import guided_filter
-from segtricks.spec.registry import Registry
+from segtricks.registry import Registry
 
 TRICKS = Registry(
     "trick",

@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from segtricks.errors import BadInput, SegtricksWarning
-from segtricks.spec.registry import Registry
+from segtricks.registry import Registry
 
 BACKBONES = Registry(
     "backbone",
     contract="fn(weights: str | None) -> KeyBackbone; weights is a file path, 'random-init', or None "
-    "(resolve the official release)",
+    "(resolve the official release). Registered with its architecture (patch, dim: the keys' width, depth: "
+    "blocks) as literal attributes, readable without building it (tests check them against the built one)",
 )
 
 RANDOM_INIT = "random-init"
@@ -297,25 +298,25 @@ def _build(timm_name: str, name: str, weights: Optional[str], rms: Optional[floa
     return KeyBackbone(vit, name, f"sha256:{sha256_of(path)}", rms)
 
 
-@BACKBONES.register()
+@BACKBONES.register(patch=8, dim=384, depth=12)
 def dino_vits8(weights: Optional[str] = None) -> KeyBackbone:
     """DINO ViT-S/8 (384-d, 12 blocks, 6 heads); official file ``dino_deitsmall8_pretrain.pth``."""
     return _build("vit_small_patch8_224", "dino_vits8", weights)
 
 
-@BACKBONES.register()
+@BACKBONES.register(patch=16, dim=384, depth=12)
 def dino_vits16(weights: Optional[str] = None) -> KeyBackbone:
     """DINO ViT-S/16; official file ``dino_deitsmall16_pretrain.pth``."""
     return _build("vit_small_patch16_224", "dino_vits16", weights)
 
 
-@BACKBONES.register()
+@BACKBONES.register(patch=16, dim=384, depth=12)
 def ibot_vits16(weights: Optional[str] = None) -> KeyBackbone:
     """iBOT ViT-S/16; official ``checkpoint_teacher.pth`` (weights under ``state_dict``)."""
     return _build("vit_small_patch16_224", "ibot_vits16", weights)
 
 
-@BACKBONES.register()
+@BACKBONES.register(patch=4, dim=96, depth=2)
 def demo_vit4(weights: Optional[str] = None) -> KeyBackbone:
     """A 2-block, 96-wide ViT/4 for tests and the CPU demo; random-init unless given a file.
 

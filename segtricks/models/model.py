@@ -7,12 +7,11 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from segtricks.engine import checkpoint
 from segtricks.errors import BadInput
 from segtricks.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_OR_RANDOM, RANDOM_INIT, KeyBackbone,
                                        build_backbone, find_weights)
 from segtricks.models.head import SempartHead
-from segtricks.spec.config import Config, ConfigError
+from segtricks.config.schema import Config, ConfigError
 
 
 class OtherWeightsError(BadInput, ValueError):
@@ -68,14 +67,14 @@ def expected_weights(cfg: Config, weights_id: str) -> str:
             f"torch.hub cache, or pass its path as backbone.weights")
 
 
-def load_trained(cfg: Config, checkpoint_path: Path) -> SegmentationModel:
-    """The model of a training checkpoint; its backbone must resolve to the weights it trained on."""
-    model = build_model(cfg)
-    state = checkpoint.load(checkpoint_path)
-    if state["weights_id"] != model.backbone.weights_id:
+def with_trained_head(model: SegmentationModel, head: Dict[str, torch.Tensor], weights_id: str, cfg: Config,
+                      source: Path) -> SegmentationModel:
+    """``model`` (built from ``cfg``) with a trained head's state; the head must have been trained on
+    the backbone weights this model resolved (``source``: the checkpoint, named in the error)."""
+    if weights_id != model.backbone.weights_id:
         loaded = find_weights(cfg.backbone.name, cfg.backbone.weights, download=False) or "no weights file"
-        raise OtherWeightsError(f"{checkpoint_path} was trained on backbone weights {state['weights_id']}, but "
+        raise OtherWeightsError(f"{source} was trained on backbone weights {weights_id}, but "
                                 f"{cfg.backbone.name} resolves to {model.backbone.weights_id} here ({loaded}); "
-                                f"{expected_weights(cfg, state['weights_id'])}")
-    model.head.load_state_dict(state["head"])
+                                f"{expected_weights(cfg, weights_id)}")
+    model.head.load_state_dict(head)
     return model

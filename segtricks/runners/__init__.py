@@ -1,1 +1,2 @@
-"""Running many cells: planning against the store, the grid and study runners, the local and Slurm launchers, preflight checks and cost estimates."""
+"""Running many cells: planning against the store, the grid and study runners and their tasks, the
+checks before a launch, the cost estimates and a study's plots."""

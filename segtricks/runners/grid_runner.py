@@ -6,7 +6,7 @@ worker is resumed (training continues from its last checkpoint); a cell that rai
 with its traceback as an artifact and the grid goes on. Cells that differ only in post-processing
 share one ``Training`` (``<output-root>/trainings/<training hash>``); the run that trains it is tagged
 ``role=train`` and the others ``model_from_run=<its run id>``. Every launcher runs this loop: in this
-process, in local worker processes, or in Slurm array tasks (``segtricks.runners.launch``); workers
+process, in local worker processes, or in Slurm array tasks (``segtricks.launchers.launch``); workers
 running it at once claim cells through the store. With seeds, each replica of a cell is a run of its
 own, named as the cell and tagged with its seed; this loop knows replicas by ``Cell.id``.
 """
@@ -19,17 +19,17 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from segtricks.engine.device import precision_of, resolve_device
+from segtricks.runtime.device import precision_of, resolve_device
 from segtricks.engine.hooks import EpochLogger
 from segtricks.engine.training import State
-from segtricks.evaluation.map_evaluation import evaluate_maps
+from segtricks.evaluation.saliency_maps import evaluate_maps
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.evaluation.protocols import get_protocol
 from segtricks.files import NoSpaceError
 from segtricks.inference.mlflow_model import log_trained_model, logged_model_id
 from segtricks.method.tricks import post_trick_names
 from segtricks.runners.plan import Action, Step, plan, summary_row
-from segtricks.spec.grid import Cell, Grid
+from segtricks.config.grid import Cell, Grid
 from segtricks.tracking import artifacts, tags
 from segtricks.tracking.dataset_inputs import cell_inputs
 from segtricks.tracking.description import cell_description
@@ -50,8 +50,8 @@ def cell_tags(grid: Grid, cell: Cell) -> Dict[str, str]:
 def current_trainer(store: Store, run: RunLog, cell: Cell) -> Optional[str]:
     """The run that carries ``cell``'s training (tagged ``role=train``), newest first, or None: not
     superseded, and of another cell, since this cell's own earlier runs are what this run replaces."""
-    found = [r for r in store.runs(run.experiment_id(), f"tags.{tags.TRAINING_HASH} = '{cell.training_hash}'"
-                                   f" and tags.{tags.ROLE} = '{tags.ROLE_TRAIN}'")
+    found = [r for r in store.runs(run.experiment_id(), {tags.TRAINING_HASH: cell.training_hash,
+                                                        tags.ROLE: tags.ROLE_TRAIN})
              if r.info.run_id != run.id and tags.SUPERSEDED_BY not in r.data.tags
              and r.data.tags.get(tags.CONFIG_HASH) != cell.config_hash and r.info.status in ("RUNNING", "FINISHED")]
     return found[-1].info.run_id if found else None
@@ -96,7 +96,7 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
             keep = SAMPLES if protocol.keeps_samples else 0
             if cell.trains:
                 ev = evaluate_model(model, cfg, ref, post, device, keep_samples=keep, protocol=protocol,
-                                    cache_dir=cell.training.dir / "predictions", keys_dir=cell.training.keys_dir)
+                                    cache_dir=cell.training.folder.predictions, keys_dir=cell.training.folder.keys)
             else:
                 ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=keep, protocol=protocol)
             by_dataset[ref.name].update({f"{key}.{k}": v for k, v in ev.results().items()})

@@ -2,8 +2,8 @@
 
 Planning only: nothing here starts a run. ``plan`` gives every cell an ``Action`` from its runs (found
 by config hash), and each worker plans again after every cell it runs, since other workers change what
-is left. ``prepare`` is what every launcher (``segtricks.runners.launch``) does first, once: the store
-and the grid's experiment, the plan, and the checks that refuse a grid before any run exists.
+is left. What every launcher does first, once (the store, the plan and the checks that refuse a grid
+before any run exists) is ``segtricks.runners.preflight.prepare``.
 
 Cells that differ only in post-processing share one training and form a *training group*
 (``group_key``): its cell without post-processing trains first, the others evaluate its model. A
@@ -22,11 +22,11 @@ from pathlib import Path
 from enum import Enum
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
-from segtricks.engine.training import State
+from segtricks.engine.training import State, Training
 from segtricks.method.tricks import post_trick_names
-from segtricks.runners import preflight
-from segtricks.spec.grid import Cell, Grid
-from segtricks.spec.vocabulary import SUMMARY_METRICS
+from segtricks.config.grid import Cell, Grid, read_grid
+from segtricks.config.schema import config_hash
+from segtricks.config.vocabulary import SUMMARY_METRICS
 from segtricks.tracking import claims, tags
 from segtricks.tracking.store import Store
 from segtricks.tracking.uri import runs_page, tracking_uri
@@ -52,6 +52,24 @@ class Step:
     # runs a dead worker left RUNNING on a cell that is done meanwhile (a killed --force rerun): nobody
     # resumes them, so the worker that plans the cell closes them KILLED
     abandoned: List[str] = field(default_factory=list)
+
+
+def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs",
+              seeds: Optional[Sequence[int]] = None) -> Grid:
+    """``read_grid``, then each cell's (or replica's) ``Training`` (cells differing only in
+    post-processing share one)."""
+    # The flags apply as given: the command line has refused those overriding an axis (read_grid) unless
+    # --force-set, and a Slurm task rereads the grid with the flags it was submitted with.
+    grid_file = read_grid(name_or_path, flags, force_set=True, seeds=seeds)
+    cells, trainings = [], {}
+    for name, seed, cfg in grid_file.replicas:
+        training = None
+        if cfg.maps is None:  # trainings live by training hash: cells differing only in post-processing share one
+            training = Training.in_root(cfg, output_root)
+            training = trainings.setdefault(training.hash, training)
+            cfg.output_dir = str(training.dir)
+        cells.append(Cell(name, cfg, config_hash(cfg), training, seed))
+    return Grid(grid_file.name, grid_file.path, cells, grid_file.description, grid_file.table, grid_file.seeds)
 
 
 def group_key(cell: Cell) -> str:
@@ -122,16 +140,9 @@ def training_groups(steps: List[Step]) -> List[List[str]]:
             if any(s.action is not Action.SKIP for s in group)]
 
 
-def missing_by_cell(steps: List[Step], check: preflight.Preflight) -> Dict[str, List[preflight.Missing]]:
-    """What each cell that will run needs and this machine lacks (``segtricks.runners.preflight``)."""
-    return {s.cell.id: check.missing(s.cell.cfg, trains=s.cell.trains and
-                                     s.cell.training.status().state is not State.COMPLETE)
-            for s in steps if s.action is not Action.SKIP}
-
-
-def actions(steps: List[Step]) -> Dict[str, str]:
-    """Cell id → its action's value: what the estimate and the disk check price."""
-    return {s.cell.id: s.action.value for s in steps}
+def actions(steps: List[Step]) -> Dict[str, Action]:
+    """Cell id → its action: what the estimate and the disk check price."""
+    return {s.cell.id: s.action for s in steps}
 
 
 T = TypeVar("T")
@@ -152,63 +163,6 @@ def counted(grid: Grid, runs: int) -> str:
     if not grid.seeds:
         return f"{runs} cells"
     return f"{runs} runs ({len({c.name for c in grid.cells})} cells × {len(grid.seeds)} seeds)"
-
-
-def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[preflight.Missing]],
-               downloads: Dict[str, str]) -> None:
-    """``--dry-run``'s table: each cell's hashes, training state and action, and what it would miss;
-    with seeds, a line per seed under the cell's name."""
-    trainings = {s.cell.training_hash for s in steps if s.cell.trains}
-    print(f"grid {grid.name} ({grid.path}): {counted(grid, len(steps))}, {len(trainings)} trainings")
-    width = max(len(s.cell.name) for s in steps)
-    seed_width = max(len(str(seed)) for seed in grid.seeds) if grid.seeds else 0
-    for group in grouped(steps, lambda s: s.cell.name):
-        for i, s in enumerate(group):
-            name = "" if i else s.cell.name
-            seed = f"  seed {s.cell.seed:<{seed_width}}" if grid.seeds else ""
-            training = f"train {s.cell.training_hash[:12]} ({s.cell.training.status()})" if s.cell.trains else "maps"
-            fails = ", ".join(m.what for m in missing.get(s.cell.id, []))
-            print(f"  {name:<{width}}{seed}  {s.cell.config_hash[:12]}  {training:<40}  {s.action.value:<14} {s.reason}"
-                  + (f"  will fail: missing {fails}" if fails else ""))
-    if any(missing.values()):
-        print(preflight.report(missing).replace("; nothing was run:", ":"))
-    for what, where in downloads.items():
-        print(f"  {what}: not on this machine; the run downloads it from {where}")
-
-
-# --- before a launch -------------------------------------------------------------------------------
-
-@dataclass
-class Prepared:
-    """A grid ready to launch: its store and experiment exist, every cell has its step, and what the
-    cells to run need is on this machine."""
-
-    grid: Grid
-    uri: str
-    store: Store
-    exp_id: str
-    steps: List[Step]
-    since_ms: Optional[int]  # with --force, when this invocation began: runs finished before it are history
-
-
-def prepare(grid: Grid, uri: str, force: bool, rerun_failed: bool, output_root: str) -> Prepared:
-    """Open the store and create the grid's experiment (before any worker or task starts, so that they
-    do not race to create it), plan, refuse what is missing (``preflight``, exit 2) and warn when the
-    evaluation caches will not fit on the disk."""
-    store = Store(uri)
-    exp_id = store.experiment(grid.name, grid.description)
-    since_ms = int(time.time() * 1000) if force else None
-    steps = plan(grid, store.runs_by_hash(exp_id), force, rerun_failed, since_ms)
-    preflight.refuse_missing(missing_by_cell(steps, preflight.Preflight()))
-    warn_disk(steps, Path(output_root))
-    return Prepared(grid, uri, store, exp_id, steps, since_ms)
-
-
-def warn_disk(steps: List[Step], root: Path) -> None:
-    """Say before the grid starts when its evaluation caches will not fit (``preflight.disk_warning``)."""
-    line = preflight.disk_warning([s.cell for s in steps], actions(steps), root)
-    if line:
-        print(line, file=sys.stderr)
 
 
 # --- the summary ------------------------------------------------------------------------------------

@@ -10,17 +10,24 @@ turned off).
 """
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from segtricks import errors
-from segtricks.files import check_writable_folder
+from segtricks.config.grid import Grid
+from segtricks.config.schema import Config, DatasetRef
 from segtricks.data.datasets import DatasetError, build_dataset
-from segtricks.engine.device import resolve_device
+from segtricks.engine.training import State
+from segtricks.estimate.cache_plan import disk_needed
+from segtricks.estimate.report import human_bytes
+from segtricks.files import check_writable_folder, free_bytes
 from segtricks.models.backbones import RELEASES, WeightsNotFoundError, find_weights
-from segtricks.runners.estimate import disk_needed, free_bytes, human_bytes
-from segtricks.spec.config import Config, DatasetRef
+from segtricks.runners.plan import Action, Step, actions, plan
+from segtricks.runtime.device import resolve_device
+from segtricks.tracking.store import Store
 
 
 def check_devices(flag: str, configs: Sequence[Config]) -> None:
@@ -129,3 +136,43 @@ def disk_warning(cells: Sequence, actions: Dict[str, str], root: Path) -> Option
     return (f"warning: the grid's evaluation caches need about {human_bytes(needed)} and {human_bytes(free)} "
             f"is free at {root}; free space, choose another --output-root, or turn caching off "
             f"(--set cache.keys=false --set cache.masks=false: slower, the same numbers)")
+
+
+def missing_by_cell(steps: List[Step], check: Preflight) -> Dict[str, List[Missing]]:
+    """What each cell that will run needs and this machine lacks."""
+    return {s.cell.id: check.missing(s.cell.cfg, trains=s.cell.trains and
+                                     s.cell.training.status().state is not State.COMPLETE)
+            for s in steps if s.action is not Action.SKIP}
+
+
+@dataclass
+class Prepared:
+    """A grid ready to launch: its store and experiment exist, every cell has its step, and what the
+    cells to run need is on this machine."""
+
+    grid: Grid
+    uri: str
+    store: Store
+    exp_id: str
+    steps: List[Step]
+    since_ms: Optional[int]  # with --force, when this invocation began: runs finished before it are history
+
+
+def prepare(grid: Grid, uri: str, force: bool, rerun_failed: bool, output_root: str) -> Prepared:
+    """Open the store and create the grid's experiment (before any worker or task starts, so that they
+    do not race to create it), plan, refuse what is missing (``preflight``, exit 2) and warn when the
+    evaluation caches will not fit on the disk."""
+    store = Store(uri)
+    exp_id = store.experiment(grid.name, grid.description)
+    since_ms = int(time.time() * 1000) if force else None
+    steps = plan(grid, store.runs_by_hash(exp_id), force, rerun_failed, since_ms)
+    refuse_missing(missing_by_cell(steps, Preflight()))
+    warn_disk(steps, Path(output_root))
+    return Prepared(grid, uri, store, exp_id, steps, since_ms)
+
+
+def warn_disk(steps: List[Step], root: Path) -> None:
+    """Say before the grid starts when its evaluation caches will not fit (``preflight.disk_warning``)."""
+    line = disk_warning([s.cell for s in steps], actions(steps), root)
+    if line:
+        print(line, file=sys.stderr)

@@ -1,6 +1,6 @@
 """Running an Optuna study: each trial a training (shared by training hash with the ablation runner)
 and an MLflow run nested under the study's parent run. ``segtricks.tune`` is its command line
-(``segtricks.runners.launch.launch_study``); Slurm workers run the same ``tune`` loop
+(``segtricks.launchers.launch.launch_study``); Slurm workers run the same ``tune`` loop
 (``segtricks.runners.tasks.StudyTask``).
 
 Trials of a killed worker stop heart-beating and are failed and retried once. Each trial reports its
@@ -23,18 +23,20 @@ import yaml
 from optuna.trial import TrialState
 
 from segtricks import errors
-from segtricks.engine.device import resolve_device
+from segtricks.runtime.device import resolve_device
 from segtricks.engine.hooks import EpochLogger, Pruning
 from segtricks.engine.training import Training
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.files import file_lock
 from segtricks.method.tricks import post_trick_names
-from segtricks.runners import estimate
+from segtricks.estimate.cost import estimate_grid
+from segtricks.estimate.report import format_estimate, human_s
+from segtricks.files import free_bytes
 from segtricks.runners.study_plots import write_study_plots
-from segtricks.spec.config import config_hash, hashed_fields
-from segtricks.spec.grid import Cell
-from segtricks.spec.study import StudySpec
-from segtricks.spec.vocabulary import needs_structure
+from segtricks.config.schema import config_hash, hashed_fields
+from segtricks.config.grid import Cell
+from segtricks.config.study import StudySpec
+from segtricks.config.vocabulary import needs_structure
 from segtricks.tracking import tags
 from segtricks.tracking.store import RunLog, Store, flatten
 from segtricks.tracking.uri import runs_page, sqlite_path, tracking_uri
@@ -133,7 +135,7 @@ def check_base_config(study: optuna.Study, spec: StudySpec) -> None:
 
 def mlflow_parent(store: Store, spec: StudySpec) -> RunLog:
     exp_id = store.experiment(f"study-{spec.name}", f"Optuna study {spec.name} ({spec.path})")
-    found = store.runs(exp_id, f"tags.{tags.STUDY} = '{spec.name}' and tags.{tags.ROLE} = '{tags.ROLE_STUDY}'")
+    found = store.runs(exp_id, {tags.STUDY: spec.name, tags.ROLE: tags.ROLE_STUDY})
     if found:
         parent = store.run(found[0].info.run_id)
         parent.reopen()  # terminated by the previous invocation
@@ -163,8 +165,8 @@ def objective_fn(spec: StudySpec, store: Store, parent: RunLog, output_root: str
             dev = resolve_device(device)
             ev = evaluate_model(training.model(dev), cfg, spec.objective_ref, post_trick_names(cfg.tricks), dev,
                                 with_structure=needs_structure([spec.metric]),
-                                progress=False, cache_dir=training.dir / "predictions",
-                                keys_dir=training.keys_dir)
+                                progress=False, cache_dir=training.folder.predictions,
+                                keys_dir=training.folder.keys)
             value = ev.results()[spec.metric]
         except KeyboardInterrupt:  # Optuna fails the trial; its run is stopped, not failed
             run.set_tags({tags.OPTUNA_STATE: "FAIL"})
@@ -285,11 +287,11 @@ def estimate_study(spec: StudySpec, args: argparse.Namespace) -> str:
     training = Training.in_root(cfg, args.output_root)
     trial = Cell("one trial", training.cfg, config_hash(training.cfg), training)
     store_file = sqlite_path(tracking_uri(args.tracking_uri))
-    est = estimate.estimate_grid([trial], {}, resolve_device(args.device), args.estimate_steps,
-                                 store_exists=store_file is None or store_file.is_file())
+    est = estimate_grid([trial], {}, resolve_device(args.device), args.estimate_steps,
+                        store_exists=store_file is None or store_file.is_file(), remeasure=args.remeasure)
     n = args.n_trials or spec.n_trials
     one = est.cells[0].total_s
-    return (estimate.format_estimate(est, estimate.free_bytes(Path(args.output_root)))
-            + f"\n  study {spec.name}: up to {n} trials × {estimate.human_s(one)} + start-up "
-              f"{estimate.human_s(est.startup_s)} ≈ {estimate.human_s(est.startup_s + n * one)} (at most: pruned "
+    return (format_estimate(est, free_bytes(Path(args.output_root)))
+            + f"\n  study {spec.name}: up to {n} trials × {human_s(one)} + start-up "
+              f"{human_s(est.startup_s)} ≈ {human_s(est.startup_s + n * one)} (at most: pruned "
               f"trials stop early, and trials that change only post-processing share a training)")

@@ -1,7 +1,7 @@
 """A worker's work as a picklable job and the task that runs it: the same objects wherever they run.
 
 ``launch`` runs a ``GroupTask`` in this process, in ``--workers N`` local processes
-(``segtricks.runners.local``) or as Slurm array tasks (``segtricks.runners.slurm_submit``), and a study's
+(``segtricks.launchers.local``) or as Slurm array tasks (``segtricks.launchers.slurm_submit``), and a study's
 Slurm workers run ``StudyTask``. A task rereads the grid or study from its file with the flags it was
 given (a job carries names and paths, never a loaded grid), so that a fresh interpreter on any node
 builds the same cells and config hashes.
@@ -22,8 +22,8 @@ from optuna.trial import TrialState
 
 from segtricks.runners.grid_runner import run_grid
 from segtricks.runners.study_runner import tune
-from segtricks.spec.grid import load_grid
-from segtricks.spec.study import load_study
+from segtricks.runners.plan import load_grid
+from segtricks.config.study import load_study
 
 
 @dataclass

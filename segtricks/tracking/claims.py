@@ -13,9 +13,8 @@ import re
 import socket
 import threading
 import time
-from typing import Dict
+from typing import Dict, Optional
 
-from segtricks.runners.slurm import slurm_job
 from segtricks.tracking import tags
 
 # A claim is refreshed every HEARTBEAT_S and expires STALE_AFTER_S after the last refresh.
@@ -27,6 +26,15 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 def takeover_tag() -> str:
     """This worker's tag on a run it takes over (MLflow tag keys take no ``:``)."""
     return tags.TAKEOVER + re.sub(r"[^\w.-]", "_", WORKER)
+
+
+def slurm_job() -> Optional[str]:
+    """This process's Slurm job (``<array job>_<task>`` for array tasks), None outside Slurm. Stable
+    across requeues: a requeued task has the same id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
 
 
 def worker_tags() -> Dict[str, str]:

@@ -19,7 +19,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from segtricks.data.datasets import DATASETS, build_dataset, digest
-from segtricks.spec.config import Config, DatasetRef
+from segtricks.config.schema import Config, DatasetRef
 
 TRAINING, VALIDATION, EVALUATION = "training", "validation", "evaluation"
 GENERATED = "segtricks.data.synthetic"  # the source of a dataset that has no files

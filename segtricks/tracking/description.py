@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from segtricks.evaluation.protocols import get_protocol
-from segtricks.spec.grid import Cell
-from segtricks.spec.vocabulary import METRICS, SUMMARY_METRICS
+from segtricks.config.grid import Cell
+from segtricks.config.vocabulary import METRICS, SUMMARY_METRICS
 
 
 def metric_text(name: str, value: Optional[float]) -> str:

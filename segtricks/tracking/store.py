@@ -12,6 +12,7 @@ the reference's, ``objective.<metric>`` for a study trial. Names with ``/`` are 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -25,17 +26,27 @@ from mlflow.entities import Dataset, DatasetInput, LoggedModelInput, Metric, Par
 from mlflow.tracking import MlflowClient
 
 from segtricks import errors
-from segtricks.spec.config import Config, resolved_yaml, to_dict
+from segtricks.config.schema import Config, resolved_yaml, to_dict
 from segtricks.tracking import claims
 from segtricks.tracking.connect import open_client
 from segtricks.tracking.environment import environment
-from segtricks.tracking.tags import (CELL, CLAIMED_AT, CONFIG_HASH, EXPERIMENT_KIND, HEARTBEAT, NOTE, PARENT_RUN,
-                                    SUPERSEDED_BY, TAKEOVER)
+from segtricks.tracking.tags import (CELL, CLAIMED_AT, CONFIG_HASH, EXPERIMENT_KIND, GRID, HEARTBEAT, NOTE,
+                                    PARENT_RUN, STUDY, SUPERSEDED_BY, TAKEOVER, TRAINING_HASH)
 from segtricks.tracking.uri import tracking_uri
 
 # Reading a run's small artifacts (records, samples) drew one "Downloading artifacts" bar per file, in
 # make_tables dozens: noise a user cannot act on. Set the variable to true to see them again.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def run_filter(tags: Optional[Dict[str, str]] = None, status: Optional[str] = None) -> str:
+    """MLflow's search filter for runs with these tag values (keys quoted: ours have dots) and status."""
+    def quoted(value: str) -> str:  # MLflow's grammar has no escapes: a value with ' goes in "
+        return f"'{value}'" if "'" not in str(value) else f'"{value}"'
+
+    terms = [f"tags.`{k}` = {quoted(v)}" for k, v in (tags or {}).items()]
+    terms += [f"attributes.status = {quoted(status)}"] if status else []
+    return " and ".join(terms)
 
 
 def flatten(d: Dict, prefix: str = "") -> Dict[str, str]:
@@ -180,9 +191,11 @@ class Store:
         except mlflow.exceptions.MlflowException:  # created by a concurrent worker just now
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def runs(self, exp_id: str, where: str = "") -> list:
-        """Runs of an experiment matching an MLflow filter (``tags.x = 'y'``), oldest first."""
-        return self.client.search_runs([exp_id], where, max_results=50_000, order_by=["attributes.start_time ASC"])
+    def runs(self, exp_id: str, tags: Optional[Dict[str, str]] = None, status: Optional[str] = None) -> list:
+        """Runs of an experiment whose tags have the given values (and ``status``, e.g. FINISHED), oldest
+        first. The store writes the MLflow filter: no other module spells one."""
+        return self.client.search_runs([exp_id], run_filter(tags, status), max_results=50_000,
+                                       order_by=["attributes.start_time ASC"])
 
     def runs_by_hash(self, exp_id: str) -> Dict[str, list]:
         """Every cell run of the experiment grouped by its ``config_hash`` tag, oldest first."""
@@ -245,7 +258,7 @@ class Store:
         run.set_tags({CLAIMED_AT: repr(mine[0])})
         deadline = mine[0] + claims.STALE_AFTER_S
         while True:
-            rivals = [r for r in self.runs(exp_id, f"tags.{CONFIG_HASH} = '{tags[CONFIG_HASH]}'")
+            rivals = [r for r in self.runs(exp_id, {CONFIG_HASH: tags[CONFIG_HASH]})
                       if r.info.run_id != run.id and (r.info.status == "RUNNING" or r.info.status == "FINISHED"
                                                       and (since_ms is None or r.info.start_time >= since_ms))]
             if time.time() > deadline or not any(r.info.status == "RUNNING" and CLAIMED_AT not in r.data.tags
@@ -295,9 +308,22 @@ class Store:
     def supersede(self, exp_id: str, run: RunLog, config_hash: str) -> None:
         """Tag the cell's other FINISHED runs ``superseded_by=<run>``: they stay as history, and
         ``run`` is the cell's current result (tables skip superseded runs)."""
-        for old in self.runs(exp_id, f"tags.{CONFIG_HASH} = '{config_hash}' and attributes.status = 'FINISHED'"):
+        for old in self.runs(exp_id, {CONFIG_HASH: config_hash}, status="FINISHED"):
             if old.info.run_id != run.id and SUPERSEDED_BY not in old.data.tags:
                 self.run(old.info.run_id).set_tags({SUPERSEDED_BY: run.id})
+
+    def training_labels(self) -> Dict[str, set]:
+        """Training hash (first 16 digits) → the grids whose runs used it, and ``study:<name>`` for a
+        study's trials, over every experiment (what ``segtricks.cache`` shows beside each cache)."""
+        labels: Dict[str, set] = {}
+        experiments = [e.experiment_id for e in _pages(self.client.search_experiments)]
+        search = functools.partial(self.client.search_runs, experiments, f"tags.`{TRAINING_HASH}` != ''")
+        for run in _pages(search) if experiments else []:
+            tags = run.data.tags
+            label = tags.get(GRID) or (f"study:{tags[STUDY]}" if tags.get(STUDY) else None)
+            if label:
+                labels.setdefault(tags[TRAINING_HASH][:16], set()).add(label)
+        return labels
 
     def download(self, run_id: str, path: str, folder: str) -> Optional[str]:
         """A run's artifact downloaded into ``folder``, or None when the run has no such artifact."""
@@ -306,3 +332,14 @@ class Store:
         if path not in names:
             return None
         return self.client.download_artifacts(run_id, path, folder)
+
+
+def _pages(search) -> list:
+    """Every result of a paged MLflow search."""
+    out, token = [], None
+    while True:
+        page = search(page_token=token)
+        out += page
+        token = page.token
+        if not token:
+            return out

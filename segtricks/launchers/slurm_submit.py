@@ -5,7 +5,7 @@
 its group in the same allocation, so a grid needs no job dependencies. ``tune --launcher slurm
 --workers N`` submits N tasks, each running the ordinary ``tune`` loop on the shared study storage.
 The tasks are ``segtricks.runners.tasks``'s, which local workers run too; the cluster's checks, the
-executor and the wait are ``segtricks.runners.slurm``'s. With ``--wait`` the tasks are followed and
+executor and the wait are ``segtricks.launchers.slurm``'s. With ``--wait`` the tasks are followed and
 the results summarised from the stores; without it, what the tasks log reaches the stores as they end.
 """
 from __future__ import annotations
@@ -14,13 +14,13 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from segtricks.runners import slurm
-from segtricks.runners.plan import (Prepared, counted, print_next_steps_of_grid, print_summary, rows_from_store,
-                                    training_groups)
+from segtricks.launchers import slurm
+from segtricks.runners.plan import counted, print_next_steps_of_grid, print_summary, rows_from_store, training_groups
+from segtricks.runners.preflight import Prepared
 from segtricks.runners.study_runner import (check_base_config, journal_path, mlflow_parent, open_study, print_next_steps,
                                             print_study_summary)
 from segtricks.runners.tasks import GridJob, GroupTask, StudyJob, StudyTask
-from segtricks.spec.study import StudySpec
+from segtricks.config.study import StudySpec
 from segtricks.tracking.store import Store
 from segtricks.tracking.uri import sqlite_path, tracking_uri
 

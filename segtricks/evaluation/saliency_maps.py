@@ -20,12 +20,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from segtricks import errors
-from segtricks.spec.config import Config, DatasetRef
+from segtricks.config.schema import Config, DatasetRef
 from segtricks.data.datasets import (GT_THRESHOLD, IMAGE_SUFFIXES, DatasetError, Sample, Skipped, build_dataset,
                                 load_or_skip, open_image)
 from segtricks.evaluation.metrics import SaliencyEvaluator
 from segtricks.evaluation.protocols import Protocol, get_protocol, reference_boxes, reference_mask, reference_view
-from segtricks.spec.registry import UnknownNameError, registered_names
+from segtricks.registry import UnknownNameError, registered_names
 
 
 def _gf_on_map(mask: np.ndarray, rgb: np.ndarray, cfg: Config) -> np.ndarray:
@@ -139,8 +139,8 @@ def evaluate_maps(maps_dir: str | Path | None, cfg: Config, ref: DatasetRef, tri
     if uses_torch:
         import torch
 
-        from segtricks.engine.threads import one_thread
-    with one_thread() if uses_torch else nullcontext():  # small per-image tensor ops (segtricks.engine.threads)
+        from segtricks.runtime.threads import one_thread
+    with one_thread() if uses_torch else nullcontext():  # small per-image tensor ops (segtricks.runtime.threads)
         for index in tqdm(range(len(raw)), desc=f"evaluate {label} on {ref.name}", disable=not progress):
             sample = load_or_skip(raw, index, ref.on_error)
             if isinstance(sample, Skipped):

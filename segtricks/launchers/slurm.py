@@ -1,11 +1,11 @@
 """The Slurm cluster as the launchers see it: the launcher flags, every check before a submission, the
 submitit executor, and the wait for the tasks. Torch-free and light: the commands parse these flags,
-and the tracking store reads ``slurm_job``, before anything heavy is imported.
+before anything heavy is imported.
 
-What is submitted (a grid's training groups, a study's workers) is ``segtricks.runners.slurm_submit``'s;
+What is submitted (a grid's training groups, a study's workers) is ``segtricks.launchers.slurm_submit``'s;
 the tasks themselves (``segtricks.runners.tasks``) are ``submitit.helpers.Checkpointable``: on
 preemption or time-out submitit requeues a task with the same job, and it resumes. Runs are tagged
-with the Slurm job (``slurm_job``), so a requeued task takes its previous attempt's RUNNING run as its
+with the Slurm job (``segtricks.tracking.claims.slurm_job``), so a requeued task takes its previous attempt's RUNNING run as its
 own instead of waiting for the heartbeat to go stale (``segtricks.tracking.claims.is_live``).
 
 Everything is checked before anything is submitted (``preflight``): ``sbatch`` on PATH, the partition
@@ -357,15 +357,6 @@ def executor(opts: SlurmOptions, name: str):
     params.update({f"slurm_{k}": v for k, v in opts.slurm_args.items()})
     ex.update_parameters(**params)
     return ex
-
-
-def slurm_job() -> Optional[str]:
-    """This process's Slurm job (``<array job>_<task>`` for array tasks), None outside Slurm. Stable
-    across requeues: a requeued task has the same id."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"{array}_{task}"
-    return os.environ.get("SLURM_JOB_ID")
 
 
 # Why a pending job waits, when it is for ever: Slurm accepted the job but nothing that ends frees what it

@@ -1,9 +1,9 @@
 """What ``ablate`` and ``tune`` do once their arguments and files are known to be valid.
 
-A grid: ``--dry-run`` plans against the store as it is and changes nothing. Otherwise ``plan.prepare``
+A grid: ``--dry-run`` plans against the store as it is and changes nothing. Otherwise ``preflight.prepare``
 (the store, the grid's experiment, the plan and the checks, once), then one launcher runs the grid's
-``tasks.GroupTask``: in this process, in ``--workers N`` local processes (``segtricks.runners.local``),
-or as Slurm array tasks (``segtricks.runners.slurm_submit``). A study: its checks, then ``tune`` here or
+``tasks.GroupTask``: in this process, in ``--workers N`` local processes (``segtricks.launchers.local``),
+or as Slurm array tasks (``segtricks.launchers.slurm_submit``). A study: its checks, then ``tune`` here or
 its Slurm workers. Store failures (locked, read-only, unreachable) are one line naming the store.
 """
 from __future__ import annotations
@@ -16,16 +16,21 @@ from typing import Dict, List, Optional
 from optuna.trial import TrialState
 
 from segtricks import errors
-from segtricks.engine.device import resolve_device
-from segtricks.runners import estimate, local, preflight, slurm
-from segtricks.runners.plan import (Prepared, actions, counted, missing_by_cell, plan, prepare, print_next_steps_of_grid,
-                                    print_plan, print_summary, warn_disk)
-from segtricks.runners.slurm_submit import submit_grid, submit_study
+from segtricks.runtime.device import resolve_device
+from segtricks.launchers import local, slurm
+from segtricks.estimate.cost import estimate_grid
+from segtricks.estimate.report import format_estimate
+from segtricks.files import free_bytes
+from segtricks.runners import preflight
+from segtricks.runners.plan import (Step, actions, load_grid, counted, grouped, plan, print_next_steps_of_grid,
+                                    print_summary)
+from segtricks.runners.preflight import Missing, Prepared, missing_by_cell, prepare, warn_disk
+from segtricks.launchers.slurm_submit import submit_grid, submit_study
 from segtricks.runners.study_runner import (best_override, default_storage, estimate_study, open_study,
                                             print_next_steps, print_study_summary, tune)
 from segtricks.runners.tasks import GridJob, GroupTask
-from segtricks.spec.grid import Grid, load_grid
-from segtricks.spec.study import StudySpec
+from segtricks.config.grid import Grid
+from segtricks.config.study import StudySpec
 from segtricks.tracking.connect import exit_on_environment_error
 from segtricks.tracking.store import Store
 from segtricks.tracking.uri import sqlite_path, tracking_uri
@@ -72,12 +77,34 @@ def dry_run(grid: Grid, uri: str, args: argparse.Namespace) -> int:
     check = preflight.Preflight(download=False)
     print_plan(grid, steps, missing_by_cell(steps, check), check.downloads)
     if args.estimate:
-        est = estimate.estimate_grid([s.cell for s in steps], actions(steps), resolve_device(args.device),
-                                     args.estimate_steps, store_exists=path is None or path.is_file())
-        print(estimate.format_estimate(est, estimate.free_bytes(Path(args.output_root))))
+        est = estimate_grid([s.cell for s in steps], actions(steps), resolve_device(args.device), args.estimate_steps,
+                            store_exists=path is None or path.is_file(), remeasure=args.remeasure)
+        print(format_estimate(est, free_bytes(Path(args.output_root))))
     else:
         warn_disk(steps, Path(args.output_root))
     return 0
+
+
+def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[Missing]],
+               downloads: Dict[str, str]) -> None:
+    """``--dry-run``'s table: each cell's hashes, training state and action, and what it would miss;
+    with seeds, a line per seed under the cell's name."""
+    trainings = {s.cell.training_hash for s in steps if s.cell.trains}
+    print(f"grid {grid.name} ({grid.path}): {counted(grid, len(steps))}, {len(trainings)} trainings")
+    width = max(len(s.cell.name) for s in steps)
+    seed_width = max(len(str(seed)) for seed in grid.seeds) if grid.seeds else 0
+    for group in grouped(steps, lambda s: s.cell.name):
+        for i, s in enumerate(group):
+            name = "" if i else s.cell.name
+            seed = f"  seed {s.cell.seed:<{seed_width}}" if grid.seeds else ""
+            training = f"train {s.cell.training_hash[:12]} ({s.cell.training.status()})" if s.cell.trains else "maps"
+            fails = ", ".join(m.what for m in missing.get(s.cell.id, []))
+            print(f"  {name:<{width}}{seed}  {s.cell.config_hash[:12]}  {training:<40}  {s.action.value:<14} {s.reason}"
+                  + (f"  will fail: missing {fails}" if fails else ""))
+    if any(missing.values()):
+        print(preflight.report(missing).replace("; nothing was run:", ":"))
+    for what, where in downloads.items():
+        print(f"  {what}: not on this machine; the run downloads it from {where}")
 
 
 def run_here(prepared: Prepared, job: GridJob, workers: int) -> int:

@@ -29,10 +29,10 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import optuna
 
-from segtricks.spec.config import (Config, ConfigError, DatasetRef, Layer, YamlFile, compose, dataset_ref_problems,
+from segtricks.config.schema import (Config, ConfigError, DatasetRef, Layer, YamlFile, compose, dataset_ref_problems,
                                    read_yaml_file, set_flag_layers)
-from segtricks.spec.grid import base_and_set_layers, experiment_file, experiments_dir, validate_names
-from segtricks.spec.vocabulary import SALIENCY_METRICS
+from segtricks.config.grid import base_and_set_layers, experiment_file, experiments_dir, validate_names
+from segtricks.config.vocabulary import SALIENCY_METRICS
 
 STUDY_KEYS = ("name", "description", "base", "set", "objective", "search_space", "sampler", "pruner", "n_trials")
 OBJECTIVE_KEYS = ("dataset", "metric", "direction")

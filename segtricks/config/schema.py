@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 import yaml
 
 from segtricks.errors import BadInput
-from segtricks.spec.registry import registered_attributes, registered_names
+from segtricks.registry import registered_attributes, registered_names
 
 
 class ConfigError(BadInput, ValueError):

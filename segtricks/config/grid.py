@@ -24,11 +24,12 @@ A grid file (``experiments/<name>.yaml``)::
 
 A cell's name joins its axis values (``vocabulary.cell_name``: ``dino_s8/crop+gf``); its config is
 composed from the layers base file, ``set``, the axis entries and command-line ``--set`` flags
-(``segtricks.spec.config.compose``). Every cell is validated (keys, types, registered backbone, trick
+(``segtricks.config.schema.compose``). Every cell is validated (keys, types, registered backbone, trick
 and dataset names, splits) and the table checked against the cells before anything runs, and before
 torch is imported (``read_grid``); errors name the file and line (of the grid or its base file), or
 the flag. A flag on a key that an axis varies is refused, as it would give that axis's cells one
-value (``--force-set`` applies it). Cells of one training hash share one ``Training`` (``load_grid``).
+value (``--force-set`` applies it). Cells of one training hash share one ``Training``
+(``segtricks.runners.plan.load_grid``).
 
 Seeds: with ``seeds:`` (or ``--seeds``) every cell is run once per training seed, its config with
 ``seed: <s>`` as the last layer, so that each replica has its own config and training hash (the cells
@@ -55,10 +56,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 import yaml
 
-from segtricks.spec.config import (DATASET_REGISTRY, Config, ConfigError, Layer, YamlFile, compose, config_hash,
+from segtricks.config.schema import (DATASET_REGISTRY, Config, ConfigError, Layer, YamlFile, compose, config_hash,
                                    read_yaml_file, set_flag_layers)
-from segtricks.spec.registry import registered_names
-from segtricks.spec.vocabulary import METRICS, cell_name
+from segtricks.registry import registered_names
+from segtricks.config.vocabulary import METRICS, cell_name
 
 if TYPE_CHECKING:
     from segtricks.engine.training import Training
@@ -450,22 +451,3 @@ def baseline_keys(grid_file: GridFile) -> Dict[str, Tuple[Tuple[str, ...], str]]
     before the seeds, so that the replicas of a cell share it."""
     return {name: (tuple(cfg.tricks), config_hash(dataclasses.replace(cfg, tricks=[])))
             for name, cfg in grid_file.configs}
-
-
-def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "outputs",
-              seeds: Optional[Sequence[int]] = None) -> Grid:
-    """``read_grid``, then each cell's (or replica's) ``Training`` (cells differing only in
-    post-processing share one)."""
-    from segtricks.engine.training import Training  # torch and timm: imported once the grid is known to be valid
-    # The flags apply as given: the command line has refused those overriding an axis (read_grid) unless
-    # --force-set, and a Slurm task rereads the grid with the flags it was submitted with.
-    grid_file = read_grid(name_or_path, flags, force_set=True, seeds=seeds)
-    cells, trainings = [], {}
-    for name, seed, cfg in grid_file.replicas:
-        training = None
-        if cfg.maps is None:  # trainings live by training hash: cells differing only in post-processing share one
-            training = Training.in_root(cfg, output_root)
-            training = trainings.setdefault(training.hash, training)
-            cfg.output_dir = str(training.dir)
-        cells.append(Cell(name, cfg, config_hash(cfg), training, seed))
-    return Grid(grid_file.name, grid_file.path, cells, grid_file.description, grid_file.table, grid_file.seeds)

@@ -1,1 +1,0 @@
-"""What a user writes, read and validated without torch: configs, the registries, grid and study files."""
