@@ -79,7 +79,7 @@ def estimate_then_run(grid: str, flags: Sequence[str] = (), keep: Optional[Path]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--grid", default="rehearsal")
+    ap.add_argument("--grid", default=str(Path(__file__).parent / "rehearsal.yaml"))
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (its store: <keep>/run/mlflow.db)")
     args = ap.parse_args()

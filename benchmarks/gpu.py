@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Tuple
 
 import torch
@@ -107,7 +108,7 @@ def main() -> None:
     row(f"projected {EPOCHS}-epoch DUTS-TR training (fastest setting)", f"{compute_s / 60:.1f} min compute",
         f"loader needs ≥ {batch * 1e3 / best / feed:.1f} workers", "")
     if not args.tiny:  # whole grids, as users run them (the rehearsal needs ../shared/data)
-        rehearsal = estimate_then_run("rehearsal")
+        rehearsal = estimate_then_run(str(Path(__file__).parent / "rehearsal.yaml"))
         row("rehearsal grid end to end (4 cells, 2 trainings × 2 steps, 24 images): measured vs --estimate",
             f"{rehearsal.measured_s:.0f} s", f"estimate {rehearsal.estimate_s:.0f} s "
             f"({rehearsal.estimate_s / rehearsal.measured_s:.2f}×)", f"{rehearsal.estimate_bytes / 2 ** 20:.0f}")

@@ -1,14 +1,14 @@
 """Score saliency maps or a trained run on a dataset, print a table, optionally save per-image records.
 
-    python -m segtricks.evaluate --maps DIR --dataset folder --root ../shared/data/sod300 [--post gf]
+    python -m segtricks.evaluate --maps DIR --dataset folder --root DATASET_FOLDER [--post gf]
     python -m segtricks.evaluate --run outputs/demo_cell --dataset synthetic --split test [--post gf]
     python -m segtricks.evaluate --centre-prior --dataset synthetic --split test
 
 ``--post`` names post-processing tricks (gf, bf) applied in order; ``--out FILE.csv|.parquet``
 writes one row per image (id, object ratio, IoU, Acc, predicted box, CorLoc hit, …).
 ``--eval-protocol reference`` scores as the reference implementation did (BatchNorm in train mode,
-inversion per batch of 8, metrics on a centre crop of the resized ground truth; SPEC §8.2–8.4)
-instead of our protocol (SPEC §7), to compare with the paper's tables.
+inversion per batch of 8, metrics on a centre crop of the resized ground truth; docs/evaluation.md#the-references-protocol)
+instead of our protocol (docs/evaluation.md#our-protocol), to compare with the paper's tables.
 
 Arguments are checked, and maps scored (``segtricks.evaluation.saliency_maps``), without importing torch; it
 is imported for ``--run``, ``--post bf`` and the reference protocol on maps.
@@ -66,7 +66,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--post", nargs="*", default=[], help="post-processing tricks, in order (gf, bf)")
     ap.add_argument("--out", type=Path, help="per-image records, .csv or .parquet")
     ap.add_argument("--eval-protocol", choices=PROTOCOLS.names(), default="ours",
-                    help="ours (SPEC §7, default) or the reference implementation's (SPEC §8.2–8.4)")
+                    help="ours (docs/evaluation.md#our-protocol, default) or the reference implementation's (docs/evaluation.md#the-references-protocol)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     if args.limit is not None and args.limit < 1:  # 0 read as "no limit" once: ask for what is meant

@@ -4,7 +4,7 @@ compares ``segtricks.method.bilateral_solver`` against, and what benchmarks/bila
 It is the BilateralGrid/BilateralSolver that TokenCut, MOVE and FOUND ship (sparse splat and per-axis
 blur matrices, np.unique hashing, bistochastisation, scipy.sparse.linalg.cg with a Jacobi
 preconditioner), with only the I/O stripped; it shares no code with segtricks.method.bilateral_solver. It
-lives beside the tests, which import it as they import conftest (pytest puts this folder on sys.path);
+lives beside the tests, which import it as they import helpers (pytest puts this folder on sys.path);
 the benchmark script adds the folder to its own sys.path.
 """
 from __future__ import annotations

@@ -11,29 +11,17 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import DEMO_CELL, TINY_FLAGS, unreadable_folder
+from helpers import DEMO_CELL, REPO, TINY_FLAGS, grid_runs, unreadable_folder, write_grid
 from segtricks import files
 from segtricks.engine import checkpoint
 from segtricks.ablate import main
 from segtricks.config.schema import ConfigError
 from segtricks.runners.plan import load_grid
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_grid(tmp_path, entries, epochs=1, name="mini"):
-    lines = [f"name: {name}", f"base: {DEMO_CELL}",
-             f"set: {{optim.epochs: {epochs}}}", "axes:", "  tricks:"]
-    lines += [f"    - {e}" for e in entries]
-    path = tmp_path / f"{name}.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def runs(tmp_path, grid="mini"):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(grid)
-    return client, client.search_runs([exp.experiment_id]) if exp else []
+    return grid_runs(tmp_path, grid)
 
 
 @pytest.mark.slow
@@ -364,7 +352,8 @@ def test_workers_of_a_killed_parent_finish_the_grid(in_tmp):
     deadline = time.time() + 300
     while time.time() < deadline and sorted(r.info.status for r in runs(in_tmp)[1]) != ["FINISHED", "FINISHED"]:
         time.sleep(1)
-    _each_epoch_logged_once(in_tmp, 3)
+    rs = _each_epoch_logged_once(in_tmp, 3)
+    assert sorted(r.data.tags["cell"] for r in rs) == ["base", "crop"]  # both cells ran (a timeout fails here)
 
 
 @pytest.mark.slow

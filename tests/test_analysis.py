@@ -15,7 +15,7 @@ from analysis.figures import (MIN_IMAGES, bootstrap_ci, pick_examples, plot_iou_
 from analysis.make_tables import main as make_tables
 from analysis.runs import load_records, load_runs
 from analysis.tables import build_table, to_latex, to_markdown, wide
-from conftest import demo_grid_store
+from helpers import demo_grid_store
 from segtricks.runners.study_plots import thin_log_ticks, write_study_plots
 from segtricks.tracking import artifacts
 from segtricks.tracking.store import Store

@@ -1,11 +1,11 @@
 """The benchmark scripts keep working (their figures are read by people, not asserted here)."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 
 pytestmark = pytest.mark.slow  # each test runs a benchmark script end to end (training steps, evaluations)
 

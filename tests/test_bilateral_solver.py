@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from scipy.sparse.linalg import spsolve
 
-from conftest import require_shared
+from helpers import require_shared
 from reference_bilateral_solver import reference_bilateral_solve, reference_system
 from segtricks.method.bilateral_solver import (BilateralGrid, SparseBilateralGrid, _solve, bilateral_solve,
                                         bilateral_solver_filter)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import DEMO_CELL
+from helpers import DEMO_CELL, REPO
 from segtricks.evaluation import prediction_cache
 from segtricks.cache import main
 from segtricks.evaluation.cache_files import scan
@@ -21,7 +21,6 @@ from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.engine.training import Training
 
 
-REPO = Path(__file__).resolve().parents[1]
 REF = DatasetRef("synthetic", split="test", limit=8)
 TINY = {"optim.epochs": 1, "optim.steps_per_epoch": 1, "optim.batch_size": 4, "data.train.limit": 8,
         "data.val.limit": 4, "tricks": []}

@@ -4,16 +4,14 @@ import errno
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import torch
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import REPO, tiny_config
+from helpers import REPO, store_client, tiny_config
 from segtricks import errors, segment
 from segtricks.ablate import main as ablate
 from segtricks.engine.training import Training
@@ -144,7 +142,7 @@ def test_tune_best_of_a_study_never_run_creates_nothing(in_tmp, capsys):
 
 def test_run_id_prefixes_too_short_or_shared_list_the_candidates(in_tmp, capsys):
     """Before: ``segment --run 3`` said "no run with that id" although runs start with 3."""
-    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    client = store_client(in_tmp)
     exp = client.create_experiment("grid")
     ids = [client.create_run(exp, tags={"cell": f"c{i}"}).info.run_id for i in range(20)]
     out = ["--images", str(images(in_tmp)), "--out", str(in_tmp / "out")]

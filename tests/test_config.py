@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from conftest import DEMO_CELL
+from helpers import DEMO_CELL
 from segtricks.errors import BadInput
 from segtricks.config.schema import (Config, ConfigError, check_keys, compose, config_from_dict, config_hash, load_config,
                                    read_yaml_file, resolved_yaml, set_flag_layers)

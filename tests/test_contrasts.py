@@ -14,7 +14,7 @@ from analysis.make_tables import main as make_tables
 from analysis.statistics import (MaxOfMeanCurve, MeanDifference, bca_interval, holm, paired_seed_means,
                                  seed_interval, sign_flip_p)
 from analysis.tables import build_table, contrasts_csv, contrasts_frame, contrasts_latex, wide
-from conftest import DEMO_CELL, TINY_FLAGS, demo_grid_store
+from helpers import DEMO_CELL, TINY_FLAGS, demo_grid_store
 from segtricks.config.grid import read_grid
 from segtricks.tracking.tags import ANALYSIS, CELL
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-from conftest import tiny_config
+from helpers import tiny_config
 from segtricks.runtime.device import FP32
 from segtricks.evaluation.predict import predict_raw
 from segtricks.method import losses

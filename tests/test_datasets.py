@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import require_shared
+from helpers import require_shared
 from segtricks.errors import BadInput
 from segtricks.config.schema import ConfigError, DatasetRef, config_from_dict
 from segtricks.data.datasets import DATASETS, DatasetError, SyntheticShapes, boxes_from_mask, build_dataset

@@ -1,7 +1,7 @@
 """The embedded default learns: the weight-free demo beats the no-learning baseline on held-out data."""
 import pytest
 
-from conftest import DEMO_CELL as DEMO
+from helpers import DEMO_CELL as DEMO
 from segtricks.config.schema import DatasetRef, load_config
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.evaluation.saliency_maps import evaluate_maps

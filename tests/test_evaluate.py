@@ -8,14 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import require_shared
+from helpers import DEMO_CELL as DEMO, maps_folder, require_shared
 from segtricks.config.schema import Config, DatasetRef, config_from_dict, load_config
 from segtricks.evaluate import main
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.evaluation.saliency_maps import evaluate_maps
 from segtricks.evaluation.metrics import SaliencyEvaluator
 from segtricks.models.model import build_model
-from test_demo import DEMO
 from segtricks.engine.training import Training
 
 
@@ -48,12 +47,12 @@ def test_map_of_wrong_size_and_missing_map_are_clear_errors(tmp_path, capsys):
     maps = tmp_path / "maps"
     maps.mkdir()
     for i in range(2):
-        Image.new("RGB", (20, 10)).save(root / "images" / f"a{i}.jpg")
-        Image.new("L", (20, 10), 255).save(root / "masks" / f"a{i}.png")
+        Image.new("RGB", (24, 16)).save(root / "images" / f"a{i}.jpg")
+        Image.new("L", (24, 16), 255).save(root / "masks" / f"a{i}.png")
     Image.new("L", (10, 10)).save(maps / "a0.png")
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
-    assert "a0.png is 10×10 but image a0 is 20×10" in capsys.readouterr().err
-    Image.new("L", (20, 10)).save(maps / "a0.png")
+    assert "a0.png is 10×10 but image a0 is 24×16" in capsys.readouterr().err
+    Image.new("L", (24, 16)).save(maps / "a0.png")
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
     assert "no saliency map for image 'a1'" in capsys.readouterr().err
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root), "--skip-bad"]) == 0
@@ -84,17 +83,6 @@ def test_centre_prior_baseline_matches_the_issue_measurement(capsys):
     assert "centred Gaussian prior" in text
 
 
-def _folder_with_maps(tmp_path, n=3):
-    root, maps = tmp_path / "ds", tmp_path / "maps"
-    for folder in (root / "images", root / "masks", maps):
-        folder.mkdir(parents=True)
-    for i in range(n):
-        Image.new("RGB", (20, 10)).save(root / "images" / f"a{i}.jpg")
-        Image.new("L", (20, 10), 255).save(root / "masks" / f"a{i}.png")
-        Image.new("L", (20, 10), 200).save(maps / f"a{i}.png")
-    return root, maps
-
-
 def test_0_1_masks_score_as_their_0_255_originals(tmp_path, capsys):
     """Issue: DSS maps scored IoU 0.0000 against SOD300's masks saved as 0/1, silently."""
     root = require_shared("sod300")
@@ -113,13 +101,14 @@ def test_0_1_masks_score_as_their_0_255_originals(tmp_path, capsys):
 
 
 def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
-    root, maps = _folder_with_maps(tmp_path)
+    root, maps = maps_folder(tmp_path)
     out = tmp_path / "r.txt"
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root), "--out", str(out)]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: --out {out}: use a .csv or .parquet file name"
     assert main(["--run", str(tmp_path / "nothing"), "--dataset", "synthetic"]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
-        f"error: --run {tmp_path / 'nothing'}: {tmp_path / 'nothing' / 'config.yaml'} does not exist: is {tmp_path / 'nothing'} a finished "
+        f"error: --run {tmp_path / 'nothing'}: {tmp_path / 'nothing' / 'config.yaml'} does not exist: is "
+        f"{tmp_path / 'nothing'} a finished "
         f"training folder?")
     assert main(["--maps", str(maps), "--dataset", "nonesuch"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("error: unknown dataset 'nonesuch'; registered")
@@ -128,7 +117,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys):
 def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
     """Issue 21 item 6: evaluate caught every ValueError, so a bug in the metrics printed as a user error
     with exit 2; only the errors a user can act on (segtricks.errors) are one line now."""
-    root, maps = _folder_with_maps(tmp_path)
+    root, maps = maps_folder(tmp_path)
 
     def broken(self, *args, **kwargs):
         raise ValueError("operands could not be broadcast together with shapes (10,20) (20,10)")
@@ -138,23 +127,23 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
 
 
 def test_all_background_ground_truth_is_refused(tmp_path, capsys):
-    root, maps = _folder_with_maps(tmp_path)
+    root, maps = maps_folder(tmp_path)
     for i in range(3):
-        Image.new("L", (20, 10), 0).save(root / "masks" / f"a{i}.png")
+        Image.new("L", (24, 16), 0).save(root / "masks" / f"a{i}.png")
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"error: dataset 'folder' ({root}): none of the 3 ground-truth masks has a foreground pixel (> 128, or 1 "
         f"in 0/1 masks); check its masks, nothing was scored")
-    Image.new("L", (20, 10), 255).save(root / "masks" / "a1.png")  # one image with an object is a dataset
+    Image.new("L", (24, 16), 255).save(root / "masks" / "a1.png")  # one image with an object is a dataset
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 0
 
 
 def test_image_name_that_is_not_utf8_is_named_not_a_traceback(tmp_path):
     """Issue: b'caf\\xe9.png' among the images was a 44-line UnicodeEncodeError from evaluate."""
-    root, maps = _folder_with_maps(tmp_path)
+    root, maps = maps_folder(tmp_path)
     for sub, name in ((root / "images", b"caf\xe9.jpg"), (root / "masks", b"caf\xe9.png"), (maps, b"caf\xe9.png")):
         with open(os.path.join(os.fsencode(sub), name), "wb") as f:
-            (Image.new("RGB", (20, 10)) if sub.name == "images" else Image.new("L", (20, 10), 255)).save(f, "PNG")
+            (Image.new("RGB", (24, 16)) if sub.name == "images" else Image.new("L", (24, 16), 255)).save(f, "PNG")
     name = repr(os.path.join(os.fsencode(root / "images"), b"caf\xe9.jpg"))
     cli = [sys.executable, "-m", "segtricks.evaluate", "--maps", str(maps), "--dataset", "folder", "--root", str(root)]
     refused = subprocess.run(cli, capture_output=True, text=True)
@@ -171,7 +160,7 @@ def test_image_name_that_is_not_utf8_is_named_not_a_traceback(tmp_path):
 
 def test_unreadable_map_is_named_and_skipped_with_skip_bad(tmp_path, capsys):
     """Issue 11 defect 5: a text file named x.png was a raw PIL.UnidentifiedImageError, even with --skip-bad."""
-    root, maps = _folder_with_maps(tmp_path)
+    root, maps = maps_folder(tmp_path)
     (maps / "a1.png").write_text("not an image")
     assert main(["--maps", str(maps), "--dataset", "folder", "--root", str(root)]) == 2
     assert f"cannot read {maps / 'a1.png'}" in capsys.readouterr().err
@@ -183,10 +172,10 @@ def test_unreadable_map_is_named_and_skipped_with_skip_bad(tmp_path, capsys):
 
 def test_skip_bad_counts_and_lists_every_skipped_image(tmp_path, capsys):
     """Issue 11 defect 6: missing maps (and images without masks) were dropped without a count."""
-    root, maps = _folder_with_maps(tmp_path, n=4)
+    root, maps = maps_folder(tmp_path, n=4)
     (maps / "a0.png").unlink()
     (root / "masks" / "a3.png").unlink()
-    (root / "images" / "a2.jpg").write_bytes(b"\xff\xd8 truncated")
+    (root / "images" / "a2.png").write_bytes(b"\xff\xd8 truncated")
     ref = DatasetRef("folder", root=str(root), on_error="skip")
     with pytest.warns(UserWarning):
         ev = evaluate_maps(maps, Config(), ref, progress=False)

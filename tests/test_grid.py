@@ -1,7 +1,7 @@
 """Grid files and the ``ablate`` command line's checks before anything heavy runs (read_grid, torch-free)."""
 import pytest
 
-from conftest import DEMO_CELL
+from helpers import DEMO_CELL
 from segtricks.ablate import main
 from segtricks.config.schema import ConfigError, config_hash
 from segtricks.config.grid import baseline_keys, read_grid, read_table

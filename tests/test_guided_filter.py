@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_shared
+from helpers import require_shared
 from segtricks.method.guided_filter import box_mean, guided_filter, guided_filter_gray
 
 cv2 = pytest.importorskip("cv2", reason="opencv-contrib-python-headless is the reference (test extra)")

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
 
-from conftest import require_shared
+from helpers import maps_folder, require_shared
 from segtricks.tracking.store import Store
 
 MODEL_STACK = ("torch", "torchvision", "timm")
@@ -40,19 +39,6 @@ def loaded(module, *args):
     return done.returncode, done.stdout + done.stderr, eval(last[len("loaded: "):])
 
 
-def _maps_folder(tmp_path, n=3):
-    root, maps = tmp_path / "ds", tmp_path / "maps"
-    for folder in (root / "images", root / "masks", maps):
-        folder.mkdir(parents=True)
-    for i in range(n):
-        mask = Image.new("L", (24, 16), 0)
-        mask.paste(255, (4, 4, 16, 12))
-        mask.convert("RGB").save(root / "images" / f"a{i}.png")  # the object's edges guide the filter
-        mask.save(root / "masks" / f"a{i}.png")
-        mask.save(maps / f"a{i}.png")
-    return root, maps
-
-
 @pytest.mark.parametrize("module", ["analysis.make_tables", "analysis.runs", "segtricks.tracking.store",
                                     "segtricks.tracking.artifacts", "segtricks.evaluation.saliency_maps",
                                     "segtricks.evaluation.metrics", "segtricks.data.datasets",
@@ -72,7 +58,7 @@ def test_help_imports_no_torch(module):
 def test_cli_argument_errors_import_no_torch(tmp_path):
     code, out, heavy = loaded("segtricks.train", "--config", tmp_path / "missing.yaml")
     assert (code, heavy) == (2, []) and f"error: config file {tmp_path / 'missing.yaml'} does not exist" in out
-    root, maps = _maps_folder(tmp_path)
+    root, maps = maps_folder(tmp_path)
     code, out, heavy = loaded("segtricks.evaluate", "--maps", maps, "--dataset", "folder", "--root", root,
                               "--post", "typo")
     assert (code, heavy) == (2, []) and "error: unknown trick 'typo'; registered tricks: bf, crop, gf" in out
@@ -89,7 +75,7 @@ def test_cli_argument_errors_import_no_torch(tmp_path):
 
 @pytest.mark.parametrize("post", [[], ["gf"]])
 def test_scoring_maps_imports_no_torch(tmp_path, post):
-    root, maps = _maps_folder(tmp_path)
+    root, maps = maps_folder(tmp_path)
     code, out, heavy = loaded("segtricks.evaluate", "--maps", maps, "--dataset", "folder", "--root", root,
                               "--post", *post)
     assert code == 0 and "| iou | 1.0000 |" in out and "| n_images | 3 |" in out, out
@@ -105,7 +91,7 @@ def test_scoring_published_maps_imports_no_torch():
 
 def test_the_bilateral_solver_on_maps_does_import_torch(tmp_path):
     """The check above can fail: ``--post bf`` runs the torch trick."""
-    root, maps = _maps_folder(tmp_path, n=1)
+    root, maps = maps_folder(tmp_path, n=1)
     code, out, heavy = loaded("segtricks.evaluate", "--maps", maps, "--dataset", "folder", "--root", root,
                               "--post", "bf")
     assert code == 0 and "torch" in heavy, out

@@ -9,7 +9,8 @@ from typing import Iterator, List, Tuple
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
+
 LAYERS: List[Tuple[str, ...]] = [
     # foundations; a training folder's layout (engine.folder: paths only) is read by the caches and commands
     ("segtricks.errors", "segtricks.files", "segtricks.registry", "segtricks.runtime",

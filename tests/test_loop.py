@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import tiny_config
+from helpers import tiny_config
 from segtricks.engine import checkpoint, loop
 from segtricks.runtime.device import BF16, FP32, resolve_device
 from segtricks.engine.loop import Hook, NonFiniteLossError, loss_terms, loss_weights

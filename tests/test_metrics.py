@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import require_shared
+from helpers import require_shared
 from segtricks.data.datasets import boxes_from_mask
 from segtricks.evaluation.metrics import SaliencyEvaluator, box_iou, corloc_hit, largest_component_box
 from segtricks.config.vocabulary import METRICS, SALIENCY_METRICS

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
+from helpers import tiny_config
 from segtricks import segment
 from segtricks.engine.training import Training
 from segtricks.inference.mlflow_model import log_trained_model, logged_model_id

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import DEMO_CELL
+from helpers import DEMO_CELL
 from segtricks.config.schema import DatasetRef, load_config
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.models.model import build_model
@@ -216,7 +216,7 @@ def test_the_partial_file_of_a_killed_writer_is_removed_by_the_next_writer(setti
     import subprocess
     import sys
     import time
-    from conftest import REPO
+    from helpers import REPO
     cfg, model, _ = setting
     cache = tmp_path / "outputs" / "trainings" / "0123456789abcdef" / "predictions"  # where cache ls looks
     # a writer that predicts slowly (a sleep per batch), killed -9 once its partial file exists

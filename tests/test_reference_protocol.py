@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_config
+from helpers import tiny_config
 from segtricks.config import schema as config_module
 from segtricks.config.schema import ConfigError, DatasetRef, config_from_dict, config_hash
 from segtricks.registry import UnknownNameError

@@ -2,23 +2,23 @@
 320², batch 8, crop + GF and crop + BF) for two steps per training on real photos, with weights in the
 official checkpoint layouts loaded from $SEGTRICKS_WEIGHTS, then ``make_tables`` on its runs."""
 import hashlib
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis.make_tables import main as make_tables
-from conftest import require_shared
+from helpers import REPO, require_shared
+
+REHEARSAL = REPO / "benchmarks" / "rehearsal.yaml"
 from segtricks.ablate import main as ablate
 from segtricks.models.backbones import write_random_release
 from segtricks.config.grid import read_grid
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_rehearsal_keeps_table3s_model_and_training_config():
     table3 = dict(read_grid("table3").configs)["dino_s8/crop+gf"]
-    rehearsal = dict(read_grid("rehearsal").configs)
+    rehearsal = dict(read_grid(str(REHEARSAL)).configs)
     for name in ("dino_s8/crop+gf", "ibot_s16/crop+bf"):
         cfg = rehearsal[name]
         assert (cfg.data.image_size, cfg.data.resize_short, cfg.optim.batch_size) == (320, 355, 8)
@@ -37,7 +37,7 @@ def test_rehearsal_grid_runs_on_official_layout_weights_and_make_tables_renders_
     # the paper's shapes as the grid has them, on fewer validation and evaluation images than a user's
     # rehearsal (4 and 8, not 8 and 24): the same code paths, 163 s instead of 211 s on 2 cores
     fewer = ["--set", "data.val.limit=4", "--set", "eval=[{name: folder, root: ../shared/data/sod300, split: test, limit: 8}]"]
-    assert ablate(["--grid", "rehearsal", "--tracking-uri", uri, "--output-root", str(tmp_path / "outputs"), *fewer]) == 0
+    assert ablate(["--grid", str(REHEARSAL), "--tracking-uri", uri, "--output-root", str(tmp_path / "outputs"), *fewer]) == 0
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("rehearsal").experiment_id])
     assert sorted(r.data.tags["cell"] for r in runs) == ["dino_s8/crop+bf", "dino_s8/crop+gf",
@@ -51,7 +51,7 @@ def test_rehearsal_grid_runs_on_official_layout_weights_and_make_tables_renders_
     assert sum(r.data.tags.get("role") == "train" for r in runs) == 2  # crop+bf shares crop+gf's training
     capsys.readouterr()
     out = tmp_path / "tables"
-    assert make_tables(["--grid", "rehearsal", "--tracking-uri", uri, "--out-dir", str(out)]) == 0
+    assert make_tables(["--grid", str(REHEARSAL), "--tracking-uri", uri, "--out-dir", str(out)]) == 0
     assert (out / "rehearsal.md").is_file() and list((out / "figures").glob("rehearsal_size*.png"))
     table = (out / "rehearsal.md").read_text()
     assert "dino_s8/crop+gf" in table and "ibot_s16/crop+bf" in table

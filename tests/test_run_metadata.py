@@ -4,11 +4,9 @@ import json
 import shutil
 
 import pytest
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from conftest import DEMO_CELL, TINY_FLAGS
-from test_ablate import write_grid
+from helpers import DEMO_CELL, TINY_FLAGS, store_client, write_grid
 from segtricks.ablate import main
 from segtricks.config.schema import DatasetRef
 from segtricks.runners.plan import load_grid
@@ -66,7 +64,7 @@ def test_the_description_names_the_cell_backbone_tricks_metrics_and_the_shared_m
 
 
 def cell_runs(tmp_path, grid):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store_client(tmp_path)
     exp = client.get_experiment_by_name(grid)
     return client, {r.data.tags["cell"]: r for r in client.search_runs([exp.experiment_id])}
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import tiny_config
+from helpers import tiny_config
 from segtricks import segment
 from segtricks.engine.training import Training
 from segtricks.tracking.store import Store

@@ -13,14 +13,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import DEMO_CELL, TINY_FLAGS, unreadable_folder
+from helpers import TINY_FLAGS, grid_runs, store_client, unreadable_folder, write_grid as write_grid_file, write_study
 from segtricks.engine import checkpoint
 from segtricks.launchers import slurm
 from segtricks.ablate import main as ablate
 from segtricks.tune import main as tune
-from test_tune import write_study
 
 
 def _slurm_up() -> bool:
@@ -36,17 +34,12 @@ SLURM = ["--launcher", "slurm", "--cpus-per-task", "1", "--time", "15"]
 
 
 def write_grid(tmp_path, entries, epochs=1):
-    lines = ["name: sl", f"base: {DEMO_CELL}", f"set: {{optim.epochs: {epochs}}}",
-             "axes:", "  tricks:"] + [f"    - {e}" for e in entries]
-    path = tmp_path / "sl.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_grid_file(tmp_path, entries, epochs, name="sl")
 
 
 def runs(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("sl")
-    return client, {r.data.tags["cell"]: r for r in client.search_runs([exp.experiment_id])}
+    client, found = grid_runs(tmp_path, "sl")
+    return client, {r.data.tags["cell"]: r for r in found}
 
 
 @pytest.mark.slow
@@ -85,7 +78,7 @@ def test_two_seeds_are_one_task_per_seed_that_rebuilds_the_same_replicas(in_tmp,
     out = capsys.readouterr().out
     assert "submitted 2 Slurm array task(s)" in out and "4 runs (2 cells × 2 seeds): 4 finished, 0 not" in out
     assert any(line.endswith("  base @ seed 1, gf @ seed 1") for line in out.splitlines())  # a task's cells
-    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    client = store_client(in_tmp)
     rs = client.search_runs([client.get_experiment_by_name("sl").experiment_id])
     assert sorted((r.data.tags["cell"], r.data.tags["seed"], r.info.status) for r in rs) == [
         ("base", "0", "FINISHED"), ("base", "1", "FINISHED"), ("gf", "0", "FINISHED"), ("gf", "1", "FINISHED")]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REPO
 from segtricks.tracking import claims
 from segtricks.tracking.connect import StoreError
 from segtricks.tracking.store import Store
 from segtricks.ablate import main as ablate
 
-REPO = Path(__file__).resolve().parents[1]
 OPEN_STORE = "import sys; from segtricks.tracking.store import Store; print(Store(sys.argv[1]).experiment('x'))"
 
 
@@ -50,7 +50,10 @@ def test_a_kill_during_store_creation_leaves_no_half_created_store(tmp_path):
     assert proc.poll() is None, "the store was created before the kill"
     proc.kill()
     proc.wait()
-    assert _reopen(db).experiment("x") is not None
+    store = _reopen(db)  # a working store: an experiment and a run are written and read back
+    exp_id = store.experiment("x")
+    run = store.start(exp_id, "r", {"cell": "c"})
+    assert store.client.get_experiment(exp_id).name == "x" and [r.info.run_id for r in store.runs(exp_id)] == [run.id]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
 
 

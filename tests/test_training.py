@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEMO_CELL, TINY_FLAGS, tiny_config
+from helpers import DEMO_CELL, REPO, TINY_FLAGS, tiny_config
 from segtricks.engine import checkpoint, training as training_module
 from segtricks.models import model as model_module
 from segtricks.ablate import main as ablate
@@ -16,7 +16,6 @@ from segtricks.engine.loop import loss_terms
 from segtricks.engine.training import State, Training
 from segtricks.method.tricks import TRICKS, TrainingTrick
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(tmp_path, epochs=2, **top):

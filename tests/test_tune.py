@@ -2,15 +2,13 @@
 import inspect
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
-from conftest import DEMO_CELL
+from helpers import REPO, store_client, write_study
 from segtricks.config.schema import ConfigError, config_from_dict
 from segtricks.config import study as study_module
 from segtricks.config.study import PRUNERS, SAMPLERS, load_study
@@ -18,21 +16,6 @@ from segtricks.engine.hooks import Pruning
 from segtricks.runners.study_runner import tune
 from segtricks.tune import main
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_study(tmp_path, name="tiny", pruner="{name: none}", space=None, sampler="{name: random, seed: 0}", **extra):
-    space = space or {"crop.eq_weight": "{type: float, low: 1.0e-3, high: 1.0e-1, log: true}",
-                      "gf.radius": "{type: int, low: 1, high: 6}"}
-    lines = [f"name: {name}", f"base: {DEMO_CELL}",
-             "set: {optim.epochs: 2, optim.steps_per_epoch: 2, optim.batch_size: 4, data.train.limit: 8,",
-             "      tricks: [crop, gf]}",
-             "objective: {dataset: {name: synthetic, split: val, limit: 4}, metric: iou, direction: maximize}",
-             "search_space:"] + [f"  {k}: {v}" for k, v in space.items()]
-    lines += [f"pruner: {pruner}", f"sampler: {sampler}", f"n_trials: {extra.get('n_trials', 2)}"]
-    path = tmp_path / f"study_{name}.yaml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.mark.slow
@@ -44,13 +27,13 @@ def test_study_end_to_end_resume_and_best_export(in_tmp, capsys):
     # the next steps, as ablate prints them: the best parameters, more trials, the runs in the MLflow UI
     out = capsys.readouterr().out
     next_steps = out[out.index("Next:"):].splitlines()[1:]
-    exp_id = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}").get_experiment_by_name("study-tiny").experiment_id
+    exp_id = store_client(in_tmp).get_experiment_by_name("study-tiny").experiment_id
     assert next_steps == [
         f"  python -m segtricks.tune --study {path} --best   # as --set flags / a grid's set: block",
         f"  python -m segtricks.tune --study {path} --n-trials 4   # 2 more trials",
         f"  mlflow ui --backend-store-uri sqlite:///{in_tmp / 'mlflow.db'}   then open "
         f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning"]
-    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    client = store_client(in_tmp)
     exp = client.get_experiment_by_name("study-tiny")
     runs = client.search_runs([exp.experiment_id])
     parent = [r for r in runs if r.data.tags.get("role") == "study"]
@@ -84,7 +67,7 @@ def test_pruned_trial_is_recorded_as_pruned(in_tmp):
     assert main(["--study", str(path)]) == 0
     study = optuna.load_study(study_name="prune", storage=f"sqlite:///{in_tmp / 'optuna.db'}")
     assert {t.state.name for t in study.trials} == {"PRUNED"}
-    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    client = store_client(in_tmp)
     exp = client.get_experiment_by_name("study-prune")
     trials = [r for r in client.search_runs([exp.experiment_id]) if "trial" in r.data.tags]
     assert trials and all(r.data.tags["pruned"] == "true" for r in trials)
@@ -152,7 +135,7 @@ def test_trial_of_a_killed_worker_is_failed_and_retried(in_tmp, monkeypatch):
     retried = [t for t in study.trials[1:] if t.state.name == "COMPLETE"][0]
     assert retried.params == study.trials[0].params
     # issue 11 defect 8: no MLflow run is left RUNNING, the killed trial's nor the study's
-    client = MlflowClient(f"sqlite:///{in_tmp / 'mlflow.db'}")
+    client = store_client(in_tmp)
     exp = client.get_experiment_by_name("study-killed")
     by_trial = {r.data.tags.get("trial"): r for r in client.search_runs([exp.experiment_id])}
     assert by_trial["0"].info.status == "FAILED"

@@ -7,15 +7,13 @@ import os
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
 
-from test_tune import write_study
+from helpers import REPO, write_study
 
 URL = os.environ.get("SEGTRICKS_TEST_POSTGRES_URL")
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

@@ -44,6 +44,10 @@ Contrasts: ``table.contrasts`` lists the comparisons the grid's analysis makes, 
 ``{trick: <cell>, baseline: <cell>}`` of two different cells of the grid (``TableSpec.contrasts``).
 Without it, each trick cell is compared with the cell whose config is the same but for ``tricks: []``
 (``baseline_keys``, read by ``analysis.contrasts``).
+
+Over 400 lines on purpose: a grid file's whole grammar (axes, seeds, set blocks, the table section and
+its published values) is read and validated in one place, so that every error names its file and line
+the same way.
 """
 from __future__ import annotations
 

@@ -9,6 +9,9 @@ or the flag) and the key path, before anything runs or imports torch. Grid and s
 by the same reader (``read_yaml_file``: each value's line) and checked by the same ``check_keys``.
 ``resolved_yaml`` is what every run logs; ``config_hash`` identifies a cell (the training's
 identity is ``segtricks.engine.training.training_hash``).
+
+Over 400 lines on purpose: the config's format has one owner: its dataclasses, the merge of layers,
+the validation that blames a file and line, the YAML reading and the hashes.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ class ConfigError(BadInput, ValueError):
 
 
 # How trained models are scored: the protocols registered in segtricks.evaluation.protocols ("ours",
-# SPEC §7; "reference", SPEC §8.2–8.4), read from its source so that validating a config imports no torch.
+# docs/evaluation.md#our-protocol; "reference", docs/evaluation.md#the-references-protocol), read from its source so that validating a config imports no torch.
 EVAL_PROTOCOLS = tuple(registered_names("segtricks.evaluation.protocols", "PROTOCOLS"))
 # The key ``eval_protocols`` replaced: "ours" meant [ours], "reference" meant both.
 LEGACY_EVAL_PROTOCOL = {"ours": ["ours"], "reference": ["ours", "reference"]}

@@ -1,6 +1,6 @@
 """The torch views the trainer and the model evaluation read a dataset through (``segtricks.data.datasets``).
 
-``TrainView`` applies SPEC §6's augmentations; ``EvalView`` resizes the image to the prediction size
+``TrainView`` applies the training augmentations (docs/method.md#training-data-and-augmentation); ``EvalView`` resizes the image to the prediction size
 and keeps the mask and boxes at the original size.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from segtricks.data.datasets import DatasetError, RawDataset, Sample, Skipped, l
 
 
 class TrainView(Dataset):
-    """Augmented training images (SPEC §6): shorter side → resize_short, random crop, flip, jitter."""
+    """Augmented training images (docs/method.md#training-data-and-augmentation): shorter side → resize_short, random crop, flip, jitter."""
 
     def __init__(self, raw: RawDataset, image_size: int, resize_short: int, on_error: str = "raise") -> None:
         if resize_short < image_size:

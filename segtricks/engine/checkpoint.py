@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from segtricks.engine.folder import TrainingFolder
 
@@ -115,8 +115,14 @@ class Checkpointer:
 
 
 
-def trained_head(path: Path) -> Dict[str, Any]:
-    """``{"head": state dict, "weights_id": ...}`` of a checkpoint file (a folder's ``best.pt`` or
-    ``last.pt``, or the copy an MLflow model holds)."""
+@dataclass
+class TrainedHead:
+    head: Dict[str, Any]  # the head's state dict
+    weights_id: str  # the backbone weights it was trained on
+
+
+def trained_head(path: Path) -> TrainedHead:
+    """The trained head in a checkpoint file (a folder's ``best.pt`` or ``last.pt``, or the copy an
+    MLflow model holds)."""
     saved = load(path)
-    return {"head": saved["head"], "weights_id": saved["weights_id"]}
+    return TrainedHead(saved["head"], saved["weights_id"])

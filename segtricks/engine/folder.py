@@ -4,23 +4,39 @@
     <output root>/keys/                               the backbone-keys cache every training of the root shares
 
 ``config.yaml`` is the resolved config, ``last.pt`` / ``best.pt`` the checkpoints (their contents:
-``segtricks.engine.checkpoint.Checkpointer``), ``status.json`` the summary ``Training.status()`` reads,
-``predictions/`` the training's mask cache (``segtricks.evaluation.prediction_cache``). Torch-free:
-``segtricks.cache`` lists folders and ``segment`` checks one before torch is imported.
+``segtricks.engine.checkpoint.Checkpointer``), ``status.json`` the summary ``Training.status()`` reads
+(``TrainingSummary``, written and read here), ``predictions/`` the training's mask cache
+(``segtricks.evaluation.prediction_cache``). Torch-free: ``segtricks.cache`` lists folders and
+``segment`` checks one before torch is imported.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import yaml
 
 from segtricks.errors import BadInput
+from segtricks.files import write_atomic
 
 TRAININGS = "trainings"  # under an output root: one folder per training hash
 KEYS = "keys"  # under an output root: the backbone-keys cache
+
+
+@dataclass(frozen=True)
+class TrainingSummary:
+    """``status.json``: what ``Training.status()`` reads instead of unpickling weights. ``files``: the
+    checkpoints' sizes when it was written (a size that differs means a kill between writes)."""
+
+    training_hash: str
+    weights_id: str
+    epochs_done: int
+    best_epoch: int
+    best_score: float
+    history: List[Dict[str, float]]
+    files: Dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -82,11 +98,26 @@ class TrainingFolder:
             if not path.is_file():
                 raise BadInput(f"{flag} {self.dir}: {path} does not exist: is {self.dir} a finished training folder?")
 
+    def checkpoint_sizes(self) -> Dict[str, int]:
+        """The size of each checkpoint file, -1 for a missing one."""
+        return {p.name: p.stat().st_size if p.exists() else -1 for p in (self.last, self.best)}
+
+    def write_summary(self, summary: TrainingSummary) -> None:
+        write_atomic(self.status, json.dumps(asdict(summary), indent=1))
+
+    def read_summary(self) -> Optional[TrainingSummary]:
+        """``status.json``, or None when it is missing or unreadable (``Training.status()`` rebuilds it)."""
+        try:
+            return TrainingSummary(**json.loads(self.status.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
     def backbone(self) -> Tuple[Optional[str], Optional[str]]:
         """(backbone name, weights id) from ``config.yaml`` and ``status.json``; None for what is
         missing or unreadable (a folder removed meanwhile, a training that never finished an epoch)."""
+        summary = self.read_summary()
         return (_read(self.config, lambda t: yaml.safe_load(t)["backbone"]["name"]),
-                _read(self.status, lambda t: json.loads(t)["weights_id"]))
+                summary.weights_id if summary else None)
 
 
 def _read(path: Path, parse):

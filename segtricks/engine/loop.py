@@ -93,7 +93,7 @@ def loss_weights(cfg: Config) -> Dict[str, float]:
 
 def loss_terms(model: SegmentationModel, images: torch.Tensor, cfg: Config,
                generator: Optional[torch.Generator], precision: Precision) -> Dict[str, torch.Tensor]:
-    """All unweighted loss terms of one batch: Sempart's four (SPEC §3), then each training trick's.
+    """All unweighted loss terms of one batch: Sempart's four (docs/method.md#losses), then each training trick's.
 
     ``precision``: the model runs under its autocast (``precision_of`` the device; any precision on
     any device, as the tests run bf16 on the CPU). Only the model: its outputs may then be bfloat16 or

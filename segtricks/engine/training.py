@@ -15,12 +15,11 @@ load is reported corrupt, by name. ``build_hooks`` holds the default hooks and t
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -29,12 +28,11 @@ from segtricks.data.datasets import build_dataset
 from segtricks.data.views import TrainView
 from segtricks.engine import checkpoint
 from segtricks.engine.checkpoint import Checkpointer
-from segtricks.engine.folder import TrainingFolder
+from segtricks.engine.folder import TrainingFolder, TrainingSummary
 from segtricks.engine.hooks import Checkpointing, ProgressLine, Validation
 from segtricks.engine.loop import Hook, LoopState, build_optimizer, fit
 from segtricks.errors import BadInput
 from segtricks.evaluation.model_evaluation import evaluate_model
-from segtricks.files import write_atomic
 from segtricks.method.tricks import TRICKS, get_tricks
 from segtricks.models.model import SegmentationModel, build_model, with_trained_head
 from segtricks.runtime.device import precision_of, resolve_device, seed_everything
@@ -128,11 +126,11 @@ class Training:
     def status(self) -> TrainingStatus:
         """Read from ``status.json`` and the checkpoint sizes; never unpickles weights unless a size
         disagrees. Raises ConfigMismatchError when the folder holds another training."""
-        info = self._read_status()
-        if info is not None and all(self._size(name) == size for name, size in info["files"].items()):
-            return self._status_from(info)
+        summary = self._read_status()
+        if summary is not None and self.folder.checkpoint_sizes() == summary.files:
+            return self._status_from(summary)
         if not self.last_path.exists():
-            if info is None and not self.best_path.exists():
+            if summary is None and not self.best_path.exists():
                 return TrainingStatus(State.ABSENT, epochs=self.cfg.optim.epochs)
             return self._corrupt(self.last_path, "is missing")
         try:  # status.json is behind the checkpoints (a kill between writes) or missing: rebuild it
@@ -151,36 +149,24 @@ class Training:
 
     def history(self) -> List[Dict[str, float]]:
         """Per-epoch metrics of the epochs done (from ``status.json``)."""
-        info = self._read_status() if self.status().state in (State.PARTIAL, State.COMPLETE) else None
-        return [] if info is None else info["history"]
+        summary = self._read_status() if self.status().state in (State.PARTIAL, State.COMPLETE) else None
+        return [] if summary is None else summary.history
 
     def write_status(self, epochs_done: int, best_epoch: int, best_score: float, weights_id: str,
                      history: List[Dict[str, float]]) -> None:
-        info = {"training_hash": self.hash, "weights_id": weights_id, "epochs_done": epochs_done,
-                "best_epoch": best_epoch, "best_score": best_score, "history": history,
-                "files": {p.name: self._size(p.name) for p in (self.last_path, self.best_path)}}
-        write_atomic(self.status_path, json.dumps(info, indent=1))
+        self.folder.write_summary(TrainingSummary(self.hash, weights_id, epochs_done, best_epoch, best_score, history,
+                                                  self.folder.checkpoint_sizes()))
 
-    def _read_status(self) -> Optional[Dict[str, Any]]:
-        try:
-            info = json.loads(self.status_path.read_text())
-        except FileNotFoundError:
-            return None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None  # rebuilt from last.pt by status()
-        self._check_hash(info["training_hash"], self.status_path)
-        return info
+    def _read_status(self) -> Optional[TrainingSummary]:
+        summary = self.folder.read_summary()  # None: missing or damaged, rebuilt from last.pt by status()
+        if summary is not None:
+            self._check_hash(summary.training_hash, self.status_path)
+        return summary
 
-    def _status_from(self, info: Dict[str, Any]) -> TrainingStatus:
-        done, epochs = info["epochs_done"], self.cfg.optim.epochs
+    def _status_from(self, summary: TrainingSummary) -> TrainingStatus:
+        done, epochs = summary.epochs_done, self.cfg.optim.epochs
         return TrainingStatus(State.COMPLETE if done >= epochs else State.PARTIAL, done, epochs,
-                              info["best_epoch"], info["weights_id"])
-
-    def _size(self, name: str) -> int:
-        try:
-            return (self.dir / name).stat().st_size
-        except FileNotFoundError:
-            return -1
+                              summary.best_epoch, summary.weights_id)
 
     def _corrupt(self, path: Path, what: str) -> TrainingStatus:
         return TrainingStatus(State.CORRUPT, epochs=self.cfg.optim.epochs, problem=f"{path} {what}")
@@ -275,4 +261,4 @@ def load_trained(cfg: Config, path: Path) -> SegmentationModel:
     """The model of a checkpoint file (a folder's, or the copy an MLflow model holds); its backbone
     must resolve to the weights it trained on."""
     saved = checkpoint.trained_head(path)
-    return with_trained_head(build_model(cfg), saved["head"], saved["weights_id"], cfg, path)
+    return with_trained_head(build_model(cfg), saved.head, saved.weights_id, cfg, path)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -268,8 +268,8 @@ def measure_store() -> Tuple[float, float]:
         for i in range(60):
             client.log_param(run.info.run_id, f"p{i}", str(i))
         client.log_metric(run.info.run_id, "m", 0.5)
-        (Path(tmp) / "config.yaml").write_text("x: 1\n")
-        client.log_artifact(run.info.run_id, str(Path(tmp) / "config.yaml"))
+        (Path(tmp) / "artifact.yaml").write_text("x: 1\n")
+        client.log_artifact(run.info.run_id, str(Path(tmp) / "artifact.yaml"))
         client.set_terminated(run.info.run_id)
         logged = time.perf_counter() - t0
     return created, logged

@@ -44,6 +44,11 @@ def cache_file(folder: Path, stem: str, key_hash: str) -> Path:
     return Path(folder) / f"{stem}-{key_hash[:16]}.npy"
 
 
+def meta_file(array: Path) -> Path:
+    """The ``.json`` beside a cache's ``.npy``."""
+    return Path(array).with_suffix(".json")
+
+
 def caches_of_stem(folder: Path, stem: str) -> List[Path]:
     """Every file of every cache of ``stem`` in ``folder`` (a newer model's cache replaces them)."""
     return list(Path(folder).glob(f"{stem}-*"))

@@ -7,7 +7,7 @@ the dataset except for the per-image records (one row per image). Every threshol
 a 512-bin histogram per image; S-measure, MAE and the object terms come from sums over the four
 centroid quadrants.
 
-Two families of protocols see the map differently (SPEC §7):
+Two families of protocols see the map differently (docs/evaluation.md#our-protocol):
 - **paper** protocols (acc, iou, max_fbeta, max_fbeta_per_image) score the soft mask as predicted,
   quantised to q = round(255·pred) as saving it as a PNG would (exact for 8-bit maps);
 - **SOD-toolbox** protocols (max_fbeta_pr_curve, mean_fbeta_adaptive, mae, s_measure, the

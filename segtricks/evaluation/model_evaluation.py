@@ -1,8 +1,8 @@
 """Evaluate a trained model on a dataset under an evaluation protocol (``segtricks.evaluation.protocols``).
 
 What the protocol's fields ask for is done here and in ``predict``: the batch size; with
-``centre_crop`` (the reference's, SPEC §8.2–8.4) image, ground truth and GT boxes in the reference's
-resized, centre-cropped view, metrics on the crop; otherwise (ours, SPEC §7, the default) predictions
+``centre_crop`` (the reference's, docs/evaluation.md#the-references-protocol) image, ground truth and GT boxes in the reference's
+resized, centre-cropped view, metrics on the crop; otherwise (ours, docs/evaluation.md#our-protocol, the default) predictions
 at the configured size, each soft mask resized to its ground truth's original size. BatchNorm's mode
 and the foreground selection are ``predict_raw``'s. Post-processing tricks (GF, BF) run on the mask at
 the prediction size.

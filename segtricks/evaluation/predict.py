@@ -1,7 +1,7 @@
 """Foreground masks from a trained model, under an evaluation protocol (``segtricks.evaluation.protocols``).
 
-Ours (SPEC §7): BatchNorm uses its running statistics (eval mode), and each mask whose mean is above
-0.5 is inverted on its own. The reference's (SPEC §8.2–8.3), reproduced on request only: BatchNorm
+Ours (docs/evaluation.md#our-protocol): BatchNorm uses its running statistics (eval mode), and each mask whose mean is above
+0.5 is inverted on its own. The reference's (docs/evaluation.md#the-references-protocol), reproduced on request only: BatchNorm
 normalises with the test batch's statistics (train mode, ``Protocol.batch_statistics``), and one
 inversion decision is taken for the whole batch (``Protocol.per_batch_foreground``).
 """
@@ -28,7 +28,7 @@ def select_foreground(mask: torch.Tensor) -> torch.Tensor:
 
 
 def select_foreground_per_batch(mask: torch.Tensor) -> torch.Tensor:
-    """The reference's inversion (SPEC §8.3): invert every mask of the batch when the batch mean is
+    """The reference's inversion (docs/evaluation.md#the-references-protocol): invert every mask of the batch when the batch mean is
     above 0.5, so an image can be flipped because of its neighbours in the batch."""
     return 1 - mask if mask.mean() > 0.5 else mask
 

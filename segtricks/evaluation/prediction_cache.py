@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from segtricks.evaluation.cache_files import (SUFFIXES, cache_file, caches_of_stem, dataset_stem, keys_stem,
-                                              masks_stem)
+                                              masks_stem, meta_file)
 from segtricks.files import remove_dead_temps, temp_path, write_atomic
 from segtricks.config.schema import DatasetRef, canonical_sha256
 from segtricks.data.datasets import RawDataset
@@ -106,7 +106,7 @@ class ArrayCache:
         self._stored: Optional[RowFile] = None
         self._present: set = set()
         try:  # the .json first: a cache is complete once its .json is there (it is published last)
-            present = json.loads(self.path.with_suffix(".json").read_text())["present"]
+            present = json.loads(meta_file(self.path).read_text())["present"]
             self._stored, self._present = RowFile.open(self.path), set(present)
         except FileNotFoundError:  # not built yet, or removed meanwhile (cache rm, a newer model's cache)
             pass
@@ -161,7 +161,7 @@ class ArrayCache:
             old.unlink(missing_ok=True)
         # the rows were written in place through pwrite (RowFile), so the .npy is renamed by hand
         os.replace(self._tmp, self.path)
-        write_atomic(self.path.with_suffix(".json"), json.dumps({"present": sorted(self._written), **self.about,
+        write_atomic(meta_file(self.path), json.dumps({"present": sorted(self._written), **self.about,
                                                                  "rows": len(self.ids), "created": time.time()}))
 
 

@@ -5,9 +5,9 @@ adds its own metrics to the run (``Protocol.dataset_key``). The evaluation code 
 the protocol's fields, never from its name. Torch-free: configs are validated against this registry
 before torch is imported (``segtricks.registry.registered_names``).
 
-- ``ours`` (SPEC §7): predictions at the configured size, each soft mask resized to its ground truth's
+- ``ours`` (docs/evaluation.md#our-protocol): predictions at the configured size, each soft mask resized to its ground truth's
   original size; BatchNorm with its running statistics; foreground chosen per image.
-- ``reference`` (SPEC §8.2–8.4, to compare with the paper's tables): image, ground truth and boxes
+- ``reference`` (docs/evaluation.md#the-references-protocol, to compare with the paper's tables): image, ground truth and boxes
   resized (shorter side = the configured size) and centre-cropped to a square, metrics on the crop;
   batches of 8 with BatchNorm normalising by the test batch's statistics; one inversion decision per
   batch. Precomputed maps get the same crop (BatchNorm and inversion do not apply to them).

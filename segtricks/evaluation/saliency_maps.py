@@ -1,7 +1,7 @@
 """Score a folder of saliency maps, or the centred Gaussian prior, on a dataset, in numpy.
 
 Maps ``<image id>.png`` (0–255, at their image's size) are read as float64 in [0, 1] and scored at
-full size by ``SaliencyEvaluator`` (SPEC §7); post-processing tricks run on the full-size map.
+full size by ``SaliencyEvaluator`` (docs/evaluation.md#our-protocol); post-processing tricks run on the full-size map.
 Scoring a few hundred maps takes less time than importing torch, so the plain path imports none: the
 guided filter (``gf``) runs through ``segtricks.method.guided_filter_numpy``, the numbers of the torch trick
 on CPU. Torch is imported only for what is torch: other tricks (``bf``), a protocol's centre-crop

@@ -14,6 +14,9 @@ memory, time) fits a node and the limits of the partition (``check_fits``: Slurm
 and leave it pending for ever), and that SQLite or journal files the tasks write are on a filesystem
 every node reaches. ``wait_for`` shows why tasks wait, and cancels a task whose reason means it can
 never start (``NEVER_STARTS``).
+
+Over 400 lines on purpose: every check before a submission (the partition's limits, GPUs, the
+store and storage on a shared filesystem) beside the flags it checks and the executor it configures.
 """
 from __future__ import annotations
 

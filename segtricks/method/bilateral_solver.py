@@ -1,4 +1,4 @@
-"""Fast bilateral solver (Barron & Poole, ECCV 2016), SPEC §5.
+"""Fast bilateral solver (Barron & Poole, ECCV 2016), docs/method.md#post-processing-gf-and-bf.
 
 Same construction as the code TokenCut, MOVE and FOUND use: pixels are splatted onto the vertices
 of a 5-D (x, y, luma, chroma-u, chroma-v) grid, the grid is blurred with a [1 2 1] kernel along each

@@ -1,4 +1,4 @@
-"""The multi-scale crop-consistency trick (SPEC §4): a student/teacher loss between scales.
+"""The multi-scale crop-consistency trick (docs/method.md#crop-consistency): a student/teacher loss between scales.
 
 The student's full-image fine mask, cropped to a random square window and resized to the input
 size, must agree with the teacher: the model's own prediction on the crop, sharpened by the guided
@@ -20,7 +20,7 @@ def sample_crop_boxes(batch: int, size: int, frac: float,
     """Square windows of side round(frac·size), one per image, (B, 3) as (top, left, side).
 
     Top and left are uniform over every valid position 0 … size − side. (The reference drew them
-    so that they always came out as row 80 and columns 10–29: SPEC §8.1.)
+    so that they always came out as row 80 and columns 10–29: docs/method.md#defects-of-the-reference-that-we-fix.)
     """
     if not 0 < frac <= 1:
         raise ValueError(f"crop.frac must be in (0, 1], got {frac}")

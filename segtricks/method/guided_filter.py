@@ -1,4 +1,4 @@
-"""He et al.'s guided filter on batched torch tensors (CPU or CUDA), SPEC §5.
+"""He et al.'s guided filter on batched torch tensors (CPU or CUDA), docs/method.md#post-processing-gf-and-bf.
 
 Box means use truncated windows at the borders (each output pixel averages only the pixels of its
 window that lie inside the image), so the result needs no padding rule.

@@ -1,4 +1,4 @@
-"""He et al.'s guided filter on numpy planes with OpenCV box sums, SPEC §5; imports no torch.
+"""He et al.'s guided filter on numpy planes with OpenCV box sums, docs/method.md#post-processing-gf-and-bf; imports no torch.
 
 The CPU path of ``segtricks.method.guided_filter`` (which documents the filter) and the one that scoring
 saliency maps uses (``segtricks.evaluation.saliency_maps``): each image is filtered with OpenCV's box filter

@@ -1,4 +1,4 @@
-"""Sempart's unsupervised losses (SPEC §3), each a documented pure function of tensors.
+"""Sempart's unsupervised losses (docs/method.md#losses), each a documented pure function of tensors.
 
 Shapes: masks are (B, 1, h, w) in [0, 1]; features are (B, C, h, w) backbone keys; images are
 (B, 3, H, W). All losses return a scalar averaged over the batch.
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 # The 8 directed neighbour offsets (dy, dx) of a pixel: each undirected edge is counted twice,
-# as the reference computes graph-TV (SPEC §3).
+# as the reference computes graph-TV (docs/method.md#losses).
 NEIGHBOURS: Tuple[Tuple[int, int], ...] = tuple(
     (dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
 
@@ -52,7 +52,7 @@ def ncut_loss(mask: torch.Tensor, affinity: torch.Tensor) -> torch.Tensor:
 
 def graph_tv(mask: torch.Tensor, guide: torch.Tensor,
              edge_weight: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Graph-TV as the reference computes it (SPEC §3): mean over (b, 8, h, w) of w_pq·(s_p − s_q)².
+    """Graph-TV as the reference computes it (docs/method.md#losses): mean over (b, 8, h, w) of w_pq·(s_p − s_q)².
 
     Every pixel p has 8 directed neighbours q; at the border mask and guide are reflect-padded
     (mirrored without repeating the edge pixel), so border pixels have 8 neighbours too.

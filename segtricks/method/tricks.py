@@ -78,7 +78,7 @@ def register_post_trick(name: str) -> Callable:
 
 
 class CropConsistency(TrainingTrick):
-    """Multi-scale crop consistency (SPEC §4): terms ``crop_ncut`` (weight ``crop.ncut_weight``) and
+    """Multi-scale crop consistency (docs/method.md#crop-consistency): terms ``crop_ncut`` (weight ``crop.ncut_weight``) and
     ``crop_eq`` (λ = ``crop.eq_weight``) between the student's full-image mask, cropped, and the
     GF-sharpened, detached prediction on a random crop (``crop.frac`` of the side)."""
 

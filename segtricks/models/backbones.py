@@ -343,7 +343,7 @@ def build_backbone(name: str, weights: Optional[str] = None) -> KeyBackbone:
 def write_random_release(name: str, folder: Path) -> Path:
     """Write backbone ``name``'s random-init ViT as ``folder/<official file name>``, in the official
     release's layout: DINO's plain state dict of the ViT's keys; iBOT's ``state_dict`` holding the
-    teacher's ``backbone.``-prefixed keys beside its projection head. A rehearsal (``experiments/
+    teacher's ``backbone.``-prefixed keys beside its projection head. A rehearsal (``benchmarks/
     rehearsal.yaml``) then loads weights the way a real run does, from ``$SEGTRICKS_WEIGHTS``."""
     release = RELEASES[name]
     if release is None:

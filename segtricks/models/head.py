@@ -1,4 +1,4 @@
-"""The Sempart segmentation head (SPEC §2): coarse mask on the patch grid, fine mask at full size.
+"""The Sempart segmentation head (docs/method.md#the-head): coarse mask on the patch grid, fine mask at full size.
 
 Trainable on top of frozen backbone keys. For ViT-S/8 at 320×320 the coarse mask is 40×40; the fine
 branch upsamples by 2 log2(patch) times, concatenating the ImageNet-normalised image at each scale.
@@ -77,7 +77,7 @@ class SempartHead(nn.Module):
         for c_out in widths:
             self.up.append(conv_bn_act(c_in + 3, c_out))
             c_in = c_out
-        # The last stage has a second conv block at full resolution, for every patch size (SPEC §2:
+        # The last stage has a second conv block at full resolution, for every patch size (docs/method.md, the head:
         # "the final upsampling block comprises two convolutional blocks").
         self.refine = conv_bn_act(c_in, c_in)
         self.fine = nn.Conv2d(c_in + 3, 1, 1)

@@ -15,10 +15,8 @@ the plan and the summary show each cell once with its seeds beneath it (``groupe
 """
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from enum import Enum
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
@@ -28,7 +26,6 @@ from segtricks.config.grid import Cell, Grid, read_grid
 from segtricks.config.schema import config_hash
 from segtricks.config.vocabulary import SUMMARY_METRICS
 from segtricks.tracking import claims, tags
-from segtricks.tracking.store import Store
 from segtricks.tracking.uri import runs_page, tracking_uri
 
 

@@ -1,0 +1,23 @@
+"""Every cell of every grid keeps its config and training hashes (issue 29): a run counts as done by its
+config hash, and a training is found by its training hash, so restructuring the code must not change
+them. ``data/grid_hashes.json`` was written from the grids as they were before the restructuring."""
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+from segtricks.runners.plan import load_grid
+
+PINNED = json.loads((Path(__file__).parent / "data" / "grid_hashes.json").read_text())
+
+
+@pytest.mark.parametrize("grid", sorted(PINNED))
+def test_each_cells_hashes_are_those_of_the_earlier_runs(grid, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cells = {c.id: c for c in load_grid(grid).cells}
+    for cell_id, pinned in PINNED[grid].items():
+        assert cell_id in cells, f"{grid}: cell {cell_id} is gone"
+        cell = cells[cell_id]
+        assert cell.config_hash == pinned["config"], f"{grid} {cell_id}: config hash changed"
+        assert (cell.training_hash if cell.trains else None) == pinned["training"], f"{grid} {cell_id}: training hash"
