@@ -40,7 +40,7 @@ from analysis.tables import (build_table, contrasts_caption, contrasts_csv, cont
                              layout_for, to_latex, to_markdown)
 from segtricks import errors
 from segtricks.config.schema import ConfigError
-from segtricks.config.grid import grid_path, read_grid
+from segtricks.config.grid import grid_name, grid_path, read_grid
 from segtricks.config.vocabulary import CELL_SEPARATOR
 from segtricks.tracking.artifacts import read_samples
 from segtricks.tracking.connect import exit_on_environment_error
@@ -110,6 +110,10 @@ def write_contrasts(grid: str, out_dir: Path, contrasts: pd.DataFrame, notes: Li
 
 def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Optional[str],
          log: bool = True, only_contrasts: bool = False) -> str:
+    """``grid``: a grid name, or a grid file's path (its layout from the file, its runs and the files
+    written under the file's ``name:``)."""
+    name = grid_name(grid)  # what its outputs are called
+    experiment = experiment or name
     runs = load_runs(grid, uri, experiment)
     layout = layout_for(grid, runs)
     contrasts, contrast_notes = contrast_table(grid, runs, layout, uri)
@@ -120,21 +124,21 @@ def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Opt
     written: List[Path] = []
     contrasts_md = ""
     if contrasts is not None:
-        contrasts_md, written = write_contrasts(grid, out_dir, contrasts, contrast_notes,
+        contrasts_md, written = write_contrasts(name, out_dir, contrasts, contrast_notes,
                                                 contrasts_caption(layout, runs, contrasts))
     if only_contrasts:
         if log:
-            log_outputs(uri, grid, experiment, written)
+            log_outputs(uri, name, experiment, written)
         return contrasts_md
     table, notes, cap = build_table(grid, runs, contrasts)
     md = to_markdown(table, notes, cap)
-    written.append(out_dir / f"{grid}.md")
+    written.append(out_dir / f"{name}.md")
     written[-1].write_text(md)
     if fmt == "latex":
-        written.append(out_dir / f"{grid}.tex")
+        written.append(out_dir / f"{name}.tex")
         written[-1].write_text(to_latex(table, notes, cap))
     elif fmt == "csv":
-        written.append(out_dir / f"{grid}.csv")
+        written.append(out_dir / f"{name}.csv")
         table.to_csv(written[-1], index=False)
     records = {d: load_records(grid, d, runs, uri) for d in layout.datasets if "corloc" not in layout.metrics
                or d == "synthetic"}
@@ -142,14 +146,14 @@ def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Opt
     if records:
         groups = {}
         for cell in layout.rows:
-            groups.setdefault(cell.split(CELL_SEPARATOR)[0] if CELL_SEPARATOR in cell else grid, []).append(cell)
+            groups.setdefault(cell.split(CELL_SEPARATOR)[0] if CELL_SEPARATOR in cell else name, []).append(cell)
         for group, cells in groups.items():
             present = [c for c in cells if any(c in set(r.cell) for r in records.values())]
             if not present:
                 continue
-            suffix = f"_{group}" if group != grid else ""
-            fig = plot_iou_vs_size(records, present, f"{grid}: mean IoU against object size ({group})")
-            written += save(fig, out_dir / "figures" / f"{grid}_size{suffix}")
+            suffix = f"_{group}" if group != name else ""
+            fig = plot_iou_vs_size(records, present, f"{name}: mean IoU against object size ({group})")
+            written += save(fig, out_dir / "figures" / f"{name}_size{suffix}")
             if len(present) < 2:
                 continue
             for dataset, recs in records.items():
@@ -160,11 +164,11 @@ def make(grid: str, fmt: str, out_dir: Path, uri: Optional[str], experiment: Opt
                 chosen = pick_examples(recs, present[0], present[-1], ids)
                 if chosen:
                     fig = plot_qualitative(samples, recs, present, chosen,
-                                           f"{grid} on {dataset}: largest IoU gains and losses of "
+                                           f"{name} on {dataset}: largest IoU gains and losses of "
                                            f"{last_entry(present[-1])} over {last_entry(present[0])}")
-                    written += save(fig, out_dir / "figures" / f"{grid}_qualitative{suffix}_{dataset}")
+                    written += save(fig, out_dir / "figures" / f"{name}_qualitative{suffix}_{dataset}")
     if log:
-        log_outputs(uri, grid, experiment, written)
+        log_outputs(uri, name, experiment, written)
     return md + (f"\n{contrasts_md}" if contrasts_md else "")
 
 

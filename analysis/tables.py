@@ -32,6 +32,8 @@ def layout_for(grid: str, runs: pd.DataFrame) -> TableLayout:
     return TableLayout(f"Grid {grid}", tuple(sorted(runs.cell.unique())), datasets, ("iou",))
 
 
+PUBLISHED_MARK = "(published)"  # a row of the literature's figures, not run here
+
 CONTRAST_COLUMNS = ["baseline", "contrast_delta", "contrast_ci_low", "contrast_ci_high", "contrast_p_holm"]
 
 
@@ -67,6 +69,13 @@ def build_table(grid: str, runs: pd.DataFrame,
                              "paper": paper if paper is not None else np.nan,
                              "diff": mean - paper if paper is not None and values.size else np.nan,
                              "status": status})
+    for name in layout.literature_rows:  # the paper's figures for systems this grid does not run
+        for d in layout.datasets:
+            for m in layout.metrics:
+                paper = layout.literature.get((name, d, m))
+                rows.append({"cell": f"{name} {PUBLISHED_MARK}", "dataset": d, "metric": m, "mean": np.nan,
+                             "std": np.nan, "n": 0, "reference": np.nan,
+                             "paper": paper if paper is not None else np.nan, "diff": np.nan, "status": "published"})
     table = pd.DataFrame(rows)
     shown = pd.DataFrame(columns=["cell", "dataset", "metric", *CONTRAST_COLUMNS])
     if contrasts is not None and len(contrasts):
@@ -103,9 +112,12 @@ def caption(grid: str, layout: TableLayout, runs: pd.DataFrame, with_reference: 
     parts.append("Protocols: " + "; ".join(f"`{m}` ({METRICS[m].note})" if m in METRICS else f"`{m}`"
                                            for m in layout.metrics) + ".")
     parts.append(OUR_PROTOCOL + ("; " + REFERENCE_PROTOCOL if with_reference else "") + ".")
-    published = bool(layout.published)
+    published = bool(layout.published or layout.literature)
     parts.append("Ours: mean ± std over seeds (n runs) where several"
                  + ("; paper: published value; Δ = ours − paper." if published else "; no published values."))
+    if layout.literature:
+        parts.append(f"Rows marked {PUBLISHED_MARK} are figures the paper copies from the literature, for systems "
+                     f"this grid does not run: they have no value of ours.")
     return " ".join(parts)
 
 

@@ -22,7 +22,7 @@ from segtricks.config.schema import config_from_dict
 from segtricks.method.guided_filter import guided_filter
 from segtricks.models.model import build_model
 from segtricks.runtime.device import Precision, precision_of
-from segtricks.engine.loop import loss_terms, loss_weights
+from segtricks.engine.loop import build_optimizer, loss_terms, loss_weights
 
 
 def time_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -43,7 +43,7 @@ def train_step_fn(tricks: List[str], device: torch.device, precision: Optional[P
     model = build_model(cfg).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.head.parameters(), lr=1e-4, betas=(0.9, 0.99))
+    opt = build_optimizer(cfg, model.head.parameters())
     images = torch.rand(batch, 3, size, size, device=device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)

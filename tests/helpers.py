@@ -11,6 +11,7 @@ from segtricks.config.schema import Config, Layer, compose, read_yaml_mapping
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_GOLDEN = REPO.parent / "shared" / "golden"
 DEMO_CELL = REPO / "experiments" / "demo_cell.yaml"
 
 # The demo cell cut to a training of seconds: one epoch of one step of 4 on 8 synthetic images at

@@ -138,9 +138,9 @@ TABLE = ["table:", "  title: T", "  datasets: [synthetic]", "  metrics: [iou, co
     (["  published:", "    small/crop: [0.5]"],
      "{grid}:15: table.published.small/crop has 1 values; expected 2 (datasets × metrics, dataset-major)"),
     (["  published: {small/crop: [0.5, high]}"],
-     "{grid}:14: table.published.small/crop: expected a list of 2 numbers, got [0.5, 'high']"),
+     "{grid}:14: table.published.small/crop: expected a list of 2 numbers (null: not published), got [0.5, 'high']"),
     (["  metric: [iou]"], "{grid}:14: table: unknown key(s) metric; valid keys: title, datasets, metrics, rows, "
-                          "published, contrasts"),
+                          "published, literature, contrasts"),
     # table: contrasts:
     (["  contrasts:", "    - {trick: small/crop+gf, baseline: small/crop}",
       "    - {trick: large/crp, baseline: large/crop}"],

@@ -17,7 +17,7 @@ LAYERS: List[Tuple[str, ...]] = [
      "segtricks.engine.folder"),
     ("segtricks.config",),  # what a user writes, validated
     ("segtricks.data",),
-    ("segtricks.models", "segtricks.method"),
+    ("segtricks.models", "segtricks.method", "segtricks.methods"),
     ("segtricks.evaluation",),
     ("segtricks.engine",),
     ("segtricks.tracking",),

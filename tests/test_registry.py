@@ -47,7 +47,8 @@ def test_names_read_from_source_equal_the_live_registries():
     """The command-line tools check a grid's names (and datasets' splits) by reading the registering
     modules' source (no torch import); a registration that reading cannot see would make a valid grid fail."""
     from segtricks.config.grid import COMPONENTS
-    live = {"backbone": BACKBONES, "trick": TRICKS, "dataset": DATASETS}
+    from segtricks.methods.registry import METHODS
+    live = {"backbone": BACKBONES, "trick": TRICKS, "dataset": DATASETS, "method": METHODS}
     for kind, (module, registry, helpers) in COMPONENTS.items():
         declared = _declared_entries(module, registry, tuple(helpers))
         assert list(declared) == live[kind].names(), kind

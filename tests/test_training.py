@@ -98,7 +98,7 @@ def test_evaluation_only_cell_builds_no_trainer_and_loads_the_weights_once(in_tm
     monkeypatch.setattr(training_module, "TrainView", counting("train_view", training_module.TrainView))
     monkeypatch.setattr(torch.optim, "AdamW", counting("adamw", torch.optim.AdamW))
     real_load = checkpoint.load
-    monkeypatch.setattr(model_module.checkpoint, "load",
+    monkeypatch.setattr(checkpoint, "load",
                         lambda path: (counts.__setitem__("best_loads", counts["best_loads"] + (Path(path).name == "best.pt")),
                                       real_load(path))[1])
     second = in_tmp / "second.yaml"  # the same training, post-processed: evaluation only

@@ -60,16 +60,16 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 
 import yaml
 
-from segtricks.config.schema import (DATASET_REGISTRY, Config, ConfigError, Layer, YamlFile, compose, config_hash,
-                                   read_yaml_file, set_flag_layers)
-from segtricks.registry import registered_names
+from segtricks.config.schema import (DATASET_REGISTRY, DEFAULT_METHOD, METHOD_REGISTRY, Config, ConfigError, Layer,
+                                     YamlFile, compose, config_hash, read_yaml_file, set_flag_layers)
+from segtricks.registry import registered_attributes, registered_names
 from segtricks.config.vocabulary import METRICS, cell_name
 
 if TYPE_CHECKING:
     from segtricks.engine.training import Training
 
 GRID_KEYS = ("name", "description", "base", "set", "axes", "seeds", "table")
-TABLE_KEYS = ("title", "datasets", "metrics", "rows", "published", "contrasts")
+TABLE_KEYS = ("title", "datasets", "metrics", "rows", "published", "literature", "contrasts")
 CONTRAST_KEYS = ("trick", "baseline")
 
 
@@ -90,6 +90,12 @@ class TableSpec:
     metrics: Tuple[str, ...]
     published: Dict[Tuple[str, str, str], float] = field(default_factory=dict)  # (row, dataset, metric)
     contrasts: Tuple[Tuple[str, str], ...] = ()  # (trick cell, baseline cell) as declared; () = the default rule
+    # rows the paper copies from the literature and this grid does not run: (name, dataset, metric) → value
+    literature: Dict[Tuple[str, str, str], float] = field(default_factory=dict)
+
+    @property
+    def literature_rows(self) -> Tuple[str, ...]:
+        return tuple(dict.fromkeys(name for name, _, _ in self.literature))
 
 
 @dataclass
@@ -99,7 +105,7 @@ class Cell:
     name: str
     cfg: Config
     config_hash: str
-    training: Optional[Training]  # None for cells that score precomputed maps
+    training: Optional[Training]  # None for cells that score precomputed maps or run a training-free method
     seed: Optional[int] = None  # the training seed of a replica; None in a grid without seeds
 
     @property
@@ -109,7 +115,8 @@ class Cell:
 
     @property
     def trains(self) -> bool:
-        """Whether the cell needs a trained model (cells scoring precomputed maps do not)."""
+        """Whether the cell needs a trained model (cells scoring precomputed maps, or running a method
+        that trains nothing, do not)."""
         return self.training is not None
 
     @property
@@ -184,13 +191,14 @@ def _set_layer(file: YamlFile, key: str, overrides: Any) -> Layer:
 COMPONENTS = {
     "backbone": ("segtricks.models.backbones", "BACKBONES", ()),
     "trick": ("segtricks.method.tricks", "TRICKS", ("register_post_trick",)),
+    "method": (*METHOD_REGISTRY, ()),
     "dataset": (*DATASET_REGISTRY, ()),
 }
 
 
 # The config keys that hold each kind of name (a layer setting a parent mapping sets them too).
 NAME_KEYS = {"backbone": ("backbone.name",), "trick": ("tricks",),
-             "dataset": ("data.train.name", "data.val.name", "eval")}
+             "dataset": ("data.train.name", "data.val.name", "eval"), "method": ("method",)}
 
 
 def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> None:
@@ -198,14 +206,33 @@ def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> Non
     registering modules' source when they are not imported yet, so that a typo costs no torch import.
     With the config's ``layers``, the error blames the last one that set the name (a ``--set`` flag)."""
     refs = [cfg.data.train, *([cfg.data.val] if cfg.data.val else []), *cfg.eval]
-    wanted = [("backbone", cfg.backbone.name), *[("trick", t) for t in cfg.tricks], *[("dataset", r.name) for r in refs]]
+    wanted = [("method", cfg.method), ("backbone", cfg.backbone.name), *[("trick", t) for t in cfg.tricks],
+              *[("dataset", r.name) for r in refs]]
+
+    def blamed(kind: str) -> str:
+        setters = [layer.source for layer in layers for key in layer.values
+                   if any(k == key or k.startswith(f"{key}.") for k in NAME_KEYS[kind])]
+        return setters[-1] if setters and setters[-1].startswith("--set") else where
+
     for kind, name in wanted:
         known = registered_names(*COMPONENTS[kind])
         if name not in known:
-            setters = [layer.source for layer in layers for key in layer.values
-                       if any(k == key or k.startswith(f"{key}.") for k in NAME_KEYS[kind])]
-            blamed = setters[-1] if setters and setters[-1].startswith("--set") else where
-            raise ConfigError(f"{blamed}: unknown {kind} {name!r}; registered {kind}s: {', '.join(known)}")
+            raise ConfigError(f"{blamed(kind)}: unknown {kind} {name!r}; registered {kind}s: {', '.join(known)}")
+    if cfg.method == DEFAULT_METHOD:
+        return
+    trains = registered_attributes(*METHOD_REGISTRY)[cfg.method]["trains"]
+    stages = registered_attributes(*COMPONENTS["trick"])  # crop is registered with stage train, the rest post
+    training_tricks = [t for t in cfg.tricks if stages.get(t, {}).get("stage", "post") == "train"]
+    if training_tricks and not trains:
+        raise ConfigError(f"{blamed('method')}: method {cfg.method!r} does not train, so training trick "
+                          f"{training_tricks[0]!r} has nothing to act on; keep post-processing tricks only (gf, bf)")
+    if cfg.maps is not None:
+        raise ConfigError(f"{where}: maps: scores precomputed maps, and method {cfg.method!r} computes its own; "
+                          f"set one of them")
+    if cfg.eval_protocols != ["ours"]:
+        raise ConfigError(f"{where}: eval_protocols {cfg.eval_protocols}: the reference protocol is how the paper's "
+                          f"code evaluated Sempart (BatchNorm, inversion per batch); method {cfg.method!r} is scored "
+                          f"under ours only")
 
 
 @dataclass
@@ -301,25 +328,39 @@ def _table(file: YamlFile, cells: Sequence[str]) -> Optional[TableSpec]:
                       "registered datasets")
     metrics = _names(file, "table.metrics", table["metrics"], list(METRICS), "metric", "metrics")
     rows = _names(file, "table.rows", table["rows"], cells, "cell of the grid", "cells") if "rows" in table else cells
-    published: Dict[Tuple[str, str, str], float] = {}
-    given = table.get("published") or {}
+    published = _values(file, "published", table, datasets, metrics, cells)
+    literature = _values(file, "literature", table, datasets, metrics, None)
+    clash = sorted({name for name, _, _ in literature} & set(cells))
+    if clash:
+        raise file.error("table.literature", f"table.literature: {clash[0]!r} is a cell of the grid: its published "
+                                             f"values go under table.published")
+    contrasts = _contrasts(file, table["contrasts"], cells) if "contrasts" in table else ()
+    title = str(table.get("title", f"Grid {file.data.get('name', file.path.stem)}"))
+    return TableSpec(title, tuple(rows), datasets, metrics, published, contrasts, literature)
+
+
+def _values(file: YamlFile, key: str, table: Dict[str, Any], datasets: Sequence[str], metrics: Sequence[str],
+            cells: Optional[Sequence[str]]) -> Dict[Tuple[str, str, str], float]:
+    """``table.published`` (rows are cells of the grid: ``cells``) or ``table.literature`` (rows are any
+    name: ``cells`` None): each row's values, datasets in order, each with its metrics in order."""
+    values_of: Dict[Tuple[str, str, str], float] = {}
+    given = table.get(key) or {}
     if not isinstance(given, dict):
-        raise file.error("table.published", f"table.published: expected a mapping of cells to values, got {given!r}")
+        raise file.error(f"table.{key}", f"table.{key}: expected a mapping of rows to values, got {given!r}")
     for row, values in given.items():
-        where = f"table.published.{row}"
-        if row not in cells:
-            raise file.error(where, f"table.published: {row!r} is not a cell of the grid; cells: {', '.join(cells)}")
-        keys = [(row, d, m) for d in datasets for m in metrics]
-        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+        where = f"table.{key}.{row}"
+        if cells is not None and row not in cells:
+            raise file.error(where, f"table.{key}: {row!r} is not a cell of the grid; cells: {', '.join(cells)}")
+        keys = [(str(row), d, m) for d in datasets for m in metrics]
+        if not isinstance(values, list) or not all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool)
                                                    for v in values):
-            raise file.error(where, f"{where}: expected a list of {len(keys)} numbers, got {values!r}")
+            raise file.error(where, f"{where}: expected a list of {len(keys)} numbers (null: not published), "
+                                    f"got {values!r}")
         if len(values) != len(keys):
             raise file.error(where, f"{where} has {len(values)} values; expected {len(keys)} (datasets × metrics, "
                                     f"dataset-major)")
-        published |= dict(zip(keys, map(float, values)))
-    contrasts = _contrasts(file, table["contrasts"], cells) if "contrasts" in table else ()
-    title = str(table.get("title", f"Grid {file.data.get('name', file.path.stem)}"))
-    return TableSpec(title, tuple(rows), datasets, metrics, published, contrasts)
+        values_of |= {k: float(v) for k, v in zip(keys, values) if v is not None}
+    return values_of
 
 
 def _contrasts(file: YamlFile, given: Any, cells: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
@@ -400,6 +441,15 @@ def _read_grid_file(name_or_path: str) -> YamlFile:
     file = read_yaml_file(grid_path(name_or_path), "grid file")
     file.check_keys(file.data, GRID_KEYS)
     return file
+
+
+def grid_name(name_or_path: str) -> str:
+    """A grid's name, its experiment's in the store: the file's ``name:`` for a path (a grid kept
+    outside ``experiments/``, such as ``benchmarks/rehearsal.yaml``), else the name given."""
+    if Path(name_or_path).suffix not in (".yaml", ".yml"):
+        return name_or_path
+    file = _read_grid_file(name_or_path)
+    return str(file.data.get("name", file.path.stem))
 
 
 def read_table(name_or_path: str) -> Optional[TableSpec]:

@@ -125,6 +125,37 @@ class BFConfig:
 
 
 @dataclass
+class TokenCutConfig:
+    """TokenCut (``method: tokencut``; docs/methods.md#tokencut)."""
+
+    tau: float = 0.2  # the binary graph: 1 where the keys' cosine is above tau
+    eps: float = 1e-5  # and eps elsewhere
+    solver: str = "auto"  # the second eigenvector: auto | dense (the authors' scipy eigh) | arpack | torch
+
+
+@dataclass
+class LostConfig:
+    """LOST (``method: lost``; docs/methods.md#lost)."""
+
+    k_patches: int = 100  # the lowest-degree patches the seed is expanded over
+
+
+@dataclass
+class DeepSpectralConfig:
+    """Deep Spectral Methods' single-object localisation (``method: deep_spectral``; docs/methods.md#deep-spectral)."""
+
+    connectivity: int = 8  # of the largest component (the authors' skimage label: 8)
+    solver: str = "auto"  # as tokencut.solver
+
+
+# Each training-free method's own section: hashed only into the cells of that method.
+METHOD_SECTIONS = ("tokencut", "lost", "deep_spectral")
+DEFAULT_METHOD = "sempart"
+METHOD_REGISTRY = ("segtricks.methods.registry", "METHODS")
+EIGENSOLVERS = ("auto", "dense", "arpack", "torch")
+
+
+@dataclass
 class CacheConfig:
     """What evaluation keeps on disk (``segtricks.evaluation.prediction_cache``); ``python -m segtricks.cache``
     lists and removes it. Off costs time, never changes a number: grid evaluations round keys and
@@ -155,6 +186,10 @@ class Config:
     eval: List[DatasetRef] = field(default_factory=list)  # datasets the cell is evaluated on
     maps: Optional[str] = None  # evaluate precomputed maps <maps>/<dataset>/<id>.png instead of a model
     eval_protocols: List[str] = field(default_factory=lambda: ["ours"])  # each cell is scored under each (EVAL_PROTOCOLS)
+    method: str = DEFAULT_METHOD  # a registered method (METHOD_REGISTRY): sempart, or another system of the paper
+    tokencut: TokenCutConfig = field(default_factory=TokenCutConfig)
+    lost: LostConfig = field(default_factory=LostConfig)
+    deep_spectral: DeepSpectralConfig = field(default_factory=DeepSpectralConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "outputs/run"
@@ -332,6 +367,13 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
         yield "crop.frac", cfg.crop.frac, "a fraction in (0, 1]"
     if cfg.data.resize_short < cfg.data.image_size:
         yield "data.resize_short", cfg.data.resize_short, f"≥ data.image_size ({cfg.data.image_size})"
+    for key, value in (("tokencut.solver", cfg.tokencut.solver), ("deep_spectral.solver", cfg.deep_spectral.solver)):
+        if value not in EIGENSOLVERS:
+            yield key, value, " or ".join(EIGENSOLVERS)
+    if cfg.deep_spectral.connectivity not in (4, 8):
+        yield "deep_spectral.connectivity", cfg.deep_spectral.connectivity, "4 or 8"
+    if cfg.lost.k_patches < 1:
+        yield "lost.k_patches", cfg.lost.k_patches, "an integer ≥ 1"
 
 
 def _refs(cfg: Config) -> List[Tuple[str, DatasetRef]]:
@@ -511,13 +553,25 @@ def hashed_fields(cfg: Config) -> Dict[str, Any]:
     """The resolved config as ``config_hash`` sees it: less what cannot change a number (where outputs
     go, how many processes load the data, and what is cached). The protocols appear as the key they
     replaced wherever it could say the same (``LEGACY_EVAL_PROTOCOL``), so that every earlier run stays done."""
-    d = to_dict(cfg)
+    d = without_other_methods(to_dict(cfg))
     for key in NUMBER_NEUTRAL:
         d.pop(key)
     d["data"].pop("num_workers")
     protocols = sorted(d.pop("eval_protocols"))
     legacy = [name for name, meant in LEGACY_EVAL_PROTOCOL.items() if sorted(meant) == protocols]
     d.update({"eval_protocol": legacy[0]} if legacy else {"eval_protocols": protocols})
+    return d
+
+
+def without_other_methods(d: Dict[str, Any]) -> Dict[str, Any]:
+    """A config's dict without what its method does not read: the other methods' sections, and the
+    ``method`` key itself for Sempart (the default), so that every config written before methods
+    existed hashes as it did."""
+    for section in METHOD_SECTIONS:
+        if section != d["method"]:
+            d.pop(section)
+    if d["method"] == DEFAULT_METHOD:
+        d.pop("method")
     return d
 
 

@@ -36,7 +36,8 @@ from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.method.tricks import TRICKS, get_tricks
 from segtricks.models.model import SegmentationModel, build_model, with_trained_head
 from segtricks.runtime.device import precision_of, resolve_device, seed_everything
-from segtricks.config.schema import NUMBER_NEUTRAL, Config, ConfigError, canonical_sha256, resolved_yaml, to_dict
+from segtricks.config.schema import (NUMBER_NEUTRAL, Config, ConfigError, canonical_sha256, resolved_yaml, to_dict,
+                                     without_other_methods)
 
 
 class ConfigMismatchError(BadInput, RuntimeError):
@@ -49,9 +50,10 @@ def training_hash(cfg: Config) -> str:
 
     Left out: post-processing tricks and their parameter sections, the evaluation datasets and
     protocol, output paths and caches, the device, data-loader workers and the epoch budget (a longer run
-    continues a shorter one). A training trick's parameter section counts only when that trick is on.
+    continues a shorter one). A training trick's parameter section counts only when that trick is on,
+    and a method's only for that method's cells.
     """
-    d = to_dict(cfg)
+    d = without_other_methods(to_dict(cfg))
     for key in (*NUMBER_NEUTRAL, "device", "eval", "maps", "eval_protocols"):
         d.pop(key)
     d["data"].pop("num_workers")

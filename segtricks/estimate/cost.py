@@ -14,8 +14,8 @@ from segtricks.data.datasets import DatasetSize, dataset_size
 from segtricks.data.loaders import resolve_workers
 from segtricks.estimate.cache_plan import CachePlan, architecture
 from segtricks.estimate.measure import (Measurements, PredictionCost, Timing, TrainCost, loader_images_per_s,
-                                        measure_metrics, measure_post, measure_prediction, measure_store,
-                                        measure_training, measurement_config, process_age_s)
+                                        measure_method, measure_metrics, measure_post, measure_prediction,
+                                        measure_store, measure_training, measurement_config, process_age_s)
 from segtricks.method.tricks import post_trick_names, training_tricks
 from segtricks.runners.plan import Action
 
@@ -108,10 +108,25 @@ class Estimator:
             section = repr(getattr(cfg, name, None))  # gf.radius, bf.cg_iterations… change what it costs
             post[name] = self.m.get("post", (name, section, cfg.data.image_size),
                                     lambda: measure_post(name, cfg, self.m.repeats), f"post-processing {name}")
-        metrics = self.m.get("metrics", (cfg.data.image_size, hw),
-                             lambda: measure_metrics(cfg.data.image_size, hw, self.m.repeats), "metrics")
-        return EvalCost(prediction.backbone, prediction.head, post, metrics, cfg.optim.batch_size,
+        return EvalCost(prediction.backbone, prediction.head, post, self.metrics(cfg, hw), cfg.optim.batch_size,
                         prediction.peak_bytes)
+
+    def metrics(self, cfg: Config, hw: Tuple[int, int]) -> Timing:
+        return self.m.get("metrics", (cfg.data.image_size, hw),
+                          lambda: measure_metrics(cfg.data.image_size, hw, self.m.repeats), "metrics")
+
+    def post_at(self, cfg: Config, name: str, hw: Tuple[int, int]) -> Timing:
+        """A post-processing trick on a full-size map (a method's, a folder's)."""
+        section = repr(getattr(cfg, name, None))
+        return self.m.get("post", (name, section, hw), lambda: measure_post(name, cfg, self.m.repeats, hw),
+                          f"post-processing {name} at {hw[1]}×{hw[0]}")
+
+    def method(self, cfg: Config, hw: Tuple[int, int]) -> Timing:
+        """One image through a training-free method at its own size."""
+        section = repr(getattr(cfg, cfg.method, None))
+        return self.m.get("method", (cfg.method, section, architecture(cfg), hw),
+                          lambda: measure_method(cfg, hw, self.m.device, self.m.repeats),
+                          f"{cfg.method} on {cfg.backbone.name}")
 
     def loader(self, cfg: Config, hw: Tuple[int, int]) -> float:
         return self.m.get("loader", (cfg.data.image_size, cfg.data.resize_short, hw),
@@ -149,11 +164,13 @@ def estimate_grid(cells: Sequence, actions: Dict[str, Action], device: torch.dev
         cfg = cell.cfg
         row.log_s = run_s
         post = post_trick_names(cfg.tricks)
-        if not cell.trains:  # precomputed maps: post-processing at full size, metrics
+        if not cell.trains:  # maps or a training-free method: (its prediction,) post-processing at full size, metrics
             for ref in cfg.eval:
                 size = est.size(ref)
-                cost = est.evaluation(cfg, size.typical_hw)
-                row.eval_s += size.images * (sum(cost.post[p].seconds for p in post) + cost.metrics.seconds)
+                hw = size.typical_hw
+                predict = 0.0 if cfg.maps is not None else est.method(cfg, hw).seconds
+                row.eval_s += size.images * (predict + sum(est.post_at(cfg, p, hw).seconds for p in post)
+                                             + est.metrics(cfg, hw).seconds)
             continue
         if action in (Action.TRAIN, Action.RESUME) and cell.training_hash not in trained:
             trained.add(cell.training_hash)

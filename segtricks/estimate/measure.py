@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -194,20 +194,32 @@ def measure_prediction(cfg: Config, device: torch.device, repeats: int) -> Predi
     return PredictionCost(t_backbone, t_head, peak.bytes)
 
 
-def synthetic_mask(size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A (1, 1, S, S) soft mask with an object (a disc with a soft edge and noise) and its (1, 3, S, S)
+def synthetic_mask(hw: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A (1, 1, H, W) soft mask with an object (a disc with a soft edge and noise) and its (1, 3, H, W)
     image: what post-processing and metrics are timed on (their cost depends on the size, and a little
     on the content: a random-init model's prediction is no more typical)."""
     g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    mask = torch.sigmoid(8 * (0.5 - (yy ** 2 + xx ** 2).sqrt())) + 0.05 * torch.rand(size, size, generator=g)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, hw[0]), torch.linspace(-1, 1, hw[1]), indexing="ij")
+    mask = torch.sigmoid(8 * (0.5 - (yy ** 2 + xx ** 2).sqrt())) + 0.05 * torch.rand(*hw, generator=g)
     image = torch.stack([0.4 + 0.4 * mask, 0.3 + 0.2 * yy, 0.5 - 0.2 * xx]).clamp(0, 1)
     return mask.clamp(0, 1)[None, None], image[None]
 
 
-def measure_post(name: str, cfg: Config, repeats: int) -> Timing:
-    """One image's post-processing trick ``name`` at the prediction size (on the CPU, one thread)."""
-    mask, image = synthetic_mask(cfg.data.image_size)
+def measure_method(cfg: Config, hw: Tuple[int, int], device: torch.device, repeats: int) -> Timing:
+    """One image of size ``hw`` through a training-free method (its backbone random-init), as
+    ``evaluate_method`` predicts it."""
+    from segtricks.methods.registry import build_method  # the methods load only for a method's cell
+
+    method = build_method(measurement_config(cfg, []), device)
+    _, image = synthetic_mask(hw)
+    task = "saliency"
+    return time_calls(lambda: method.predict(image[0].to(device), task), repeats, device)
+
+
+def measure_post(name: str, cfg: Config, repeats: int, hw: Optional[Tuple[int, int]] = None) -> Timing:
+    """One image's post-processing trick ``name`` at the prediction size, or at ``hw`` (a method's or
+    a map's own size), on the CPU, one thread."""
+    mask, image = synthetic_mask(hw or (cfg.data.image_size, cfg.data.image_size))
     with one_thread(True):
         return time_calls(lambda: postprocess(mask, image, [name], cfg), repeats, torch.device("cpu"))
 
@@ -215,7 +227,7 @@ def measure_post(name: str, cfg: Config, repeats: int) -> Timing:
 def measure_metrics(size: int, original_hw: Tuple[int, int], repeats: int) -> Timing:
     """One image resized to ``original_hw`` and scored with every metric (on the CPU, one thread)."""
     h, w = original_hw
-    mask, _ = synthetic_mask(size)
+    mask, _ = synthetic_mask((size, size))
     gt = torch.zeros(h, w, dtype=torch.bool)
     gt[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = True
     evaluator = SaliencyEvaluator(with_structure=True)
@@ -347,7 +359,7 @@ def _load(kind: str, data):
         return TrainCost(Timing(**data["step"]), data["peak_bytes"], data["checkpoint_bytes"])
     if kind == "prediction":
         return PredictionCost(Timing(**data["backbone"]), Timing(**data["head"]), data["peak_bytes"])
-    if kind in ("post", "metrics"):
+    if kind in ("post", "metrics", "method"):
         return Timing(**data)
     if kind == "store":
         return tuple(data)

@@ -229,11 +229,13 @@ class SaliencyEvaluator:
         self._f_curves: List[np.ndarray] = []
 
     def update(self, pred, gt=None, image_id: str = "", boxes: Optional[np.ndarray] = None,
-               **extra: object) -> Dict[str, object]:
+               pred_box: Optional[Sequence[float]] = None, **extra: object) -> Dict[str, object]:
         """Add one image: pred (H, W) soft in [0, 1]; gt (H, W) bool at the same size and/or GT boxes
-        (K, 4) for CorLoc; numpy arrays or torch tensors. ``extra`` fields go into the image's record,
-        which is returned; its threshold-curve fields (acc, iou, max_fbeta_image) are filled in
-        batches, at the latest by ``records()`` or ``results()``."""
+        (K, 4) for CorLoc; numpy arrays or torch tensors. ``pred_box``: a method's own box for CorLoc
+        (LOST's seed component, Deep Spectral's largest 8-connected one); by default the box of the
+        binary map's largest component. ``extra`` fields go into the image's record, which is returned;
+        its threshold-curve fields (acc, iou, max_fbeta_image) are filled in batches, at the latest by
+        ``records()`` or ``results()``."""
         p = as_array(pred)
         if not np.issubdtype(p.dtype, np.floating):
             raise TypeError(f"{image_id}: prediction must be a float map in [0, 1], got {pred.dtype}")
@@ -245,7 +247,11 @@ class SaliencyEvaluator:
             self._saliency(p, as_array(gt).astype(bool, copy=False), row)
         if boxes is not None:
             binary = p >= 0.5  # as q ≥ 128 of the saliency protocols
-            hit, box = corloc_hit(binary, boxes)
+            if pred_box is None:
+                hit, box = corloc_hit(binary, boxes)
+            else:
+                box = tuple(int(v) for v in pred_box)
+                hit = any(box_iou(box, g) >= 0.5 for g in boxes)
             row.update(corloc_hit=hit, pred_box=box)
             if gt is None:  # object size from the union of the GT boxes
                 cover = np.zeros(binary.shape, dtype=bool)

@@ -97,7 +97,8 @@ def print_plan(grid: Grid, steps: List[Step], missing: Dict[str, List[Missing]],
         for i, s in enumerate(group):
             name = "" if i else s.cell.name
             seed = f"  seed {s.cell.seed:<{seed_width}}" if grid.seeds else ""
-            training = f"train {s.cell.training_hash[:12]} ({s.cell.training.status()})" if s.cell.trains else "maps"
+            training = (f"train {s.cell.training_hash[:12]} ({s.cell.training.status()})" if s.cell.trains
+                        else "maps" if s.cell.cfg.maps is not None else s.cell.cfg.method)
             fails = ", ".join(m.what for m in missing.get(s.cell.id, []))
             print(f"  {name:<{width}}{seed}  {s.cell.config_hash[:12]}  {training:<40}  {s.action.value:<14} {s.reason}"
                   + (f"  will fail: missing {fails}" if fails else ""))

@@ -94,7 +94,7 @@ class CropConsistency(TrainingTrick):
         return {"crop_ncut": cfg.crop.ncut_weight, "crop_eq": cfg.crop.eq_weight}
 
 
-TRICKS.register("crop")(CropConsistency())
+TRICKS.register("crop", stage="train")(CropConsistency())
 
 
 @register_post_trick("gf")

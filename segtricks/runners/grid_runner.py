@@ -19,11 +19,13 @@ from typing import Dict, List, Optional
 import torch
 from tqdm.auto import tqdm
 
-from segtricks.runtime.device import precision_of, resolve_device
+from segtricks.runtime.device import FP32, precision_of, resolve_device
 from segtricks.engine.hooks import EpochLogger
 from segtricks.engine.training import State
 from segtricks.evaluation.saliency_maps import evaluate_maps
+from segtricks.evaluation.method_evaluation import evaluate_method
 from segtricks.evaluation.model_evaluation import evaluate_model
+from segtricks.methods.registry import build_method
 from segtricks.evaluation.protocols import get_protocol
 from segtricks.files import NoSpaceError
 from segtricks.inference.mlflow_model import log_trained_model, logged_model_id
@@ -84,9 +86,13 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
             model_id = log_trained_model(run, training)  # once: a resumed trainer that logged it leaves it
         weights = status.weights_id
         model = training.model(device)
+        precision = precision_of(device).name
+    elif cfg.maps is None:  # a training-free method, built once for every dataset
+        method = build_method(cfg, device)
+        weights, precision = method.backbone.weights_id, FP32.name  # methods run their backbone in float32
     else:
-        weights = f"maps:{cfg.maps}"
-    run.set_tags({tags.WEIGHTS: weights, **({tags.PRECISION: precision_of(device).name} if cell.trains else {})})
+        weights, precision = f"maps:{cfg.maps}", None
+    run.set_tags({tags.WEIGHTS: weights, **({tags.PRECISION: precision} if precision else {})})
     by_dataset: Dict[str, Dict[str, float]] = {ref.name: {} for ref in cfg.eval}
     post = post_trick_names(cfg.tricks)
     for ref in cfg.eval:
@@ -97,6 +103,8 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
             if cell.trains:
                 ev = evaluate_model(model, cfg, ref, post, device, keep_samples=keep, protocol=protocol,
                                     cache_dir=cell.training.folder.predictions, keys_dir=cell.training.folder.keys)
+            elif cfg.maps is None:
+                ev = evaluate_method(method, cfg, ref, post, device, keep_samples=keep)
             else:
                 ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=keep, protocol=protocol)
             by_dataset[ref.name].update({f"{key}.{k}": v for k, v in ev.results().items()})

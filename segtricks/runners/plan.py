@@ -23,7 +23,8 @@ from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 from segtricks.engine.training import State, Training
 from segtricks.method.tricks import post_trick_names
 from segtricks.config.grid import Cell, Grid, read_grid
-from segtricks.config.schema import config_hash
+from segtricks.config.schema import METHOD_REGISTRY, Config, config_hash
+from segtricks.registry import registered_attributes
 from segtricks.config.vocabulary import SUMMARY_METRICS
 from segtricks.tracking import claims, tags
 from segtricks.tracking.uri import runs_page, tracking_uri
@@ -35,6 +36,7 @@ class Action(Enum):
     TRAIN = "train+evaluate"
     EVALUATE = "evaluate"  # the training is complete, or another cell of the grid trains it
     EVALUATE_MAPS = "evaluate-maps"
+    EVALUATE_METHOD = "evaluate-method"  # a training-free method (TokenCut, LOST, Deep Spectral)
     RESUME = "resume"  # a dead worker's run, continued in place
     WAIT = "wait"  # another worker holds the cell, or the training it shares
     SKIP = "skip"
@@ -61,12 +63,18 @@ def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "
     cells, trainings = [], {}
     for name, seed, cfg in grid_file.replicas:
         training = None
-        if cfg.maps is None:  # trainings live by training hash: cells differing only in post-processing share one
+        if trains_a_model(cfg):  # trainings live by training hash: cells differing only in post-processing share one
             training = Training.in_root(cfg, output_root)
             training = trainings.setdefault(training.hash, training)
             cfg.output_dir = str(training.dir)
         cells.append(Cell(name, cfg, config_hash(cfg), training, seed))
     return Grid(grid_file.name, grid_file.path, cells, grid_file.description, grid_file.table, grid_file.seeds)
+
+
+def trains_a_model(cfg: Config) -> bool:
+    """Whether a cell of ``cfg`` trains (or reuses) a model: not when it scores precomputed maps, nor
+    when its method trains nothing."""
+    return cfg.maps is None and registered_attributes(*METHOD_REGISTRY)[cfg.method]["trains"]
 
 
 def group_key(cell: Cell) -> str:
@@ -118,8 +126,10 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
         elif stale:
             steps.append(Step(cell, Action.RESUME, f"resume run {stale[-1].info.run_id[:8]} left by a dead worker",
                               stale[-1].info.run_id))
-        elif not cell.trains:
+        elif not cell.trains and cell.cfg.maps is not None:
             steps.append(Step(cell, Action.EVALUATE_MAPS, f"score maps in {cell.cfg.maps}"))
+        elif not cell.trains:
+            steps.append(Step(cell, Action.EVALUATE_METHOD, f"run {cell.cfg.method} (trains nothing)"))
         elif complete:
             steps.append(Step(cell, Action.EVALUATE, "training already complete"))
         elif shares and cell.training_hash in live_trainings:

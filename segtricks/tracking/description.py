@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from segtricks.evaluation.protocols import get_protocol
+from segtricks.config.schema import DEFAULT_METHOD
 from segtricks.config.grid import Cell
 from segtricks.config.vocabulary import METRICS, SUMMARY_METRICS
 
@@ -22,8 +23,10 @@ def cell_description(cell: Cell, weights: str, results: Dict[str, float], trains
     """Markdown for a cell's run: ``results`` are its ``<dataset key>.<metric>`` metrics; ``trains``:
     this run trained the model; ``model_from``: else the run that did (the model it shares)."""
     cfg = cell.cfg
-    if not cell.trains:
+    if not cell.trains and cfg.maps is not None:
         model = f"precomputed maps in `{cfg.maps}`"
+    elif not cell.trains:
+        model = f"{cfg.method}, which trains nothing, on the frozen backbone"
     elif trains:
         model = f"trained by this run (`{cell.training.dir}`)"
     elif model_from:
@@ -32,6 +35,7 @@ def cell_description(cell: Cell, weights: str, results: Dict[str, float], trains
         model = f"an earlier training, `{cell.training.dir}`"
     lines = [f"**{cell.id}**", "",
              f"- backbone: `{cfg.backbone.name}`, weights `{weights}`",
+             *([f"- method: `{cfg.method}`"] if cfg.method != DEFAULT_METHOD else []),
              f"- tricks: {', '.join(cfg.tricks) or 'none'}",
              f"- model: {model}", "", "Results:", ""]
     # one line per dataset: the run page draws a markdown table without borders or padding, unreadable
