@@ -29,10 +29,10 @@ from segtricks.evaluation.saliency_maps import evaluate_maps
 from segtricks.evaluation.protocols import PROTOCOLS
 
 if TYPE_CHECKING:
-    from segtricks.models.model import SegmentationModel
+    import torch
 
 
-def load_run(folder: TrainingFolder, which: str = "best") -> tuple[SegmentationModel, Config]:
+def load_run(folder: TrainingFolder, which: str = "best") -> tuple[torch.nn.Module, Config]:
     """The model of a training folder (``config.yaml`` + ``best.pt`` or ``last.pt``)."""
     folder.require_finished("--run", which)
     cfg = load_config(folder.config)
@@ -87,12 +87,22 @@ def main(argv: List[str] | None = None) -> int:
     else:
         folder = TrainingFolder(args.run)
         model, cfg = load_run(folder, args.checkpoint)
-        from segtricks.evaluation.model_evaluation import evaluate_model  # torch, as load_run
+        from segtricks.evaluation.method_evaluation import evaluate_method  # torch, as load_run
+        from segtricks.evaluation.model_evaluation import evaluate_model
+        from segtricks.methods.registry import training_recipe
         from segtricks.runtime.device import resolve_device
 
         device = resolve_device(args.device)
-        evaluator = evaluate_model(model.to(device), cfg, ref, args.post, device, protocol=args.eval_protocol,
-                                   cache_dir=folder.predictions)
+        method = training_recipe(cfg).as_method(cfg, model.to(device))
+        if method is not None:  # FOUND: image by image at each image's size, under our protocol only
+            if args.eval_protocol != "ours":
+                raise errors.BadInput(f"--eval-protocol {args.eval_protocol}: the reference protocol is how the "
+                                      f"paper's code evaluated Sempart; {args.run} trained method {cfg.method!r}, "
+                                      f"scored under ours only")
+            evaluator = evaluate_method(method, cfg, ref, args.post, device)
+        else:
+            evaluator = evaluate_model(model, cfg, ref, args.post, device, protocol=args.eval_protocol,
+                                       cache_dir=folder.predictions)
         weights = f"{cfg.backbone.name} ({model.backbone.weights_id})"
     results = evaluator.results()
     print(f"\n{args.dataset} ({ref.split if args.dataset == 'synthetic' else ref.root or '$SEGTRICKS_DATA'}), "

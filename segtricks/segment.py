@@ -32,7 +32,8 @@ from segtricks import errors
 from segtricks.data.datasets import IMAGE_SUFFIXES
 from segtricks.engine.folder import TrainingFolder
 from segtricks.files import check_writable_folder, write_atomic
-from segtricks.config.schema import DEFAULT_METHOD, load_config
+from segtricks.config.schema import DEFAULT_METHOD, METHOD_REGISTRY, load_config
+from segtricks.registry import registered_attributes
 from segtricks.tracking import tags
 from segtricks.tracking.uri import sqlite_path, tracking_uri
 
@@ -108,9 +109,10 @@ def model_source(run: str, uri: Optional[str]) -> Source:
                               f"folder of that name; copy the run id from the MLflow UI or the grid's summary")
     cell, shared = found.data.tags.get(tags.CELL, "(no cell tag)"), found.data.tags.get(tags.MODEL_FROM_RUN)
     method = found.data.params.get("method", DEFAULT_METHOD)
-    if method != DEFAULT_METHOD:
+    if not registered_attributes(*METHOD_REGISTRY).get(method, {}).get("trains", False):
         raise errors.BadInput(f"--run {run} (cell {cell}) ran method {method!r}, which trains no model: segment "
-                              f"predicts with a trained Sempart model; give the run id of a Sempart cell")
+                              f"predicts with a trained model; give the run id of a cell of a method that trains "
+                              f"(sempart, found)")
     post = [t for t in found.data.tags.get(tags.TRICKS, "").split(",") if t in POST_TRICKS]
     for run_id in filter(None, (found.info.run_id, shared)):
         if logged_model_id(store.run(run_id)) is not None:

@@ -67,9 +67,15 @@ def trained(cfg, *hooks):
     return training
 
 
-def test_resumed_training_ends_with_the_same_weights(tmp_path, step_bars):
-    full = trained(tiny(tmp_path, "full"))
-    cfg = tiny(tmp_path, "resumed")
+# FOUND's schedule crosses the epoch boundary: its background term stops after step 3 (of 4), and its rate
+# steps at every step, both counted in global steps that a resumed run must continue
+FOUND = {"method": "found", "tricks": [], "data.val": None, "found.stop_bkg_loss": 3, "found.lr_step": 1}
+
+
+@pytest.mark.parametrize("method", [{}, FOUND], ids=["sempart", "found"])
+def test_resumed_training_ends_with_the_same_weights(tmp_path, step_bars, method):
+    full = trained(tiny(tmp_path, "full", method))
+    cfg = tiny(tmp_path, "resumed", method)
     interrupted = Recorder(stop_after=0)
     with pytest.raises(Interrupt):
         trained(cfg, interrupted)

@@ -100,8 +100,10 @@ def test_a_method_cell_is_refused_with_a_training_trick_a_reference_protocol_or_
             "method 'lost' is scored under ours only",
         "{name: a, set: {method: deep_spectral, tricks: [], maps: maps/x}}":
             "maps: scores precomputed maps, and method 'deep_spectral'",
-        "{name: a, set: {method: tokenkut}}": "unknown method 'tokenkut'; registered methods: deep_spectral, lost, "
-                                             "sempart, tokencut",
+        "{name: a, set: {method: found, tricks: [crop, gf]}}": "method 'found' trains by its authors' recipe, which "
+                                                              "'crop' has nothing to act on",
+        "{name: a, set: {method: tokenkut}}": "unknown method 'tokenkut'; registered methods: deep_spectral, found, "
+                                             "lost, sempart, tokencut",
     }
     for entry, said in cases.items():
         grid = write_grid(tmp_path, [entry])
@@ -161,3 +163,56 @@ table:
     assert make_tables(["--grid", str(grid), "--out-dir", str(tmp_path / "t")]) == 0
     table = (tmp_path / "t" / "m.md").read_text()
     assert "tokencut/bf" in table and "Sempart (published)" in table
+
+
+@pytest.mark.parametrize("grid", ["table1", "table2"])
+def test_the_grids_train_found_as_experiments_found_yaml_does(grid):
+    """A grid's FOUND cell is the training of experiments/found.yaml (its authors' recipe), and both
+    single and multi readings of it share that training."""
+    from segtricks.config.grid import read_grid
+    from segtricks.config.schema import load_config
+    from segtricks.engine.training import training_hash
+    own = load_config(REPO_EXPERIMENTS / "found.yaml")
+    cell = dict(read_grid(grid).configs)["found"]
+    assert training_hash(cell) == training_hash(own) and cell.optim.epochs == own.optim.epochs
+    assert training_hash(load_config(REPO_EXPERIMENTS / "found.yaml", {"found": {"mode": "multi"}})) == training_hash(own)
+    assert training_hash(load_config(REPO_EXPERIMENTS / "found.yaml", {"found": {"lr_step": 5}})) != training_hash(own)
+
+
+def registered_methods():
+    from segtricks.methods.registry import METHODS
+    return METHODS.names()
+
+
+@pytest.mark.parametrize("name", registered_methods())
+def test_every_registered_method_segments_a_photo_on_a_random_init_backbone(name):
+    """Each entry as the engine reads it: a training method's recipe builds a model that predicts a batch,
+    and is a per-image Method exactly when registered per_image; a training-free entry is built by
+    build_method. Whatever the path, a per-image method gives a mask at the image's size and a box in it."""
+    from segtricks.config.schema import config_from_dict
+    from segtricks.methods.base import Method
+    from segtricks.methods.registry import METHODS, build_method, training_recipe
+    attrs = METHODS.attributes(name)
+    assert METHODS.get(name).__doc__ or type(METHODS.get(name)).__doc__
+    cfg = config_from_dict({"method": name, "backbone": {"name": "demo_vit4", "weights": "random-init"},
+                            "data": {"image_size": 56, "resize_short": 63}})
+    torch.manual_seed(0)
+    if attrs["trains"]:
+        recipe = training_recipe(cfg)
+        model = recipe.build_model(cfg)
+        out = model(torch.rand(2, 3, 56, 56))
+        terms = recipe.loss_terms(model, torch.rand(2, 3, 56, 56), out, cfg, 0)
+        assert terms and set(terms) <= set(recipe.loss_weights(cfg))
+        assert all(t.ndim == 0 and torch.isfinite(t) and t.requires_grad for t in terms.values())
+        method = recipe.as_method(cfg, model)
+        assert (method is not None) == attrs["per_image"]
+        if method is None:
+            return
+    else:
+        assert attrs["per_image"]
+        method = build_method(cfg, torch.device("cpu"))
+    assert isinstance(method, Method)
+    image = torch.rand(3, 37, 50)
+    out = method.predict(image, "saliency")
+    assert out.mask.shape == (37, 50) and np.isfinite(out.mask).all()
+    assert 0 <= out.box[0] < out.box[2] <= 50 and 0 <= out.box[1] < out.box[3] <= 37

@@ -6,7 +6,8 @@ thresholded affinities (TokenCut's, LOST's degrees). The reference keys in ``tes
 were computed by DINO's public ``vision_transformer.py`` (facebookresearch/dino at 7c446df, run once
 outside this repository: its ``vit_small(patch_size=p)`` loaded with ``dino_layout_checkpoint``, the
 last block's keys read from a hook on ``blocks[-1].attn.qkv`` as LOST reads them, CLS dropped), each
-projected on ``PROJECTION`` to keep the file small (150 KB). The checkpoint and the images are drawn
+projected on ``PROJECTION`` to keep the file small (220 KB), and at ``ATTENTION_SIZES`` the CLS row of
+``get_last_selfattention`` (FOUND's input). The checkpoint and the images are drawn
 from this file's own generators, not from timm's initialisation, which may change between versions.
 """
 from pathlib import Path
@@ -20,6 +21,7 @@ from segtricks.models.backbones import build_backbone, dino_pos_embed
 
 REFERENCE = Path(__file__).parent / "data" / "dino_keys.npz"
 SIZES = [(224, 224), (320, 320), (320, 480), (480, 320), (336, 496)]  # (H, W)
+ATTENTION_SIZES = [(224, 224), (320, 480)]  # where the CLS attention is kept too (FOUND reads it)
 PATCH = {"dino_vits8": 8, "dino_vits16": 16, "ibot_vits16": 16}
 
 
@@ -84,6 +86,22 @@ def test_keys_equal_dinos_own_at_every_size(name, tmp_path):
         theirs = reference[f"s{p}_{h}x{w}"]
         assert ours.shape == theirs.shape == ((h // p) * (w // p), 3)
         assert np.abs(ours - theirs).max() < 1e-5, (name, h, w, np.abs(ours - theirs).max())
+
+
+@pytest.mark.parametrize("name", ["dino_vits8", "dino_vits16"])
+def test_cls_attention_equals_dinos_get_last_selfattention(name, tmp_path):
+    """``keys_and_attention``'s CLS attention is the row ``get_last_selfattention(x)[0, :, 0, 1:]`` of DINO's
+    code, and its keys are ``forward``'s."""
+    reference = np.load(REFERENCE)
+    backbone = build_backbone(name, str(checkpoint_file(name, tmp_path)))
+    p = PATCH[name]
+    for h, w in ATTENTION_SIZES:
+        with torch.no_grad():
+            keys, attention = backbone.keys_and_attention(image(h, w))
+            assert torch.equal(keys, backbone(image(h, w)))
+        theirs = reference[f"attention_s{p}_{h}x{w}"]
+        assert attention.shape == (1, 6, (h // p) * (w // p)) == (1, *theirs.shape)
+        assert np.abs(attention[0].numpy() - theirs).max() < 1e-6 * theirs.max() * 10
 
 
 def test_the_check_would_fail_on_a_resampling_to_the_size(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import DEMO_CELL, REPO, TINY_FLAGS, tiny_config
-from segtricks.engine import checkpoint, training as training_module
+from segtricks.engine import checkpoint
 from segtricks.models import model as model_module
 from segtricks.ablate import main as ablate
 from segtricks.engine.loop import Hook
@@ -95,7 +95,8 @@ def test_evaluation_only_cell_builds_no_trainer_and_loads_the_weights_once(in_tm
             return real(*a, **k)
         return wrapped
 
-    monkeypatch.setattr(training_module, "TrainView", counting("train_view", training_module.TrainView))
+    from segtricks.methods.sempart import SempartRecipe
+    monkeypatch.setattr(SempartRecipe, "train_view", counting("train_view", SempartRecipe.train_view))
     monkeypatch.setattr(torch.optim, "AdamW", counting("adamw", torch.optim.AdamW))
     real_load = checkpoint.load
     monkeypatch.setattr(checkpoint, "load",

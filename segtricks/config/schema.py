@@ -148,8 +148,25 @@ class DeepSpectralConfig:
     solver: str = "auto"  # as tokencut.solver
 
 
-# Each training-free method's own section: hashed only into the cells of that method.
-METHOD_SECTIONS = ("tokencut", "lost", "deep_spectral")
+@dataclass
+class FoundConfig:
+    """FOUND (``method: found``; docs/methods.md#found). Its training's batch, rate and length are the
+    ``optim`` and ``data`` keys (``experiments/found.yaml`` sets the authors')."""
+
+    bkg_threshold: float = 0.3  # background: cosine with the least-attended patch above this
+    bs_weight: float = 1.5  # the BCE against its own prediction refined by the bilateral solver (always)
+    self_weight: float = 4.0  # the BCE against its own prediction (after stop_bkg_loss steps)
+    stop_bkg_loss: int = 100  # steps with the BCE against the refined inverted background (weight 1)
+    bs_iou: float = 0.5  # a refinement is used where its IoU with the mask it refines is above this
+    lr_step: int = 50  # the learning rate × lr_gamma every lr_step steps (StepLR)
+    lr_gamma: float = 0.95
+    scale_range: Tuple[float, float] = (0.1, 3.0)  # the training images' random rescale
+    mode: str = "single"  # single: the largest foreground component (the paper's FOUND - single); multi: the sigmoid
+
+
+# Each method's own section: hashed only into the cells of that method.
+METHOD_SECTIONS = ("tokencut", "lost", "deep_spectral", "found")
+FOUND_MODES = ("single", "multi")
 DEFAULT_METHOD = "sempart"
 METHOD_REGISTRY = ("segtricks.methods.registry", "METHODS")
 EIGENSOLVERS = ("auto", "dense", "arpack", "torch")
@@ -190,6 +207,7 @@ class Config:
     tokencut: TokenCutConfig = field(default_factory=TokenCutConfig)
     lost: LostConfig = field(default_factory=LostConfig)
     deep_spectral: DeepSpectralConfig = field(default_factory=DeepSpectralConfig)
+    found: FoundConfig = field(default_factory=FoundConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "outputs/run"
@@ -374,6 +392,20 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
         yield "deep_spectral.connectivity", cfg.deep_spectral.connectivity, "4 or 8"
     if cfg.lost.k_patches < 1:
         yield "lost.k_patches", cfg.lost.k_patches, "an integer ≥ 1"
+    fc = cfg.found
+    for key, value in (("found.stop_bkg_loss", fc.stop_bkg_loss), ("found.bs_weight", fc.bs_weight),
+                       ("found.self_weight", fc.self_weight)):
+        if value < 0:
+            yield key, value, "a number ≥ 0"
+    if fc.lr_step < 1:
+        yield "found.lr_step", fc.lr_step, "an integer ≥ 1"
+    for key, value in (("found.lr_gamma", fc.lr_gamma), ("found.bs_iou", fc.bs_iou)):
+        if not 0 <= value <= 1:
+            yield key, value, "a number in [0, 1]"
+    if not 0 < fc.scale_range[0] <= fc.scale_range[1]:
+        yield "found.scale_range", list(fc.scale_range), "[low, high] with 0 < low ≤ high"
+    if fc.mode not in FOUND_MODES:
+        yield "found.mode", fc.mode, " or ".join(FOUND_MODES)
 
 
 def _refs(cfg: Config) -> List[Tuple[str, DatasetRef]]:

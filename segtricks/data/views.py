@@ -1,6 +1,7 @@
 """The torch views the trainer and the model evaluation read a dataset through (``segtricks.data.datasets``).
 
-``TrainView`` applies the training augmentations (docs/method.md#training-data-and-augmentation); ``EvalView`` resizes the image to the prediction size
+``TrainView`` applies Sempart's training augmentations (docs/method.md#training-data-and-augmentation),
+``FoundTrainView`` FOUND's (docs/methods.md#found); ``EvalView`` resizes the image to the prediction size
 and keeps the mask and boxes at the original size.
 """
 from __future__ import annotations
@@ -8,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import List, Optional, Tuple, Union
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from segtricks.data.datasets import DatasetError, RawDataset, Sample, Skipped, load_or_skip
 
@@ -49,6 +52,43 @@ class TrainView(Dataset):
     @staticmethod
     def collate(batch: List[Optional[torch.Tensor]]) -> torch.Tensor:
         return torch.stack([b for b in batch if b is not None])
+
+
+class FoundTrainView(Dataset):
+    """FOUND's training images (valeoai/FOUND ``datasets.py::_preprocess_data_aug`` with its config
+    ``found_DUTS-TR.yaml``): the shorter side resized to ``size`` (bilinear, the other side truncated),
+    rescaled by s ~ U(``scale_range``) (each side truncated), resized to size × size (the aspect
+    squashed), then with probability 0.5 OpenCV's Gaussian blur of kernel ⌊0.1·size/2⌋·2 + 1 and
+    σ ~ U(0.1, 2). No crop, no flip, no colour jitter."""
+
+    def __init__(self, raw: RawDataset, size: int, scale_range: Tuple[float, float] = (0.1, 3.0),
+                 on_error: str = "raise") -> None:
+        self.raw, self.size, self.scale_range, self.on_error = raw, size, scale_range, on_error
+        self.kernel = int(0.1 * size // 2 * 2) + 1
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Optional[torch.Tensor]:
+        """``item`` = (index, seed), as ``TrainView``'s."""
+        index, seed = item
+        sample = load_or_skip(self.raw, index, self.on_error)
+        if isinstance(sample, Skipped):
+            return None
+        rng = np.random.default_rng(seed)
+        image, size = sample.image, self.size
+        w, h = image.size
+        short = [size, int(w / h * size)] if w > h else [int(h / w * size), size]  # (h, w)
+        image = TF.resize(image, short, interpolation=T.InterpolationMode.BILINEAR)
+        scale = rng.uniform(*self.scale_range)
+        image = TF.resize(image, [max(1, int(short[0] * scale)), max(1, int(short[1] * scale))],
+                          interpolation=T.InterpolationMode.BILINEAR)
+        pixels = np.array(TF.resize(image, [size, size], interpolation=T.InterpolationMode.BILINEAR))
+        if rng.random() < 0.5:  # the authors' probability, fixed in their GaussianBlur
+            pixels = cv2.GaussianBlur(pixels, (self.kernel, self.kernel), rng.uniform(0.1, 2.0))
+        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0
+
+    collate = staticmethod(TrainView.collate)
 
 
 @dataclass

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     import optuna
     import torch
 
-    from segtricks.models.model import SegmentationModel
     from segtricks.tracking.store import RunLog
 
 
@@ -28,7 +27,7 @@ class Validation(Hook):
     """Adds ``val.iou`` (``VALIDATION_METRIC``) from ``evaluate(model, device)`` (the validation split,
     our protocol, no post-processing) and sets the epoch's selection score to it."""
 
-    def __init__(self, evaluate: Callable[["SegmentationModel", "torch.device"], float]) -> None:
+    def __init__(self, evaluate: Callable[["torch.nn.Module", "torch.device"], float]) -> None:
         self.evaluate = evaluate
 
     def after_epoch(self, state: LoopState, metrics: Dict[str, float]) -> None:

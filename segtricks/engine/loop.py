@@ -3,13 +3,14 @@ base and the ``LoopState`` they share, and the one ``build_optimizer``.
 
 Behaviour is added through hooks (``segtricks.engine.hooks``: validation, checkpointing, the progress
 line, MLflow logging, Optuna pruning), in the manner of detectron2's ``train_loop.py`` and DINO: the
-loop imports none of them. Training tricks add loss terms through their ``extra_terms`` contract
-(``segtricks.method.tricks``); the loop names none of them.
+loop imports none of them. The method's loss terms and learning-rate schedule come from its
+``TrainingRecipe`` (``segtricks.methods``: Sempart's, FOUND's), and training tricks add terms through
+their ``extra_terms`` contract (``segtricks.method.tricks``); the loop names none of them.
 Every epoch reseeds all random streams from (seed, epoch), so a resumed training ends with the same
 weights as an uninterrupted one on CPU.
 
-Metric names (the same in MLflow): ``train.<term>`` (epoch means of the unweighted loss terms and
-of the weighted total ``train.loss``), ``val.iou``, and ``epoch``.
+Metric names (the same in MLflow): ``train.<term>`` (epoch means of the unweighted loss terms over
+the steps that had them, and of the weighted total ``train.loss``), ``val.iou``, and ``epoch``.
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ from tqdm.auto import tqdm
 from segtricks.data.loaders import EpochSampler, data_loader
 from segtricks.runtime.device import Precision, precision_of, seed_everything
 from segtricks.errors import SegtricksError
-from segtricks.method import losses
 from segtricks.method.tricks import TrainStep, training_tricks
-from segtricks.models.model import SegmentationModel
+from segtricks.methods.registry import training_recipe
 from segtricks.config.schema import Config
 
 
@@ -43,7 +43,7 @@ class LoopState:
     the validation hook; the epoch number when there is none, so the latest epoch is the best)."""
 
     cfg: Config
-    model: SegmentationModel
+    model: torch.nn.Module  # the method's (TrainingRecipe.build_model): a frozen backbone and a trainable head
     optimizer: torch.optim.Optimizer
     device: torch.device
     epoch: int = 0
@@ -83,17 +83,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def loss_weights(cfg: Config) -> Dict[str, float]:
-    """The weight of every loss term the configured tricks produce, base terms first."""
-    weights = {"ncut": cfg.loss.ncut, "fine_tv": cfg.loss.fine_tv, "coarse_tv": cfg.loss.coarse_tv,
-               "consistency": cfg.loss.consistency}
+    """The weight of every loss term the method and the configured tricks produce, the method's first."""
+    weights = training_recipe(cfg).loss_weights(cfg)
     for trick in training_tricks(cfg.tricks):
         weights |= trick.loss_weights(cfg)
     return weights
 
 
-def loss_terms(model: SegmentationModel, images: torch.Tensor, cfg: Config,
-               generator: Optional[torch.Generator], precision: Precision) -> Dict[str, torch.Tensor]:
-    """All unweighted loss terms of one batch: Sempart's four (docs/method.md#losses), then each training trick's.
+def loss_terms(model: torch.nn.Module, images: torch.Tensor, cfg: Config, generator: Optional[torch.Generator],
+               precision: Precision, step: int = 0) -> Dict[str, torch.Tensor]:
+    """All unweighted loss terms of one batch at global step ``step``: the method's own (Sempart's four,
+    docs/method.md#losses; FOUND's, docs/methods.md#found), then each training trick's.
 
     ``precision``: the model runs under its autocast (``precision_of`` the device; any precision on
     any device, as the tests run bf16 on the CPU). Only the model: its outputs may then be bfloat16 or
@@ -103,18 +103,11 @@ def loss_terms(model: SegmentationModel, images: torch.Tensor, cfg: Config,
         with precision.autocast(x.device.type):
             return model(x, fine_grad=fine_grad)
 
-    lc = cfg.loss
     out = predict(images)
-    normalised = (images - model.mean) / model.std
-    terms = {
-        "ncut": losses.ncut_loss(out["coarse"], losses.thresholded_affinity(out["features"], lc.tau, lc.eps)),
-        "fine_tv": losses.fine_graph_tv(out["fine"], normalised, lc.sigma),
-        "coarse_tv": losses.coarse_graph_tv(out["coarse"], out["features"], lc.tau, lc.eps),
-        "consistency": losses.coarse_fine_consistency(out["coarse"], out["fine"]),
-    }
-    step = TrainStep(images, out, predict, cfg, generator)
+    terms = training_recipe(cfg).loss_terms(model, images, out, cfg, step)
+    trick_step = TrainStep(images, out, predict, cfg, generator)
     for trick in training_tricks(cfg.tricks):
-        terms.update(trick.extra_terms(step))
+        terms.update(trick.extra_terms(trick_step))
     return terms
 
 
@@ -139,8 +132,10 @@ def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
     generator = torch.Generator().manual_seed(seed)  # the training tricks' randomness (crop windows)
     steps = len(loader) if cfg.optim.steps_per_epoch is None else min(len(loader), cfg.optim.steps_per_epoch)
     weights = loss_weights(cfg)
+    recipe = training_recipe(cfg)
     model.train()
     sums: Dict[str, torch.Tensor] = {}  # on the device: read back every SHOW_EVERY steps, not per term and step
+    counts: Dict[str, int] = {}  # steps that had each term (FOUND's change after its first 100 steps)
     # the step bar is closed however the epoch ends (a non-finite loss, an interrupt)
     with tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False) as bar:
         for step, images in enumerate(bar):
@@ -149,7 +144,10 @@ def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
             images = images.to(state.device, non_blocking=True)
             if cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
-            terms = loss_terms(model, images, cfg, generator, precision)
+            global_step = epoch * steps + step  # every epoch has the same number of steps
+            for group in state.optimizer.param_groups:  # the method's schedule, a function of the step
+                group["lr"] = cfg.optim.lr * recipe.lr_factor(cfg, global_step)
+            terms = loss_terms(model, images, cfg, generator, precision, global_step)
             check_finite(terms, epoch, step)  # the step's one wait for the device
             loss = sum(weights[k] * v for k, v in terms.items())
             state.optimizer.zero_grad(set_to_none=True)
@@ -158,9 +156,10 @@ def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
             state.scaler.update()
             for k, v in {**terms, "loss": loss}.items():
                 sums[k] = sums.get(k, 0.0) + v.detach().float()
+                counts[k] = counts.get(k, 0) + 1
             if step % SHOW_EVERY == 0 or step == steps - 1:
-                bar.set_postfix({k: f"{v.item() / (step + 1):.4f}" for k, v in sums.items()})
-    return {f"train.{k}": v.item() / max(steps, 1) for k, v in sums.items()}
+                bar.set_postfix({k: f"{v.item() / counts[k]:.4f}" for k, v in sums.items()})
+    return {f"train.{k}": v.item() / counts[k] for k, v in sums.items()}
 
 
 def training_loader(state: LoopState, train_set: Dataset, collate) -> DataLoader:

@@ -25,16 +25,17 @@ import torch
 from tqdm.auto import tqdm
 
 from segtricks.data.datasets import build_dataset
-from segtricks.data.views import TrainView
 from segtricks.engine import checkpoint
 from segtricks.engine.checkpoint import Checkpointer
 from segtricks.engine.folder import TrainingFolder, TrainingSummary
 from segtricks.engine.hooks import Checkpointing, ProgressLine, Validation
 from segtricks.engine.loop import Hook, LoopState, build_optimizer, fit
 from segtricks.errors import BadInput
+from segtricks.evaluation.method_evaluation import evaluate_method
 from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.method.tricks import TRICKS, get_tricks
-from segtricks.models.model import SegmentationModel, build_model, with_trained_head
+from segtricks.methods.registry import training_recipe
+from segtricks.models.model import with_trained_head
 from segtricks.runtime.device import precision_of, resolve_device, seed_everything
 from segtricks.config.schema import (NUMBER_NEUTRAL, Config, ConfigError, canonical_sha256, resolved_yaml, to_dict,
                                      without_other_methods)
@@ -58,6 +59,8 @@ def training_hash(cfg: Config) -> str:
         d.pop(key)
     d["data"].pop("num_workers")
     d["optim"].pop("epochs")
+    if "found" in d:
+        d["found"].pop("mode")  # how FOUND's output is read at evaluation (single or multi), not what trains
     d["tricks"] = sorted(t.name for t in get_tricks(cfg.tricks) if t.stage == "train")
     for name in TRICKS:
         if name in d and name not in d["tricks"]:
@@ -97,7 +100,7 @@ class Training:
         self.hash = training_hash(cfg)  # unknown trick names fail here, before any work
         self.folder = TrainingFolder(Path(cfg.output_dir if directory is None else directory))
         self.checkpointer = Checkpointer(self.folder, self.hash)
-        self._models: Dict[str, SegmentationModel] = {}
+        self._models: Dict[str, torch.nn.Module] = {}
 
     @classmethod
     def in_root(cls, cfg: Config, output_root: str | Path) -> "Training":
@@ -205,12 +208,12 @@ class Training:
         cfg = self.cfg
         device = resolve_device(cfg.device, "the config's device:")
         seed_everything(cfg.seed)
-        model = build_model(cfg).to(device)
+        recipe = training_recipe(cfg)
+        model = recipe.build_model(cfg).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are searched once
-        train_set = TrainView(build_dataset(cfg.data.train), cfg.data.image_size, cfg.data.resize_short,
-                              cfg.data.train.on_error)
+        train_set = recipe.train_view(cfg, build_dataset(cfg.data.train))
         if cfg.data.val and not build_dataset(cfg.data.val).has_masks:  # fail before training, not after
             raise ConfigError(f"data.val: validation dataset {cfg.data.val.name!r} has no masks; model selection "
                               f"needs them (choose a dataset with masks, or drop data.val)", "data.val")
@@ -222,7 +225,7 @@ class Training:
             state.best_score, state.best_epoch = resumed.best_score, resumed.best_epoch
         self.dir.mkdir(parents=True, exist_ok=True)
         self.folder.config.write_text(resolved_yaml(cfg))
-        fit(state, train_set, TrainView.collate, self.build_hooks(hooks))
+        fit(state, train_set, train_set.collate, self.build_hooks(hooks))
         return self.status()
 
     def build_hooks(self, hooks: Sequence[Hook] = ()) -> List[Hook]:
@@ -245,12 +248,19 @@ class Training:
         # TrialPruned) finds the epoch saved.
         return [*built, *hooks]
 
-    def validation_iou(self, model: SegmentationModel, device: torch.device) -> float:
-        """The selection score of an epoch: IoU on the validation split, our protocol, no post-processing."""
-        return evaluate_model(model, self.cfg, self.cfg.data.val, device=device, with_structure=False,
-                              progress=False).results()["iou"]
+    def validation_iou(self, model: torch.nn.Module, device: torch.device) -> float:
+        """The selection score of an epoch: IoU on the validation split, our protocol, no post-processing
+        (as the method's trained model is evaluated: ``evaluate_model``, or image by image)."""
+        method = training_recipe(self.cfg).as_method(self.cfg, model)
+        if method is not None:
+            evaluator = evaluate_method(method, self.cfg, self.cfg.data.val, device=device, with_structure=False,
+                                        progress=False)
+        else:
+            evaluator = evaluate_model(model, self.cfg, self.cfg.data.val, device=device, with_structure=False,
+                                       progress=False)
+        return evaluator.results()["iou"]
 
-    def model(self, device: Optional[torch.device] = None, which: str = "best") -> SegmentationModel:
+    def model(self, device: Optional[torch.device] = None, which: str = "best") -> torch.nn.Module:
         """The model of the best (or ``which="last"``) checkpoint, loaded once per Training and
         checkpoint (the backbone must resolve to the weights it trained on)."""
         if which not in self._models:
@@ -259,8 +269,8 @@ class Training:
         return model if device is None else model.to(device)
 
 
-def load_trained(cfg: Config, path: Path) -> SegmentationModel:
-    """The model of a checkpoint file (a folder's, or the copy an MLflow model holds); its backbone
-    must resolve to the weights it trained on."""
+def load_trained(cfg: Config, path: Path) -> torch.nn.Module:
+    """The model of a checkpoint file (a folder's, or the copy an MLflow model holds), built by the
+    method's recipe; its backbone must resolve to the weights it trained on."""
     saved = checkpoint.trained_head(path)
-    return with_trained_head(build_model(cfg), saved.head, saved.weights_id, cfg, path)
+    return with_trained_head(training_recipe(cfg).build_model(cfg), saved.head, saved.weights_id, cfg, path)

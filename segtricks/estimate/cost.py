@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
-from segtricks.config.schema import Config, DatasetRef
+from segtricks.config.schema import METHOD_REGISTRY, Config, DatasetRef
 from segtricks.data.datasets import DatasetSize, dataset_size
 from segtricks.data.loaders import resolve_workers
 from segtricks.estimate.cache_plan import CachePlan, architecture
@@ -17,6 +17,7 @@ from segtricks.estimate.measure import (Measurements, PredictionCost, Timing, Tr
                                         measure_method, measure_metrics, measure_post, measure_prediction,
                                         measure_store, measure_training, measurement_config, process_age_s)
 from segtricks.method.tricks import post_trick_names, training_tricks
+from segtricks.registry import registered_attributes
 from segtricks.runners.plan import Action
 
 RECORD_BYTES = 160  # one per-image row of records/<dataset>.csv (measured on the demo: 120–170 B)
@@ -89,11 +90,11 @@ class Estimator:
 
     def training(self, cfg: Config) -> TrainCost:
         tricks = tuple(t.name for t in training_tricks(cfg.tricks))
-        key = (architecture(cfg), tricks, cfg.data.image_size, cfg.optim.batch_size)
+        key = (cfg.method, architecture(cfg), tricks, cfg.data.image_size, cfg.optim.batch_size)
         if key not in self.trainings:
             self.trainings[key] = self.m.get(
                 "training", key, lambda: measure_training(measurement_config(cfg, tricks), self.m.device, self.m.repeats),
-                f"training steps of {cfg.backbone.name} {list(tricks)}")
+                f"training steps of {cfg.method} on {cfg.backbone.name} {list(tricks)}")
         return self.trainings[key]
 
     def evaluation(self, cfg: Config, hw: Tuple[int, int]) -> EvalCost:
@@ -122,14 +123,15 @@ class Estimator:
                           f"post-processing {name} at {hw[1]}×{hw[0]}")
 
     def method(self, cfg: Config, hw: Tuple[int, int]) -> Timing:
-        """One image through a training-free method at its own size."""
+        """One image through a method evaluated image by image (training-free, or FOUND's trained
+        model) at its own size."""
         section = repr(getattr(cfg, cfg.method, None))
         return self.m.get("method", (cfg.method, section, architecture(cfg), hw),
                           lambda: measure_method(cfg, hw, self.m.device, self.m.repeats),
                           f"{cfg.method} on {cfg.backbone.name}")
 
     def loader(self, cfg: Config, hw: Tuple[int, int]) -> float:
-        return self.m.get("loader", (cfg.data.image_size, cfg.data.resize_short, hw),
+        return self.m.get("loader", (cfg.method, cfg.data.image_size, cfg.data.resize_short, hw),
                           lambda: loader_images_per_s(cfg, hw), "the data loader")
 
     def store(self) -> Tuple[float, float]:
@@ -164,15 +166,7 @@ def estimate_grid(cells: Sequence, actions: Dict[str, Action], device: torch.dev
         cfg = cell.cfg
         row.log_s = run_s
         post = post_trick_names(cfg.tricks)
-        if not cell.trains:  # maps or a training-free method: (its prediction,) post-processing at full size, metrics
-            for ref in cfg.eval:
-                size = est.size(ref)
-                hw = size.typical_hw
-                predict = 0.0 if cfg.maps is not None else est.method(cfg, hw).seconds
-                row.eval_s += size.images * (predict + sum(est.post_at(cfg, p, hw).seconds for p in post)
-                                             + est.metrics(cfg, hw).seconds)
-            continue
-        if action in (Action.TRAIN, Action.RESUME) and cell.training_hash not in trained:
+        if action in (Action.TRAIN, Action.RESUME) and cell.trains and cell.training_hash not in trained:
             trained.add(cell.training_hash)
             row.train_s, note, message = training_seconds(est, cell, action)
             cost = est.training(cfg)
@@ -180,6 +174,15 @@ def estimate_grid(cells: Sequence, actions: Dict[str, Action], device: torch.dev
             row.disk_bytes["checkpoints"] = cost.checkpoint_bytes
             row.notes.append(note)
             feed += [message] if message else []
+        if cfg.maps is not None or registered_attributes(*METHOD_REGISTRY)[cfg.method]["per_image"]:
+            # maps or a method predicting image by image: (its prediction,) post-processing at full size, metrics
+            for ref in cfg.eval:
+                size = est.size(ref)
+                hw = size.typical_hw
+                predict = 0.0 if cfg.maps is not None else est.method(cfg, hw).seconds
+                row.eval_s += size.images * (predict + sum(est.post_at(cfg, p, hw).seconds for p in post)
+                                             + est.metrics(cfg, hw).seconds)
+            continue
         for planned in caches.evaluations(cell):
             size = est.size(planned.ref)
             cost = est.evaluation(cfg, size.typical_hw)

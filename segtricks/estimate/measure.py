@@ -30,9 +30,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from segtricks.config.schema import Config, config_from_dict, to_dict
+from segtricks.config.schema import METHOD_REGISTRY, Config, config_from_dict, to_dict
+from segtricks.registry import registered_attributes
 from segtricks.data.datasets import Sample
-from segtricks.data.views import TrainView
 from segtricks.engine.checkpoint import Checkpointer
 from segtricks.engine.folder import TrainingFolder
 from segtricks.engine.loop import build_optimizer, loss_terms, loss_weights
@@ -41,6 +41,7 @@ from segtricks.evaluation.predict import backbone_keys, predict_raw, resize_to
 from segtricks.files import write_atomic
 from segtricks.method.tricks import postprocess
 from segtricks.models.backbones import RANDOM_INIT
+from segtricks.methods.registry import build_method, training_recipe
 from segtricks.models.model import build_model
 from segtricks.runtime.device import precision_of
 from segtricks.runtime.threads import one_thread
@@ -150,10 +151,12 @@ class PredictionCost:
 
 def measure_training(cfg: Config, device: torch.device, repeats: int) -> TrainCost:
     """Steps of the cell's head on a random-init backbone, on random images of the training shape,
-    with the trainer's optimizer; then its checkpoints, saved as the trainer saves them, weighed."""
+    with the trainer's optimizer; then its checkpoints, saved as the trainer saves them, weighed. The
+    steps are the first steps of the method (FOUND's carry its background term, which its steps after
+    the 100th do not)."""
     torch.manual_seed(0)
     with PeakMemory(device) as peak:
-        model = build_model(cfg).to(device)
+        model = training_recipe(cfg).build_model(cfg).to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(cfg, model.head.parameters())
@@ -206,11 +209,14 @@ def synthetic_mask(hw: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 def measure_method(cfg: Config, hw: Tuple[int, int], device: torch.device, repeats: int) -> Timing:
-    """One image of size ``hw`` through a training-free method (its backbone random-init), as
-    ``evaluate_method`` predicts it."""
-    from segtricks.methods.registry import build_method  # the methods load only for a method's cell
-
-    method = build_method(measurement_config(cfg, []), device)
+    """One image of size ``hw`` through a method evaluated image by image (its backbone random-init;
+    FOUND's decoder freshly initialised), as ``evaluate_method`` predicts it."""
+    measured = measurement_config(cfg, [])
+    if registered_attributes(*METHOD_REGISTRY)[cfg.method]["trains"]:
+        recipe = training_recipe(measured)
+        method = recipe.as_method(measured, recipe.build_model(measured).to(device))
+    else:
+        method = build_method(measured, device)
     _, image = synthetic_mask(hw)
     task = "saliency"
     return time_calls(lambda: method.predict(image[0].to(device), task), repeats, device)
@@ -240,7 +246,8 @@ def measure_metrics(size: int, original_hw: Tuple[int, int], repeats: int) -> Ti
 
 
 def loader_images_per_s(cfg: Config, original_hw: Tuple[int, int], n: int = 16) -> float:
-    """TrainView's decode + resize + crop + flip + jitter in one process, on JPEGs of the typical size."""
+    """The method's training view (Sempart's decode + resize + crop + flip + jitter, FOUND's) in one
+    process, on JPEGs of the typical size."""
     class Jpegs:
         has_masks = has_boxes = False
         skipped = ()
@@ -259,7 +266,7 @@ def loader_images_per_s(cfg: Config, original_hw: Tuple[int, int], n: int = 16) 
         def item_id(self, i: int) -> str:
             return str(i)
 
-    view = TrainView(Jpegs(), cfg.data.image_size, cfg.data.resize_short)
+    view = training_recipe(cfg).train_view(cfg, Jpegs())
     view[(0, 0)]
     t0 = time.perf_counter()
     for i in range(n):

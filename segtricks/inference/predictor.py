@@ -1,9 +1,11 @@
 """Soft foreground masks of a trained model on arbitrary images, each at the image's own size.
 
-The same path as the model's evaluation under our protocol (``segtricks.evaluation.model_evaluation``):
-``EvalView``'s resize to ``cfg.data.image_size``, ``predict_raw`` (eval-mode BatchNorm, the smaller
-side as foreground, bf16 autocast on CUDA), the post-processing tricks at the prediction size, then
-``resize_to`` each image's size. Only the ground truth is absent, and the float16 caches are not used.
+The same path as the model's evaluation under our protocol. Sempart (``segtricks.evaluation.
+model_evaluation``): ``EvalView``'s resize to ``cfg.data.image_size``, ``predict_raw`` (eval-mode
+BatchNorm, the smaller side as foreground, bf16 autocast on CUDA), the post-processing tricks at the
+prediction size, then ``resize_to`` each image's size. A method evaluated image by image (FOUND:
+``segtricks.evaluation.method_evaluation``): its prediction at the image's size, then the tricks there.
+Only the ground truth is absent, and the float16 caches are not used.
 
     predictor = Predictor.from_training(Training(cfg, folder), post=["gf"])
     for ids, masks, skipped in predictor.batches(ImageFiles(paths)): ...   # masks: HxW float32 in [0, 1]
@@ -27,7 +29,7 @@ from segtricks.runtime.threads import one_thread
 from segtricks.engine.training import Training
 from segtricks.evaluation.predict import predict_raw, resize_to
 from segtricks.method.tricks import postprocess
-from segtricks.models.model import SegmentationModel
+from segtricks.methods.registry import training_recipe
 from segtricks.config.schema import Config
 
 
@@ -70,10 +72,11 @@ class ImageArrays(RawDataset):
 class Predictor:
     """A trained model, its config, the post-processing tricks to apply, the device and batch size."""
 
-    def __init__(self, model: SegmentationModel, cfg: Config, post: Sequence[str] = (),
+    def __init__(self, model: torch.nn.Module, cfg: Config, post: Sequence[str] = (),
                  device: str | torch.device = "auto", batch_size: Optional[int] = None) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model, self.cfg, self.post = model.to(self.device).eval(), cfg, list(post)
+        self.method = training_recipe(cfg).as_method(cfg, self.model)  # None: Sempart's batched path
         self.batch_size = batch_size or cfg.optim.batch_size
 
     @classmethod
@@ -92,11 +95,21 @@ class Predictor:
             if not batch.ids:
                 yield [], [], batch.skipped
                 continue
+            if self.method is not None:
+                yield batch.ids, [self.per_image(o) for o in batch.originals], batch.skipped
+                continue
             inputs = batch.images.to(self.device)
             soft = postprocess(predict_raw(self.model, inputs, "ours"), inputs, self.post, self.cfg).cpu()
             with one_thread():  # small ops per image, as in the evaluation
                 masks = [resize_to(m[None], [o.shape[-2:]])[0].numpy() for m, o in zip(soft, batch.originals)]
             yield batch.ids, masks, batch.skipped
+
+    def per_image(self, original: torch.Tensor) -> np.ndarray:
+        """A per-image method's mask of one (3, H, W) image, post-processed at its size."""
+        image = original.to(self.device)
+        mask = torch.from_numpy(self.method.predict(image, "saliency").mask)[None, None].to(self.device)
+        with one_thread(self.device.type == "cpu"):
+            return postprocess(mask, image[None], self.post, self.cfg)[0, 0].float().cpu().numpy()
 
     def predict(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
         """Soft masks (HxW float32 in [0, 1]) of HxWx3 uint8 images, in order."""

@@ -1,4 +1,5 @@
-"""What a training-free method is: ``Method`` and its output. The registry is ``segtricks.methods.registry``.
+"""What a method is: ``Method`` (one image at its own size → a mask and a box) and, for a method that
+trains, its ``TrainingRecipe``. The registry is ``segtricks.methods.registry``.
 
 A method is built from a config and a frozen backbone, and predicts one image at a time at its own
 size, as its authors run it:
@@ -8,6 +9,11 @@ size, as its authors run it:
     out.mask                              # (H, W) float32 in [0, 1] at the image's size (binary for these)
     out.box                               # [x1, y1, x2, y2] in image pixels: the box CorLoc scores
 
+A method that trains (Sempart, FOUND) registers a ``TrainingRecipe``: the model it trains, its training
+view of a dataset, its loss terms and learning-rate schedule (``segtricks.engine`` runs them), and how
+its trained model is evaluated: by ``evaluate_model`` (Sempart: the fixed prediction size, the caches)
+or as a ``Method`` of the trained model (FOUND: each image at its own size).
+
 ``task`` is ``boxes`` for a dataset with ground-truth boxes and no masks (VOC, COCO: the authors'
 CorLoc preprocessing, usually zero-padding to the patch) and ``saliency`` otherwise (their saliency
 preprocessing). The post-processing tricks (GF, BF) apply to any method's mask, at the image's size.
@@ -15,11 +21,15 @@ preprocessing). The post-processing tricks (GF, BF) apply to any method's mask, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict, Optional
 
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from segtricks.config.schema import Config
+from segtricks.data.datasets import RawDataset
 from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone
 
 TASKS = ("saliency", "boxes")
@@ -53,3 +63,41 @@ class Method:
 
     def predict(self, image: torch.Tensor, task: str) -> MethodOutput:
         raise NotImplementedError
+
+
+class TrainingRecipe:
+    """How a method trains; ``segtricks.engine`` calls nothing method-specific but these.
+
+    - ``build_model(cfg)``: the model, a frozen ``backbone`` (its ``weights_id`` is checkpointed with
+      the head) and a trainable ``head`` (the parameters optimised and checkpointed);
+      ``model(images01, fine_grad=True)`` → a dict with at least ``coarse`` (B,1,h,w) and ``fine``
+      (B,1,H,W) sigmoids and ``features`` (the keys): what the training tricks read.
+    - ``train_view(cfg, raw)``: the augmented training images, items ``(index, seed)`` → (3, S, S) in
+      [0, 1] (``None`` for a skipped file), with a ``collate``.
+    - ``loss_terms(model, images, out, cfg, step)``: the method's unweighted float32 loss terms of one
+      batch (``out``: the model's outputs on it; ``step``: the global step, from 0); the training
+      tricks' terms are added by the loop. ``loss_weights(cfg)``: the weight of each term it may return.
+    - ``lr_factor(cfg, step)``: the learning rate at ``step`` over ``optim.lr`` (a pure function of the
+      step, so that a resumed training continues the schedule).
+    - ``as_method(cfg, model)``: the trained model as a ``Method`` evaluated image by image, or None
+      for ``evaluate_model``'s batched path.
+    """
+
+    def build_model(self, cfg: Config) -> nn.Module:
+        raise NotImplementedError
+
+    def train_view(self, cfg: Config, raw: RawDataset) -> Dataset:
+        raise NotImplementedError
+
+    def loss_terms(self, model: nn.Module, images: torch.Tensor, out: Dict[str, torch.Tensor], cfg: Config,
+                   step: int) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss_weights(self, cfg: Config) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def lr_factor(self, cfg: Config, step: int) -> float:
+        return 1.0
+
+    def as_method(self, cfg: Config, model: nn.Module) -> Optional[Method]:
+        return None

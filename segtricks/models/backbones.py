@@ -22,7 +22,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import timm
 import torch
@@ -260,6 +260,14 @@ class KeyBackbone(nn.Module):
         return super().train(False)  # frozen: no dropout/drop-path, whatever the caller asks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.keys_and_attention(x, attention=False)[0]
+
+    def keys_and_attention(self, x: torch.Tensor,
+                           attention: bool = True) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(keys (B, C, H/p, W/p), CLS attention (B, heads, H/p · W/p) or None): the keys ``forward``
+        returns, and the last block's softmax attention of the CLS query on every patch (the row
+        ``get_last_selfattention(x)[:, :, 0, 1:]`` of DINO's code, which FOUND reads), from the same
+        q and k: softmax(q·kᵀ / √head_dim) over all tokens, CLS included, then the CLS entry dropped."""
         b, _, h, w = x.shape
         p = self.patch_size
         if h % p or w % p:
@@ -276,11 +284,19 @@ class KeyBackbone(nn.Module):
             tokens = block(tokens)
         last = vit.blocks[-1]
         qkv = last.attn.qkv(last.norm1(tokens))  # (B, N, 3·C), laid out (3, heads, head_dim)
-        n, c = qkv.shape[1], self.embed_dim
-        keys = qkv.reshape(b, n, 3, c)[:, vit.num_prefix_tokens:, 1]
+        n, c, prefix = qkv.shape[1], self.embed_dim, vit.num_prefix_tokens
+        all_keys = qkv.reshape(b, n, 3, c)[:, :, 1]
+        cls_attention = None
+        if attention:
+            heads = last.attn.num_heads
+            q_cls = qkv.reshape(b, n, 3, heads, c // heads)[:, 0, 0]  # (B, heads, head_dim)
+            k = all_keys.reshape(b, n, heads, c // heads)
+            logits = torch.einsum("bhd,bnhd->bhn", q_cls.float(), k.float()) * (c // heads) ** -0.5
+            cls_attention = logits.softmax(dim=-1)[:, :, prefix:]
+        keys = all_keys[:, prefix:]
         if self.rms is not None:  # scale only: cosine affinities are unchanged
             keys = keys * (self.rms * torch.rsqrt(keys.pow(2).mean(-1, keepdim=True) + 1e-12))
-        return keys.transpose(1, 2).reshape(b, c, h // p, w // p)
+        return keys.transpose(1, 2).reshape(b, c, h // p, w // p), cls_attention
 
 
 def _build(timm_name: str, name: str, weights: Optional[str], rms: Optional[float] = None,

@@ -67,9 +67,9 @@ def expected_weights(cfg: Config, weights_id: str) -> str:
             f"torch.hub cache, or pass its path as backbone.weights")
 
 
-def with_trained_head(model: SegmentationModel, head: Dict[str, torch.Tensor], weights_id: str, cfg: Config,
-                      source: Path) -> SegmentationModel:
-    """``model`` (built from ``cfg``) with a trained head's state; the head must have been trained on
+def with_trained_head(model: nn.Module, head: Dict[str, torch.Tensor], weights_id: str, cfg: Config,
+                      source: Path) -> nn.Module:
+    """``model`` (built from ``cfg`` by its method's recipe: a ``backbone`` and a ``head``) with a trained head's state; the head must have been trained on
     the backbone weights this model resolved (``source``: the checkpoint, named in the error)."""
     if weights_id != model.backbone.weights_id:
         loaded = find_weights(cfg.backbone.name, cfg.backbone.weights, download=False) or "no weights file"

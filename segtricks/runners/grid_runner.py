@@ -25,7 +25,7 @@ from segtricks.engine.training import State
 from segtricks.evaluation.saliency_maps import evaluate_maps
 from segtricks.evaluation.method_evaluation import evaluate_method
 from segtricks.evaluation.model_evaluation import evaluate_model
-from segtricks.methods.registry import build_method
+from segtricks.methods.registry import build_method, training_recipe
 from segtricks.evaluation.protocols import get_protocol
 from segtricks.files import NoSpaceError
 from segtricks.inference.mlflow_model import log_trained_model, logged_model_id
@@ -67,6 +67,7 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
     inputs, evaluated = cell_inputs(cfg, cell.trains)
     run.log_inputs(inputs)
     trains, model_from, model_id = False, None, None  # whether this run carries the cell's training; else the run that does
+    method = None  # the Method that predicts image by image (training-free, or FOUND's trained model)
     if cell.trains:
         training = cell.training
         trains = run.tags().get(tags.ROLE) == tags.ROLE_TRAIN  # a resumed trainer stays the trainer
@@ -86,6 +87,7 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
             model_id = log_trained_model(run, training)  # once: a resumed trainer that logged it leaves it
         weights = status.weights_id
         model = training.model(device)
+        method = training_recipe(cfg).as_method(cfg, model)  # FOUND: evaluated image by image
         precision = precision_of(device).name
     elif cfg.maps is None:  # a training-free method, built once for every dataset
         method = build_method(cfg, device)
@@ -100,10 +102,10 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
             protocol = get_protocol(name)
             key = protocol.dataset_key(ref.name)
             keep = SAMPLES if protocol.keeps_samples else 0
-            if cell.trains:
+            if cell.trains and method is None:
                 ev = evaluate_model(model, cfg, ref, post, device, keep_samples=keep, protocol=protocol,
                                     cache_dir=cell.training.folder.predictions, keys_dir=cell.training.folder.keys)
-            elif cfg.maps is None:
+            elif cfg.maps is None:  # a training-free method, or a trained one evaluated image by image
                 ev = evaluate_method(method, cfg, ref, post, device, keep_samples=keep)
             else:
                 ev = evaluate_maps(Path(cfg.maps) / ref.name, cfg, ref, post, keep_samples=keep, protocol=protocol)
