@@ -49,6 +49,27 @@ def test_features_are_the_last_blocks_attention_keys(backbones, name):
     torch.testing.assert_close(ours, k)
 
 
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_last_tokens_are_timms_normalised_output_tokens(backbones, name):
+    """What SelfMask's decoder reads: timm's own ``forward_features`` (the final norm applied), CLS
+    dropped, at the pretrained size; and differentiable once the backbone is fine-tuned."""
+    bb = backbones[name]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        timm_tokens = bb.vit.forward_features(x)[:, bb.vit.num_prefix_tokens:]
+        ours = bb.last_tokens(x)
+    p = bb.patch_size
+    assert ours.shape == (1, bb.embed_dim, 224 // p, 224 // p)
+    torch.testing.assert_close(ours.flatten(2).transpose(1, 2), timm_tokens)
+    assert not bb.last_tokens(x).requires_grad  # frozen until a method fine-tunes it
+
+
+def test_a_fine_tuned_backbone_passes_gradients_to_every_weight():
+    bb = build_backbone("demo_vit4", "random-init").fine_tune()
+    bb.last_tokens(torch.randn(1, 3, 16, 16)).sum().backward()
+    assert bb.vit.blocks[0].attn.qkv.weight.grad is not None and bb.vit.patch_embed.proj.weight.grad is not None
+
+
 def test_indivisible_image_size_is_an_error(backbones):
     with pytest.raises(ValueError, match="not divisible by the patch size 16"):
         backbones["dino_vits16"](torch.randn(1, 3, 64, 72))

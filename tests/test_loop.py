@@ -70,9 +70,11 @@ def trained(cfg, *hooks):
 # FOUND's schedule crosses the epoch boundary: its background term stops after step 3 (of 4), and its rate
 # steps at every step, both counted in global steps that a resumed run must continue
 FOUND = {"method": "found", "tricks": [], "data.val": None, "found.stop_bkg_loss": 3, "found.lr_step": 1}
+# SelfMask fine-tunes the backbone (its weights are in the checkpoint) and trains on the synthetic masks
+SELFMASK = {"method": "selfmask", "tricks": [], "data.val": None, "selfmask.queries": 3, "selfmask.decoder_layers": 2}
 
 
-@pytest.mark.parametrize("method", [{}, FOUND], ids=["sempart", "found"])
+@pytest.mark.parametrize("method", [{}, FOUND, SELFMASK], ids=["sempart", "found", "selfmask"])
 def test_resumed_training_ends_with_the_same_weights(tmp_path, step_bars, method):
     full = trained(tiny(tmp_path, "full", method))
     cfg = tiny(tmp_path, "resumed", method)

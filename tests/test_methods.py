@@ -103,7 +103,7 @@ def test_a_method_cell_is_refused_with_a_training_trick_a_reference_protocol_or_
         "{name: a, set: {method: found, tricks: [crop, gf]}}": "method 'found' trains by its authors' recipe, which "
                                                               "'crop' has nothing to act on",
         "{name: a, set: {method: tokenkut}}": "unknown method 'tokenkut'; registered methods: deep_spectral, found, "
-                                             "lost, sempart, tokencut",
+                                             "lost, selfmask, sempart, tokencut",
     }
     for entry, said in cases.items():
         grid = write_grid(tmp_path, [entry])
@@ -201,7 +201,7 @@ def test_every_registered_method_segments_a_photo_on_a_random_init_backbone(name
         recipe = training_recipe(cfg)
         model = recipe.build_model(cfg)
         out = model(torch.rand(2, 3, 56, 56))
-        terms = recipe.loss_terms(model, torch.rand(2, 3, 56, 56), out, cfg, 0)
+        terms = recipe.loss_terms(model, torch.rand(2, 3, 56, 56), out, cfg, 0, targets=torch.rand(2, 56, 56) > 0.5)
         assert terms and set(terms) <= set(recipe.loss_weights(cfg))
         assert all(t.ndim == 0 and torch.isfinite(t) and t.requires_grad for t in terms.values())
         method = recipe.as_method(cfg, model)

@@ -164,9 +164,23 @@ class FoundConfig:
     mode: str = "single"  # single: the largest foreground component (the paper's FOUND - single); multi: the sigmoid
 
 
+@dataclass
+class SelfMaskConfig:
+    """SelfMask (``method: selfmask``; docs/methods.md#selfmask), trained on the masks of its
+    ``data.train`` dataset (pseudo-masks). Its batch, rate and length are the ``optim`` and ``data`` keys
+    (``experiments/selfmask.yaml`` sets the authors')."""
+
+    queries: int = 20  # learned queries of the decoder
+    decoder_layers: int = 6  # DETR decoder layers; the loss covers each layer's masks
+    ranking: str = "argmax"  # argmax: the ranking loss lifts the best query, as inference picks it; as_written: the authors' sign
+    ranking_weight: float = 1.0
+    scale_range: Tuple[float, float] = (0.1, 1.0)  # the training images' random rescale (then padded to the size)
+
+
 # Each method's own section: hashed only into the cells of that method.
-METHOD_SECTIONS = ("tokencut", "lost", "deep_spectral", "found")
+METHOD_SECTIONS = ("tokencut", "lost", "deep_spectral", "found", "selfmask")
 FOUND_MODES = ("single", "multi")
+SELFMASK_RANKINGS = ("argmax", "as_written")
 DEFAULT_METHOD = "sempart"
 METHOD_REGISTRY = ("segtricks.methods.registry", "METHODS")
 EIGENSOLVERS = ("auto", "dense", "arpack", "torch")
@@ -208,6 +222,7 @@ class Config:
     lost: LostConfig = field(default_factory=LostConfig)
     deep_spectral: DeepSpectralConfig = field(default_factory=DeepSpectralConfig)
     found: FoundConfig = field(default_factory=FoundConfig)
+    selfmask: SelfMaskConfig = field(default_factory=SelfMaskConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "outputs/run"
@@ -406,6 +421,16 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
         yield "found.scale_range", list(fc.scale_range), "[low, high] with 0 < low ≤ high"
     if fc.mode not in FOUND_MODES:
         yield "found.mode", fc.mode, " or ".join(FOUND_MODES)
+    sc = cfg.selfmask
+    for key, value in (("selfmask.queries", sc.queries), ("selfmask.decoder_layers", sc.decoder_layers)):
+        if value < 1:
+            yield key, value, "an integer ≥ 1"
+    if sc.ranking not in SELFMASK_RANKINGS:
+        yield "selfmask.ranking", sc.ranking, " or ".join(SELFMASK_RANKINGS)
+    if sc.ranking_weight < 0:
+        yield "selfmask.ranking_weight", sc.ranking_weight, "a number ≥ 0"
+    if not 0 < sc.scale_range[0] <= sc.scale_range[1] <= 1:
+        yield "selfmask.scale_range", list(sc.scale_range), "[low, high] with 0 < low ≤ high ≤ 1 (the image is padded, never cropped)"
 
 
 def _refs(cfg: Config) -> List[Tuple[str, DatasetRef]]:

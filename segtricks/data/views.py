@@ -91,6 +91,60 @@ class FoundTrainView(Dataset):
     collate = staticmethod(TrainView.collate)
 
 
+class SelfMaskTrainView(Dataset):
+    """SelfMask's training pairs (NoelShin/selfmask ``datasets/duts.py``, ``base_dataset.py``,
+    ``augmentations/``): the image resized to size × size (bilinear, the aspect squashed), its mask kept
+    at its own resolution; both rescaled by s ~ U(``scale_range``) (the image bilinearly, the mask
+    nearest, each side ⌊side·s⌋); padded at the bottom and right to size × size, the image with its
+    mean colour and the mask with 0 (the authors' random crop, which never moves when s ≤ 1); flipped
+    horizontally with p = 0.5; then the image alone: ColorJitter(0.8, 0.8, 0.8, 0.2) with p = 0.8,
+    RandomGrayscale(0.2), and with p = 0.5 OpenCV's Gaussian blur of kernel ⌊0.1·size/2⌋·2 + 1 and
+    σ ~ U(0.1, 2). Items ``(index, seed)`` → (image (3, S, S) in [0, 1], mask (S, S) bool)."""
+
+    def __init__(self, raw: RawDataset, size: int, scale_range: Tuple[float, float] = (0.1, 1.0),
+                 on_error: str = "raise") -> None:
+        self.raw, self.size, self.scale_range, self.on_error = raw, size, scale_range, on_error
+        self.kernel = int(0.1 * size // 2 * 2) + 1
+        self.jitter = T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8)
+        self.grayscale = T.RandomGrayscale(0.2)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        index, seed = item
+        sample = load_or_skip(self.raw, index, self.on_error)
+        if isinstance(sample, Skipped):
+            return None
+        if sample.mask is None:
+            raise DatasetError(f"{self.raw.item_id(index)}: no mask; SelfMask trains on masks (pseudo-masks): "
+                               f"give data.train a dataset with masks (a folder with masks/)")
+        rng = np.random.default_rng(seed)
+        size = self.size
+        image = TF.resize(sample.image, [size, size], interpolation=T.InterpolationMode.BILINEAR)
+        side = max(1, int(size * rng.uniform(*self.scale_range)))
+        image = TF.resize(image, [side, side], interpolation=T.InterpolationMode.BILINEAR)
+        mask = TF.resize(torch.from_numpy(sample.mask.astype(np.uint8))[None], [side, side],
+                         interpolation=T.InterpolationMode.NEAREST)
+        fill = tuple(np.array(image).mean(axis=(0, 1)).astype(np.uint8).tolist())
+        image = TF.pad(image, [0, 0, size - side, size - side], fill=fill)
+        mask = TF.pad(mask, [0, 0, size - side, size - side], fill=0)
+        if rng.random() > 0.5:  # the authors flip when random() > p
+            image, mask = TF.hflip(image), TF.hflip(mask)
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's global stream
+            torch.manual_seed(seed)
+            image = self.grayscale(self.jitter(image))
+        pixels = np.array(image)
+        if rng.random() < 0.5:
+            pixels = cv2.GaussianBlur(pixels, (self.kernel, self.kernel), rng.uniform(0.1, 2.0))
+        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0, mask[0].bool()
+
+    @staticmethod
+    def collate(batch: List[Optional[Tuple[torch.Tensor, torch.Tensor]]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        kept = [b for b in batch if b is not None]
+        return torch.stack([image for image, _ in kept]), torch.stack([mask for _, mask in kept])
+
+
 @dataclass
 class EvalBatch:
     ids: List[str]

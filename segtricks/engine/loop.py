@@ -4,7 +4,7 @@ base and the ``LoopState`` they share, and the one ``build_optimizer``.
 Behaviour is added through hooks (``segtricks.engine.hooks``: validation, checkpointing, the progress
 line, MLflow logging, Optuna pruning), in the manner of detectron2's ``train_loop.py`` and DINO: the
 loop imports none of them. The method's loss terms and learning-rate schedule come from its
-``TrainingRecipe`` (``segtricks.methods``: Sempart's, FOUND's), and training tricks add terms through
+``TrainingRecipe`` (``segtricks.methods``: Sempart's, FOUND's, SelfMask's), and training tricks add terms through
 their ``extra_terms`` contract (``segtricks.method.tricks``); the loop names none of them.
 Every epoch reseeds all random streams from (seed, epoch), so a resumed training ends with the same
 weights as an uninterrupted one on CPU.
@@ -43,7 +43,7 @@ class LoopState:
     the validation hook; the epoch number when there is none, so the latest epoch is the best)."""
 
     cfg: Config
-    model: torch.nn.Module  # the method's (TrainingRecipe.build_model): a frozen backbone and a trainable head
+    model: torch.nn.Module  # the method's (TrainingRecipe.build_model): a backbone and a trainable head
     optimizer: torch.optim.Optimizer
     device: torch.device
     epoch: int = 0
@@ -91,9 +91,10 @@ def loss_weights(cfg: Config) -> Dict[str, float]:
 
 
 def loss_terms(model: torch.nn.Module, images: torch.Tensor, cfg: Config, generator: Optional[torch.Generator],
-               precision: Precision, step: int = 0) -> Dict[str, torch.Tensor]:
+               precision: Precision, step: int = 0, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
     """All unweighted loss terms of one batch at global step ``step``: the method's own (Sempart's four,
-    docs/method.md#losses; FOUND's, docs/methods.md#found), then each training trick's.
+    docs/method.md#losses; FOUND's and SelfMask's, docs/methods.md; ``targets``: the batch's masks, for a
+    method that trains on them), then each training trick's.
 
     ``precision``: the model runs under its autocast (``precision_of`` the device; any precision on
     any device, as the tests run bf16 on the CPU). Only the model: its outputs may then be bfloat16 or
@@ -104,7 +105,7 @@ def loss_terms(model: torch.nn.Module, images: torch.Tensor, cfg: Config, genera
             return model(x, fine_grad=fine_grad)
 
     out = predict(images)
-    terms = training_recipe(cfg).loss_terms(model, images, out, cfg, step)
+    terms = training_recipe(cfg).loss_terms(model, images, out, cfg, step, targets)
     trick_step = TrainStep(images, out, predict, cfg, generator)
     for trick in training_tricks(cfg.tricks):
         terms.update(trick.extra_terms(trick_step))
@@ -138,16 +139,19 @@ def train_one_epoch(state: LoopState, loader: DataLoader) -> Dict[str, float]:
     counts: Dict[str, int] = {}  # steps that had each term (FOUND's change after its first 100 steps)
     # the step bar is closed however the epoch ends (a non-finite loss, an interrupt)
     with tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False) as bar:
-        for step, images in enumerate(bar):
+        for step, batch in enumerate(bar):
             if step >= steps:
                 break
+            images, targets = batch if isinstance(batch, tuple) else (batch, None)  # targets: SelfMask's masks
             images = images.to(state.device, non_blocking=True)
+            if targets is not None:
+                targets = targets.to(state.device, non_blocking=True)
             if cuda:
                 images = images.contiguous(memory_format=torch.channels_last)
             global_step = epoch * steps + step  # every epoch has the same number of steps
             for group in state.optimizer.param_groups:  # the method's schedule, a function of the step
-                group["lr"] = cfg.optim.lr * recipe.lr_factor(cfg, global_step)
-            terms = loss_terms(model, images, cfg, generator, precision, global_step)
+                group["lr"] = cfg.optim.lr * recipe.lr_factor(cfg, global_step, steps)
+            terms = loss_terms(model, images, cfg, generator, precision, global_step, targets)
             check_finite(terms, epoch, step)  # the step's one wait for the device
             loss = sum(weights[k] * v for k, v in terms.items())
             state.optimizer.zero_grad(set_to_none=True)

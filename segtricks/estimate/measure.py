@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -164,11 +165,12 @@ def measure_training(cfg: Config, device: torch.device, repeats: int) -> TrainCo
         images = torch.rand(cfg.optim.batch_size, 3, size, size, device=device)
         if device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
+        targets = torch.rand(cfg.optim.batch_size, size, size, device=device) > 0.5  # read by SelfMask only
         generator = torch.Generator().manual_seed(0)
         weights = loss_weights(cfg)
 
         def step() -> None:
-            terms = loss_terms(model, images, cfg, generator, precision_of(device))
+            terms = loss_terms(model, images, cfg, generator, precision_of(device), targets=targets)
             loss = sum(weights[k] * v for k, v in terms.items())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -261,7 +263,8 @@ def loader_images_per_s(cfg: Config, original_hw: Tuple[int, int], n: int = 16) 
             return n
 
         def load(self, i: int) -> Sample:
-            return Sample(str(i), Image.open(io.BytesIO(self.data)).convert("RGB"))
+            image = Image.open(io.BytesIO(self.data)).convert("RGB")
+            return Sample(str(i), image, mask=np.asarray(image)[..., 0] > 128)  # a mask for the views that read one
 
         def item_id(self, i: int) -> str:
             return str(i)

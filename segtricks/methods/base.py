@@ -68,17 +68,21 @@ class Method:
 class TrainingRecipe:
     """How a method trains; ``segtricks.engine`` calls nothing method-specific but these.
 
-    - ``build_model(cfg)``: the model, a frozen ``backbone`` (its ``weights_id`` is checkpointed with
-      the head) and a trainable ``head`` (the parameters optimised and checkpointed);
-      ``model(images01, fine_grad=True)`` → a dict with at least ``coarse`` (B,1,h,w) and ``fine``
-      (B,1,H,W) sigmoids and ``features`` (the keys): what the training tricks read.
-    - ``train_view(cfg, raw)``: the augmented training images, items ``(index, seed)`` → (3, S, S) in
-      [0, 1] (``None`` for a skipped file), with a ``collate``.
-    - ``loss_terms(model, images, out, cfg, step)``: the method's unweighted float32 loss terms of one
-      batch (``out``: the model's outputs on it; ``step``: the global step, from 0); the training
-      tricks' terms are added by the loop. ``loss_weights(cfg)``: the weight of each term it may return.
-    - ``lr_factor(cfg, step)``: the learning rate at ``step`` over ``optim.lr`` (a pure function of the
-      step, so that a resumed training continues the schedule).
+    - ``build_model(cfg)``: the model, a ``backbone`` (its ``weights_id`` is checkpointed with the
+      head) and a trainable ``head`` (the parameters optimised and checkpointed: a method that
+      fine-tunes the backbone registers the backbone's ViT in its head, as SelfMask does);
+      ``model(images01, fine_grad=True)`` → a dict of outputs; Sempart's (``coarse``, ``fine``,
+      ``features``) are what the training tricks read, and only Sempart takes them.
+    - ``train_view(cfg, raw)``: the augmented training items, ``(index, seed)`` → an image (3, S, S) in
+      [0, 1], or (image, target) for a method that trains on masks (``None`` for a skipped file),
+      with a ``collate`` that gives a batch of images or (images, targets).
+    - ``loss_terms(model, images, out, cfg, step, targets=None)``: the method's unweighted float32 loss
+      terms of one batch (``out``: the model's outputs on it; ``step``: the global step, from 0;
+      ``targets``: the batch's targets, if its view gives them); the training tricks' terms are added
+      by the loop. ``loss_weights(cfg)``: the weight of each term it may return.
+    - ``lr_factor(cfg, step, steps_per_epoch=None)``: the learning rate at ``step`` over ``optim.lr``
+      (a pure function of the step and the epoch's length, so that a resumed training continues the
+      schedule).
     - ``as_method(cfg, model)``: the trained model as a ``Method`` evaluated image by image, or None
       for ``evaluate_model``'s batched path.
     """
@@ -90,13 +94,13 @@ class TrainingRecipe:
         raise NotImplementedError
 
     def loss_terms(self, model: nn.Module, images: torch.Tensor, out: Dict[str, torch.Tensor], cfg: Config,
-                   step: int) -> Dict[str, torch.Tensor]:
+                   step: int, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def loss_weights(self, cfg: Config) -> Dict[str, float]:
         raise NotImplementedError
 
-    def lr_factor(self, cfg: Config, step: int) -> float:
+    def lr_factor(self, cfg: Config, step: int, steps_per_epoch: Optional[int] = None) -> float:
         return 1.0
 
     def as_method(self, cfg: Config, model: nn.Module) -> Optional[Method]:

@@ -142,7 +142,7 @@ class FoundRecipe(TrainingRecipe):
         return FoundTrainView(raw, cfg.data.image_size, cfg.found.scale_range, cfg.data.train.on_error)
 
     def loss_terms(self, model: FoundModel, images: torch.Tensor, out: Dict[str, torch.Tensor], cfg: Config,
-                   step: int) -> Dict[str, torch.Tensor]:
+                   step: int, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         fc = cfg.found
         logits = out["logits"].float()
         predicted = (torch.sigmoid(logits.detach()) > 0.5).float()  # (B, 1, h, w)
@@ -161,7 +161,7 @@ class FoundRecipe(TrainingRecipe):
     def loss_weights(self, cfg: Config) -> Dict[str, float]:
         return {"bs": cfg.found.bs_weight, "bkg": 1.0, "self": cfg.found.self_weight}
 
-    def lr_factor(self, cfg: Config, step: int) -> float:
+    def lr_factor(self, cfg: Config, step: int, steps_per_epoch: Optional[int] = None) -> float:
         return cfg.found.lr_gamma ** (step // cfg.found.lr_step)  # StepLR, stepped every iteration
 
     def as_method(self, cfg: Config, model: FoundModel) -> "Found":

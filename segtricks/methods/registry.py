@@ -1,6 +1,6 @@
 """The method registry: ``method:`` in a config names one of its entries.
 
-- ``sempart`` (the default) and ``found``: methods that train; each entry is the method's
+- ``sempart`` (the default), ``found`` and ``selfmask``: methods that train; each entry is the method's
   ``TrainingRecipe`` (``segtricks.methods.base``), run by ``segtricks.engine`` (``training_recipe``).
 - ``tokencut``, ``lost``, ``deep_spectral``: training-free ``Method`` classes, built by ``build_method``.
 
@@ -19,6 +19,7 @@ from segtricks.methods.base import Method, TrainingRecipe
 from segtricks.methods.deep_spectral import DeepSpectral
 from segtricks.methods.found import FoundRecipe
 from segtricks.methods.lost import Lost
+from segtricks.methods.selfmask import SelfMaskRecipe
 from segtricks.methods.sempart import SempartRecipe
 from segtricks.methods.tokencut import TokenCut
 from segtricks.models.backbones import build_backbone
@@ -35,6 +36,7 @@ METHODS = Registry(
 
 METHODS.register("sempart", trains=True, per_image=False, backbone="dino_vits8")(SempartRecipe())
 METHODS.register("found", trains=True, per_image=True, backbone="dino_vits8")(FoundRecipe())
+METHODS.register("selfmask", trains=True, per_image=True, backbone="dino_vits8")(SelfMaskRecipe())
 METHODS.register("tokencut", trains=False, per_image=True, backbone="dino_vits16")(TokenCut)
 METHODS.register("lost", trains=False, per_image=True, backbone="dino_vits16")(Lost)
 METHODS.register("deep_spectral", trains=False, per_image=True, backbone="dino_vits16")(DeepSpectral)

@@ -3,7 +3,7 @@ learning rate, the augmented square crops of ``TrainView``; evaluated by ``evalu
 prediction size, with the key and mask caches)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -25,7 +25,7 @@ class SempartRecipe(TrainingRecipe):
         return TrainView(raw, cfg.data.image_size, cfg.data.resize_short, cfg.data.train.on_error)
 
     def loss_terms(self, model: SegmentationModel, images: torch.Tensor, out: Dict[str, torch.Tensor],
-                   cfg: Config, step: int) -> Dict[str, torch.Tensor]:
+                   cfg: Config, step: int, targets: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         lc = cfg.loss
         normalised = (images - model.mean) / model.std
         return {

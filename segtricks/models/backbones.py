@@ -228,15 +228,34 @@ def dino_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int) -> torch.Tenso
     return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
 
 
+def selfmask_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The positional embeddings of a rows × cols grid as SelfMask's copy of DINO's ViT computes them
+    (NoelShin/selfmask ``networks/vision_transformer.py::interpolate_pos_encoding``): as is whenever the
+    grid has N patches, square or not (a quirk: a 14 × 56 grid reads the 28 × 28 embeddings in raster
+    order); otherwise bicubic to exactly (rows, cols) (``size=``, no 0.1 offset, align_corners off)."""
+    n = pos_embed.shape[1] - 1
+    if rows * cols == n:
+        return pos_embed
+    side = int(math.sqrt(n))
+    grid = pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
+    return torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
+
+
+# A backbone's positional rule: how its pretrained grid of embeddings meets another grid, by whose code
+POSITION_RULES = {"dino": dino_pos_embed, "selfmask": selfmask_pos_embed}
+
+
 class KeyBackbone(nn.Module):
     """A frozen ViT whose output is the keys of its last attention block, CLS dropped.
 
     ``forward(x)`` takes an ImageNet-normalised batch (B, 3, H, W) with H and W divisible by
     ``patch_size`` and returns (B, embed_dim, H/p, W/p). Positional embeddings are interpolated to
     the input size by the rule of the backbone's authors (``positions``; ``"dino"``: DINO's
-    ``interpolate_pos_encoding``, ``dino_pos_embed``), so that the keys are those of their own code at
-    every size. ``features`` names what the keys depend on beyond the weights (the positional rule):
-    the evaluation caches key on it. The ViT stays in eval mode and never gets gradients.
+    ``interpolate_pos_encoding``, ``dino_pos_embed``; a method whose code differs sets its own,
+    ``use_positions``), so that the keys are those of their own code at every size. ``features`` names what the keys depend on beyond the weights (the positional rule):
+    the evaluation caches key on it. The ViT stays in eval mode, frozen unless a method fine-tunes it
+    (``fine_tune``: SelfMask's encoder).
     """
 
     def __init__(self, vit: nn.Module, name: str, weights_id: str, rms: Optional[float] = None,
@@ -248,10 +267,7 @@ class KeyBackbone(nn.Module):
         self.weights_id = weights_id
         self.patch_size = vit.patch_embed.patch_size[0]
         self.embed_dim = vit.embed_dim
-        if positions != "dino":
-            raise ValueError(f"unknown positional rule {positions!r}")
-        self.positions = positions
-        self.features = f"last-block keys, positions {positions}"
+        self.use_positions(positions)
         for p in self.vit.parameters():
             p.requires_grad_(False)
         self.vit.eval()
@@ -270,18 +286,8 @@ class KeyBackbone(nn.Module):
         q and k: softmax(q·kᵀ / √head_dim) over all tokens, CLS included, then the CLS entry dropped."""
         b, _, h, w = x.shape
         p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(
-                f"image size {h}×{w} is not divisible by the patch size {p} of backbone {self.name!r}; "
-                f"choose data.image_size as a multiple of {p}"
-            )
         vit = self.vit
-        patches = vit.patch_embed(x)  # (B, H/p, W/p, C): timm's dynamic_img_size keeps the grid
-        rows, cols = patches.shape[1:3]
-        tokens = torch.cat([vit.cls_token.expand(b, -1, -1), patches.reshape(b, rows * cols, -1)], dim=1)
-        tokens = vit.norm_pre(vit.pos_drop(tokens + dino_pos_embed(vit.pos_embed, rows, cols)))
-        for block in vit.blocks[:-1]:
-            tokens = block(tokens)
+        tokens = self._tokens_before_last_block(x)
         last = vit.blocks[-1]
         qkv = last.attn.qkv(last.norm1(tokens))  # (B, N, 3·C), laid out (3, heads, head_dim)
         n, c, prefix = qkv.shape[1], self.embed_dim, vit.num_prefix_tokens
@@ -297,6 +303,50 @@ class KeyBackbone(nn.Module):
         if self.rms is not None:  # scale only: cosine affinities are unchanged
             keys = keys * (self.rms * torch.rsqrt(keys.pow(2).mean(-1, keepdim=True) + 1e-12))
         return keys.transpose(1, 2).reshape(b, c, h // p, w // p), cls_attention
+
+
+    def last_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H/p, W/p): the last block's output tokens after the ViT's final norm, CLS dropped (what
+        DINO's ``forward`` normalises; SelfMask's decoder reads them). Differentiable when the ViT is
+        fine-tuned (``fine_tune``)."""
+        b, _, h, w = x.shape
+        tokens = self.vit.norm(self.vit.blocks[-1](self._tokens_before_last_block(x)))
+        grid = tokens[:, self.vit.num_prefix_tokens:]
+        return grid.transpose(1, 2).reshape(b, self.embed_dim, h // self.patch_size, w // self.patch_size)
+
+    def use_positions(self, rule: str) -> "KeyBackbone":
+        """Interpolate positional embeddings by ``POSITION_RULES[rule]`` (SelfMask's model reads its
+        ViT by its own code's rule)."""
+        if rule not in POSITION_RULES:
+            raise ValueError(f"unknown positional rule {rule!r}; known: {', '.join(POSITION_RULES)}")
+        self.positions = rule
+        self.features = f"last-block keys, positions {rule}"
+        return self
+
+    def fine_tune(self) -> "KeyBackbone":
+        """Let the ViT's weights train (SelfMask fine-tunes its encoder); still in eval mode: the ViTs
+        here have no dropout or drop-path, so the mode changes nothing."""
+        for param in self.vit.parameters():
+            param.requires_grad_(True)
+        return self
+
+    def _tokens_before_last_block(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, prefix + H/p · W/p, C): the tokens entering the last block, positions by ``positions``."""
+        b, _, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(
+                f"image size {h}×{w} is not divisible by the patch size {p} of backbone {self.name!r}; "
+                f"choose data.image_size as a multiple of {p}"
+            )
+        vit = self.vit
+        patches = vit.patch_embed(x)  # (B, H/p, W/p, C): timm's dynamic_img_size keeps the grid
+        rows, cols = patches.shape[1:3]
+        tokens = torch.cat([vit.cls_token.expand(b, -1, -1), patches.reshape(b, rows * cols, -1)], dim=1)
+        tokens = vit.norm_pre(vit.pos_drop(tokens + POSITION_RULES[self.positions](vit.pos_embed, rows, cols)))
+        for block in vit.blocks[:-1]:
+            tokens = block(tokens)
+        return tokens
 
 
 def _build(timm_name: str, name: str, weights: Optional[str], rms: Optional[float] = None,
