@@ -100,8 +100,8 @@ def test_a_method_cell_is_refused_with_a_training_trick_a_reference_protocol_or_
             "method 'lost' is scored under ours only",
         "{name: a, set: {method: deep_spectral, tricks: [], maps: maps/x}}":
             "maps: scores precomputed maps, and method 'deep_spectral'",
-        "{name: a, set: {method: found, tricks: [crop, gf]}}": "method 'found' trains by its authors' recipe, which "
-                                                              "'crop' has nothing to act on",
+        "{name: a, set: {method: selfmask, tricks: [crop, gf]}}": "method 'selfmask' trains a model without the "
+                                                                 "coarse and fine masks that training trick 'crop'",
         "{name: a, set: {method: tokenkut}}": "unknown method 'tokenkut'; registered methods: deep_spectral, found, "
                                              "lost, selfmask, sempart, tokencut",
     }
@@ -204,6 +204,13 @@ def test_every_registered_method_segments_a_photo_on_a_random_init_backbone(name
         terms = recipe.loss_terms(model, torch.rand(2, 3, 56, 56), out, cfg, 0, targets=torch.rand(2, 56, 56) > 0.5)
         assert terms and set(terms) <= set(recipe.loss_weights(cfg))
         assert all(t.ndim == 0 and torch.isfinite(t) and t.requires_grad for t in terms.values())
+        if attrs["training_tricks"]:  # crop reads the model's coarse and fine masks: its terms come out
+            from segtricks.engine.loop import loss_terms
+            from segtricks.runtime.device import FP32
+            cfg.tricks = ["crop"]
+            with_crop = loss_terms(model, torch.rand(2, 3, 56, 56), cfg, torch.Generator().manual_seed(0), FP32)
+            assert {"crop_ncut", "crop_eq"} <= set(with_crop) and all(torch.isfinite(t) for t in with_crop.values())
+            cfg.tricks = []
         method = recipe.as_method(cfg, model)
         assert (method is not None) == attrs["per_image"]
         if method is None:

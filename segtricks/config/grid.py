@@ -220,13 +220,14 @@ def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> Non
             raise ConfigError(f"{blamed(kind)}: unknown {kind} {name!r}; registered {kind}s: {', '.join(known)}")
     if cfg.method == DEFAULT_METHOD:
         return
-    trains = registered_attributes(*METHOD_REGISTRY)[cfg.method]["trains"]
+    method = registered_attributes(*METHOD_REGISTRY)[cfg.method]
     stages = registered_attributes(*COMPONENTS["trick"])  # crop is registered with stage train, the rest post
     training_tricks = [t for t in cfg.tricks if stages.get(t, {}).get("stage", "post") == "train"]
-    if training_tricks:  # the training tricks act on Sempart's losses; another method trains by its own recipe
-        why = "trains by its authors' recipe, which" if trains else "does not train, so training trick"
-        raise ConfigError(f"{blamed('method')}: method {cfg.method!r} {why} {training_tricks[0]!r} has nothing to "
-                          f"act on; keep post-processing tricks only (gf, bf)")
+    if training_tricks and not method["training_tricks"]:
+        trick = training_tricks[0]
+        why = (f"trains a model without the coarse and fine masks that training trick {trick!r} acts on"
+               if method["trains"] else f"does not train, so training trick {trick!r} has nothing to act on")
+        raise ConfigError(f"{blamed('method')}: method {cfg.method!r} {why}; keep post-processing tricks only (gf, bf)")
     if cfg.maps is not None:
         raise ConfigError(f"{where}: maps: scores precomputed maps, and method {cfg.method!r} computes its own; "
                           f"set one of them")
