@@ -91,7 +91,8 @@ def test_deep_spectrals_box_is_of_the_largest_8_connected_component():
 
 
 def test_a_method_cell_is_refused_with_a_training_trick_a_reference_protocol_or_maps(tmp_path, capsys):
-    """One line naming the file and the key, before anything runs; an unknown method lists the known ones."""
+    """One line naming the file and the key, before anything runs; an unknown method lists the known ones;
+    a training size that is not a multiple of the backbone's patch, whatever the method."""
     from segtricks.ablate import main as ablate
     from helpers import write_grid
     cases = {
@@ -102,6 +103,9 @@ def test_a_method_cell_is_refused_with_a_training_trick_a_reference_protocol_or_
             "maps: scores precomputed maps, and method 'deep_spectral'",
         "{name: a, set: {method: selfmask, tricks: [crop, gf]}}": "method 'selfmask' trains a model without the "
                                                                  "coarse and fine masks that training trick 'crop'",
+        "{name: a, set: {method: found, data.image_size: 58}}": "data.image_size 58 is not a multiple of the patch "
+                                                               "size 4 of backbone 'demo_vit4'; use 56 or 60",
+        "{name: a, set: {data.image_size: 58}}": "data.image_size 58 is not a multiple of the patch size 4",
         "{name: a, set: {method: tokenkut}}": "unknown method 'tokenkut'; registered methods: deep_spectral, found, "
                                              "lost, selfmask, sempart, tokencut",
     }

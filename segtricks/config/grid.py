@@ -218,9 +218,14 @@ def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> Non
         known = registered_names(*COMPONENTS[kind])
         if name not in known:
             raise ConfigError(f"{blamed(kind)}: unknown {kind} {name!r}; registered {kind}s: {', '.join(known)}")
+    method = registered_attributes(*METHOD_REGISTRY)[cfg.method]
+    patch = registered_attributes(*COMPONENTS["backbone"])[cfg.backbone.name]["patch"]
+    if method["trains"] and cfg.maps is None and cfg.data.image_size % patch:  # the training and prediction size
+        low = cfg.data.image_size // patch * patch
+        raise ConfigError(f"{where}: data.image_size {cfg.data.image_size} is not a multiple of the patch size "
+                          f"{patch} of backbone {cfg.backbone.name!r}; use {low or patch} or {low + patch}")
     if cfg.method == DEFAULT_METHOD:
         return
-    method = registered_attributes(*METHOD_REGISTRY)[cfg.method]
     stages = registered_attributes(*COMPONENTS["trick"])  # crop is registered with stage train, the rest post
     training_tricks = [t for t in cfg.tricks if stages.get(t, {}).get("stage", "post") == "train"]
     if training_tricks and not method["training_tricks"]:
