@@ -1,7 +1,10 @@
 """Fixtures of every test; what tests share otherwise is in ``helpers.py``."""
 import os
 
+import numpy as np
 import pytest
+
+from helpers import SHARED_GOLDEN
 
 
 @pytest.fixture(autouse=True)
@@ -20,3 +23,13 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def baselines():
+    """``../shared/golden/baselines.npz``: TokenCut's, LOST's and FOUND's own functions on six structured
+    inputs (its README says what each key is); the test skips without it."""
+    path = SHARED_GOLDEN / "baselines.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (the authors' outputs live in ../shared/golden beside the repo)")
+    return np.load(path)

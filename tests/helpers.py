@@ -2,8 +2,9 @@
 location and a store's runs. Tests import this module (never one another); ``conftest.py`` holds only
 fixtures."""
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -116,3 +117,18 @@ def grid_runs(folder: Path, grid: str = "mini"):
     client = store_client(folder)
     exp = client.get_experiment_by_name(grid)
     return client, client.search_runs([exp.experiment_id]) if exp else []
+
+
+def random_photos(folder: Path, sizes: Sequence[Tuple[int, int]]) -> Path:
+    """``folder`` (created) holding ``im<i>.png``, a random RGB image of each (W, H) in ``sizes``: what
+    ``segment`` reads."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def pngs_of(folder: Path) -> Dict[str, np.ndarray]:
+    """Every PNG of ``folder`` by stem, as arrays (the masks ``segment`` wrote)."""
+    return {p.stem: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}

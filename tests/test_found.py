@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SHARED_GOLDEN
+
 
 TARGETS = Path(__file__).parent / "data" / "found_targets.npz"
 SCENE_SIZE, PATCH = 96, 8
@@ -52,22 +52,14 @@ def batch(cases):
     return images, masks
 
 
-@pytest.fixture(scope="module")
-def golden():
-    path = SHARED_GOLDEN / "baselines.npz"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent (the authors' outputs live in ../shared/golden beside the repo)")
-    return np.load(path)
-
-
 @pytest.mark.parametrize("i", range(6))
-def test_background_equals_the_authors_compute_img_bkg_seg(golden, i):
+def test_background_equals_the_authors_compute_img_bkg_seg(baselines, i):
     from segtricks.methods.found import background_masks
-    keys = torch.from_numpy(golden[f"case{i}_keys"][:, 1:])
-    attention = torch.from_numpy(golden[f"case{i}_found_cls_attention"][:, :, 1:])
-    rows, cols = golden[f"case{i}_grid_hw"]
+    keys = torch.from_numpy(baselines[f"case{i}_keys"][:, 1:])
+    attention = torch.from_numpy(baselines[f"case{i}_found_cls_attention"][:, :, 1:])
+    rows, cols = baselines[f"case{i}_grid_hw"]
     ours = background_masks(attention, keys, 0.3).reshape(rows, cols).numpy()
-    theirs = golden[f"case{i}_found_background"].astype(bool)
+    theirs = baselines[f"case{i}_found_background"].astype(bool)
     assert theirs.any() and (~theirs).any()  # a case with both sides
     assert np.array_equal(ours, theirs)
 
@@ -211,8 +203,7 @@ def test_a_found_cell_trains_once_is_scored_in_both_modes_and_segments(tmp_path,
     """A grid of FOUND cells on the demo backbone: one training (its three loss terms logged, as scheduled)
     shared by single, multi and GF cells, each scored per image; the table shows them beside the published
     row; ``segment`` on the cell's run writes a mask per image at the image's size."""
-    from PIL import Image
-    from helpers import DEMO_CELL, grid_runs
+    from helpers import DEMO_CELL, grid_runs, pngs_of, random_photos
     from analysis.make_tables import main as make_tables
     from segtricks import segment
     from segtricks.ablate import main as ablate
@@ -257,12 +248,8 @@ table:
     assert make_tables(["--grid", str(grid), "--out-dir", str(tmp_path / "t")]) == 0
     table = (tmp_path / "t" / "f.md").read_text()
     assert "gf" in table and "FOUND - single (published)" in table
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i, (w, h) in enumerate([(40, 30), (23, 57)]):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+    images = random_photos(tmp_path / "images", [(40, 30), (23, 57)])
     assert segment.main(["--run", by["single"].info.run_id, "--images", str(images), "--out", str(tmp_path / "m")]) == 0
-    masks = {p.stem: np.asarray(Image.open(p)) for p in sorted((tmp_path / "m").glob("*.png"))}
+    masks = pngs_of(tmp_path / "m")
     assert [m.shape for m in masks.values()] == [(30, 40), (57, 23)]
     assert all(set(np.unique(m)) <= {0, 255} for m in masks.values())

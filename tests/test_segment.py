@@ -6,7 +6,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import tiny_config
+from helpers import pngs_of, random_photos, tiny_config
 from segtricks import segment
 from segtricks.engine.training import Training
 from segtricks.tracking.store import Store
@@ -25,18 +25,13 @@ def training(tmp_path_factory):
 
 
 def images_folder(tmp_path, bad=True):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i, (w, h) in enumerate(SIZES):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    folder = random_photos(tmp_path / "images", SIZES)
     if bad:
         (folder / "broken.jpg").write_bytes(b"not a jpeg")
     return folder
 
 
-def masks_of(out):
-    return {p.stem: np.asarray(Image.open(p)) for p in sorted(out.glob("*.png"))}
+masks_of = pngs_of
 
 
 def test_one_mask_per_image_at_its_size_binary_soft_overlay_and_the_unreadable_listed(training, tmp_path, capsys):

@@ -188,7 +188,7 @@ def test_a_selfmask_cell_trains_on_a_folders_masks_is_scored_and_segments(tmp_pa
     terms logged, the fine-tuned encoder in the checkpoint (its weights differ from the backbone it
     started from), scored per image, and ``segment`` on the cell's run writes a mask per image."""
     from PIL import Image
-    from helpers import DEMO_CELL, grid_runs
+    from helpers import DEMO_CELL, grid_runs, pngs_of, random_photos
     from segtricks import segment
     from segtricks.ablate import main as ablate
     from segtricks.data.datasets import DATASETS
@@ -231,12 +231,8 @@ axes:
     start = build_backbone("demo_vit4", "random-init").vit.state_dict()
     qkv = "blocks.0.attn.qkv.weight"
     assert not torch.equal(trained[f"encoder.{qkv}"], start[qkv])  # the encoder was fine-tuned and saved
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i, (w, h) in enumerate([(40, 30), (23, 57)]):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+    images = random_photos(tmp_path / "images", [(40, 30), (23, 57)])
     capsys.readouterr()
     assert segment.main(["--run", runs[0].info.run_id, "--images", str(images), "--out", str(tmp_path / "m")]) == 0
-    masks = {p.stem: np.asarray(Image.open(p)) for p in sorted((tmp_path / "m").glob("*.png"))}
+    masks = pngs_of(tmp_path / "m")
     assert [m.shape for m in masks.values()] == [(30, 40), (57, 23)]

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from segtricks.config.schema import Config
+from segtricks.config.schema import Config, ConfigError
 from segtricks.data.datasets import RawDataset
-from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone
+from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
 
 TASKS = ("saliency", "boxes")
 
@@ -65,6 +65,14 @@ class Method:
         raise NotImplementedError
 
 
+class TrainedMethod(Method):
+    """A trained model (a ``TrainingRecipe``'s, with its ``backbone``) as a method, in eval mode."""
+
+    def __init__(self, cfg: Config, model: nn.Module) -> None:
+        super().__init__(cfg, model.backbone)
+        self.model = model.eval()
+
+
 class TrainingRecipe:
     """How a method trains; ``segtricks.engine`` calls nothing method-specific but these.
 
@@ -89,6 +97,16 @@ class TrainingRecipe:
 
     def build_model(self, cfg: Config) -> nn.Module:
         raise NotImplementedError
+
+    @staticmethod
+    def training_backbone(cfg: Config) -> KeyBackbone:
+        """The configured backbone, for a model trained and predicting at ``data.image_size``, which must
+        be a multiple of its patch (checked before a grid runs too, ``config.grid.validate_names``)."""
+        backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights)
+        if cfg.data.image_size % backbone.patch_size:
+            raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
+                              f"{backbone.patch_size} of backbone {cfg.backbone.name!r}", "data.image_size")
+        return backbone
 
     def train_view(self, cfg: Config, raw: RawDataset) -> Dataset:
         raise NotImplementedError

@@ -41,13 +41,13 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
-from segtricks.config.schema import Config, ConfigError
+from segtricks.config.schema import Config
 from segtricks.data.datasets import RawDataset
 from segtricks.data.views import FoundTrainView
 from segtricks.method.bilateral_solver import bilateral_solve
-from segtricks.methods.base import Method, MethodOutput, TrainingRecipe
+from segtricks.methods.base import MethodOutput, TrainedMethod, TrainingRecipe
 from segtricks.methods.patches import CONNECTIVITY, largest_component, pad_to_patches, patch_box
-from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
+from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone
 
 EPSILON = 1e-10  # compute_img_bkg_seg's default
 
@@ -132,11 +132,7 @@ class FoundRecipe(TrainingRecipe):
     """FOUND's training (module docstring, step 2)."""
 
     def build_model(self, cfg: Config) -> FoundModel:
-        backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights)
-        if cfg.data.image_size % backbone.patch_size:
-            raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
-                              f"{backbone.patch_size} of backbone {cfg.backbone.name!r}", "data.image_size")
-        return FoundModel(backbone)
+        return FoundModel(self.training_backbone(cfg))
 
     def train_view(self, cfg: Config, raw: RawDataset) -> FoundTrainView:
         return FoundTrainView(raw, cfg.data.image_size, cfg.found.scale_range, cfg.data.train.on_error)
@@ -179,12 +175,8 @@ def largest_foreground(binary: np.ndarray) -> np.ndarray:
     return labels == order[order != 0][-1]
 
 
-class Found(Method):
+class Found(TrainedMethod):
     """A trained FOUND model (``FoundRecipe``) as a method: module docstring, step 3."""
-
-    def __init__(self, cfg: Config, model: FoundModel) -> None:
-        super().__init__(cfg, model.backbone)
-        self.model = model.eval()
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, task: str) -> MethodOutput:

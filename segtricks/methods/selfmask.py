@@ -35,12 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segtricks.config.schema import Config, ConfigError
+from segtricks.config.schema import Config
 from segtricks.data.datasets import RawDataset
 from segtricks.data.views import SelfMaskTrainView
-from segtricks.methods.base import Method, MethodOutput, TrainingRecipe
+from segtricks.methods.base import MethodOutput, TrainedMethod, TrainingRecipe
 from segtricks.methods.patches import largest_component, mask_box, pad_to_patches
-from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
+from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone
 
 POLY_POWER = 0.9
 
@@ -189,11 +189,7 @@ class SelfMaskRecipe(TrainingRecipe):
     """SelfMask's training (module docstring, steps 1-3) on the masks of ``data.train``."""
 
     def build_model(self, cfg: Config) -> SelfMaskModel:
-        backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights)
-        if cfg.data.image_size % backbone.patch_size:
-            raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
-                              f"{backbone.patch_size} of backbone {cfg.backbone.name!r}", "data.image_size")
-        return SelfMaskModel(backbone, cfg.selfmask.queries, cfg.selfmask.decoder_layers)
+        return SelfMaskModel(self.training_backbone(cfg), cfg.selfmask.queries, cfg.selfmask.decoder_layers)
 
     def train_view(self, cfg: Config, raw: RawDataset) -> SelfMaskTrainView:
         return SelfMaskTrainView(raw, cfg.data.image_size, cfg.selfmask.scale_range, cfg.data.train.on_error)
@@ -216,13 +212,9 @@ class SelfMaskRecipe(TrainingRecipe):
         return SelfMask(cfg, model)
 
 
-class SelfMask(Method):
+class SelfMask(TrainedMethod):
     """A trained SelfMask model as a method: module docstring, step 4. Its box (CorLoc) is the
     extent of the mask's largest 4-connected component (SelfMask reports no boxes)."""
-
-    def __init__(self, cfg: Config, model: SelfMaskModel) -> None:
-        super().__init__(cfg, model.backbone)
-        self.model = model.eval()
 
     @torch.no_grad()
     def predict(self, image: torch.Tensor, task: str) -> MethodOutput:

@@ -1,4 +1,5 @@
-"""Frozen self-supervised ViT backbones that return last-block attention keys as a feature map.
+"""Self-supervised ViT backbones that return last-block attention keys as a feature map (frozen; SelfMask
+fine-tunes its own and reads the last tokens instead).
 
 Registered names (``BACKBONES.names()``): ``dino_vits8``, ``dino_vits16``, ``ibot_vits16`` (the
 paper's three, on timm's ViT-S) and ``demo_vit4`` (a 2-block, 96-wide ViT/4 that is always randomly
@@ -13,6 +14,11 @@ Weights are resolved in this order (``resolve_weights_file``):
 ``weights: random-init`` skips all of this, and ``official-or-random-init`` (the rehearsal grid's) takes
 steps 2–3 without downloading, else random-init; every backbone carries ``weights_id`` (``sha256:<hex>``
 of the file, or ``random-init``) so that each training records what it stood on.
+
+Positional embeddings meet other grid sizes by their authors' rule (``POSITION_RULES``: DINO's, and
+SelfMask's copy of it). Over 400 lines on purpose: weights resolution, checkpoint loading, those rules
+and the backbone class are one concern (what a backbone's features are, and from which file); each
+registered backbone is a few lines.
 """
 from __future__ import annotations
 
