@@ -208,3 +208,16 @@ def test_ctrl_c_in_a_command_is_one_line_and_exit_130(capsys):
 
     assert main([]) == 130
     assert capsys.readouterr().err == "\ninterrupted; rerun the same command to resume\n"
+
+
+def test_a_database_store_that_does_not_answer_is_one_line_without_its_password(in_tmp, capsys):
+    """A PostgreSQL tracking URI whose server is not there (port 1 refuses at once): ablate and tune say so
+    in one line, exit 1, print no password, and tune leaves no optuna.db behind."""
+    uri = "postgresql://someone:hunter2@127.0.0.1:1/mlflow"
+    for command, args in ((ablate, ["--grid", "demo"]),
+                          (tune, ["--study", str(REPO / "experiments" / "study_demo.yaml"), "--n-trials", "1"])):
+        assert command([*args, "--tracking-uri", uri]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot be reached" in err and "Connection refused" in err, err
+        assert "hunter2" not in err and "someone:***@127.0.0.1:1" in err
+    assert not (in_tmp / "optuna.db").exists() and not (in_tmp / "mlflow.db").exists()

@@ -50,6 +50,21 @@ def _touch_store(uri: str) -> MlflowClient:
     return client
 
 
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
+def _probe_database(uri: str) -> None:
+    """One connection to a database store, which raises at once when its server is not there: MLflow
+    retries for 100 s (ten attempts with growing sleeps) before it gives up."""
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect():
+            pass
+    finally:
+        engine.dispose()
+
+
 def _create_sqlite_store(path: Path) -> None:
     """A new store at ``path``: MLflow's schema is built in a temporary file beside it, which is
     renamed into place once complete (a kill leaves at most the temporary file and its journal)."""
@@ -98,7 +113,29 @@ def explain_store_error(exc: BaseException, uri: str) -> Optional[str]:
                 f"(an interrupted or older migration): back it up, then run: mlflow db upgrade sqlite:///{path}")
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"no space left on the device of MLflow store {where}; free space and rerun"
+    if path is None and any(m in text for m in UNREACHABLE):
+        innermost = exc
+        while innermost.__cause__ or innermost.__context__:
+            innermost = innermost.__cause__ or innermost.__context__
+        said = str(innermost).strip().splitlines()[0] if str(innermost).strip() else type(innermost).__name__
+        return (f"MLflow store {without_password(uri)} cannot be reached ({said}); start its database server, or "
+                f"check the URI's host, port, database name and credentials")
     return None
+
+
+# What database drivers say when a server does not answer or refuses the login (psycopg, PyMySQL, pyodbc)
+UNREACHABLE = ("connection failed", "Connection refused", "could not connect", "Can't connect",
+               "could not translate host name", "Name or service not known", "password authentication failed",
+               "Access denied for user", "timeout expired", "Login timeout expired")
+
+
+def without_password(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``: it goes into error messages and logs."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def exit_on_environment_error(exc: BaseException, uri: str) -> int:
@@ -154,6 +191,8 @@ def open_client(uri: str) -> MlflowClient:
                 raise StoreError(f"{uri} does not answer as an MLflow tracking server ({said}); check its address "
                                  f"(host, port, path) and credentials") from None
         if path is None:
+            if urllib.parse.urlparse(uri).scheme.split("+")[0] in DATABASE_SCHEMES:
+                _probe_database(uri)
             return _touch_store(uri)
         if not path.parent.is_dir():
             raise StoreError(f"MLflow store {path}: folder {path.parent} does not exist")
