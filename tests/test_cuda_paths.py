@@ -163,6 +163,29 @@ def test_the_model_and_prediction_run_as_on_cuda_in_float32(tmp_path):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("method", ["found", "selfmask"])
+def test_found_and_selfmask_loss_terms_run_as_on_cuda_in_float32(tmp_path, method):
+    """Their training step's forward and loss terms with the model and batch on the device: FOUND's
+    background and bilateral-solver targets (the solver runs on the host by design, its result comes back),
+    SelfMask's decoder, Dice and ranking terms; equal to the CPU's."""
+    from segtricks.engine.loop import loss_terms
+    cfg = tiny_config(tmp_path, {"method": method, "data.val": None, "selfmask.queries": 3,
+                                 "selfmask.decoder_layers": 2})
+    torch.manual_seed(0)
+    from segtricks.methods.registry import training_recipe
+    model = training_recipe(cfg).build_model(cfg)
+    images, targets = torch.rand(2, 3, 32, 32), torch.rand(2, 32, 32) > 0.5
+    expected = {k: v.detach() for k, v in loss_terms(model, images, cfg, None, FP32, 0, targets).items()}
+    with CudaRules() as rules:
+        model.to(CUDA)
+        got = loss_terms(model, images.to(CUDA), cfg, None, FP32, 0, targets.to(CUDA))
+        assert all(v.device == CUDA for v in got.values())
+        got = {k: v.detach().cpu() for k, v in got.items()}
+    assert rules.ops and got.keys() == expected.keys()
+    for k in got:
+        torch.testing.assert_close(got[k], expected[k], msg=k)
+
+
 def test_the_precision_rule_is_bf16_only_where_native(monkeypatch):
     """Issue 34 defect 2: ``is_bf16_supported()`` says yes to emulated bf16 (T4, RTX 20xx)."""
     from segtricks.runtime.device import BF16, FP16, precision_of

@@ -63,7 +63,7 @@ def background_masks(attention: torch.Tensor, keys: torch.Tensor, threshold: flo
     descriptors = (keys.float().reshape(b, n, heads, -1) * beta[:, None, :, None]).reshape(b, n, -1)
     descriptors = F.normalize(descriptors, dim=-1, p=2)
     seed = torch.argmin((att * beta[:, :, None]).sum(dim=1), dim=-1)  # (B,)
-    cosine = torch.einsum("bc,bnc->bn", descriptors[torch.arange(b), seed], descriptors)
+    cosine = torch.einsum("bc,bnc->bn", descriptors[torch.arange(b, device=seed.device), seed], descriptors)
     return cosine > threshold
 
 
