@@ -181,3 +181,13 @@ def test_one_schema_check_names_the_first_unknown_key_for_its_line(tmp_path):
     layer = file.layer("set", file.data["set"])
     assert (layer.where("optim.lr"), layer.where("seed"), layer.where("tricks")) == \
         (f"{path}:4", f"{path}:5", f"{path}:3")  # a key it does not set: the mapping's own line
+
+
+def test_a_key_under_a_null_section_is_one_error_naming_who_made_it_null():
+    """``--set data.val.limit=16`` on a cell whose ``data.val`` is null (FOUND's cells): was a TypeError."""
+    from segtricks.config.schema import ConfigError, Layer, compose
+    with pytest.raises(ConfigError) as err:
+        compose([Layer({"data": {"val": None}}, "cell.yaml"), Layer({"data.val.limit": 16}, "--set data.val.limit=16")])
+    said = str(err.value)
+    assert said.startswith("--set data.val.limit=16: data.val.limit: data.val is null") and "set by cell.yaml" in said
+    assert err.value.key == "data.val.limit"

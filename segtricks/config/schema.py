@@ -317,14 +317,19 @@ def compose(layers: Sequence[Layer]) -> Config:
     """Merge ``layers`` in order over the defaults and validate the result (see the module docstring)."""
     data: Dict[str, Any] = {}
     origin: Dict[str, Layer] = {}
+    default = layers[0].source if layers else "<defaults>"
     for layer in layers:
         for key, value in layer.values.items():
             key = str(key)
-            set_dotted(data, key, copy.deepcopy(value))
+            try:
+                set_dotted(data, key, copy.deepcopy(value))
+            except ConfigError as exc:
+                raise ConfigError(f"{layer.where(key)}: {key}: {exc} here (set by {_blame(origin, exc.key, default)}), "
+                                  f"so it has no key {key[len(exc.key) + 1:]!r}; set {exc.key} whole, or leave "
+                                  f"{key} out of this config", key) from None
             for k in [k for k in origin if k.startswith(key + ".")]:
                 del origin[k]  # replaced together with the mapping above them
             origin[key] = layer
-    default = layers[0].source if layers else "<defaults>"
     if "eval_protocol" in data:
         _read_legacy_eval_protocol(data, origin, default)
     try:
@@ -586,10 +591,15 @@ def set_flag_layers(flags: Sequence[str]) -> List[Layer]:
 
 
 def set_dotted(data: Dict[str, Any], key: str, value: Any) -> None:
-    """``set_dotted(d, "optim.lr", 1e-3)`` sets d["optim"]["lr"], creating mappings on the way."""
+    """``set_dotted(d, "optim.lr", 1e-3)`` sets d["optim"]["lr"], creating mappings on the way; a key
+    under a value that is not a mapping (``data.val.limit`` where ``data.val`` is null) is a ConfigError
+    whose ``key`` is that value's."""
     *parents, last = key.split(".")
-    for p in parents:
+    for depth, p in enumerate(parents):
         data = data.setdefault(p, {})
+        if not isinstance(data, dict):
+            above = ".".join(parents[: depth + 1])
+            raise ConfigError(f"{above} is {yaml.safe_dump(data).splitlines()[0]}, not a mapping", above)
     data[last] = value
 
 
