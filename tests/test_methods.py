@@ -37,6 +37,18 @@ def test_tokencut_equals_the_authors_ncut(baselines, i, solver):
     assert np.array_equal(patch_box(cut.mask, patch, image_hw), baselines[f"case{i}_tokencut_box"])
 
 
+@pytest.mark.parametrize("solver", ["dense", "arpack", "torch"])
+def test_tokencut_on_a_complete_graph_takes_the_whole_image(solver):
+    # every cosine above τ: the second eigenvalue has multiplicity N − 1 and the authors' answer is
+    # whichever vector the solver's rounding gives; here it is the whole grid, every time
+    keys = torch.ones(6 * 8, 16) + 0.01 * torch.randn(6 * 8, 16, generator=torch.Generator().manual_seed(0))
+    cut = ncut(keys, (6, 8), tau=0.2, eps=1e-5, solver=solver)
+    assert cut.mask.all() and cut.mask.shape == (6, 8)
+    # one cosine at or below τ and the graph has a cut again: the eigenvector decides
+    keys[0] = -keys[0]
+    assert not ncut(keys, (6, 8), tau=0.2, eps=1e-5, solver=solver).mask.all()
+
+
 @pytest.mark.parametrize("i", CASES)
 def test_lost_equals_the_authors_lost(baselines, i):
     keys, grid, patch, image_hw = case(baselines, i)

@@ -9,6 +9,12 @@
    foreground is the side holding the largest |v|.
 6. The mask is the seed's 4-connected component; the box its extent × the patch, clipped to the image.
 
+One departure, where the authors' output is not defined: when every cosine exceeds τ the graph is
+complete, λ = 1 has multiplicity N − 1 and any vector orthogonal to D·1 is "the" second eigenvector;
+their solver returns whichever its rounding gives (different between runs and thread counts: measured
+on the random-init demo backbone, which makes such graphs). Nothing separates any two patches, so the
+whole image is the mask here, on every run.
+
 Saliency: the image resized to the nearest multiple of 16 per side (PIL LANCZOS), the mask upsampled
 nearest to the original size. CorLoc: the full image, zero-padded to the patch. The eigenvector
 itself is not the output: TokenCut's saliency numbers, and its "+BS", are of the binary seed
@@ -43,6 +49,9 @@ def ncut(keys: torch.Tensor, grid_hw, tau: float, eps: float, solver: str) -> Bi
     cosine = feats @ feats.T  # float32, as the authors' torch product
     affinity = torch.full_like(cosine, eps, dtype=torch.float64)  # as numpy's where on the boolean graph
     affinity[cosine > tau] = 1.0
+    if bool((cosine > tau).all()):  # complete graph: no cut is preferred (module docstring)
+        everything = np.ones(grid_hw, dtype=bool)
+        return Bipartition(np.zeros(grid_hw), 0, everything)
     v = second_eigenvector(affinity, affinity.sum(1), solver)
     foreground = v > v.sum() / len(v)
     seed = int(np.argmax(np.abs(v)))
