@@ -114,6 +114,14 @@ def write_atomic(path: Path, content: Union[bytes, str, Callable[[Path], None]],
         tmp.unlink(missing_ok=True)  # only left when something failed before the rename
 
 
+def write_png(path: Path, array) -> None:
+    """An 8-bit array (HxW, or HxWx3) as a PNG at ``path``, atomically (``write_atomic``): the masks
+    ``segment`` writes and the pseudo-masks a teacher exports, whole or absent after a kill."""
+    from PIL import Image  # only where a PNG is written: this module is imported by torch-free commands
+
+    write_atomic(Path(path), lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive advisory lock on ``path`` (created if missing) for the duration of the block: how

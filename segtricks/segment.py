@@ -31,7 +31,7 @@ import numpy as np
 from segtricks import errors
 from segtricks.data.datasets import IMAGE_SUFFIXES
 from segtricks.engine.folder import TrainingFolder
-from segtricks.files import check_writable_folder, write_atomic
+from segtricks.files import check_writable_folder, write_png
 from segtricks.config.schema import DEFAULT_METHOD, METHOD_REGISTRY, load_config
 from segtricks.registry import registered_attributes
 from segtricks.tracking import tags
@@ -130,13 +130,6 @@ def outputs(out: Path, image: Path, overlay: bool) -> List[Path]:
     return [out / f"{image.stem}.png"] + ([out / OVERLAYS / f"{image.stem}.png"] if overlay else [])
 
 
-def png_writer(array: np.ndarray):
-    """A ``write_atomic`` writer of an 8-bit array as PNG (the temporary name has no .png suffix)."""
-    from PIL import Image
-
-    return lambda path: Image.fromarray(array).save(path, format="PNG")
-
-
 def overlay_of(image_path: Path, soft: np.ndarray) -> np.ndarray:
     from PIL import Image
 
@@ -210,9 +203,9 @@ def main(argv: List[str] | None = None) -> int:
             for image_id, soft in zip(ids, masks):
                 mask = (soft * 255).round() if args.soft else (soft > 0.5) * 255.0
                 paths = outputs(args.out, by_id[image_id], args.overlay)
-                write_atomic(paths[0], png_writer(mask.astype(np.uint8)))
+                write_png(paths[0], mask.astype(np.uint8))
                 if args.overlay:
-                    write_atomic(paths[1], png_writer(overlay_of(by_id[image_id], soft)))
+                    write_png(paths[1], overlay_of(by_id[image_id], soft))
             bar.update(len(ids) + len(bad))
     kept = len(images) - len(todo)
     print(f"wrote {len(todo) - len(skipped)} mask(s) to {args.out}"

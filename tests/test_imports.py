@@ -42,7 +42,8 @@ def loaded(module, *args):
 @pytest.mark.parametrize("module", ["analysis.make_tables", "analysis.runs", "segtricks.tracking.store",
                                     "segtricks.tracking.artifacts", "segtricks.evaluation.saliency_maps",
                                     "segtricks.evaluation.metrics", "segtricks.data.datasets",
-                                    "segtricks.method.guided_filter_numpy", "segtricks.engine.checkpoint"])
+                                    "segtricks.data.pseudo_masks", "segtricks.method.guided_filter_numpy",
+                                    "segtricks.engine.checkpoint"])
 def test_reading_results_and_scoring_maps_import_no_torch(module):
     code, out, heavy = loaded(module, "import")
     assert code == 0 and heavy == [], out

@@ -34,21 +34,28 @@ def test_rehearsal_grid_runs_on_official_layout_weights_and_make_tables_renders_
     monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.chdir(REPO)  # run from the checkout: the grid's data roots are relative to it
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    # the paper's shapes as the grid has them, on fewer validation and evaluation images than a user's
-    # rehearsal (4 and 8, not 8 and 24): the same code paths, 163 s instead of 211 s on 2 cores
-    fewer = ["--set", "data.val.limit=4", "--set", "eval=[{name: folder, root: ../shared/data/sod300, split: test, limit: 8}]"]
+    # the paper's shapes as the grid has them, on fewer evaluation images than a user's rehearsal (8, not
+    # 24): the same code paths in less time (the distillation cell has no validation set to cut)
+    fewer = ["--set", "eval=[{name: folder, root: ../shared/data/sod300, split: test, limit: 8}]"]
     assert ablate(["--grid", str(REHEARSAL), "--tracking-uri", uri, "--output-root", str(tmp_path / "outputs"), *fewer]) == 0
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("rehearsal").experiment_id])
-    assert sorted(r.data.tags["cell"] for r in runs) == ["dino_s8/crop+bf", "dino_s8/crop+gf",
-                                                         "ibot_s16/crop+bf", "ibot_s16/crop+gf"]
-    for run in runs:
+    by_cell = {r.data.tags["cell"]: r for r in runs}
+    assert sorted(by_cell) == ["dino_s8/crop+bf", "dino_s8/crop+gf", "dino_s8/selfmask_w_crop+gf",
+                               "ibot_s16/crop+bf", "ibot_s16/crop+gf"]
+    student = by_cell.pop("dino_s8/selfmask_w_crop+gf")
+    for run in by_cell.values():
         assert run.info.status == "FINISHED"
         path = weights["dino_vits8" if run.data.tags["backbone"] == "dino_vits8" else "ibot_vits16"]
         assert run.data.tags["weights"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
         assert 0 <= run.data.metrics["folder.iou"] <= 1 and "train.crop_eq" in run.data.metrics or \
             "model_from_run" in run.data.tags
-    assert sum(r.data.tags.get("role") == "train" for r in runs) == 2  # crop+bf shares crop+gf's training
+    assert sum(r.data.tags.get("role") == "train" for r in by_cell.values()) == 2  # crop+bf shares crop+gf's training
+    # the second stage: SelfMask on 16 photos' pseudo-masks from dino_s8/crop+gf, after it, scored
+    assert student.info.status == "FINISHED" and student.info.start_time > by_cell["dino_s8/crop+gf"].info.end_time
+    assert "train.dice" in student.data.metrics and 0 <= student.data.metrics["folder.iou"] <= 1
+    (pseudo,) = [i.dataset for i in student.inputs.dataset_inputs if i.dataset.name.startswith("pseudo-masks")]
+    assert pseudo.name == "pseudo-masks of dino_s8/crop+gf on folder" and '"masks": 16' in pseudo.profile
     capsys.readouterr()
     out = tmp_path / "tables"
     assert make_tables(["--grid", str(REHEARSAL), "--tracking-uri", uri, "--out-dir", str(out)]) == 0

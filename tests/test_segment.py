@@ -1,5 +1,6 @@
 """``python -m segtricks.segment``: masks of a trained model on a folder of images (issue 23)."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,14 +72,11 @@ def test_a_rerun_skips_existing_masks_and_overwrite_redoes_them(training, tmp_pa
 def test_a_failing_writer_leaves_no_png(training, tmp_path, monkeypatch):
     images, out = images_folder(tmp_path, bad=False), tmp_path / "masks"
 
-    def half_then_fail(array):
-        def write(path):
-            path.write_bytes(b"\x89PNG half")
-            raise KeyboardInterrupt
+    def half_then_fail(image, path, *args, **kwargs):
+        Path(path).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
 
-        return write
-
-    monkeypatch.setattr(segment, "png_writer", half_then_fail)
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
     assert segment.main(["--run", str(training.dir), "--images", str(images), "--out", str(out)]) == 130  # Ctrl-C
     assert list(out.iterdir()) == []
 

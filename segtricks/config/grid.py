@@ -107,6 +107,7 @@ class Cell:
     config_hash: str
     training: Optional[Training]  # None for cells that score precomputed maps or run a training-free method
     seed: Optional[int] = None  # the training seed of a replica; None in a grid without seeds
+    teacher: Optional["Cell"] = None  # a distillation cell's teacher (``distill.teacher``), of the same seed
 
     @property
     def id(self) -> str:
@@ -493,6 +494,7 @@ def read_grid(name_or_path: str, flags: Sequence[str] = (), force_set: bool = Fa
             raise ConfigError(f"{exc} (cell {name})", exc.key) from None
         validate_names(cfg, f"{file.path} (cell {name})", [*layers, *axis_layers, *flag_layers])
         configs.append((name, cfg))
+    _check_teachers(file, configs)
     overridden = _axis_overrides(file, flag_layers)
     if overridden and not force_set:
         raise ConfigError(f"{overridden[0]}: the flag would replace what those entries set; drop it, "
@@ -504,6 +506,30 @@ def read_grid(name_or_path: str, flags: Sequence[str] = (), force_set: bool = Fa
                     for seed in seeds for name, axis_layers in cells]
     return GridFile(file.data.get("name", file.path.stem), file.path, configs,
                     str(file.data.get("description", "")).strip(), table, overridden, seeds, replicas)
+
+
+def _check_teachers(file: YamlFile, configs: Sequence[Tuple[str, Config]]) -> None:
+    """Each ``distill.teacher`` names a cell listed before its student (so that every launcher runs the
+    teacher first) that predicts masks itself (not precomputed maps), and the student's method learns
+    from its training masks."""
+    before: Dict[str, Config] = {}
+    for name, cfg in configs:
+        teacher = cfg.distill.teacher
+        if teacher is not None:
+            where = f"{file.path} (cell {name}): distill.teacher {teacher!r}"
+            if teacher not in before:
+                listed = ", ".join(before) or "none"
+                raise ConfigError(f"{where} is not a cell listed before it (cells before it: {listed}); list the "
+                                  f"teacher's axis entry first", "distill.teacher")
+            if before[teacher].maps is not None:
+                raise ConfigError(f"{where} scores precomputed maps (maps:); a teacher predicts its masks "
+                                  f"itself: choose a cell that runs a method", "distill.teacher")
+            if not registered_attributes(*METHOD_REGISTRY)[cfg.method]["trains_on_masks"]:
+                learners = [m for m, a in registered_attributes(*METHOD_REGISTRY).items() if a["trains_on_masks"]]
+                raise ConfigError(f"{where}: method {cfg.method!r} does not learn from masks, so a teacher's "
+                                  f"pseudo-masks would change nothing; the student's method is one of "
+                                  f"{', '.join(learners)}", "distill.teacher")
+        before[name] = cfg
 
 
 def baseline_keys(grid_file: GridFile) -> Dict[str, Tuple[Tuple[str, ...], str]]:

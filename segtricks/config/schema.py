@@ -177,6 +177,19 @@ class SelfMaskConfig:
     scale_range: Tuple[float, float] = (0.1, 1.0)  # the training images' random rescale (then padded to the size)
 
 
+@dataclass
+class DistillConfig:
+    """Training on another cell's predictions (docs/methods.md#distillation): ``teacher`` names a cell
+    listed before this one in the same grid; its soft masks on ``data.train``, through its own
+    post-processing and binarised at ``threshold``, are this cell's training masks. The grid fills
+    ``teacher_hash`` (hashed into this cell's hashes) and ``masks`` (where the export is)."""
+
+    teacher: Optional[str] = None  # a cell of the grid; None: train on data.train's own masks
+    threshold: float = 0.5  # foreground where the teacher's soft mask is above this
+    teacher_hash: Optional[str] = None  # the teacher cell's config hash (set by the grid)
+    masks: Optional[str] = None  # the export's folder (set by the grid; no hash depends on it)
+
+
 # Each method's own section: hashed only into the cells of that method.
 METHOD_SECTIONS = ("tokencut", "lost", "deep_spectral", "found", "selfmask")
 FOUND_MODES = ("single", "multi")
@@ -223,6 +236,7 @@ class Config:
     deep_spectral: DeepSpectralConfig = field(default_factory=DeepSpectralConfig)
     found: FoundConfig = field(default_factory=FoundConfig)
     selfmask: SelfMaskConfig = field(default_factory=SelfMaskConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "outputs/run"
@@ -436,6 +450,8 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
         yield "selfmask.ranking_weight", sc.ranking_weight, "a number ≥ 0"
     if not 0 < sc.scale_range[0] <= sc.scale_range[1] <= 1:
         yield "selfmask.scale_range", list(sc.scale_range), "[low, high] with 0 < low ≤ high ≤ 1 (the image is padded, never cropped)"
+    if not 0 < cfg.distill.threshold < 1:
+        yield "distill.threshold", cfg.distill.threshold, "a number in (0, 1)"
 
 
 def _refs(cfg: Config) -> List[Tuple[str, DatasetRef]]:
@@ -633,7 +649,13 @@ def hashed_fields(cfg: Config) -> Dict[str, Any]:
 def without_other_methods(d: Dict[str, Any]) -> Dict[str, Any]:
     """A config's dict without what its method does not read: the other methods' sections, and the
     ``method`` key itself for Sempart (the default), so that every config written before methods
-    existed hashes as it did."""
+    existed hashes as it did. Likewise ``distill`` without a teacher; with one, its teacher counts by
+    config hash (a renamed teacher cell is the same teacher) and the export's folder not at all."""
+    if d["distill"]["teacher"] is None:
+        d.pop("distill")
+    else:
+        d["distill"].pop("teacher")
+        d["distill"].pop("masks")
     for section in METHOD_SECTIONS:
         if section != d["method"]:
             d.pop(section)

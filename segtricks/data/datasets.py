@@ -479,6 +479,26 @@ def synthetic(ref: DatasetRef) -> RawDataset:
     return SyntheticShapes(split=ref.split, limit=ref.limit)
 
 
+@dataclass
+class Subset(RawDataset):
+    """The items ``indices`` of ``raw``, in that order (what a resumed export has left to do)."""
+
+    raw: RawDataset
+    indices: Sequence[int]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def item_id(self, index: int) -> str:
+        return self.raw.item_id(self.indices[index])
+
+    def item_files(self, index: int) -> Tuple[Path, ...]:
+        return self.raw.item_files(self.indices[index])
+
+    def load(self, index: int) -> Sample:
+        return self.raw.load(self.indices[index])
+
+
 def build_dataset(ref: DatasetRef) -> RawDataset:
     if ref.on_error not in ("raise", "skip"):
         raise DatasetError(f"dataset {ref.name!r}: on_error must be 'raise' or 'skip', got {ref.on_error!r}")

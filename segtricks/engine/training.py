@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from segtricks.data.datasets import build_dataset
+from segtricks.data.pseudo_masks import training_set
 from segtricks.engine import checkpoint
 from segtricks.engine.checkpoint import Checkpointer
 from segtricks.engine.folder import TrainingFolder, TrainingSummary
@@ -213,7 +214,7 @@ class Training:
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are searched once
-        train_set = recipe.train_view(cfg, build_dataset(cfg.data.train))
+        train_set = recipe.train_view(cfg, training_set(cfg))
         if cfg.data.val and not build_dataset(cfg.data.val).has_masks:  # fail before training, not after
             raise ConfigError(f"data.val: validation dataset {cfg.data.val.name!r} has no masks; model selection "
                               f"needs them (choose a dataset with masks, or drop data.val)", "data.val")

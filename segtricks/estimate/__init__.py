@@ -21,6 +21,8 @@ Time of a cell = its training (when it trains) + its evaluations + logging its r
 - evaluation of a dataset = images × (prediction + post-processing + metrics), protocols counted
   separately. The first cell of a training predicts; the others read its cached masks. The first
   training on a backbone runs the backbone; later ones read its cached keys and run only the head;
+- a distillation cell's training adds its teacher's export when it is not on disk: training images ×
+  the teacher's prediction and post-processing of one image at the images' typical size;
 - a loader slower than the step (workers × loader images/s < batch / step time) bounds the step.
 Peak memory of a cell = the larger of its training step's and its evaluation batch's (CUDA:
 ``max_memory_allocated``; CPU: the process's resident-set peak, reset before each measurement).

@@ -4,6 +4,7 @@ and the cache plan (``segtricks.estimate.cache_plan``); the package docstring st
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
@@ -11,6 +12,7 @@ import torch
 
 from segtricks.config.schema import METHOD_REGISTRY, Config, DatasetRef
 from segtricks.data.datasets import DatasetSize, dataset_size
+from segtricks.data.pseudo_masks import PseudoMaskFolder
 from segtricks.data.loaders import resolve_workers
 from segtricks.estimate.cache_plan import CachePlan, architecture
 from segtricks.estimate.measure import (Measurements, PredictionCost, Timing, TrainCost, loader_images_per_s,
@@ -174,6 +176,10 @@ def estimate_grid(cells: Sequence, actions: Dict[str, Action], device: torch.dev
             row.disk_bytes["checkpoints"] = cost.checkpoint_bytes
             row.notes.append(note)
             feed += [message] if message else []
+            if cell.teacher is not None and PseudoMaskFolder(Path(cfg.distill.masks)).completion() is None:
+                export_s, note = export_seconds(est, cell)
+                row.train_s += export_s
+                row.notes.append(note)
         if cfg.maps is not None or registered_attributes(*METHOD_REGISTRY)[cfg.method]["per_image"]:
             # maps or a method predicting image by image: (its prediction,) post-processing at full size, metrics
             for ref in cfg.eval:
@@ -210,6 +216,21 @@ def estimate_grid(cells: Sequence, actions: Dict[str, Action], device: torch.dev
         "the image count; artifacts are modelled (records 160 B per image, 1.5 MB of figures per dataset)",
     ]
     return GridEstimate(device.type, rows, startup, assumptions, feed)
+
+
+def export_seconds(est: Estimator, cell) -> Tuple[float, str]:
+    """A distillation cell's first stage: its teacher predicting every training image at the image's
+    size, with the teacher's post-processing (``segtricks.inference.pseudo_labels``); and how it adds up."""
+    teacher = cell.teacher.cfg
+    train = est.size(cell.cfg.data.train)
+    hw = train.typical_hw
+    post = post_trick_names(teacher.tricks)
+    if registered_attributes(*METHOD_REGISTRY)[teacher.method]["per_image"]:
+        per_image = est.method(teacher, hw).seconds + sum(est.post_at(teacher, p, hw).seconds for p in post)
+    else:  # Sempart's batched prediction at its size, post-processed there, resized to the image
+        cost = est.evaluation(teacher, hw)
+        per_image = per_image_eval_s(cost, "model", post)
+    return train.images * per_image, f"pseudo-masks of {cell.teacher.name}: {train.images} images × {per_image:.2f} s"
 
 
 def training_seconds(est: Estimator, cell, action: Action) -> Tuple[float, str, str]:

@@ -5,7 +5,8 @@ model_evaluation``): ``EvalView``'s resize to ``cfg.data.image_size``, ``predict
 BatchNorm, the smaller side as foreground, bf16 autocast on CUDA), the post-processing tricks at the
 prediction size, then ``resize_to`` each image's size. A method evaluated image by image (FOUND:
 ``segtricks.evaluation.method_evaluation``): its prediction at the image's size, then the tricks there.
-Only the ground truth is absent, and the float16 caches are not used.
+A training-free method (``model=None``): its prediction at the image's size, then the tricks. Only the
+ground truth is absent, and the float16 caches are not used.
 
     predictor = Predictor.from_training(Training(cfg, folder), post=["gf"])
     for ids, masks, skipped in predictor.batches(ImageFiles(paths)): ...   # masks: HxW float32 in [0, 1]
@@ -29,7 +30,7 @@ from segtricks.runtime.threads import one_thread
 from segtricks.engine.training import Training
 from segtricks.evaluation.predict import predict_raw, resize_to
 from segtricks.method.tricks import postprocess
-from segtricks.methods.registry import training_recipe
+from segtricks.methods.registry import build_method, training_recipe
 from segtricks.config.schema import Config
 
 
@@ -72,12 +73,16 @@ class ImageArrays(RawDataset):
 class Predictor:
     """A trained model, its config, the post-processing tricks to apply, the device and batch size."""
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, post: Sequence[str] = (),
+    def __init__(self, model: Optional[torch.nn.Module], cfg: Config, post: Sequence[str] = (),
                  device: str | torch.device = "auto", batch_size: Optional[int] = None) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model, self.cfg, self.post = model.to(self.device).eval(), cfg, list(post)
-        self.method = training_recipe(cfg).as_method(cfg, self.model)  # None: Sempart's batched path
+        self.cfg, self.post = cfg, list(post)
         self.batch_size = batch_size or cfg.optim.batch_size
+        if model is None:  # a method that trains nothing (TokenCut, LOST, Deep Spectral)
+            self.model, self.method = None, build_method(cfg, self.device)
+        else:
+            self.model = model.to(self.device).eval()
+            self.method = training_recipe(cfg).as_method(cfg, self.model)  # None: Sempart's batched path
 
     @classmethod
     def from_training(cls, training: Training, post: Sequence[str] = (), device: str | torch.device = "auto",

@@ -6,7 +6,9 @@
 
 Each entry carries literal attributes, read without importing torch when a config is checked or a
 grid priced: ``trains`` (a training stage), ``training_tricks`` (crop applies: the model gives the
-coarse and fine masks and the features it reads; Sempart's and FOUND's do, SelfMask's does not), ``per_image`` (evaluated image by image at
+coarse and fine masks and the features it reads; Sempart's and FOUND's do, SelfMask's does not),
+``trains_on_masks`` (it learns from its training set's masks: SelfMask, the student of a distillation
+cell), ``per_image`` (evaluated image by image at
 each image's size, as a ``Method``; else by ``evaluate_model`` at the fixed prediction size, with the
 caches) and ``backbone`` (what its authors report with, a default a grid may change: any registered
 backbone works).
@@ -32,16 +34,22 @@ METHODS = Registry(
     "learning-rate schedule and evaluation that segtricks.engine runs); every other entry a Method class "
     "(cfg, backbone) -> Method with predict(image (3,H,W) in [0,1], task) -> MethodOutput. Registered with "
     "trains: bool, training_tricks: bool (its model gives the coarse and fine masks a training trick reads), "
+    "trains_on_masks: bool (it learns from its training set's masks, so a teacher's pseudo-masks can be them), "
     "per_image: bool (a Method at each image's size, else evaluate_model) and backbone: the backbone its "
     "authors report with",
 )
 
-METHODS.register("sempart", trains=True, training_tricks=True, per_image=False, backbone="dino_vits8")(SempartRecipe())
-METHODS.register("found", trains=True, training_tricks=True, per_image=True, backbone="dino_vits8")(FoundRecipe())
-METHODS.register("selfmask", trains=True, training_tricks=False, per_image=True, backbone="dino_vits8")(SelfMaskRecipe())
-METHODS.register("tokencut", trains=False, training_tricks=False, per_image=True, backbone="dino_vits16")(TokenCut)
-METHODS.register("lost", trains=False, training_tricks=False, per_image=True, backbone="dino_vits16")(Lost)
-METHODS.register("deep_spectral", trains=False, training_tricks=False, per_image=True,
+METHODS.register("sempart", trains=True, training_tricks=True, trains_on_masks=False,
+                 per_image=False, backbone="dino_vits8")(SempartRecipe())
+METHODS.register("found", trains=True, training_tricks=True, trains_on_masks=False,
+                 per_image=True, backbone="dino_vits8")(FoundRecipe())
+METHODS.register("selfmask", trains=True, training_tricks=False, trains_on_masks=True,
+                 per_image=True, backbone="dino_vits8")(SelfMaskRecipe())
+METHODS.register("tokencut", trains=False, training_tricks=False, trains_on_masks=False,
+                 per_image=True, backbone="dino_vits16")(TokenCut)
+METHODS.register("lost", trains=False, training_tricks=False, trains_on_masks=False,
+                 per_image=True, backbone="dino_vits16")(Lost)
+METHODS.register("deep_spectral", trains=False, training_tricks=False, trains_on_masks=False, per_image=True,
                  backbone="dino_vits16")(DeepSpectral)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
+from mlflow.entities import DatasetInput
 from tqdm.auto import tqdm
 
 from segtricks.runtime.device import FP32, precision_of, resolve_device
@@ -28,12 +29,14 @@ from segtricks.evaluation.model_evaluation import evaluate_model
 from segtricks.methods.registry import build_method, training_recipe
 from segtricks.evaluation.protocols import get_protocol
 from segtricks.files import NoSpaceError
+from segtricks.data.pseudo_masks import PseudoMaskFolder
 from segtricks.inference.mlflow_model import log_trained_model, logged_model_id
+from segtricks.inference.pseudo_labels import export_pseudo_masks
 from segtricks.method.tricks import post_trick_names
 from segtricks.runners.plan import Action, Step, plan, summary_row
 from segtricks.config.grid import Cell, Grid
 from segtricks.tracking import artifacts, tags
-from segtricks.tracking.dataset_inputs import cell_inputs
+from segtricks.tracking.dataset_inputs import cell_inputs, pseudo_mask_input
 from segtricks.tracking.description import cell_description
 from segtricks.tracking.store import RunLog, Store
 from segtricks.tracking.system_metrics import system_metrics
@@ -59,6 +62,19 @@ def current_trainer(store: Store, run: RunLog, cell: Cell) -> Optional[str]:
     return found[-1].info.run_id if found else None
 
 
+def distilled_input(cell: Cell, device: torch.device) -> DatasetInput:
+    """The pseudo-masks a distillation cell trains on, as its run's training input: exported by the
+    teacher now unless a complete export is on disk (one removed since is made again, so that the run
+    names the masks it trained on)."""
+    cfg = cell.cfg
+    folder = PseudoMaskFolder(Path(cfg.distill.masks))
+    record = folder.completion()
+    if record is None:
+        record = export_pseudo_masks(cell.teacher.name, cell.teacher.cfg, cell.teacher.training, cfg.data.train,
+                                     cfg.distill.threshold, folder, device)
+    return pseudo_mask_input(folder, record)
+
+
 def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict[str, float]:
     """Train (or reuse a training), evaluate on every eval dataset under every protocol of the config,
     log everything to ``run``."""
@@ -80,6 +96,8 @@ def execute(store: Store, step: Step, run: RunLog, device: torch.device) -> Dict
         elif not trains:
             model_from = trainer
             run.set_tags({tags.MODEL_FROM_RUN: model_from})
+        if cell.teacher is not None:  # a distillation cell: its teacher's pseudo-masks are its training masks
+            run.log_inputs([distilled_input(cell, device)])
         with system_metrics(run, on=trains and cfg.tracking.system_metrics):
             status = training.run([EpochLogger(run)] if trains else [])
         if trains:

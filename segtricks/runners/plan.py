@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
+from segtricks.data.pseudo_masks import PseudoMaskFolder
 from segtricks.engine.training import State, Training
 from segtricks.method.tricks import post_trick_names
 from segtricks.config.grid import Cell, Grid, read_grid
@@ -60,14 +61,23 @@ def load_grid(name_or_path: str, flags: Sequence[str] = (), output_root: str = "
     # The flags apply as given: the command line has refused those overriding an axis (read_grid) unless
     # --force-set, and a Slurm task rereads the grid with the flags it was submitted with.
     grid_file = read_grid(name_or_path, flags, force_set=True, seeds=seeds)
-    cells, trainings = [], {}
+    cells: List[Cell] = []
+    trainings: Dict[str, Training] = {}
+    by_name: Dict[tuple, Cell] = {}  # (cell name, seed) → its Cell: a student's teacher is listed before it
     for name, seed, cfg in grid_file.replicas:
+        teacher = None
+        if cfg.distill.teacher is not None:  # before any hash: the teacher's is part of the student's
+            teacher = by_name[cfg.distill.teacher, seed]
+            cfg.distill.teacher_hash = teacher.config_hash
+            cfg.distill.masks = str(PseudoMaskFolder.in_root(output_root, teacher.config_hash, cfg.data.train,
+                                                             cfg.distill.threshold).dir)
         training = None
         if trains_a_model(cfg):  # trainings live by training hash: cells differing only in post-processing share one
             training = Training.in_root(cfg, output_root)
             training = trainings.setdefault(training.hash, training)
             cfg.output_dir = str(training.dir)
-        cells.append(Cell(name, cfg, config_hash(cfg), training, seed))
+        cells.append(Cell(name, cfg, config_hash(cfg), training, seed, teacher))
+        by_name[name, seed] = cells[-1]
     return Grid(grid_file.name, grid_file.path, cells, grid_file.description, grid_file.table, grid_file.seeds)
 
 
@@ -79,18 +89,23 @@ def trains_a_model(cfg: Config) -> bool:
 
 def group_key(cell: Cell) -> str:
     """The training group of a cell: its training hash (a cell scoring precomputed maps trains
-    nothing and is a group of its own, by config hash)."""
+    nothing and is a group of its own, by config hash). A distillation cell is in its teacher's group,
+    so that one worker (one Slurm task) runs the teacher, then the student."""
+    if cell.teacher is not None:
+        return group_key(cell.teacher)
     return cell.training_hash if cell.trains else cell.config_hash
 
 
 def ordered(cells: List[Cell]) -> List[Cell]:
-    """Group cells by training; in each group the cell without post-processing trains first."""
+    """Group cells by training; in each group the cell without post-processing trains first, and
+    distillation cells come after their teachers."""
     groups: Dict[str, List[Cell]] = {}
     for c in cells:
         groups.setdefault(group_key(c), []).append(c)
     out = []
     for group in groups.values():
-        out += sorted(group, key=lambda c: (len(post_trick_names(c.cfg.tricks)) > 0, cells.index(c)))
+        out += sorted(group, key=lambda c: (c.teacher is not None, len(post_trick_names(c.cfg.tricks)) > 0,
+                                            cells.index(c)))
     return out
 
 
@@ -126,6 +141,8 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
         elif stale:
             steps.append(Step(cell, Action.RESUME, f"resume run {stale[-1].info.run_id[:8]} left by a dead worker",
                               stale[-1].info.run_id))
+        elif cell.teacher is not None and any(claims.is_live(r) for r in runs.get(cell.teacher.config_hash, [])):
+            steps.append(Step(cell, Action.WAIT, f"waits for its teacher {cell.teacher.name} (its pseudo-masks)"))
         elif not cell.trains and cell.cfg.maps is not None:
             steps.append(Step(cell, Action.EVALUATE_MAPS, f"score maps in {cell.cfg.maps}"))
         elif not cell.trains:
@@ -137,7 +154,8 @@ def plan(grid: Grid, runs: Dict[str, list], force: bool, rerun_failed: bool,
         elif shares:  # a shared training is of one seed: the trainer's name says which cell
             steps.append(Step(cell, Action.EVALUATE, f"model of {trainer_of[cell.training_hash].name}"))
         else:
-            steps.append(Step(cell, Action.TRAIN, "new training"))
+            on = f" on the pseudo-masks of {cell.teacher.name}" if cell.teacher is not None else ""
+            steps.append(Step(cell, Action.TRAIN, f"new training{on}"))
     return steps
 
 

@@ -6,6 +6,7 @@ the split, for a dataset that has splits), source (the folder its files share, r
 the item ids and file sizes (``segtricks.data.datasets.digest``), so that two runs on different copies
 of DUTS-TE differ visibly. The profile holds the split, the number of items (and those left out), the
 limit and, for the synthetic set, its seed and generator version. Listing a dataset reads no image.
+A distillation cell also has its teacher's pseudo-masks as a training input (``pseudo_mask_input``).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from segtricks.data.datasets import DATASETS, build_dataset, digest
+from segtricks.data.pseudo_masks import PseudoMaskFolder
 from segtricks.config.schema import Config, DatasetRef
 
 TRAINING, VALIDATION, EVALUATION = "training", "validation", "evaluation"
@@ -41,6 +43,16 @@ def dataset_input(ref: DatasetRef, context: str) -> DatasetInput:
                       source_type="local" if files else "code", source=json.dumps({"uri": source}),
                       profile=json.dumps(profile))
     return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+
+
+def pseudo_mask_input(folder: PseudoMaskFolder, record: Dict[str, object]) -> DatasetInput:
+    """A complete export of a teacher's pseudo-masks (``segtricks.data.pseudo_masks``) as the training
+    input of a cell that distils it: named after the teacher and the dataset, its digest that of the
+    masks' bytes."""
+    dataset = Dataset(name=f"pseudo-masks of {record['teacher']} on {record['dataset']}", digest=str(record["digest"]),
+                      source_type="local", source=json.dumps({"uri": str(folder.dir.resolve())}),
+                      profile=json.dumps({k: v for k, v in record.items() if k != "digest"}))
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, TRAINING)])
 
 
 def cell_inputs(cfg: Config, trains: bool) -> Tuple[List[DatasetInput], Dict[str, Dataset]]:
