@@ -178,3 +178,30 @@ def test_a_distillation_grid_trains_the_student_on_its_teachers_masks(tmp_path, 
     before = marker.stat().st_mtime_ns
     assert ablate(["--grid", str(path)]) == 0
     assert marker.stat().st_mtime_ns == before and len(grid_runs(tmp_path, "d")[1]) == len(runs)
+
+
+def test_a_teacher_trained_again_has_its_masks_exported_again(tmp_path, monkeypatch):
+    """The export names the teacher's checkpoint: the same checkpoint keeps it, a new one (the teacher's
+    folder removed and trained again) exports every mask again; an unfinished teacher is one error."""
+    import os
+    from segtricks.inference.pseudo_labels import export_pseudo_masks
+    grid = load_grid(str(write(tmp_path, [("t", "{tricks: []}"), ("s", STUDENT % "t")])), output_root=str(tmp_path))
+    teacher, student = grid.cells
+    folder = PseudoMaskFolder(__import__("pathlib").Path(student.cfg.distill.masks))
+
+    def export():
+        return export_pseudo_masks("t", teacher.cfg, teacher.training, student.cfg.data.train, 0.5, folder,
+                                   torch.device("cpu"))
+
+    with pytest.raises(RuntimeError, match="teacher cell t: its training is absent"):
+        export()
+    teacher.training.run()
+    written = []
+    monkeypatch.setattr(PseudoMaskFolder, "write_mask",
+                        lambda self, i, m, real=PseudoMaskFolder.write_mask: (written.append(i), real(self, i, m)))
+    first = export()
+    assert len(written) == 6 and export() == first and len(written) == 6
+    best = teacher.training.best_path
+    os.utime(best, ns=(best.stat().st_atime_ns, best.stat().st_mtime_ns + 10**9))  # a new best.pt
+    again = export()
+    assert len(written) == 12 and again["teacher_model"] != first["teacher_model"]

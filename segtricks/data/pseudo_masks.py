@@ -53,6 +53,12 @@ class PseudoMaskFolder:
         self.dir.mkdir(parents=True, exist_ok=True)
         write_png(self.mask_path(item_id), mask.astype(np.uint8) * 255)
 
+    def clear(self) -> None:
+        """Remove the record first, then the masks: an export that is not complete is never read."""
+        self.marker.unlink(missing_ok=True)
+        for path in self.dir.glob("*.png"):
+            path.unlink()
+
     def completion(self) -> Optional[Dict[str, object]]:
         """What ``complete`` recorded, or None while the export is not complete."""
         try:

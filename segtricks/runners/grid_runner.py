@@ -63,12 +63,12 @@ def current_trainer(store: Store, run: RunLog, cell: Cell) -> Optional[str]:
 
 
 def distilled_input(cell: Cell, device: torch.device) -> DatasetInput:
-    """The pseudo-masks a distillation cell trains on, as its run's training input: exported by the
-    teacher now unless a complete export is on disk (one removed since is made again, so that the run
-    names the masks it trained on)."""
+    """The pseudo-masks a distillation cell trains on, as its run's training input. A finished training
+    names the export it trained on; any other is about to train on the teacher's current model's masks,
+    exported now unless on disk (``export_pseudo_masks``)."""
     cfg = cell.cfg
     folder = PseudoMaskFolder(Path(cfg.distill.masks))
-    record = folder.completion()
+    record = folder.completion() if cell.training.status().state is State.COMPLETE else None
     if record is None:
         record = export_pseudo_masks(cell.teacher.name, cell.teacher.cfg, cell.teacher.training, cfg.data.train,
                                      cfg.distill.threshold, folder, device)
