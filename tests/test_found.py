@@ -213,7 +213,8 @@ base: {DEMO_CELL}
 set:
   method: found
   tricks: []
-  data: {{val: null, train: {{name: synthetic, split: train, limit: 16}}}}
+  data.val: null
+  data.train: {{name: synthetic, split: train, limit: 16}}
   optim: {{epochs: 2, steps_per_epoch: 2, batch_size: 4, lr: 5.0e-2, weight_decay: 0.01}}
   found: {{stop_bkg_loss: 3, lr_step: 1}}
   eval: [{{name: synthetic, split: test, limit: 6}}]

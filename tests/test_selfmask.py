@@ -219,7 +219,8 @@ base: {DEMO_CELL}
 set:
   method: selfmask
   tricks: []
-  data: {{val: null, train: {{name: folder, root: {pseudo}}}}}
+  data.val: null
+  data.train: {{name: folder, root: {pseudo}}}
   optim: {{epochs: 1, steps_per_epoch: 3, batch_size: 4, lr: 1.0e-4, weight_decay: 0.01}}
   selfmask: {{queries: 4, decoder_layers: 2}}
   eval: [{{name: synthetic, split: test, limit: 4}}]
