@@ -6,7 +6,8 @@ each image at its own size, through the teacher's own post-processing), and each
 threshold is written as the item's PNG (``segtricks.data.pseudo_masks`` owns the folder). Masks already
 on disk are kept, so a killed export continues where it stopped and two students of one teacher share
 one export; the completion record is written last. It names the teacher's checkpoint: a teacher
-trained again since (``--force``) has its masks exported again.
+trained again since (its training folder removed; ``--force`` re-evaluates, it does not retrain) has its
+masks exported again.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from segtricks.method.tricks import post_trick_names
 
 def checkpoint_stamp(training: Training) -> str:
     """Which checkpoint a trained teacher predicted with: its ``best.pt``'s size and modification time
-    (a ``--force`` retraining rewrites it)."""
+    (a new training of the teacher writes a new one)."""
     stat = training.best_path.stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 

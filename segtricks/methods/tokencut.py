@@ -38,7 +38,7 @@ from segtricks.methods.spectral import second_eigenvector
 class Bipartition:
     """What TokenCut computes on one patch grid."""
 
-    eigenvector: np.ndarray  # (h, w), sign-aligned so that the seed is foreground; xᵀDx = 1
+    eigenvector: np.ndarray  # (h, w), sign-aligned so that the seed is foreground; xᵀDx = 1 (zeros for a complete graph)
     seed: int  # flat index of argmax |v|
     mask: np.ndarray  # (h, w) bool: the seed's 4-connected component of the foreground side
 
@@ -47,11 +47,11 @@ def ncut(keys: torch.Tensor, grid_hw, tau: float, eps: float, solver: str) -> Bi
     """TokenCut's ``ncut`` on keys (N, C) of a ``grid_hw`` patch grid (row-major)."""
     feats = F.normalize(keys.float(), p=2, dim=1)
     cosine = feats @ feats.T  # float32, as the authors' torch product
+    graph = cosine > tau
+    if bool(graph.all()):  # complete graph: no cut is preferred (module docstring)
+        return Bipartition(np.zeros(grid_hw), 0, np.ones(grid_hw, dtype=bool))
     affinity = torch.full_like(cosine, eps, dtype=torch.float64)  # as numpy's where on the boolean graph
-    affinity[cosine > tau] = 1.0
-    if bool((cosine > tau).all()):  # complete graph: no cut is preferred (module docstring)
-        everything = np.ones(grid_hw, dtype=bool)
-        return Bipartition(np.zeros(grid_hw), 0, everything)
+    affinity[graph] = 1.0
     v = second_eigenvector(affinity, affinity.sum(1), solver)
     foreground = v > v.sum() / len(v)
     seed = int(np.argmax(np.abs(v)))
