@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from segtricks.errors import BadInput
-from segtricks.models.backbones import (BACKBONES, CheckpointMismatchError, WeightsNotFoundError,
-                                 build_backbone)
+from segtricks.models.backbones import BACKBONES, build_backbone
+from segtricks.models.weights import CheckpointMismatchError, WeightsNotFoundError
 
 torch.set_grad_enabled(True)
 
@@ -27,22 +27,28 @@ def test_key_features_shape_for_any_divisible_size(backbones, name, size):
     assert not feats.requires_grad and bb.weights_id == "random-init"
 
 
-@pytest.mark.parametrize("name", BACKBONES.names())
+def pretrained_input(bb):
+    """A batch at the backbone's pretrained size (224², DINOv2's 518²): no positional interpolation there
+    (timm's rule and DINO's differ elsewhere, see ``test_positional_embeddings.py``)."""
+    return torch.randn(1, 3, *bb.vit.patch_embed.img_size)
+
+
+@pytest.mark.parametrize("name", [n for n in BACKBONES.names() if not BACKBONES.attributes(n)["rope"]])
 def test_features_are_the_last_blocks_attention_keys(backbones, name):
-    """Independent route: a hook on timm's own forward captures qkv of the last block. At the
-    pretrained size (224², no positional interpolation: timm's rule and DINO's differ elsewhere, see
-    ``test_positional_embeddings.py``)."""
+    """Independent route: a hook on timm's own forward captures qkv of the last block, CLS and registers
+    dropped. (DINOv3's keys are checked against DINOv3's own code: ``test_modern_backbones.py``.)"""
     bb = backbones[name]
     captured = {}
     hook = bb.vit.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: captured.update(qkv=o))
-    x = torch.randn(1, 3, 224, 224)
+    x = pretrained_input(bb)
     with torch.no_grad():
         bb.vit.forward_features(x)
     hook.remove()
-    qkv = captured["qkv"]  # (1, 1 + N, 3·C) for the N patches plus CLS
-    n = qkv.shape[1] - 1
+    qkv = captured["qkv"]  # (1, prefix + N, 3·C) for the N patches after CLS (and registers)
+    prefix = BACKBONES.attributes(name)["registers"] + 1
+    n = qkv.shape[1] - prefix
     heads = bb.vit.blocks[-1].attn.num_heads
-    k = qkv.reshape(1, n + 1, 3, heads, -1)[:, 1:, 1].reshape(1, n, -1)  # drop CLS, keys of all heads
+    k = qkv.reshape(1, n + prefix, 3, heads, -1)[:, prefix:, 1].reshape(1, n, -1)  # keys of all heads
     if bb.rms is not None:  # the demo backbone rescales each token (directions, hence cosines, unchanged)
         k = k * bb.rms / k.pow(2).mean(-1, keepdim=True).sqrt()
     ours = bb(x).flatten(2).transpose(1, 2)
@@ -52,14 +58,14 @@ def test_features_are_the_last_blocks_attention_keys(backbones, name):
 @pytest.mark.parametrize("name", BACKBONES.names())
 def test_last_tokens_are_timms_normalised_output_tokens(backbones, name):
     """What SelfMask's decoder reads: timm's own ``forward_features`` (the final norm applied), CLS
-    dropped, at the pretrained size; and differentiable once the backbone is fine-tuned."""
+    and registers dropped, at the pretrained size; and differentiable once the backbone is fine-tuned."""
     bb = backbones[name]
-    x = torch.randn(1, 3, 224, 224)
+    x = pretrained_input(bb)
     with torch.no_grad():
         timm_tokens = bb.vit.forward_features(x)[:, bb.vit.num_prefix_tokens:]
         ours = bb.last_tokens(x)
     p = bb.patch_size
-    assert ours.shape == (1, bb.embed_dim, 224 // p, 224 // p)
+    assert ours.shape == (1, bb.embed_dim, x.shape[2] // p, x.shape[3] // p)
     torch.testing.assert_close(ours.flatten(2).transpose(1, 2), timm_tokens)
     assert not bb.last_tokens(x).requires_grad  # frozen until a method fine-tunes it
 
@@ -172,7 +178,8 @@ def test_random_init_names_one_set_of_weights():
 
 @pytest.mark.parametrize("name", ["dino_vits16", "ibot_vits16"])
 def test_official_or_random_init_takes_the_official_file_when_present_and_never_downloads(tmp_path, monkeypatch, name):
-    from segtricks.models.backbones import OFFICIAL_OR_RANDOM, RELEASES, find_weights, write_random_release
+    from segtricks.models.backbones import write_random_release
+    from segtricks.models.weights import OFFICIAL_OR_RANDOM, RELEASES, find_weights
     monkeypatch.delenv("SEGTRICKS_OFFLINE")  # online: the fallback must still not try a download
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("download attempted"))
     monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path))

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from segtricks.models.backbones import build_backbone, dino_pos_embed
+from segtricks.models.backbones import build_backbone
+from segtricks.models.positions import dino_pos_embed
 
 REFERENCE = Path(__file__).parent / "data" / "dino_keys.npz"
 SIZES = [(224, 224), (320, 320), (320, 480), (480, 320), (336, 496)]  # (H, W)

@@ -63,7 +63,7 @@ def test_the_loss_as_written_equals_the_authors_criterion(golden):
 def test_positions_are_interpolated_as_selfmasks_vit_does(golden, grid):
     """Bicubic to the exact size, and the embeddings as they are whenever the count matches (2 × 8 on a
     4 × 4 grid too: SelfMask's quirk, which DINO's rule does not share)."""
-    from segtricks.models.backbones import dino_pos_embed, selfmask_pos_embed
+    from segtricks.models.positions import dino_pos_embed, selfmask_pos_embed
     rows, cols = (int(v) for v in grid.split("x"))
     pos = torch.from_numpy(golden["pos_embed"])
     ours = selfmask_pos_embed(pos, rows, cols)

@@ -41,7 +41,7 @@ from segtricks.evaluation.metrics import SaliencyEvaluator
 from segtricks.evaluation.predict import backbone_keys, predict_raw, resize_to
 from segtricks.files import write_atomic
 from segtricks.method.tricks import postprocess
-from segtricks.models.backbones import RANDOM_INIT
+from segtricks.models.weights import RANDOM_INIT
 from segtricks.methods.registry import build_method, training_recipe
 from segtricks.models.model import build_model
 from segtricks.runtime.device import precision_of

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from segtricks.errors import BadInput
-from segtricks.models.backbones import (IMAGENET_MEAN, IMAGENET_STD, OFFICIAL_OR_RANDOM, RANDOM_INIT, KeyBackbone,
-                                       build_backbone, find_weights)
+from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
+from segtricks.models.weights import OFFICIAL_OR_RANDOM, RANDOM_INIT, find_weights
 from segtricks.models.head import SempartHead
 from segtricks.config.schema import Config, ConfigError
 

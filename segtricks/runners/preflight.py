@@ -24,7 +24,7 @@ from segtricks.engine.training import State
 from segtricks.estimate.cache_plan import disk_needed
 from segtricks.estimate.report import human_bytes
 from segtricks.files import check_writable_folder, free_bytes
-from segtricks.models.backbones import RELEASES, WeightsNotFoundError, find_weights
+from segtricks.models.weights import RELEASES, WeightsNotFoundError, find_weights
 from segtricks.runners.plan import Action, Step, actions, plan
 from segtricks.runtime.device import resolve_device
 from segtricks.tracking.store import Store
