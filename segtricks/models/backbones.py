@@ -233,7 +233,7 @@ class RopeKeyBackbone(KeyBackbone):
 
 
 def _build(timm_name: str, name: str, weights: Optional[str], rms: Optional[float] = None,
-           kind: type = KeyBackbone, **timm_kwargs) -> KeyBackbone:
+           kind: type = KeyBackbone, positions: str = "dino", **timm_kwargs) -> KeyBackbone:
     # A random-init backbone is drawn from its own fixed seed, never the global RNG, so that
     # "random-init" names one set of weights: a run reloaded later gets the backbone it trained on.
     with torch.random.fork_rng(devices=[]):
@@ -242,10 +242,13 @@ def _build(timm_name: str, name: str, weights: Optional[str], rms: Optional[floa
                                 **timm_kwargs)
     path = find_weights(name, weights)
     if path is None:
-        return kind(vit, name, RANDOM_INIT, rms)
-    release = RELEASES.get(name)
-    load_vit_checkpoint(vit, path, name, release.layout if release else "timm")
-    return kind(vit, name, f"sha256:{sha256_of(path)}", rms)
+        weights_id = RANDOM_INIT
+    else:
+        release = RELEASES.get(name)
+        load_vit_checkpoint(vit, path, name, release.layout if release else "timm")
+        weights_id = f"sha256:{sha256_of(path)}"
+    backbone = kind(vit, name, weights_id, rms)
+    return backbone.use_positions(positions)
 
 
 @BACKBONES.register(patch=8, dim=384, depth=12, registers=0, rope=False)
@@ -295,8 +298,9 @@ def dinov2_vits14(weights: Optional[str] = None) -> KeyBackbone:
 @BACKBONES.register(patch=14, dim=384, depth=12, registers=4, rope=False)
 def dinov2_vits14_reg(weights: Optional[str] = None) -> KeyBackbone:
     """DINOv2 ViT-S/14 with 4 register tokens; official file ``dinov2_vits14_reg4_pretrain.pth``; timm's
-    ``vit_small_patch14_reg4_dinov2``. The registers enter after CLS with no positional embedding."""
-    return _build("vit_small_patch14_reg4_dinov2", "dinov2_vits14_reg", weights)
+    ``vit_small_patch14_reg4_dinov2``. The registers enter after CLS with no positional embedding, and the
+    positional grid is resized by DINOv2's rule for its register models (``dinov2_registers_pos_embed``)."""
+    return _build("vit_small_patch14_reg4_dinov2", "dinov2_vits14_reg", weights, positions="dinov2_registers")
 
 
 @BACKBONES.register(patch=16, dim=384, depth=12, registers=4, rope=True)

@@ -1,6 +1,7 @@
 """How a ViT's pretrained grid of absolute positional embeddings meets another grid, by whose code.
 
-``POSITION_RULES``: DINO's (which iBOT, LOST, TokenCut, FOUND and DINOv2 share) and SelfMask's copy of it.
+``POSITION_RULES``: DINO's (which iBOT, LOST, TokenCut, FOUND and DINOv2 share), SelfMask's copy of it, and
+DINOv2's with registers (a size, with antialiasing).
 DINOv3 has no absolute embeddings (RoPE, inside attention: ``backbones.RopeKeyBackbone``).
 """
 from __future__ import annotations
@@ -20,8 +21,9 @@ def dino_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int, prefix: int = 
     (cols + 0.1)/√N. The 0.1 keeps the output size from rounding down (DINO issue #8); since the
     scale factor, not the size, sets where it samples, the embeddings differ from a resampling to
     the size (timm's ``resample_abs_pos_embed``) by up to 4e-2 on pretrained-like fields, enough to
-    flip TokenCut's thresholded affinities. DINOv2's hub models compute the same
-    (``interpolate_offset=0.1``, ``interpolate_antialias=False``, in float32). ``pos_embed`` is
+    flip TokenCut's thresholded affinities. DINOv2's hub models without registers compute the same
+    (``interpolate_offset=0.1``, ``interpolate_antialias=False``, in float32); those with registers do not
+    (``dinov2_registers_pos_embed``). ``pos_embed`` is
     (1, prefix + N, C) with the ``prefix`` entries (CLS; none in timm's DINOv2 with registers) first."""
     n = pos_embed.shape[1] - prefix
     if rows * cols == n and rows == cols:
@@ -47,5 +49,21 @@ def selfmask_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int, prefix: in
     return torch.cat([pos_embed[:, :prefix], grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1)], dim=1)
 
 
+def dinov2_registers_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int, prefix: int = 1) -> torch.Tensor:
+    """The positional embeddings of a rows × cols grid as DINOv2's hub models *with registers* compute them
+    (facebookresearch/dinov2 ``hub/backbones.py``: ``interpolate_antialias=True, interpolate_offset=0.0``):
+    as is for a square grid of N patches, otherwise bicubic to exactly (rows, cols) **with antialiasing**,
+    which smooths the 37 × 37 field whenever the grid is smaller (every input under 518²)."""
+    n = pos_embed.shape[1] - prefix
+    if rows * cols == n and rows == cols:
+        return pos_embed
+    side = int(math.sqrt(n))
+    grid = pos_embed[:, prefix:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", antialias=True)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(pos_embed.dtype)
+    return torch.cat([pos_embed[:, :prefix], grid], dim=1)
+
+
 # A backbone's positional rule: how its pretrained grid of embeddings meets another grid, by whose code
-POSITION_RULES = {"dino": dino_pos_embed, "selfmask": selfmask_pos_embed}
+POSITION_RULES = {"dino": dino_pos_embed, "selfmask": selfmask_pos_embed,
+                  "dinov2_registers": dinov2_registers_pos_embed}
