@@ -20,20 +20,23 @@ STAGE_67_192, STAGE_195_128, STAGE_131_128, STAGE_128_128 = 116_352, 225_024, 15
 @pytest.mark.parametrize("patch,expected", [
     (8, PROJ + ENCODER + COARSE + STAGE_67_192 + STAGE_195_128 + STAGE_131_128 + STAGE_128_128 + FINE),
     (16, PROJ + ENCODER + COARSE + STAGE_67_192 + STAGE_195_128 + 2 * STAGE_131_128 + STAGE_128_128 + FINE),
+    (14, PROJ + ENCODER + COARSE + STAGE_67_192 + STAGE_195_128 + 2 * STAGE_131_128 + STAGE_128_128 + FINE),
 ])
 def test_trainable_parameter_count(patch, expected):
+    """Patch 14 (DINOv2) has ⌈log2 14⌉ = 4 stages, as 16: the same layers."""
     head = SempartHead(384, patch)
     assert sum(p.numel() for p in head.parameters() if p.requires_grad) == expected
-    assert expected == {8: 748_165, 16: 899_461}[patch]
+    assert expected == {8: 748_165, 14: 899_461, 16: 899_461}[patch]
 
 
-@pytest.mark.parametrize("patch", [8, 16])
-def test_output_shapes_and_ranges(patch):
+@pytest.mark.parametrize("patch,size", [(8, (320, 320)), (16, (320, 320)), (14, (322, 322)), (14, (224, 322))])
+def test_output_shapes_and_ranges(patch, size):
+    """The fine mask at the exact input size, for patch 14 too (whose last stage is ×1.75)."""
     head = SempartHead(384, patch)
-    grid = 320 // patch
-    out = head(torch.randn(2, 384, grid, grid), torch.randn(2, 3, 320, 320))
-    assert out["coarse"].shape == (2, 1, grid, grid)
-    assert out["fine"].shape == (2, 1, 320, 320)
+    grid = (size[0] // patch, size[1] // patch)
+    out = head(torch.randn(2, 384, *grid), torch.randn(2, 3, *size))
+    assert out["coarse"].shape == (2, 1, *grid)
+    assert out["fine"].shape == (2, 1, *size)
     for v in out.values():
         assert v.min() >= 0 and v.max() <= 1
 
@@ -47,8 +50,8 @@ def test_architecture_details(patch, channels_in):
     assert [s[0].in_channels for s in head.up] + [head.refine[0].in_channels] == channels_in
     assert head.fine.in_channels == 131
     assert not hasattr(head, "final_norm")
-    with pytest.raises(ValueError, match="power of two"):
-        SempartHead(384, 14)
+    with pytest.raises(ValueError, match="at least 2 pixels"):
+        SempartHead(384, 1)
 
 
 def saved_full_resolution_planes(run, size, batch=2):
@@ -131,3 +134,21 @@ def test_fine_without_graph_has_the_same_values_and_statistics():
         assert torch.equal(a, b)
     with torch.no_grad():  # never turns gradients on inside a no_grad region
         assert not head(features, image)["fine"].requires_grad
+
+
+def test_a_power_of_two_patch_upsamples_by_two_at_every_stage():
+    """The last stage's resize to the input size is a ×2 for p = 8: the paper's head. A hook sees each
+    stage's input at twice the previous size."""
+    head = SempartHead(384, 8)
+    sizes = []
+    hooks = [stage.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:]))) for stage in head.up]
+    head(torch.randn(1, 384, 5, 7), torch.randn(1, 3, 40, 56))
+    for h in hooks:
+        h.remove()
+    assert sizes == [(10, 14), (20, 28), (40, 56)]
+    head14 = SempartHead(384, 14)
+    sizes.clear()
+    hooks = [stage.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[-2:]))) for stage in head14.up]
+    head14(torch.randn(1, 384, 5, 7), torch.randn(1, 3, 70, 98))
+    assert sizes == [(10, 14), (20, 28), (40, 56), (70, 98)]
+

@@ -220,7 +220,12 @@ def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> Non
         if name not in known:
             raise ConfigError(f"{blamed(kind)}: unknown {kind} {name!r}; registered {kind}s: {', '.join(known)}")
     method = registered_attributes(*METHOD_REGISTRY)[cfg.method]
-    patch = registered_attributes(*COMPONENTS["backbone"])[cfg.backbone.name]["patch"]
+    backbones = registered_attributes(*COMPONENTS["backbone"])
+    patch = backbones[cfg.backbone.name]["patch"]
+    if cfg.backbone.rope_keys is not None and not backbones[cfg.backbone.name]["rope"]:
+        rotating = ", ".join(name for name, attrs in backbones.items() if attrs["rope"])
+        raise ConfigError(f"{blamed('backbone')}: backbone.rope_keys applies to a backbone with RoPE ({rotating}), "
+                          f"and {cfg.backbone.name!r} has absolute positions; remove backbone.rope_keys")
     if method["trains"] and cfg.maps is None and cfg.data.image_size % patch:  # the training and prediction size
         low = cfg.data.image_size // patch * patch
         raise ConfigError(f"{where}: data.image_size {cfg.data.image_size} is not a multiple of the patch size "

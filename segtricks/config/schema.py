@@ -59,6 +59,7 @@ ON_ERROR = ("raise", "skip")  # a dataset's bad files stop the run, or are logge
 class BackboneConfig:
     name: str = "dino_vits8"
     weights: Optional[str] = None  # a file path, "random-init", None: the official release, or "official-or-random-init"
+    rope_keys: Optional[str] = None  # a RoPE backbone's keys "before" or "after" the rotation; None: before
 
 
 @dataclass
@@ -194,6 +195,7 @@ class DistillConfig:
 METHOD_SECTIONS = ("tokencut", "lost", "deep_spectral", "found", "selfmask")
 FOUND_MODES = ("single", "multi")
 SELFMASK_RANKINGS = ("argmax", "as_written")
+ROPE_KEYS = ("before", "after")  # where a RoPE backbone's keys are read; the first is the default
 DEFAULT_METHOD = "sempart"
 METHOD_REGISTRY = ("segtricks.methods.registry", "METHODS")
 EIGENSOLVERS = ("auto", "dense", "arpack", "torch")
@@ -452,6 +454,8 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
         yield "selfmask.scale_range", list(sc.scale_range), "[low, high] with 0 < low ≤ high ≤ 1 (the image is padded, never cropped)"
     if not 0 < cfg.distill.threshold < 1:
         yield "distill.threshold", cfg.distill.threshold, "a number in (0, 1)"
+    if cfg.backbone.rope_keys not in (None, *ROPE_KEYS):
+        yield "backbone.rope_keys", cfg.backbone.rope_keys, " or ".join(ROPE_KEYS) + " (the rotation of a RoPE backbone)"
 
 
 def _refs(cfg: Config) -> List[Tuple[str, DatasetRef]]:
@@ -649,8 +653,10 @@ def hashed_fields(cfg: Config) -> Dict[str, Any]:
 def without_other_methods(d: Dict[str, Any]) -> Dict[str, Any]:
     """A config's dict without what its method does not read: the other methods' sections, and the
     ``method`` key itself for Sempart (the default), so that every config written before methods
-    existed hashes as it did. Likewise ``distill`` without a teacher; with one, its teacher counts by
+    existed hashes as it did. Likewise ``backbone.rope_keys`` left to the backbone, ``distill`` without a teacher; with one, its teacher counts by
     config hash (a renamed teacher cell is the same teacher) and the export's folder not at all."""
+    if d["backbone"]["rope_keys"] is None:  # the backbone's default: configs written before it hash as they did
+        d["backbone"].pop("rope_keys")
     if d["distill"]["teacher"] is None:
         d.pop("distill")
     else:

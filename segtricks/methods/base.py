@@ -102,7 +102,7 @@ class TrainingRecipe:
     def training_backbone(cfg: Config) -> KeyBackbone:
         """The configured backbone, for a model trained and predicting at ``data.image_size``, which must
         be a multiple of its patch (checked before a grid runs too, ``config.grid.validate_names``)."""
-        backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights)
+        backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.rope_keys)
         if cfg.data.image_size % backbone.patch_size:
             raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
                               f"{backbone.patch_size} of backbone {cfg.backbone.name!r}", "data.image_size")

@@ -66,5 +66,5 @@ def build_method(cfg: Config, device: torch.device) -> Method:
     if METHODS.attributes(cfg.method)["trains"]:
         raise ValueError(f"method {cfg.method!r} trains: its trained model is a method through its recipe's "
                          f"as_method, not built here")
-    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights).to(device)
+    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.rope_keys).to(device)
     return METHODS.get(cfg.method)(cfg, backbone)

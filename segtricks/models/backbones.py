@@ -25,6 +25,7 @@ from torch import nn
 
 from timm.layers import apply_rot_embed_cat
 
+from segtricks.config.schema import ROPE_KEYS
 from segtricks.models.positions import POSITION_RULES
 from segtricks.models.weights import (LAYOUTS, RANDOM_INIT, RELEASES, find_weights, load_vit_checkpoint,
                                       position_prefix, sha256_of)
@@ -42,8 +43,6 @@ RANDOM_INIT_SEED = 0
 # ImageNet statistics: every backbone here was pretrained on ImageNet-normalised input.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Where a RoPE backbone's keys are read (``RopeKeyBackbone.use_rope_keys``); the first is the default.
-ROPE_KEYS = ("before", "after")
 
 
 class KeyBackbone(nn.Module):

@@ -1,7 +1,12 @@
 """The Sempart segmentation head (docs/method.md#the-head): coarse mask on the patch grid, fine mask at full size.
 
 Trainable on top of frozen backbone keys. For ViT-S/8 at 320×320 the coarse mask is 40×40; the fine
-branch upsamples by 2 log2(patch) times, concatenating the ImageNet-normalised image at each scale.
+branch upsamples ⌈log2(patch)⌉ times, concatenating the ImageNet-normalised image at each scale: by 2 at
+each stage but the last, which resizes to the input size. For a patch that is a power of two (the paper's
+8 and 16) that last stage is a ×2 as well, and the head is the paper's; for DINOv2's 14 it is ×1.75 (four
+stages, ×2 ×2 ×2 ×1.75), so the head has the same layers, hence parameters, as for 16 and never computes
+at a size it must then shrink. Parameters (``SempartHead(384, p)``): 748,165 for p = 8; 899,461 for
+p = 14 and 16 (``tests/test_head.py``).
 """
 from __future__ import annotations
 
@@ -65,9 +70,9 @@ class SempartHead(nn.Module):
     def __init__(self, in_dim: int, patch_size: int, dim: int = 64, depth: int = 2, heads: int = 2,
                  head_dim: int = 64, mlp_dim: int = 64) -> None:
         super().__init__()
-        stages = int(math.log2(patch_size))
-        if 2 ** stages != patch_size:
-            raise ValueError(f"patch size {patch_size} is not a power of two")
+        if patch_size < 2:
+            raise ValueError(f"patch size {patch_size}: the head upsamples from a patch grid of at least 2 pixels")
+        stages = math.ceil(math.log2(patch_size))
         self.proj = nn.Conv2d(in_dim, dim, 1)
         self.encoder = nn.ModuleList(EncoderLayer(dim, heads, head_dim, mlp_dim) for _ in range(depth))
         self.coarse = nn.Conv2d(dim, 1, 1)
@@ -94,12 +99,15 @@ class SempartHead(nn.Module):
         # The image joins each concatenation in the activations' dtype: under bf16 autocast torch.cat
         # would promote the whole concatenation to float32, which the conv then rounds back to bf16.
         with torch.set_grad_enabled(fine_grad and torch.is_grad_enabled()):
-            for stage in self.up:
-                guide = F.interpolate(image, size=(2 * x.shape[-2], 2 * x.shape[-1]), mode="bilinear",
-                                      align_corners=False)
+            for i, stage in enumerate(self.up):
+                last = i == len(self.up) - 1  # to the input size: ×2 for a power-of-two patch
+                size = tuple(image.shape[-2:]) if last else (2 * x.shape[-2], 2 * x.shape[-1])
+                guide = image if last else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+                up = (F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+                      if size == (2 * x.shape[-2], 2 * x.shape[-1]) else
+                      F.interpolate(x, size=size, mode="bilinear", align_corners=False))
                 # upsampled inside the concatenation, so the upsampled copy is freed before the conv
-                x = stage(torch.cat([F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False),
-                                     guide.to(x.dtype)], dim=1))
+                x = stage(torch.cat([up, guide.to(x.dtype)], dim=1))
             x = self.refine(x)
             fine = torch.sigmoid(self.fine(torch.cat([x, image.to(x.dtype)], dim=1)))
         return {"coarse": coarse, "fine": fine}

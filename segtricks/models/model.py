@@ -50,7 +50,7 @@ class SegmentationModel(nn.Module):
 
 def build_model(cfg: Config) -> SegmentationModel:
     """Backbone (weights resolved per cfg.backbone) and a freshly initialised head."""
-    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights)
+    backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.rope_keys)
     if cfg.data.image_size % backbone.patch_size:
         raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
                           f"{backbone.patch_size} of backbone {cfg.backbone.name!r}", "data.image_size")
