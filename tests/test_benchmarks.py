@@ -34,3 +34,12 @@ def test_memory_benchmark_runs_at_tiny_sizes_and_breaks_the_peak_down():
     for row in ("| none |", "| crop |", "| crop forward | head.proj |", "| main forward | head.fine |"):
         assert row in out.stdout, row
 
+
+
+def test_backbones_benchmark_runs_at_tiny_sizes_and_prints_every_backbone():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "backbones.py"), "--tiny", "--rounds", "1",
+                          "--threads", "1"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for row in ("| dino_vits8 | 56² | 7² | 1 |", "| dinov2_vits14 | 56² | 4² | 1 |", "| dinov2_vits14_reg | 56² |",
+                "| dinov3_vits16 | 64² | 4² | 1 |"):
+        assert row in out.stdout, row

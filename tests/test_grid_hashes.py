@@ -1,6 +1,7 @@
 """Every cell of every grid keeps its config and training hashes (issue 29): a run counts as done by its
 config hash, and a training is found by its training hash, so restructuring the code must not change
-them. ``data/grid_hashes.json`` was written from the grids as they were before the restructuring."""
+them. ``data/grid_hashes.json`` was written from the grids as they were before the restructuring (the
+``modern`` grid's when it was added, issue 32)."""
 import json
 from pathlib import Path
 

@@ -192,31 +192,39 @@ def registered_methods():
     return METHODS.names()
 
 
+# The demo backbone, and the backbones beyond the paper (patch 14, registers, RoPE) at a size their patch divides
+BACKBONE_SIZES = {"demo_vit4": 56, "dinov2_vits14": 56, "dinov2_vits14_reg": 56, "dinov3_vits16": 64}
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONE_SIZES))
 @pytest.mark.parametrize("name", registered_methods())
-def test_every_registered_method_segments_a_photo_on_a_random_init_backbone(name):
+def test_every_registered_method_segments_a_photo_on_a_random_init_backbone(name, backbone):
     """Each entry as the engine reads it: a training method's recipe builds a model that predicts a batch,
     and is a per-image Method exactly when registered per_image; a training-free entry is built by
-    build_method. Whatever the path, a per-image method gives a mask at the image's size and a box in it."""
+    build_method. Whatever the path, a per-image method gives a mask at the image's size and a box in it.
+    On the demo backbone and on DINOv2 (with and without registers) and DINOv3 (issue 32)."""
     from segtricks.config.schema import config_from_dict
     from segtricks.methods.base import Method
     from segtricks.methods.registry import METHODS, build_method, training_recipe
     attrs = METHODS.attributes(name)
     assert METHODS.get(name).__doc__ or type(METHODS.get(name)).__doc__
-    cfg = config_from_dict({"method": name, "backbone": {"name": "demo_vit4", "weights": "random-init"},
-                            "data": {"image_size": 56, "resize_short": 63}})
+    size = BACKBONE_SIZES[backbone]
+    cfg = config_from_dict({"method": name, "backbone": {"name": backbone, "weights": "random-init"},
+                            "data": {"image_size": size, "resize_short": size + 7}})
     torch.manual_seed(0)
     if attrs["trains"]:
         recipe = training_recipe(cfg)
         model = recipe.build_model(cfg)
-        out = model(torch.rand(2, 3, 56, 56))
-        terms = recipe.loss_terms(model, torch.rand(2, 3, 56, 56), out, cfg, 0, targets=torch.rand(2, 56, 56) > 0.5)
+        out = model(torch.rand(2, 3, size, size))
+        terms = recipe.loss_terms(model, torch.rand(2, 3, size, size), out, cfg, 0,
+                                  targets=torch.rand(2, size, size) > 0.5)
         assert terms and set(terms) <= set(recipe.loss_weights(cfg))
         assert all(t.ndim == 0 and torch.isfinite(t) and t.requires_grad for t in terms.values())
         if attrs["training_tricks"]:  # crop reads the model's coarse and fine masks: its terms come out
             from segtricks.engine.loop import loss_terms
             from segtricks.runtime.device import FP32
             cfg.tricks = ["crop"]
-            with_crop = loss_terms(model, torch.rand(2, 3, 56, 56), cfg, torch.Generator().manual_seed(0), FP32)
+            with_crop = loss_terms(model, torch.rand(2, 3, size, size), cfg, torch.Generator().manual_seed(0), FP32)
             assert {"crop_ncut", "crop_eq"} <= set(with_crop) and all(torch.isfinite(t) for t in with_crop.values())
             cfg.tricks = []
         method = recipe.as_method(cfg, model)

@@ -159,3 +159,61 @@ def test_gated_dinov3_weights_name_the_licence_form_and_never_download(tmp_path,
 def test_rope_backbone_is_the_only_one_marked_rope():
     assert [n for n in BACKBONES.names() if BACKBONES.attributes(n)["rope"]] == ["dinov3_vits16"]
     assert isinstance(build_backbone("dinov3_vits16", "random-init"), RopeKeyBackbone)
+
+
+def test_the_modern_grid_has_every_backbone_and_trick_and_tokencut_at_cuvlers_tau():
+    from segtricks.config.grid import read_grid
+    grid = read_grid("modern")
+    configs = dict(grid.configs)
+    assert len(configs) == 15
+    for backbone, name, size in (("dinov2_s14", "dinov2_vits14", 322), ("dinov2_s14_reg", "dinov2_vits14_reg", 322),
+                                 ("dinov3_s16", "dinov3_vits16", 320)):
+        for cell, tricks in (("baseline", []), ("crop", ["crop"]), ("gf", ["gf"]), ("crop+gf", ["crop", "gf"])):
+            cfg = configs[f"{backbone}/{cell}"]
+            assert (cfg.backbone.name, cfg.data.image_size, cfg.tricks, cfg.method) == (name, size, tricks, "sempart")
+            assert cfg.data.image_size % BACKBONES.attributes(name)["patch"] == 0
+        tokencut = configs[f"{backbone}/tokencut"]
+        assert (tokencut.method, tokencut.tokencut.tau, tokencut.backbone.name) == ("tokencut", 0.15, name)
+    assert grid.table.published == {} and "no published values" in grid.table.title
+    assert len(grid.table.contrasts) == 12
+
+
+def test_the_modern_grid_dry_run_and_estimate_price_every_cell(in_tmp, capsys, monkeypatch):
+    """The estimate's plumbing for every cell (measurements faked: at the grid's shapes a CPU needs
+    minutes per workload; ``python -m segtricks.ablate --grid modern --dry-run --estimate`` measures them)."""
+    from segtricks.ablate import main
+    from segtricks.estimate import cost
+    from segtricks.estimate.measure import PredictionCost, Timing, TrainCost
+    monkeypatch.setenv("SEGTRICKS_MEASUREMENTS", str(in_tmp.parent / "measurements.json"))
+    monkeypatch.setenv("SEGTRICKS_OFFLINE", "1")
+    seen = []
+    monkeypatch.setattr(cost, "measure_training", lambda cfg, *a: seen.append(cfg.backbone.name) or
+                        TrainCost(Timing(2.0, 2.0, 2.0, 1), 2 ** 30, 10 ** 7))
+    monkeypatch.setattr(cost, "measure_prediction", lambda cfg, *a: PredictionCost(
+        Timing(0.5, 0.5, 0.5, 1), Timing(0.1, 0.1, 0.1, 1), 2 ** 29))
+    monkeypatch.setattr(cost, "measure_post", lambda *a, **k: Timing(0.01, 0.01, 0.01, 1))
+    monkeypatch.setattr(cost, "measure_metrics", lambda *a, **k: Timing(0.01, 0.01, 0.01, 1))
+    monkeypatch.setattr(cost, "measure_method", lambda cfg, *a: seen.append(cfg.backbone.name) or Timing(0.3, 0.3, 0.3, 1))
+    assert main(["--grid", "modern", "--dry-run", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("estimate on cpu")[1].split("assumptions:")[0]
+    for backbone in ("dinov2_s14", "dinov2_s14_reg", "dinov3_s16"):
+        for cell in ("baseline", "crop", "gf", "crop+gf", "tokencut"):
+            assert f"  {backbone}/{cell} " in table, f"{backbone}/{cell}"
+    assert {"dinov2_vits14", "dinov2_vits14_reg", "dinov3_vits16"} <= set(seen)
+    assert "gated by a licence form" in out  # DINOv3's weights: where to ask for them
+
+
+def test_rope_keys_on_a_backbone_without_rope_is_refused_before_anything_runs(in_tmp, capsys):
+    from segtricks.ablate import main
+    from segtricks.config.schema import config_from_dict, config_hash, ConfigError
+    assert main(["--grid", "modern", "--dry-run", "--set", "backbone.rope_keys=after"]) != 0
+    err = capsys.readouterr().err
+    assert "--set backbone.rope_keys=after: backbone.rope_keys applies to a backbone with RoPE (dinov3_vits16)" in err
+    assert "'dinov2_vits14' has absolute positions" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ConfigError, match="backbone.rope_keys"):
+        config_from_dict({"backbone": {"name": "dinov3_vits16", "rope_keys": "sideways"}})
+    before = config_from_dict({"backbone": {"name": "dinov3_vits16"}})
+    after = config_from_dict({"backbone": {"name": "dinov3_vits16", "rope_keys": "after"}})
+    assert config_hash(before) == config_hash(config_from_dict({"backbone": {"name": "dinov3_vits16"}}))
+    assert config_hash(before) != config_hash(after)

@@ -1,6 +1,7 @@
 """The rehearsal grid: table3's model and training config at the paper's scale (ViT-S/8 and S/16 at
 320², batch 8, crop + GF and crop + BF) for two steps per training on real photos, with weights in the
-official checkpoint layouts loaded from $SEGTRICKS_WEIGHTS, then ``make_tables`` on its runs."""
+official checkpoint layouts loaded from $SEGTRICKS_WEIGHTS, the modern grid's backbones (DINOv2 with
+registers at 322², DINOv3, TokenCut on DINOv2), then ``make_tables`` on its runs."""
 import hashlib
 
 import pytest
@@ -30,7 +31,8 @@ def test_rehearsal_keeps_table3s_model_and_training_config():
 def test_rehearsal_grid_runs_on_official_layout_weights_and_make_tables_renders_it(tmp_path, monkeypatch, capsys):
     require_shared("sod300")
     require_shared("davis16")
-    weights = {name: write_random_release(name, tmp_path / "weights") for name in ("dino_vits8", "ibot_vits16")}
+    weights = {name: write_random_release(name, tmp_path / "weights")
+               for name in ("dino_vits8", "ibot_vits16", "dinov2_vits14", "dinov2_vits14_reg", "dinov3_vits16")}
     monkeypatch.setenv("SEGTRICKS_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.chdir(REPO)  # run from the checkout: the grid's data roots are relative to it
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -42,15 +44,19 @@ def test_rehearsal_grid_runs_on_official_layout_weights_and_make_tables_renders_
     runs = client.search_runs([client.get_experiment_by_name("rehearsal").experiment_id])
     by_cell = {r.data.tags["cell"]: r for r in runs}
     assert sorted(by_cell) == ["dino_s8/crop+bf", "dino_s8/crop+gf", "dino_s8/selfmask_w_crop+gf",
+                               "dinov2_s14/tokencut", "dinov2_s14_reg/crop+gf", "dinov3_s16/crop+bf",
                                "ibot_s16/crop+bf", "ibot_s16/crop+gf"]
     student = by_cell.pop("dino_s8/selfmask_w_crop+gf")
-    for run in by_cell.values():
-        assert run.info.status == "FINISHED"
-        path = weights["dino_vits8" if run.data.tags["backbone"] == "dino_vits8" else "ibot_vits16"]
+    tokencut = by_cell.pop("dinov2_s14/tokencut")
+    for run in [*by_cell.values(), tokencut]:
+        assert run.info.status == "FINISHED" and 0 <= run.data.metrics["folder.iou"] <= 1
+        path = weights[run.data.tags["backbone"]]  # every backbone loaded its official-layout file
         assert run.data.tags["weights"] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-        assert 0 <= run.data.metrics["folder.iou"] <= 1 and "train.crop_eq" in run.data.metrics or \
-            "model_from_run" in run.data.tags
-    assert sum(r.data.tags.get("role") == "train" for r in by_cell.values()) == 2  # crop+bf shares crop+gf's training
+    for run in by_cell.values():  # each trained with crop, or reused a training that did
+        assert "train.crop_eq" in run.data.metrics or "model_from_run" in run.data.tags
+    assert not any(k.startswith("train.") for k in tokencut.data.metrics)
+    # crop+bf shares crop+gf's training on S/8 and iBOT; DINOv2 (registers, 322²) and DINOv3 train once each
+    assert sum(r.data.tags.get("role") == "train" for r in by_cell.values()) == 4
     # the second stage: SelfMask on 16 photos' pseudo-masks from dino_s8/crop+gf, after it, scored
     assert student.info.status == "FINISHED" and student.info.start_time > by_cell["dino_s8/crop+gf"].info.end_time
     assert "train.dice" in student.data.metrics and 0 <= student.data.metrics["folder.iou"] <= 1

@@ -224,7 +224,10 @@ def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> Non
     patch = backbones[cfg.backbone.name]["patch"]
     if cfg.backbone.rope_keys is not None and not backbones[cfg.backbone.name]["rope"]:
         rotating = ", ".join(name for name, attrs in backbones.items() if attrs["rope"])
-        raise ConfigError(f"{blamed('backbone')}: backbone.rope_keys applies to a backbone with RoPE ({rotating}), "
+        setters = [layer.source for layer in layers for key in layer.values
+                   if "backbone.rope_keys" == key or "backbone.rope_keys".startswith(f"{key}.")]
+        blame = setters[-1] if setters and setters[-1].startswith("--set") else where
+        raise ConfigError(f"{blame}: backbone.rope_keys applies to a backbone with RoPE ({rotating}), "
                           f"and {cfg.backbone.name!r} has absolute positions; remove backbone.rope_keys")
     if method["trains"] and cfg.maps is None and cfg.data.image_size % patch:  # the training and prediction size
         low = cfg.data.image_size // patch * patch

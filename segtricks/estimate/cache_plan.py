@@ -19,11 +19,13 @@ from segtricks.runners.plan import Action
 BACKBONE_REGISTRY = ("segtricks.models.backbones", "BACKBONES")
 
 
-def architecture(cfg: Config) -> Tuple[int, int, int]:
-    """What a backbone costs depends on: its ViT's patch, width and depth (not its weights), as its
-    registry entry declares them."""
+def architecture(cfg: Config) -> Tuple:
+    """What a backbone costs depends on: its ViT's patch, width and depth (not its weights), its register
+    tokens and whether it rotates queries and keys (RoPE), as its registry entry declares them. The last
+    two join the key only when present, so that measurements kept from before they existed still count."""
     entry = registered_attributes(*BACKBONE_REGISTRY)[cfg.backbone.name]
-    return entry["patch"], entry["dim"], entry["depth"]
+    extra = (entry["registers"], entry["rope"]) if entry["registers"] or entry["rope"] else ()
+    return (entry["patch"], entry["dim"], entry["depth"]) + extra
 
 
 @dataclass
@@ -49,14 +51,14 @@ class CachePlan:
 
     def evaluations(self, cell) -> List[PlannedEvaluation]:
         cfg, out = cell.cfg, []
-        patch, dim, _ = architecture(cfg)
+        patch, dim = architecture(cfg)[:2]
         side = cfg.data.image_size // patch
         for ref in cfg.eval:
             n = self.size_of(ref).images
             for protocol in cfg.eval_protocols:  # each protocol predicts (and caches) its own masks
                 masks = (cell.training_hash, ref.name, ref.root, ref.split, ref.limit, protocol)
-                keys = (cfg.backbone.name, cfg.backbone.weights, ref.name, ref.root, ref.split, ref.limit,
-                        cfg.data.image_size, protocol)
+                keys = (cfg.backbone.name, cfg.backbone.weights, cfg.backbone.rope_keys, ref.name, ref.root,
+                        ref.split, ref.limit, cfg.data.image_size, protocol)
                 planned = PlannedEvaluation(ref, protocol, "cached" if masks in self.masks
                                             else "head" if keys in self.keys else "model")
                 if cfg.cache.masks and masks not in self.masks:

@@ -189,9 +189,9 @@ class RopeKeyBackbone(KeyBackbone):
         self.use_rope_keys(ROPE_KEYS[0])
 
     def use_positions(self, rule: str) -> "KeyBackbone":
-        if rule != "dino":
-            raise ValueError(f"backbone {self.name!r} has no absolute positional embeddings to interpolate "
-                             f"by rule {rule!r}: its positions are rotary")
+        """Recorded only: a rule for absolute embeddings (SelfMask's) has nothing to act on here."""
+        if rule not in POSITION_RULES:
+            raise ValueError(f"unknown positional rule {rule!r}; known: {', '.join(POSITION_RULES)}")
         self.positions = rule
         return self
 
