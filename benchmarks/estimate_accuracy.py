@@ -61,7 +61,8 @@ def estimate_then_run(grid: str, flags: Sequence[str] = (), keep: Optional[Path]
     sys.path.insert(0, str(REPO))
     from segtricks.models.backbones import write_random_release
     with tempfile.TemporaryDirectory() if keep is None else contextlib.nullcontext(str(keep)) as tmp:
-        for name in ("dino_vits8", "dino_vits16", "ibot_vits16"):
+        for name in ("dino_vits8", "dino_vits16", "ibot_vits16", "dinov2_vits14", "dinov2_vits14_reg",
+                     "dinov3_vits16"):  # every backbone a rehearsal names, in its official layout
             write_random_release(name, Path(tmp) / "weights")
         env = {**os.environ, "SEGTRICKS_WEIGHTS": f"{tmp}/weights"}
 

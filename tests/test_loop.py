@@ -151,7 +151,7 @@ def test_nan_loss_stops_naming_step_and_term(tmp_path, monkeypatch, step_bars):
 @pytest.mark.parametrize("over,error,match", [
     ({"tricks": ["crop", "sharpen"]}, UnknownNameError, "unknown trick 'sharpen'; registered tricks: bf, crop, gf"),
     ({"backbone.name": "dino_vitz8"}, UnknownNameError, "registered backbones: .*dino_vits8"),
-    ({"data.image_size": 34, "data.resize_short": 40}, ValueError, "34 is not divisible by the patch size 4"),
+    ({"data.image_size": 34, "data.resize_short": 40}, ValueError, "34 is not a multiple of the patch size 4 of backbone 'demo_vit4'; use 32 or 36"),
 ])
 def test_bad_cell_fails_before_training(tmp_path, over, error, match):
     with pytest.raises(error, match=match):

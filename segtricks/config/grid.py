@@ -61,7 +61,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional,
 import yaml
 
 from segtricks.config.schema import (DATASET_REGISTRY, DEFAULT_METHOD, METHOD_REGISTRY, Config, ConfigError, Layer,
-                                     YamlFile, compose, config_hash, read_yaml_file, set_flag_layers)
+                                     YamlFile, compose, config_hash, patch_misfit, read_yaml_file, set_flag_layers)
 from segtricks.registry import registered_attributes, registered_names
 from segtricks.config.vocabulary import METRICS, cell_name
 
@@ -229,10 +229,8 @@ def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> Non
         blame = setters[-1] if setters and setters[-1].startswith("--set") else where
         raise ConfigError(f"{blame}: backbone.rope_keys applies to a backbone with RoPE ({rotating}), "
                           f"and {cfg.backbone.name!r} has absolute positions; remove backbone.rope_keys")
-    if method["trains"] and cfg.maps is None and cfg.data.image_size % patch:  # the training and prediction size
-        low = cfg.data.image_size // patch * patch
-        raise ConfigError(f"{where}: data.image_size {cfg.data.image_size} is not a multiple of the patch size "
-                          f"{patch} of backbone {cfg.backbone.name!r}; use {low or patch} or {low + patch}")
+    if method["trains"] and cfg.maps is None and patch_misfit(cfg, patch):  # the training and prediction size
+        raise ConfigError(f"{where}: {patch_misfit(cfg, patch)}")
     if cfg.method == DEFAULT_METHOD:
         return
     stages = registered_attributes(*COMPONENTS["trick"])  # crop is registered with stage train, the rest post

@@ -458,6 +458,17 @@ def _out_of_range(cfg: Config) -> Iterator[Tuple[str, Any, str]]:
         yield "backbone.rope_keys", cfg.backbone.rope_keys, " or ".join(ROPE_KEYS) + " (the rotation of a RoPE backbone)"
 
 
+def patch_misfit(cfg: Config, patch: int) -> Optional[str]:
+    """The one rule for the size a trained model trains and predicts at, wherever it is checked (a grid
+    before it runs, ``train``, ``evaluate``, ``segment``): ``data.image_size`` is a multiple of the
+    backbone's patch, or this message, naming the two nearest sizes that are."""
+    if cfg.data.image_size % patch == 0:
+        return None
+    low = cfg.data.image_size // patch * patch
+    return (f"data.image_size {cfg.data.image_size} is not a multiple of the patch size {patch} of backbone "
+            f"{cfg.backbone.name!r}; use {low or patch} or {low + patch}")
+
+
 def _refs(cfg: Config) -> List[Tuple[str, DatasetRef]]:
     """(key path, reference) of every dataset the config reads."""
     refs = [("data.train", cfg.data.train)] + ([("data.val", cfg.data.val)] if cfg.data.val else [])

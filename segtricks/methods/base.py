@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from segtricks.config.schema import Config, ConfigError
+from segtricks.config.schema import Config, ConfigError, patch_misfit
 from segtricks.data.datasets import RawDataset
 from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
 
@@ -103,9 +103,8 @@ class TrainingRecipe:
         """The configured backbone, for a model trained and predicting at ``data.image_size``, which must
         be a multiple of its patch (checked before a grid runs too, ``config.grid.validate_names``)."""
         backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.rope_keys)
-        if cfg.data.image_size % backbone.patch_size:
-            raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
-                              f"{backbone.patch_size} of backbone {cfg.backbone.name!r}", "data.image_size")
+        if patch_misfit(cfg, backbone.patch_size):
+            raise ConfigError(patch_misfit(cfg, backbone.patch_size), "data.image_size")
         return backbone
 
     def train_view(self, cfg: Config, raw: RawDataset) -> Dataset:

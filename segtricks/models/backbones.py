@@ -2,8 +2,8 @@
 fine-tunes its own and reads the last tokens instead).
 
 Registered names (``BACKBONES.names()``): the paper's three, ``dino_vits8``, ``dino_vits16``,
-``ibot_vits16``; beyond the paper ``dinov2_vits14``, ``dinov2_vits14_reg`` (4 registers) and
-``dinov3_vits16`` (RoPE, 4 registers); and ``demo_vit4`` (a 2-block, 96-wide ViT/4 that is always randomly
+``ibot_vits16``; beyond the paper ``dino_vitb8``, ``dino_vitb16`` (768-d keys), ``dinov2_vits14``,
+``dinov2_vits14_reg`` (4 registers) and ``dinov3_vits16`` (RoPE, 4 registers); and ``demo_vit4`` (a 2-block, 96-wide ViT/4 that is always randomly
 initialised: the weight-free backbone for tests and the CPU demo). Each is timm's architecture, registered
 with its patch, width, depth, registers and whether it rotates keys (RoPE); its official file, layout and
 licence are in ``weights.RELEASES``.
@@ -285,6 +285,18 @@ def demo_vit4(weights: Optional[str] = None) -> KeyBackbone:
     """
     return _build("vit_small_patch8_224", "demo_vit4", weights, rms=4.0,
                   patch_size=4, embed_dim=96, depth=2, num_heads=3)
+
+
+@BACKBONES.register(patch=8, dim=768, depth=12, registers=0, rope=False)
+def dino_vitb8(weights: Optional[str] = None) -> KeyBackbone:
+    """DINO ViT-B/8 (768-d keys, 12 heads); official file ``dino_vitbase8_pretrain.pth`` — beyond the paper."""
+    return _build("vit_base_patch8_224", "dino_vitb8", weights)
+
+
+@BACKBONES.register(patch=16, dim=768, depth=12, registers=0, rope=False)
+def dino_vitb16(weights: Optional[str] = None) -> KeyBackbone:
+    """DINO ViT-B/16; official file ``dino_vitbase16_pretrain.pth`` — beyond the paper."""
+    return _build("vit_base_patch16_224", "dino_vitb16", weights)
 
 
 @BACKBONES.register(patch=14, dim=384, depth=12, registers=0, rope=False)

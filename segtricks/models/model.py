@@ -11,7 +11,7 @@ from segtricks.errors import BadInput
 from segtricks.models.backbones import IMAGENET_MEAN, IMAGENET_STD, KeyBackbone, build_backbone
 from segtricks.models.weights import OFFICIAL_OR_RANDOM, RANDOM_INIT, find_weights
 from segtricks.models.head import SempartHead
-from segtricks.config.schema import Config, ConfigError
+from segtricks.config.schema import Config, ConfigError, patch_misfit
 
 
 class OtherWeightsError(BadInput, ValueError):
@@ -51,9 +51,8 @@ class SegmentationModel(nn.Module):
 def build_model(cfg: Config) -> SegmentationModel:
     """Backbone (weights resolved per cfg.backbone) and a freshly initialised head."""
     backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.rope_keys)
-    if cfg.data.image_size % backbone.patch_size:
-        raise ConfigError(f"data.image_size {cfg.data.image_size} is not divisible by the patch size "
-                          f"{backbone.patch_size} of backbone {cfg.backbone.name!r}", "data.image_size")
+    if patch_misfit(cfg, backbone.patch_size):
+        raise ConfigError(patch_misfit(cfg, backbone.patch_size), "data.image_size")
     return SegmentationModel(backbone, SempartHead(backbone.embed_dim, backbone.patch_size))
 
 

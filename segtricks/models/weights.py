@@ -70,6 +70,16 @@ IBOT_S16 = WeightsRelease(
     "checkpoint_teacher.pth",
     "ibot_vits16_checkpoint_teacher.pth", licence="Apache-2.0",
 )
+DINO_B8 = WeightsRelease(
+    "dino_vitbase8_pretrain.pth",
+    "https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+    "dino_vitbase8_pretrain.pth", licence="Apache-2.0",
+)
+DINO_B16 = WeightsRelease(
+    "dino_vitbase16_pretrain.pth",
+    "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+    "dino_vitbase16_pretrain.pth", licence="Apache-2.0",
+)
 DINOV2_S14 = WeightsRelease(
     "dinov2_vits14_pretrain.pth",
     "https://dl.fbaipublicfiles.com/dinov2/dinov2_vits14/dinov2_vits14_pretrain.pth",
@@ -92,6 +102,7 @@ DINOV3_S16 = WeightsRelease(
 RELEASES: Dict[str, Optional[WeightsRelease]] = {
     "dino_vits8": DINO_S8, "dino_vits16": DINO_S16, "ibot_vits16": IBOT_S16, "demo_vit4": None,
     "dinov2_vits14": DINOV2_S14, "dinov2_vits14_reg": DINOV2_S14_REG, "dinov3_vits16": DINOV3_S16,
+    "dino_vitb8": DINO_B8, "dino_vitb16": DINO_B16,
 }
 
 
