@@ -163,6 +163,24 @@ def test_the_model_and_prediction_run_as_on_cuda_in_float32(tmp_path):
     torch.testing.assert_close(got, expected)
 
 
+@pytest.mark.parametrize("name,size", [("dinov2_vits14_reg", 42), ("dinov3_vits16", 48)])
+def test_the_backbones_beyond_the_paper_give_their_keys_and_attention_as_on_cuda(name, size):
+    """Registers, DINOv2's antialiased positional resize and DINOv3's rotary embedding (built per grid at
+    each call) on the device: every tensor they make is made there (issue 32)."""
+    from segtricks.models.backbones import build_backbone
+    backbone = build_backbone(name, "random-init", rope_keys="after" if name == "dinov3_vits16" else None)
+    image = torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        expected = backbone.keys_and_attention(image)
+        with CudaRules():
+            backbone.to(CUDA)
+            keys, attention = backbone.keys_and_attention(image.to(CUDA))
+            assert keys.device == CUDA
+            got = keys.cpu(), attention.cpu()
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+
+
 @pytest.mark.parametrize("method", ["found", "selfmask"])
 def test_found_and_selfmask_loss_terms_run_as_on_cuda_in_float32(tmp_path, method):
     """Their training step's forward and loss terms with the model and batch on the device: FOUND's
