@@ -210,10 +210,14 @@ def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> Non
     wanted = [("method", cfg.method), ("backbone", cfg.backbone.name), *[("trick", t) for t in cfg.tricks],
               *[("dataset", r.name) for r in refs]]
 
-    def blamed(kind: str) -> str:
+    def blamed_for(keys: Sequence[str]) -> str:
+        """The --set flag that set one of ``keys`` (or a mapping above it) last, else the grid file."""
         setters = [layer.source for layer in layers for key in layer.values
-                   if any(k == key or k.startswith(f"{key}.") for k in NAME_KEYS[kind])]
+                   if any(k == key or k.startswith(f"{key}.") for k in keys)]
         return setters[-1] if setters and setters[-1].startswith("--set") else where
+
+    def blamed(kind: str) -> str:
+        return blamed_for(NAME_KEYS[kind])
 
     for kind, name in wanted:
         known = registered_names(*COMPONENTS[kind])
@@ -224,13 +228,11 @@ def validate_names(cfg: Config, where: str, layers: Sequence[Layer] = ()) -> Non
     patch = backbones[cfg.backbone.name]["patch"]
     if cfg.backbone.rope_keys is not None and not backbones[cfg.backbone.name]["rope"]:
         rotating = ", ".join(name for name, attrs in backbones.items() if attrs["rope"])
-        setters = [layer.source for layer in layers for key in layer.values
-                   if "backbone.rope_keys" == key or "backbone.rope_keys".startswith(f"{key}.")]
-        blame = setters[-1] if setters and setters[-1].startswith("--set") else where
-        raise ConfigError(f"{blame}: backbone.rope_keys applies to a backbone with RoPE ({rotating}), "
+        raise ConfigError(f"{blamed_for(['backbone.rope_keys'])}: backbone.rope_keys applies to a backbone with RoPE ({rotating}), "
                           f"and {cfg.backbone.name!r} has absolute positions; remove backbone.rope_keys")
-    if method["trains"] and cfg.maps is None and patch_misfit(cfg, patch):  # the training and prediction size
-        raise ConfigError(f"{where}: {patch_misfit(cfg, patch)}")
+    misfit = patch_misfit(cfg, patch)
+    if method["trains"] and cfg.maps is None and misfit:  # the training and prediction size
+        raise ConfigError(f"{where}: {misfit}")
     if cfg.method == DEFAULT_METHOD:
         return
     stages = registered_attributes(*COMPONENTS["trick"])  # crop is registered with stage train, the rest post

@@ -103,8 +103,9 @@ class TrainingRecipe:
         """The configured backbone, for a model trained and predicting at ``data.image_size``, which must
         be a multiple of its patch (checked before a grid runs too, ``config.grid.validate_names``)."""
         backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.rope_keys)
-        if patch_misfit(cfg, backbone.patch_size):
-            raise ConfigError(patch_misfit(cfg, backbone.patch_size), "data.image_size")
+        misfit = patch_misfit(cfg, backbone.patch_size)
+        if misfit:
+            raise ConfigError(misfit, "data.image_size")
         return backbone
 
     def train_view(self, cfg: Config, raw: RawDataset) -> Dataset:

@@ -3,8 +3,9 @@ fine-tunes its own and reads the last tokens instead).
 
 Registered names (``BACKBONES.names()``): the paper's three, ``dino_vits8``, ``dino_vits16``,
 ``ibot_vits16``; beyond the paper ``dino_vitb8``, ``dino_vitb16`` (768-d keys), ``dinov2_vits14``,
-``dinov2_vits14_reg`` (4 registers) and ``dinov3_vits16`` (RoPE, 4 registers); and ``demo_vit4`` (a 2-block, 96-wide ViT/4 that is always randomly
-initialised: the weight-free backbone for tests and the CPU demo). Each is timm's architecture, registered
+``dinov2_vits14_reg`` (4 registers) and ``dinov3_vits16`` (RoPE, 4 registers); and ``demo_vit4`` (a
+2-block, 96-wide ViT/4 that is always randomly initialised: the weight-free backbone for tests and the CPU
+demo). Each is timm's architecture, registered
 with its patch, width, depth, registers and whether it rotates keys (RoPE); its official file, layout and
 licence are in ``weights.RELEASES``.
 
@@ -54,7 +55,8 @@ class KeyBackbone(nn.Module):
     the input size by the rule of the backbone's authors (``positions``; ``"dino"``: DINO's
     ``interpolate_pos_encoding``, ``dino_pos_embed``; a method whose code differs sets its own,
     ``use_positions``), so that the keys are those of their own code at every size. ``features`` names
-    what the keys depend on beyond the weights (the positional rule): the evaluation caches key on it.
+    what the keys depend on beyond the weights (the positional rule, or where RoPE keys are read): the
+    evaluation caches key on it.
     The ViT stays in eval mode, frozen unless a method fine-tunes it (``fine_tune``: SelfMask's encoder).
     """
 
@@ -110,13 +112,17 @@ class KeyBackbone(nn.Module):
         grid = tokens[:, self.vit.num_prefix_tokens:]
         return grid.transpose(1, 2).reshape(b, self.embed_dim, h // self.patch_size, w // self.patch_size)
 
+    @property
+    def features(self) -> str:
+        """What the keys depend on beyond the weights: the evaluation caches key on it."""
+        return f"last-block keys, positions {self.positions}"
+
     def use_positions(self, rule: str) -> "KeyBackbone":
         """Interpolate positional embeddings by ``POSITION_RULES[rule]`` (SelfMask's model reads its
-        ViT by its own code's rule)."""
+        ViT by its own code's rule); a RoPE backbone records it only (it has no absolute embeddings)."""
         if rule not in POSITION_RULES:
             raise ValueError(f"unknown positional rule {rule!r}; known: {', '.join(POSITION_RULES)}")
         self.positions = rule
-        self.features = f"last-block keys, positions {rule}"
         return self
 
     def fine_tune(self) -> "KeyBackbone":
@@ -146,21 +152,27 @@ class KeyBackbone(nn.Module):
         return tokens
 
     def _tokens_before_last_block(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(B, prefix + H/p · W/p, C): the tokens entering the last block, positions by ``positions``;
-        and the rotary embedding the blocks read (None here: positions are absolute)."""
+        """(B, prefix + H/p · W/p, C): the tokens entering the last block; and the rotary embedding the
+        blocks read (None for absolute positions)."""
         vit = self.vit
         patches = self._patches(x)
         b, rows, cols = patches.shape[:3]
-        patches = patches.reshape(b, rows * cols, -1)
-        pos = POSITION_RULES[self.positions](vit.pos_embed, rows, cols, prefix=position_prefix(vit))
-        if position_prefix(vit):  # CLS has an entry: add after concatenating (DINO)
-            tokens = torch.cat(self._prefix(b) + [patches], dim=1) + pos
-        else:  # DINOv2 with registers (timm's no_embed_class): CLS holds its entry, registers have none
-            tokens = torch.cat(self._prefix(b) + [patches + pos], dim=1)
+        tokens, rope = self._with_positions(patches.reshape(b, rows * cols, -1), rows, cols)
         tokens = vit.norm_pre(vit.pos_drop(tokens))
         for block in vit.blocks[:-1]:
-            tokens = block(tokens)
-        return tokens, None
+            tokens = self._block(block, tokens, rope)
+        return tokens, rope
+
+    def _with_positions(self, patches: torch.Tensor, rows: int, cols: int
+                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The prefix tokens and ``patches`` (B, rows · cols, C) with positions by ``positions``; no RoPE."""
+        vit = self.vit
+        prefix = self._prefix(patches.shape[0])
+        pos = POSITION_RULES[self.positions](vit.pos_embed, rows, cols, prefix=position_prefix(vit))
+        if position_prefix(vit):  # CLS has an entry: add after concatenating (DINO)
+            return torch.cat(prefix + [patches], dim=1) + pos, None
+        # DINOv2 with registers (timm's no_embed_class): CLS holds its entry, registers have none
+        return torch.cat(prefix + [patches + pos], dim=1), None
 
     @staticmethod
     def _block(block: nn.Module, tokens: torch.Tensor, rope: Optional[torch.Tensor]) -> torch.Tensor:
@@ -184,34 +196,26 @@ class RopeKeyBackbone(KeyBackbone):
     the token alone, or ``"after"`` it, as the attention compares them. The CLS attention FOUND reads is the
     attention's own, from rotated keys, either way."""
 
-    def __init__(self, vit: nn.Module, name: str, weights_id: str, rms: Optional[float] = None) -> None:
-        super().__init__(vit, name, weights_id, rms)
+    def __init__(self, vit: nn.Module, name: str, weights_id: str, rms: Optional[float] = None,
+                 positions: str = "dino") -> None:
+        super().__init__(vit, name, weights_id, rms, positions)
         self.use_rope_keys(ROPE_KEYS[0])
 
-    def use_positions(self, rule: str) -> "KeyBackbone":
-        """Recorded only: a rule for absolute embeddings (SelfMask's) has nothing to act on here."""
-        if rule not in POSITION_RULES:
-            raise ValueError(f"unknown positional rule {rule!r}; known: {', '.join(POSITION_RULES)}")
-        self.positions = rule
-        return self
+    @property
+    def features(self) -> str:
+        return f"last-block keys {self.rope_keys} RoPE"
 
     def use_rope_keys(self, where: str) -> "RopeKeyBackbone":
         if where not in ROPE_KEYS:
             raise ValueError(f"rope_keys must be one of {', '.join(ROPE_KEYS)}, not {where!r}")
         self.rope_keys = where
-        self.features = f"last-block keys {where} RoPE"
         return self
 
-    def _tokens_before_last_block(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        vit = self.vit
-        patches = self._patches(x)
-        b, rows, cols = patches.shape[:3]
-        rope = vit.rope.get_embed(shape=(rows, cols))
-        tokens = torch.cat(self._prefix(b) + [patches.reshape(b, rows * cols, -1)], dim=1)
-        tokens = vit.norm_pre(vit.pos_drop(tokens))
-        for block in vit.blocks[:-1]:
-            tokens = block(tokens, rope=rope)
-        return tokens, rope
+    def _with_positions(self, patches: torch.Tensor, rows: int, cols: int
+                        ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The prefix tokens and ``patches``, unchanged; the grid's rotary embedding, which the blocks apply."""
+        tokens = torch.cat(self._prefix(patches.shape[0]) + [patches], dim=1)
+        return tokens, self.vit.rope.get_embed(shape=(rows, cols))
 
     @staticmethod
     def _block(block: nn.Module, tokens: torch.Tensor, rope: Optional[torch.Tensor]) -> torch.Tensor:
@@ -246,8 +250,7 @@ def _build(timm_name: str, name: str, weights: Optional[str], rms: Optional[floa
         release = RELEASES.get(name)
         load_vit_checkpoint(vit, path, name, release.layout if release else "timm")
         weights_id = f"sha256:{sha256_of(path)}"
-    backbone = kind(vit, name, weights_id, rms)
-    return backbone.use_positions(positions)
+    return kind(vit, name, weights_id, rms, positions)
 
 
 @BACKBONES.register(patch=8, dim=384, depth=12, registers=0, rope=False)

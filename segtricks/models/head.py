@@ -103,11 +103,10 @@ class SempartHead(nn.Module):
                 last = i == len(self.up) - 1  # to the input size: ×2 for a power-of-two patch
                 size = tuple(image.shape[-2:]) if last else (2 * x.shape[-2], 2 * x.shape[-1])
                 guide = image if last else F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-                up = (F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-                      if size == (2 * x.shape[-2], 2 * x.shape[-1]) else
-                      F.interpolate(x, size=size, mode="bilinear", align_corners=False))
-                # upsampled inside the concatenation, so the upsampled copy is freed before the conv
-                x = stage(torch.cat([up, guide.to(x.dtype)], dim=1))
+                # upsampled inside the concatenation, so the upsampled copy is freed before the conv (a
+                # doubled size samples exactly as scale_factor=2: both give the kernel the scale 0.5)
+                x = stage(torch.cat([F.interpolate(x, size=size, mode="bilinear", align_corners=False),
+                                     guide.to(x.dtype)], dim=1))
             x = self.refine(x)
             fine = torch.sigmoid(self.fine(torch.cat([x, image.to(x.dtype)], dim=1)))
         return {"coarse": coarse, "fine": fine}

@@ -51,8 +51,9 @@ class SegmentationModel(nn.Module):
 def build_model(cfg: Config) -> SegmentationModel:
     """Backbone (weights resolved per cfg.backbone) and a freshly initialised head."""
     backbone = build_backbone(cfg.backbone.name, cfg.backbone.weights, cfg.backbone.rope_keys)
-    if patch_misfit(cfg, backbone.patch_size):
-        raise ConfigError(patch_misfit(cfg, backbone.patch_size), "data.image_size")
+    misfit = patch_misfit(cfg, backbone.patch_size)
+    if misfit:
+        raise ConfigError(misfit, "data.image_size")
     return SegmentationModel(backbone, SempartHead(backbone.embed_dim, backbone.patch_size))
 
 
